@@ -1,0 +1,488 @@
+//! Text: the word tokenizer and the built-in generated corpus.
+//!
+//! **A word** is a maximal run of characters for which [`char::is_alphanumeric`]
+//! holds, lowercased with [`str::to_lowercase`]. [`for_each_word`] finds words
+//! without allocating for short ASCII words (a [`Word`] holds up to 24 bytes
+//! inline).
+//!
+//! **The built-in input** ([`generated_lines`]) is deterministic text: lines of
+//! 5 to 15 words drawn from a vocabulary of pseudo-words whose frequencies follow
+//! Zipf's law (rank r has weight 1/r), the first word capitalised, commas here
+//! and there and a full stop at the end; about 1% of the vocabulary has
+//! non-ASCII letters. Line `i` depends only on the seed and `i`, so the text
+//! is the same for every parallelism.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::rng::{splitmix64, SplitMix64};
+use crate::source::GeneratorSource;
+
+const INLINE: usize = 23;
+
+/// A word: an immutable string stored inline when it has at most 23 bytes
+/// (every word of ordinary text), on the heap otherwise.
+///
+/// Inline words are compared and hashed as three machine words, with no
+/// length-dependent loop or `memcmp` call; that is the point of the type,
+/// since wordcount compares and hashes every word several times (key group,
+/// state lookup). Equal strings always have the same representation, so
+/// `Eq` and `Hash` agree with `str`'s notion of equality. Serialized as a string.
+#[derive(Clone)]
+pub struct Word(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// Bytes `0..len`, zero padding, and `len` in the last byte.
+    Inline([u8; INLINE + 1]),
+    Heap(Box<str>),
+}
+
+impl Word {
+    /// A word holding `s` as it is.
+    pub fn new(s: &str) -> Self {
+        if s.len() <= INLINE {
+            let mut b = [0u8; INLINE + 1];
+            b[..s.len()].copy_from_slice(s.as_bytes());
+            b[INLINE] = s.len() as u8;
+            Word(Repr::Inline(b))
+        } else {
+            Word(Repr::Heap(s.into()))
+        }
+    }
+
+    /// The word as a string slice.
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Inline(b) => std::str::from_utf8(&b[..b[INLINE] as usize]).unwrap_or(""),
+            Repr::Heap(s) => s,
+        }
+    }
+
+    #[inline]
+    fn words(b: &[u8; INLINE + 1]) -> [u64; 3] {
+        let w = |i: usize| {
+            u64::from_le_bytes([
+                b[i],
+                b[i + 1],
+                b[i + 2],
+                b[i + 3],
+                b[i + 4],
+                b[i + 5],
+                b[i + 6],
+                b[i + 7],
+            ])
+        };
+        [w(0), w(8), w(16)]
+    }
+}
+
+impl PartialEq for Word {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Repr::Inline(a), Repr::Inline(b)) => Word::words(a) == Word::words(b),
+            (Repr::Heap(a), Repr::Heap(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+impl Eq for Word {}
+
+impl Hash for Word {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match &self.0 {
+            Repr::Inline(b) => {
+                let [x, y, z] = Word::words(b);
+                state.write_u64(x);
+                state.write_u64(y);
+                state.write_u64(z);
+            }
+            Repr::Heap(s) => {
+                state.write(s.as_bytes());
+                state.write_u8(0xff);
+            }
+        }
+    }
+}
+
+impl PartialOrd for Word {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Word {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::ops::Deref for Word {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+impl AsRef<str> for Word {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+impl std::borrow::Borrow<str> for Word {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+impl From<&str> for Word {
+    fn from(s: &str) -> Self {
+        Word::new(s)
+    }
+}
+impl From<String> for Word {
+    fn from(s: String) -> Self {
+        Word::new(&s)
+    }
+}
+impl fmt::Display for Word {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+impl fmt::Debug for Word {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+impl Serialize for Word {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+impl<'de> Deserialize<'de> for Word {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Ok(Word::new(&s))
+    }
+}
+
+/// Byte classes for the tokenizer: 0 separator, 1 ASCII alphanumeric, 2 non-ASCII.
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = if b >= 0x80 {
+            2
+        } else if b.is_ascii_alphanumeric() {
+            1
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
+
+/// Calls `f` with every word of `text`, lowercased.
+///
+/// ASCII words of up to 23 bytes (nearly all of them) are classified, copied
+/// and lowercased in one pass with table lookups; words with other characters
+/// take the general path (`char::is_alphanumeric`, `str::to_lowercase`).
+#[inline]
+pub fn for_each_word(text: &str, mut f: impl FnMut(Word)) {
+    let bytes = text.as_bytes();
+    let n = bytes.len();
+    let mut i = 0;
+    while i < n {
+        match CLASS[bytes[i] as usize] {
+            0 => {
+                i += 1;
+                continue;
+            }
+            1 => {
+                let start = i;
+                let mut buf = [0u8; INLINE + 1];
+                let mut k = 0;
+                let mut ascii = true;
+                while i < n {
+                    let b = bytes[i];
+                    match CLASS[b as usize] {
+                        1 => {
+                            if k < INLINE {
+                                buf[k] = b.to_ascii_lowercase();
+                            }
+                            k += 1;
+                            i += 1;
+                        }
+                        0 => break,
+                        _ => {
+                            ascii = false;
+                            break;
+                        }
+                    }
+                }
+                if !ascii {
+                    i = slow_word(text, start, &mut f);
+                } else if k <= INLINE {
+                    buf[INLINE] = k as u8;
+                    f(Word(Repr::Inline(buf)));
+                } else {
+                    f(Word::new(&text[start..i].to_ascii_lowercase()));
+                }
+            }
+            _ => {
+                let c = char_at(text, i);
+                if c.is_alphanumeric() {
+                    i = slow_word(text, i, &mut f);
+                } else {
+                    i += c.len_utf8();
+                }
+            }
+        }
+    }
+}
+
+#[inline]
+fn char_at(text: &str, i: usize) -> char {
+    text[i..].chars().next().unwrap_or('\u{0}')
+}
+
+/// The words of `text`, straightforwardly (the reference [`for_each_word`] is
+/// tested against).
+pub fn words_reference(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// The word starting at `start`, by chars; returns where it ends.
+fn slow_word(text: &str, start: usize, f: &mut impl FnMut(Word)) -> usize {
+    let end = text[start..]
+        .char_indices()
+        .find(|(_, c)| !c.is_alphanumeric())
+        .map_or(text.len(), |(j, _)| start + j);
+    f(Word::new(&text[start..end].to_lowercase()));
+    end
+}
+/// A vocabulary with Zipf frequencies and an O(1) sampler (Vose's alias method).
+#[derive(Debug)]
+pub struct Vocabulary {
+    words: Vec<String>,
+    /// Each word's bytes padded to 24, so appending one is a fixed-size copy.
+    padded: Vec<([u8; 24], u8)>,
+    /// Alias method: keep index i when the low 32 random bits are below `keep[i]`.
+    keep: Vec<u32>,
+    alias: Vec<u32>,
+}
+
+const SYLLABLES: &[&str] = &[
+    "ka", "lo", "mi", "ne", "ru", "sa", "te", "vo", "an", "el", "is", "or", "ul", "ba", "di", "fe",
+    "go", "hu", "ja", "ki", "ma", "no", "pe", "qui", "ra", "si", "to", "us", "ve", "wa", "xi",
+    "yo", "ze", "ch", "th", "st", "er", "in", "on", "at",
+];
+const ACCENTED: &[&str] = &["é", "ö", "ü", "ñ", "ß", "å"];
+
+impl Vocabulary {
+    /// `size` distinct words for `seed`, rank 0 the most frequent.
+    pub fn zipf(size: usize, seed: u64) -> Self {
+        assert!(size > 0);
+        let mut seen = std::collections::HashSet::with_capacity(size);
+        let mut words = Vec::with_capacity(size);
+        let mut rng = SplitMix64::new(splitmix64(seed ^ 0x766f_6361_6275_6c61));
+        while words.len() < size {
+            // Frequent words are short, like in real text.
+            let rank = words.len();
+            let max_syl = 1 + (rank as f64 + 1.0).log10().ceil() as u64;
+            let n = 1 + rng.below(max_syl.min(6));
+            let mut w = String::new();
+            for _ in 0..n {
+                w.push_str(SYLLABLES[rng.below(SYLLABLES.len() as u64) as usize]);
+            }
+            if rng.below(100) == 0 {
+                w.push_str(ACCENTED[rng.below(ACCENTED.len() as u64) as usize]);
+            }
+            if seen.insert(w.clone()) {
+                words.push(w);
+            }
+        }
+        let weights: Vec<f64> = (0..size).map(|r| 1.0 / (r as f64 + 1.0)).collect();
+        let (prob, alias) = alias_table(&weights);
+        let keep = prob
+            .iter()
+            .map(|p| (p * 4_294_967_296.0).min(u32::MAX as f64) as u32)
+            .collect();
+        let padded = words
+            .iter()
+            .map(|w| {
+                let mut b = [0u8; 24];
+                b[..w.len()].copy_from_slice(w.as_bytes());
+                (b, w.len() as u8)
+            })
+            .collect();
+        Vocabulary {
+            words,
+            padded,
+            keep,
+            alias,
+        }
+    }
+
+    /// The words, most frequent first.
+    pub fn words(&self) -> &[String] {
+        &self.words
+    }
+
+    #[inline]
+    fn sample_index(&self, rng: &mut SplitMix64) -> usize {
+        let r = rng.next_u64();
+        let i = (((r >> 32) * self.keep.len() as u64) >> 32) as usize;
+        if (r as u32) < self.keep[i] {
+            i
+        } else {
+            self.alias[i] as usize
+        }
+    }
+
+    /// Draws a word.
+    #[inline]
+    pub fn sample(&self, rng: &mut SplitMix64) -> &str {
+        &self.words[self.sample_index(rng)]
+    }
+}
+
+fn alias_table(weights: &[f64]) -> (Vec<f64>, Vec<u32>) {
+    let n = weights.len();
+    let total: f64 = weights.iter().sum();
+    let mut scaled: Vec<f64> = weights.iter().map(|w| w * n as f64 / total).collect();
+    let mut prob = vec![1.0; n];
+    let mut alias: Vec<u32> = (0..n as u32).collect();
+    let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| scaled[i] < 1.0);
+    while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+        prob[s] = scaled[s];
+        alias[s] = l as u32;
+        scaled[l] -= 1.0 - scaled[s];
+        if scaled[l] < 1.0 {
+            large.pop();
+            small.push(l);
+        }
+    }
+    (prob, alias)
+}
+
+/// Writes line `index` of the generated text into `out` (replacing it);
+/// returns the number of words in it.
+#[inline]
+pub fn generate_line(vocab: &Vocabulary, seed: u64, index: u64, out: &mut String) -> usize {
+    let mut buf = std::mem::take(out).into_bytes();
+    buf.clear();
+    let mut rng = SplitMix64::for_index(seed, index);
+    let n = 5 + rng.below(11) as usize;
+    let separators = rng.next_u64();
+    for k in 0..n {
+        let (bytes, len) = &vocab.padded[vocab.sample_index(&mut rng)];
+        if k > 0 {
+            if (separators >> (4 * k)) & 0xF == 0 {
+                buf.push(b',');
+            }
+            buf.push(b' ');
+        }
+        let at = buf.len();
+        buf.extend_from_slice(bytes);
+        buf.truncate(at + *len as usize);
+        if k == 0 {
+            buf[at] = buf[at].to_ascii_uppercase();
+        }
+    }
+    buf.push(b'.');
+    // Whole vocabulary words and ASCII punctuation: always valid UTF-8.
+    *out = String::from_utf8(buf)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    n
+}
+
+/// Number of lines [`generated_lines`] produces for about `words` words (10 per line on average).
+pub fn lines_for_words(words: u64) -> u64 {
+    words.div_ceil(10)
+}
+
+/// The built-in input: [`lines_for_words`]`(words)` lines of generated text over
+/// a Zipf vocabulary of `vocabulary` words, as a parallel source.
+pub fn generated_lines(
+    words: u64,
+    vocabulary: usize,
+    seed: u64,
+) -> GeneratorSource<String, impl Fn(u64, &mut SplitMix64) -> String + Send + Sync + Clone + 'static>
+{
+    let vocab = Arc::new(Vocabulary::zipf(vocabulary, seed));
+    GeneratorSource::new(seed, Some(lines_for_words(words)), move |i, _rng| {
+        let mut line = String::with_capacity(128);
+        generate_line(&vocab, seed, i, &mut line);
+        line
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenizer_matches_reference() {
+        let samples = [
+            "Hello, World! hello-world 42x",
+            "  ÉCOLE élève Straße ΣΊΣΥΦΟΣ naïve  ",
+            "tabs\tand\nnewlines__under_scores",
+            "",
+            "...,,,",
+            "日本語 テキスト 123",
+            "MiXeD CaSe ÅÄÖ",
+        ];
+        for s in samples {
+            let mut got = Vec::new();
+            for_each_word(s, |w| got.push(w.to_string()));
+            assert_eq!(got, words_reference(s), "text: {s:?}");
+        }
+    }
+
+    #[test]
+    fn generated_text_is_deterministic_and_zipfian() {
+        let v = Vocabulary::zipf(10_000, 7);
+        assert_eq!(v.words().len(), 10_000);
+        let mut a = String::new();
+        let mut b = String::new();
+        generate_line(&v, 7, 123, &mut a);
+        generate_line(&Vocabulary::zipf(10_000, 7), 7, 123, &mut b);
+        assert_eq!(a, b);
+        let mut counts = vec![0u32; 10_000];
+        let mut rng = SplitMix64::new(1);
+        let index: std::collections::HashMap<&str, usize> = v
+            .words()
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.as_str(), i))
+            .collect();
+        for _ in 0..200_000 {
+            counts[index[v.sample(&mut rng)]] += 1;
+        }
+        // Zipf: rank 1 about twice rank 2, about ten times rank 10.
+        let r = counts[0] as f64 / counts[1] as f64;
+        assert!((1.7..2.3).contains(&r), "rank1/rank2 = {r}");
+        let r = counts[0] as f64 / counts[9] as f64;
+        assert!((7.0..13.0).contains(&r), "rank1/rank10 = {r}");
+    }
+
+    #[test]
+    fn line_word_count_is_what_the_tokenizer_sees() {
+        let v = Vocabulary::zipf(1000, 3);
+        let mut line = String::new();
+        for i in 0..1000 {
+            let n = generate_line(&v, 3, i, &mut line);
+            assert_eq!(words_reference(&line).len(), n, "{line}");
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! Configuration: every option weir knows, with Flink's key names, loaded in
+//! layers and validated before a job starts.
+//!
+//! # Layers (later wins)
+//! 1. the defaults compiled into [`options`] (the same values `conf/weir.yaml` shows);
+//! 2. the file `weir.yaml` in `$WEIR_CONF_DIR`, else `./conf/weir.yaml` when it exists
+//!    (read with the [`config`] crate; nested YAML maps and flat dotted keys both work);
+//! 3. environment variables: `WEIR_` + the key in upper case with `.` and `-` turned
+//!    into `_`, e.g. `WEIR_PARALLELISM_DEFAULT=4` for `parallelism.default`;
+//! 4. dynamic properties, `-D key=value` on every example's command line.
+//!
+//! Every layer is checked against [`options::ALL`]: an unknown key (including an
+//! unknown `WEIR_*` variable) or a value that does not parse is rejected with a
+//! [`ConfigError`] that names the key, the value, where it came from and what is
+//! accepted. Nothing is silently ignored.
+//!
+//! Read typed values with [`Conf::get`] and the [`ConfigOption`] constants in
+//! [`options`], Flink-style: `conf.get(&options::PARALLELISM_DEFAULT)`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The environment variable naming the directory that holds `weir.yaml`.
+pub const CONF_DIR_ENV: &str = "WEIR_CONF_DIR";
+/// The prefix of environment variables that override options.
+pub const ENV_PREFIX: &str = "WEIR_";
+
+/// How an option's value is written and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A whole number in `min..=max`.
+    Int {
+        /// Smallest accepted value.
+        min: i64,
+        /// Largest accepted value.
+        max: i64,
+    },
+    /// A duration: a number and a unit (`ms`, `s`, `min`, `h`, `d`); a bare number is milliseconds.
+    Duration,
+    /// `true` or `false`.
+    Bool,
+    /// One of the listed words (case-insensitive).
+    Enum(&'static [&'static str]),
+    /// Any text (e.g. a path).
+    Text,
+}
+
+impl Kind {
+    /// What a user may write, for error messages and docs.
+    pub fn accepted(&self) -> String {
+        match self {
+            Kind::Int { min, max } => format!("an integer from {min} to {max}"),
+            Kind::Duration => {
+                "a duration such as 500ms, 1s, 10min or 1h (a bare number is milliseconds)".into()
+            }
+            Kind::Bool => "true or false".into(),
+            Kind::Enum(words) => format!("one of {}", words.join(", ")),
+            Kind::Text => "any text".into(),
+        }
+    }
+
+    fn check(&self, raw: &str) -> Result<(), ()> {
+        match self {
+            Kind::Int { min, max } => match raw.trim().parse::<i64>() {
+                Ok(v) if v >= *min && v <= *max => Ok(()),
+                _ => Err(()),
+            },
+            Kind::Duration => parse_duration(raw).map(|_| ()).ok_or(()),
+            Kind::Bool => parse_bool(raw).map(|_| ()).ok_or(()),
+            Kind::Enum(words) => {
+                if words.iter().any(|w| w.eq_ignore_ascii_case(raw.trim())) {
+                    Ok(())
+                } else {
+                    Err(())
+                }
+            }
+            Kind::Text => Ok(()),
+        }
+    }
+}
+
+/// The untyped description of one option: its key, default, kind and doc line.
+#[derive(Debug, Clone, Copy)]
+pub struct OptionDef {
+    /// The key, Flink's name where Flink has the option.
+    pub key: &'static str,
+    /// The default, written as it would be in `weir.yaml`.
+    pub default: &'static str,
+    /// How the value is written and checked.
+    pub kind: Kind,
+    /// One line of documentation.
+    pub doc: &'static str,
+}
+
+/// A typed option, e.g. `ConfigOption<usize>`; read it with [`Conf::get`].
+#[derive(Debug)]
+pub struct ConfigOption<T> {
+    /// The untyped description.
+    pub def: OptionDef,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> ConfigOption<T> {
+    /// A new option.
+    pub const fn new(
+        key: &'static str,
+        default: &'static str,
+        kind: Kind,
+        doc: &'static str,
+    ) -> Self {
+        ConfigOption {
+            def: OptionDef {
+                key,
+                default,
+                kind,
+                doc,
+            },
+            _t: PhantomData,
+        }
+    }
+}
+
+/// Types an option value can be read as. The value was validated against its
+/// [`Kind`] when the configuration was loaded, so parsing here cannot fail for
+/// the kinds each type is used with.
+pub trait FromConfValue: Sized {
+    /// Parses a validated value.
+    fn from_conf_value(raw: &str) -> Option<Self>;
+}
+
+impl FromConfValue for usize {
+    fn from_conf_value(raw: &str) -> Option<Self> {
+        raw.trim().parse().ok()
+    }
+}
+impl FromConfValue for u64 {
+    fn from_conf_value(raw: &str) -> Option<Self> {
+        raw.trim().parse().ok()
+    }
+}
+impl FromConfValue for bool {
+    fn from_conf_value(raw: &str) -> Option<Self> {
+        parse_bool(raw)
+    }
+}
+impl FromConfValue for Duration {
+    fn from_conf_value(raw: &str) -> Option<Self> {
+        parse_duration(raw)
+    }
+}
+impl FromConfValue for String {
+    fn from_conf_value(raw: &str) -> Option<Self> {
+        Some(raw.to_string())
+    }
+}
+impl FromConfValue for PathBuf {
+    fn from_conf_value(raw: &str) -> Option<Self> {
+        Some(PathBuf::from(raw))
+    }
+}
+
+/// Where a value came from, for messages and `weir config show`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueSource {
+    /// The compiled-in default.
+    Default,
+    /// A configuration file.
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+    /// A `-D key=value` dynamic property.
+    Dynamic,
+    /// Set in code with [`Conf::set`].
+    Code,
+}
+
+impl fmt::Display for ValueSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValueSource::Default => write!(f, "default"),
+            ValueSource::File(p) => write!(f, "{}", p.display()),
+            ValueSource::Env(v) => write!(f, "environment variable {v}"),
+            ValueSource::Dynamic => write!(f, "-D"),
+            ValueSource::Code => write!(f, "code"),
+        }
+    }
+}
+
+/// A rejected configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConfigError {
+    /// The key is not an option weir knows.
+    #[error("unknown configuration key '{key}' (from {origin}){}", suggestion.as_ref().map(|s| format!("; did you mean '{s}'?")).unwrap_or_default())]
+    UnknownKey {
+        /// The key as written.
+        key: String,
+        /// Where it was written.
+        origin: ValueSource,
+        /// The closest known key, if one is close.
+        suggestion: Option<String>,
+    },
+    /// The value does not fit the option.
+    #[error("invalid value '{value}' for configuration key '{key}' (from {origin}): expected {accepted}")]
+    BadValue {
+        /// The option's key.
+        key: String,
+        /// The value as written.
+        value: String,
+        /// Where it was written.
+        origin: ValueSource,
+        /// What is accepted.
+        accepted: String,
+    },
+    /// A `-D` argument without `=`.
+    #[error("malformed dynamic property '{0}': expected -D key=value")]
+    Malformed(String),
+    /// The configuration file could not be read or parsed.
+    #[error("cannot load configuration file '{}': {message}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// A validated configuration: every known option has a value.
+#[derive(Debug, Clone)]
+pub struct Conf {
+    values: BTreeMap<&'static str, (String, ValueSource)>,
+}
+
+impl Default for Conf {
+    fn default() -> Self {
+        Conf::defaults()
+    }
+}
+
+impl Conf {
+    /// Only the compiled-in defaults.
+    pub fn defaults() -> Self {
+        Conf {
+            values: options::ALL
+                .iter()
+                .map(|d| (d.key, (d.default.to_string(), ValueSource::Default)))
+                .collect(),
+        }
+    }
+
+    /// Loads the layers described in the module docs from the process
+    /// environment, plus the given `-D key=value` properties.
+    pub fn load(dynamic: &[String]) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let dir = std::env::var_os(CONF_DIR_ENV).map(PathBuf::from);
+        Conf::load_from(dir.as_deref(), &env, dynamic)
+    }
+
+    /// Loads from an explicit conf dir, environment and dynamic properties
+    /// (what [`Conf::load`] does, without touching the process environment).
+    /// With `conf_dir` `None`, `./conf/weir.yaml` is read when it exists.
+    pub fn load_from(
+        conf_dir: Option<&Path>,
+        env: &[(String, String)],
+        dynamic: &[String],
+    ) -> Result<Self, ConfigError> {
+        let mut conf = Conf::defaults();
+        let file = match conf_dir {
+            Some(dir) => Some(dir.join("weir.yaml")),
+            None => {
+                let p = PathBuf::from("conf/weir.yaml");
+                p.exists().then_some(p)
+            }
+        };
+        if let Some(path) = file {
+            for (key, value) in read_yaml(&path)? {
+                conf.set_from(&key, &value, ValueSource::File(path.clone()))?;
+            }
+        }
+        for (name, value) in env {
+            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+                if name == CONF_DIR_ENV || rest.is_empty() {
+                    continue;
+                }
+                let def = options::ALL.iter().find(|d| env_name(d.key) == *name);
+                match def {
+                    Some(d) => conf.set_from(d.key, value, ValueSource::Env(name.clone()))?,
+                    None => {
+                        return Err(ConfigError::UnknownKey {
+                            key: name.clone(),
+                            origin: ValueSource::Env(name.clone()),
+                            suggestion: suggest(&rest.to_ascii_lowercase().replace('_', "."))
+                                .map(env_name),
+                        })
+                    }
+                }
+            }
+        }
+        for prop in dynamic {
+            let (k, v) = prop
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Malformed(prop.clone()))?;
+            conf.set_from(k.trim(), v.trim(), ValueSource::Dynamic)?;
+        }
+        Ok(conf)
+    }
+
+    /// Sets `key` to `value` from code, with the same checks as the other layers.
+    pub fn set(&mut self, key: &str, value: impl fmt::Display) -> Result<&mut Self, ConfigError> {
+        self.set_from(key, &value.to_string(), ValueSource::Code)?;
+        Ok(self)
+    }
+
+    fn set_from(&mut self, key: &str, value: &str, source: ValueSource) -> Result<(), ConfigError> {
+        let def =
+            options::ALL
+                .iter()
+                .find(|d| d.key == key)
+                .ok_or_else(|| ConfigError::UnknownKey {
+                    key: key.to_string(),
+                    origin: source.clone(),
+                    suggestion: suggest(key).map(str::to_string),
+                })?;
+        def.kind.check(value).map_err(|()| ConfigError::BadValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            origin: source.clone(),
+            accepted: def.kind.accepted(),
+        })?;
+        let value = match def.kind {
+            Kind::Enum(words) => words
+                .iter()
+                .find(|w| w.eq_ignore_ascii_case(value.trim()))
+                .map(|w| w.to_string())
+                .unwrap_or_default(),
+            _ => value.to_string(),
+        };
+        self.values.insert(def.key, (value, source));
+        Ok(())
+    }
+
+    /// The typed value of an option.
+    pub fn get<T: FromConfValue>(&self, option: &ConfigOption<T>) -> T {
+        let raw = self.raw(option.def.key);
+        T::from_conf_value(raw)
+            .or_else(|| T::from_conf_value(option.def.default))
+            .unwrap_or_else(|| {
+                // Every option's default is checked by a unit test against its kind.
+                unreachable!("default of {} does not parse", option.def.key)
+            })
+    }
+
+    /// The value of `key` as written, after validation.
+    pub fn raw(&self, key: &str) -> &str {
+        self.values.get(key).map(|(v, _)| v.as_str()).unwrap_or("")
+    }
+
+    /// Every option with its value and where the value came from, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static str, &str, &ValueSource)> {
+        self.values.iter().map(|(k, (v, s))| (*k, v.as_str(), s))
+    }
+}
+
+/// The environment variable that overrides `key`.
+pub fn env_name(key: &str) -> String {
+    let mut s = String::from(ENV_PREFIX);
+    s.extend(key.chars().map(|c| {
+        if c == '.' || c == '-' {
+            '_'
+        } else {
+            c.to_ascii_uppercase()
+        }
+    }));
+    s
+}
+
+fn read_yaml(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let err = |message: String| ConfigError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    if !path.exists() {
+        return Err(err("file not found".into()));
+    }
+    let cfg = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Yaml))
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    let table = cfg
+        .try_deserialize::<config::Map<String, config::Value>>()
+        .map_err(|e| err(e.to_string()))?;
+    let mut out = Vec::new();
+    for (k, v) in table {
+        flatten(&k, v, &mut out).map_err(err)?;
+    }
+    Ok(out)
+}
+
+fn flatten(prefix: &str, v: config::Value, out: &mut Vec<(String, String)>) -> Result<(), String> {
+    match v.kind {
+        config::ValueKind::Table(t) => {
+            for (k, v) in t {
+                flatten(&format!("{prefix}.{k}"), v, out)?;
+            }
+            Ok(())
+        }
+        config::ValueKind::Array(_) => Err(format!("key '{prefix}': lists are not accepted")),
+        config::ValueKind::Nil => Err(format!("key '{prefix}' has no value")),
+        _ => {
+            let s = v.into_string().map_err(|e| e.to_string())?;
+            out.push((prefix.to_string(), s));
+            Ok(())
+        }
+    }
+}
+
+/// Parses `true`/`false` (case-insensitive).
+pub fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses a Flink-style duration: `500ms`, `1 s`, `10min`, `2h`, `1d`; a bare
+/// number is milliseconds.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let s = raw.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 1,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1_000,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+        "h" | "hour" | "hours" => 3_600_000,
+        "d" | "day" | "days" => 86_400_000,
+        _ => return None,
+    };
+    Some(Duration::from_millis(n.checked_mul(ms)?))
+}
+
+/// The known key closest to `key`, if it is close enough to be a typo.
+fn suggest(key: &str) -> Option<&'static str> {
+    options::ALL
+        .iter()
+        .map(|d| (edit_distance(key, d.key), d.key))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(2))
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Every option weir knows. `conf/weir.yaml` lists the same keys with the same
+/// defaults (a test keeps the two in step).
+pub mod options {
+    use super::{ConfigOption, Kind, OptionDef};
+    use std::time::Duration;
+
+    /// Parallelism of operators that do not set their own.
+    pub const PARALLELISM_DEFAULT: ConfigOption<usize> = ConfigOption::new(
+        "parallelism.default",
+        "1",
+        Kind::Int { min: 1, max: 32768 },
+        "parallelism of operators that do not call set_parallelism",
+    );
+    /// Number of key groups: the upper bound of keyed parallelism and the unit of rescaling.
+    pub const MAX_PARALLELISM: ConfigOption<usize> = ConfigOption::new(
+        "pipeline.max-parallelism",
+        "128",
+        Kind::Int { min: 1, max: 32768 },
+        "number of key groups: the highest parallelism keyed state can be rescaled to",
+    );
+    /// Records per batch on channels.
+    pub const BATCH_SIZE: ConfigOption<usize> = ConfigOption::new(
+        "pipeline.batch-size",
+        "1024",
+        Kind::Int {
+            min: 1,
+            max: 1_048_576,
+        },
+        "records per batch sent between subtasks",
+    );
+    /// Records a source emits per poll.
+    pub const SOURCE_BATCH_SIZE: ConfigOption<usize> = ConfigOption::new(
+        "pipeline.source-batch-size",
+        "128",
+        Kind::Int {
+            min: 1,
+            max: 1_048_576,
+        },
+        "records a source emits per poll (small keeps a flat_map's output in cache)",
+    );
+    /// Batches a channel holds before the sender waits (backpressure).
+    pub const BUFFERS_PER_CHANNEL: ConfigOption<usize> = ConfigOption::new(
+        "taskmanager.network.memory.buffers-per-channel",
+        "4",
+        Kind::Int { min: 1, max: 65536 },
+        "batches one channel holds before its sender waits (backpressure)",
+    );
+    /// Threads that run subtasks; 0 means one per CPU core.
+    pub const WORKER_THREADS: ConfigOption<usize> = ConfigOption::new(
+        "taskmanager.worker-threads",
+        "0",
+        Kind::Int { min: 0, max: 4096 },
+        "threads that run subtasks (0: one per CPU core)",
+    );
+    /// Where keyed state lives.
+    pub const STATE_BACKEND: ConfigOption<String> = ConfigOption::new(
+        "state.backend.type",
+        "hashmap",
+        Kind::Enum(&["hashmap"]),
+        "keyed state backend: hashmap (in memory)",
+    );
+    /// How often wordcount-style examples print progress.
+    pub const PROGRESS_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
+        "client.progress-interval",
+        "1s",
+        Kind::Duration,
+        "how often examples print progress (records/s)",
+    );
+
+    /// Every option, in the order `conf/weir.yaml` lists them.
+    pub const ALL: &[OptionDef] = &[
+        PARALLELISM_DEFAULT.def,
+        MAX_PARALLELISM.def,
+        BATCH_SIZE.def,
+        SOURCE_BATCH_SIZE.def,
+        BUFFERS_PER_CHANNEL.def,
+        WORKER_THREADS.def,
+        STATE_BACKEND.def,
+        PROGRESS_INTERVAL.def,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_is_valid() {
+        for d in options::ALL {
+            assert!(
+                d.kind.check(d.default).is_ok(),
+                "{} default {}",
+                d.key,
+                d.default
+            );
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1 s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_duration("10min"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("250"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1 fortnight"), None);
+        assert_eq!(parse_duration("s"), None);
+    }
+
+    #[test]
+    fn suggestion_for_typo() {
+        assert_eq!(suggest("parallelism.defualt"), Some("parallelism.default"));
+        assert_eq!(suggest("completely.different.thing"), None);
+    }
+
+    #[test]
+    fn env_names() {
+        assert_eq!(
+            env_name("pipeline.max-parallelism"),
+            "WEIR_PIPELINE_MAX_PARALLELISM"
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! Errors of the runtime: one [`Error`] enum with typed kinds.
+//!
+//! Every fallible public function of `weir-runtime` returns [`Result<T>`]. The
+//! kinds say who has to act: [`Error::Config`] is the user's configuration,
+//! [`Error::Io`] names the path that failed, [`Error::Operator`] is a failure
+//! inside user code (with the operator's name and subtask index), and
+//! [`Error::JobFailed`] / [`Error::Cancelled`] describe how a job ended.
+
+use std::path::PathBuf;
+
+/// The result type of the runtime.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration key or value was rejected.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+
+    /// An I/O operation on a path failed.
+    #[error("{action} '{}': {source}", path.display())]
+    Io {
+        /// What the runtime tried to do, e.g. "cannot read input".
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A record or state value could not be (de)serialized.
+    #[error("serialization failed: {0}")]
+    Serde(String),
+
+    /// User code (a function, source or sink) returned an error or panicked.
+    #[error("operator '{operator}' (subtask {subtask}) failed: {message}")]
+    Operator {
+        /// The operator's name as given with `.name(...)` or its default.
+        operator: String,
+        /// The subtask index (0-based).
+        subtask: usize,
+        /// The error or panic message.
+        message: String,
+    },
+
+    /// The job graph is not valid (e.g. a forward edge between operators of
+    /// different parallelism, or a stream with no sink).
+    #[error("invalid job graph: {0}")]
+    Graph(String),
+
+    /// The job failed; the first failure is given.
+    #[error("job '{job}' failed: {cause}")]
+    JobFailed {
+        /// The job's name.
+        job: String,
+        /// The first error that made it fail.
+        cause: Box<Error>,
+    },
+
+    /// The job was cancelled before it finished.
+    #[error("job '{0}' was cancelled")]
+    Cancelled(String),
+
+    /// A channel's other end went away because its subtask stopped (a
+    /// consequence of another failure, never the root cause).
+    #[error("channel disconnected: {0}")]
+    Disconnected(String),
+
+    /// A user function returned an error of its own.
+    #[error("{0}")]
+    User(String),
+
+    /// An internal invariant of the runtime was broken (a bug in weir).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// An error from user code, for `?` in functions and sources.
+    pub fn user(msg: impl std::fmt::Display) -> Self {
+        Error::User(msg.to_string())
+    }
+
+    /// An I/O error on `path`.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<postcard::Error> for Error {
+    fn from(e: postcard::Error) -> Self {
+        Error::Serde(e.to_string())
+    }
+}

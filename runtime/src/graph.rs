@@ -1,0 +1,436 @@
+//! The job graph: the logical graph the DataStream API builds, the physical
+//! plan (operator chains and the channels between them), and its expansion
+//! into one [`SubtaskSpec`] per parallel subtask.
+//!
+//! # Chaining
+//! An edge `u -> d` is **chained** (both operators run in one subtask actor,
+//! records handed over in memory with no channel) when it is a forward edge
+//! (no `key_by`, `rebalance` or `broadcast` in between), both have the same
+//! parallelism, `u` has no other consumer, `d` has no other input, and
+//! neither called `disable_chaining()`. This is Flink's rule.
+//!
+//! # Partitioning
+//! An edge without an explicit partitioner is forward when the parallelisms
+//! match and rebalance otherwise (as in Flink). An explicit `forward()` between
+//! different parallelisms is rejected.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use crate::channel::{
+    channel, Broadcast, Forward, InputGate, OutputEdge, PartitionFactory, PartitionSetup,
+    Rebalance, Rx, WeakTx,
+};
+use crate::config::{options, Conf};
+use crate::operator::{ChainOp, OpFactory, RuntimeContext, SourceFactory, SourceOp};
+use crate::record::{CloneFn, LenFn};
+use crate::{Error, Result};
+
+/// How records leave a node on an edge, as the user asked for it.
+#[derive(Clone)]
+pub(crate) enum Ship {
+    Auto,
+    Forward,
+    Rebalance,
+    Broadcast,
+    Hash(PartitionFactory),
+}
+
+pub(crate) struct Edge {
+    pub from: usize,
+    pub ship: Ship,
+}
+
+pub(crate) enum NodeKind {
+    Source(SourceFactory),
+    Op(OpFactory),
+}
+
+pub(crate) struct Node {
+    pub name: String,
+    pub parallelism: Option<usize>,
+    pub chainable: bool,
+    pub kind: NodeKind,
+    pub inputs: Vec<Edge>,
+    pub is_sink: bool,
+    /// Copies a batch of this node's output type (fan-out, broadcast).
+    pub out_clone: CloneFn,
+    /// Length of a batch of this node's output type.
+    pub out_len: LenFn,
+    /// Length of a batch of this node's input type (operators only).
+    pub in_len: Option<LenFn>,
+}
+
+/// The logical graph, built by [`crate::stream::DataStream`] calls.
+#[derive(Default)]
+pub(crate) struct StreamGraph {
+    pub nodes: Vec<Node>,
+}
+
+/// How a channel edge distributes records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShipStrategy {
+    /// Subtask i to subtask i.
+    Forward,
+    /// Whole batches round-robin.
+    Rebalance,
+    /// Every batch to every subtask.
+    Broadcast,
+    /// Per record by key group.
+    Hash,
+}
+
+impl fmt::Display for ShipStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ShipStrategy::Forward => "FORWARD",
+            ShipStrategy::Rebalance => "REBALANCE",
+            ShipStrategy::Broadcast => "BROADCAST",
+            ShipStrategy::Hash => "HASH",
+        })
+    }
+}
+
+/// One operator chain: the operators that run together in one subtask actor.
+#[derive(Debug, Clone)]
+pub struct ChainPlan {
+    /// Index of the chain in [`JobPlan::chains`].
+    pub id: usize,
+    /// The names of its operators, head first.
+    pub operators: Vec<String>,
+    /// Its parallelism (number of subtask actors).
+    pub parallelism: usize,
+    pub(crate) nodes: Vec<usize>,
+}
+
+impl ChainPlan {
+    /// The chain's display name, Flink-style: `Source -> Map -> Sink`.
+    pub fn name(&self) -> String {
+        self.operators.join(" -> ")
+    }
+}
+
+/// A channel edge between two chains (one channel per connected subtask pair).
+#[derive(Debug, Clone)]
+pub struct ChannelPlan {
+    /// The upstream chain.
+    pub from_chain: usize,
+    /// The downstream chain.
+    pub to_chain: usize,
+    /// How records are distributed.
+    pub ship: ShipStrategy,
+    pub(crate) from_node: usize,
+    pub(crate) to_node: usize,
+}
+
+/// The physical plan: chains and the channel edges between them.
+#[derive(Debug, Clone)]
+pub struct JobPlan {
+    /// Operator chains in topological order.
+    pub chains: Vec<ChainPlan>,
+    /// Channel edges.
+    pub channels: Vec<ChannelPlan>,
+    pub(crate) node_parallelism: Vec<usize>,
+}
+
+impl JobPlan {
+    /// Number of subtask actors the job runs.
+    pub fn num_subtasks(&self) -> usize {
+        self.chains.iter().map(|c| c.parallelism).sum()
+    }
+
+    /// The chain that contains the operator called `name`.
+    pub fn chain_of(&self, name: &str) -> Option<&ChainPlan> {
+        self.chains
+            .iter()
+            .find(|c| c.operators.iter().any(|o| o == name))
+    }
+}
+
+impl fmt::Display for JobPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in &self.chains {
+            writeln!(
+                f,
+                "chain {}: {} (parallelism {})",
+                c.id,
+                c.name(),
+                c.parallelism
+            )?;
+        }
+        for e in &self.channels {
+            writeln!(
+                f,
+                "channel: chain {} -> chain {} [{}]",
+                e.from_chain, e.to_chain, e.ship
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl StreamGraph {
+    /// Computes parallelism, partitioning and chains.
+    pub(crate) fn plan(&self, conf: &Conf) -> Result<JobPlan> {
+        if self.nodes.is_empty() {
+            return Err(Error::Graph(
+                "the job has no operators: add a source and a sink".into(),
+            ));
+        }
+        if !self.nodes.iter().any(|n| n.is_sink) {
+            return Err(Error::Graph(
+                "the job has no sink: add one with add_sink".into(),
+            ));
+        }
+        let default_p = conf.get(&options::PARALLELISM_DEFAULT);
+        let max_p = conf.get(&options::MAX_PARALLELISM);
+        let par: Vec<usize> = self
+            .nodes
+            .iter()
+            .map(|n| n.parallelism.unwrap_or(default_p))
+            .collect();
+        let mut consumers = vec![0usize; self.nodes.len()];
+        let mut ships = BTreeMap::new();
+        for (d, node) in self.nodes.iter().enumerate() {
+            for e in &node.inputs {
+                consumers[e.from] += 1;
+                let ship = match &e.ship {
+                    Ship::Auto if par[e.from] == par[d] => ShipStrategy::Forward,
+                    Ship::Auto | Ship::Rebalance => ShipStrategy::Rebalance,
+                    Ship::Forward if par[e.from] != par[d] => {
+                        return Err(Error::Graph(format!(
+                            "forward() from '{}' (parallelism {}) to '{}' (parallelism {}) needs equal parallelism",
+                            self.nodes[e.from].name, par[e.from], node.name, par[d]
+                        )))
+                    }
+                    Ship::Forward => ShipStrategy::Forward,
+                    Ship::Broadcast => ShipStrategy::Broadcast,
+                    Ship::Hash(_) => {
+                        if par[d] > max_p {
+                            return Err(Error::Graph(format!(
+                                "keyed operator '{}' has parallelism {} above pipeline.max-parallelism {}",
+                                node.name, par[d], max_p
+                            )));
+                        }
+                        ShipStrategy::Hash
+                    }
+                };
+                ships.insert((e.from, d), ship);
+            }
+        }
+        let mut chain_of = vec![usize::MAX; self.nodes.len()];
+        let mut chains: Vec<ChainPlan> = Vec::new();
+        let mut channels = Vec::new();
+        for (d, node) in self.nodes.iter().enumerate() {
+            let chained_from = match node.inputs.as_slice() {
+                [e] if ships[&(e.from, d)] == ShipStrategy::Forward
+                    && consumers[e.from] == 1
+                    && self.nodes[e.from].chainable
+                    && node.chainable =>
+                {
+                    Some(e.from)
+                }
+                _ => None,
+            };
+            match chained_from {
+                Some(u) => {
+                    let c = chain_of[u];
+                    chains[c].operators.push(node.name.clone());
+                    chains[c].nodes.push(d);
+                    chain_of[d] = c;
+                }
+                None => {
+                    let c = chains.len();
+                    chains.push(ChainPlan {
+                        id: c,
+                        operators: vec![node.name.clone()],
+                        parallelism: par[d],
+                        nodes: vec![d],
+                    });
+                    chain_of[d] = c;
+                    for e in &node.inputs {
+                        channels.push(ChannelPlan {
+                            from_chain: chain_of[e.from],
+                            to_chain: c,
+                            ship: ships[&(e.from, d)],
+                            from_node: e.from,
+                            to_node: d,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(JobPlan {
+            chains,
+            channels,
+            node_parallelism: par,
+        })
+    }
+}
+
+/// Record counters of one operator, summed over its subtasks.
+#[derive(Debug, Default)]
+pub struct OperatorCounters {
+    /// Records that entered the operator.
+    pub records_in: AtomicU64,
+    /// Records the operator emitted.
+    pub records_out: AtomicU64,
+}
+
+/// One operator of a chain, instantiated for one subtask.
+pub(crate) struct ChainedOp {
+    pub op: Box<dyn ChainOp>,
+    pub ctx: RuntimeContext,
+    pub counters: Arc<OperatorCounters>,
+    pub in_len: LenFn,
+    pub out_len: LenFn,
+}
+
+/// Where a subtask's records come from.
+pub(crate) enum Head {
+    Source {
+        op: Box<dyn SourceOp>,
+        ctx: RuntimeContext,
+        counters: Arc<OperatorCounters>,
+        out_len: LenFn,
+    },
+    Input(InputGate),
+}
+
+/// Everything one subtask actor needs to run.
+pub(crate) struct SubtaskSpec {
+    pub chain: String,
+    pub subtask: usize,
+    pub head: Head,
+    pub ops: Vec<ChainedOp>,
+    pub outputs: Vec<OutputEdge>,
+    pub fanout_clone: CloneFn,
+    pub source_batch_size: usize,
+}
+
+/// Builds every subtask of `plan` with its channels.
+pub(crate) fn instantiate(
+    graph: &StreamGraph,
+    plan: &JobPlan,
+    conf: &Conf,
+    job_id: &str,
+    counters: &[Arc<OperatorCounters>],
+    watch: &mut Vec<WeakTx>,
+) -> Result<Vec<SubtaskSpec>> {
+    let max_p = conf.get(&options::MAX_PARALLELISM);
+    let batch_size = conf.get(&options::BATCH_SIZE);
+    let capacity = conf.get(&options::BUFFERS_PER_CHANNEL);
+    let ctx_for = |node: usize, subtask: usize| RuntimeContext {
+        job_id: job_id.to_string(),
+        operator: graph.nodes[node].name.clone(),
+        subtask,
+        parallelism: plan.node_parallelism[node],
+        max_parallelism: max_p,
+    };
+    // Channels first: inputs[chain][subtask], outputs[chain][subtask].
+    let mut inputs: Vec<Vec<Vec<Rx>>> = plan
+        .chains
+        .iter()
+        .map(|c| (0..c.parallelism).map(|_| Vec::new()).collect())
+        .collect();
+    let mut outputs: Vec<Vec<Vec<OutputEdge>>> = plan
+        .chains
+        .iter()
+        .map(|c| (0..c.parallelism).map(|_| Vec::new()).collect())
+        .collect();
+    for ch in &plan.channels {
+        let (pa, pb) = (
+            plan.chains[ch.from_chain].parallelism,
+            plan.chains[ch.to_chain].parallelism,
+        );
+        let edge = graph.nodes[ch.to_node]
+            .inputs
+            .iter()
+            .find(|e| e.from == ch.from_node)
+            .ok_or_else(|| Error::Internal("channel without a logical edge".into()))?;
+        if ch.ship == ShipStrategy::Forward {
+            for i in 0..pa {
+                let (tx, rx) = channel(capacity);
+                watch.push(tx.downgrade());
+                inputs[ch.to_chain][i].push(rx);
+                outputs[ch.from_chain][i].push(OutputEdge::new(Box::new(Forward), vec![tx]));
+            }
+            continue;
+        }
+        for i in 0..pa {
+            let mut senders = Vec::with_capacity(pb);
+            for j in 0..pb {
+                let (tx, rx) = channel(capacity);
+                watch.push(tx.downgrade());
+                senders.push(tx);
+                inputs[ch.to_chain][j].push(rx);
+            }
+            let setup = PartitionSetup {
+                targets: pb,
+                max_parallelism: max_p,
+                batch_size,
+            };
+            let partition: Box<dyn crate::channel::Partition> = match (&edge.ship, ch.ship) {
+                (Ship::Hash(f), _) => f(setup),
+                (_, ShipStrategy::Broadcast) => Box::new(Broadcast {
+                    targets: pb,
+                    clone: graph.nodes[ch.from_node].out_clone,
+                }),
+                _ => Box::new(Rebalance {
+                    next: i % pb,
+                    targets: pb,
+                }),
+            };
+            outputs[ch.from_chain][i].push(OutputEdge::new(partition, senders));
+        }
+    }
+    let mut specs = Vec::with_capacity(plan.num_subtasks());
+    for (c, chain) in plan.chains.iter().enumerate() {
+        let tail = *chain
+            .nodes
+            .last()
+            .ok_or_else(|| Error::Internal("empty chain".into()))?;
+        for i in 0..chain.parallelism {
+            let mut ops = Vec::new();
+            let mut head = None;
+            for &n in &chain.nodes {
+                let node = &graph.nodes[n];
+                match &node.kind {
+                    NodeKind::Source(f) => {
+                        head = Some(Head::Source {
+                            op: f(),
+                            ctx: ctx_for(n, i),
+                            counters: counters[n].clone(),
+                            out_len: node.out_len,
+                        })
+                    }
+                    NodeKind::Op(f) => ops.push(ChainedOp {
+                        op: f(),
+                        ctx: ctx_for(n, i),
+                        counters: counters[n].clone(),
+                        in_len: node
+                            .in_len
+                            .ok_or_else(|| Error::Internal("operator without input type".into()))?,
+                        out_len: node.out_len,
+                    }),
+                }
+            }
+            let head = match head {
+                Some(h) => h,
+                None => Head::Input(InputGate::new(std::mem::take(&mut inputs[c][i]))),
+            };
+            specs.push(SubtaskSpec {
+                chain: chain.name(),
+                subtask: i,
+                head,
+                ops,
+                outputs: std::mem::take(&mut outputs[c][i]),
+                fanout_clone: graph.nodes[tail].out_clone,
+                source_batch_size: conf.get(&options::SOURCE_BATCH_SIZE),
+            });
+        }
+    }
+    Ok(specs)
+}

@@ -1,0 +1,72 @@
+//! # weir-runtime: the engine
+//!
+//! weir runs dataflow jobs the way Apache Flink does, on an actor model.
+//! This crate is the engine; `weir-operators` holds sources and sinks built on
+//! its public API, and the `weir` crate re-exports both.
+//!
+//! ## Architecture
+//!
+//! ```text
+//!   DataStream API (stream)  ──builds──▶  logical graph (graph::StreamGraph)
+//!                                              │ plan(): parallelism, partitioning, chaining
+//!                                              ▼
+//!                                        physical plan (graph::JobPlan)
+//!                                              │ instantiate(): one SubtaskSpec per subtask,
+//!                                              │ one bounded channel per subtask pair
+//!                                              ▼
+//!   job supervisor actor (job) ──spawn_linked──▶ subtask actors (task), one per chain × parallelism
+//!                                                   │ each runs its processing loop as a tokio task
+//!                                                   ▼
+//!                      batches ═══ bounded channels (channel) ═══▶ batches
+//! ```
+//!
+//! - [`stream`]: `Env`, `DataStream`, `KeyedStream`: what users call.
+//! - [`graph`]: the logical graph, chaining, the physical plan.
+//! - [`job`]: the job supervisor actor, `JobHandle`, `JobResult`.
+//! - [`task`]: the subtask actor and its processing loop.
+//! - [`channel`]: the data plane (bounded queues, partitioners, input gate).
+//! - [`operator`]: the traits users implement (`SourceFunction`,
+//!   `KeyedProcessFunction`, `SinkFunction`) and the operators that run them.
+//! - [`state`]: keyed state (`ValueState`, `ListState`, `MapState`) and
+//!   operator state, behind a backend enum (heap today).
+//! - [`keygroup`]: key groups, Flink's unit of keyed-state partitioning.
+//! - [`config`]: every option, with Flink's key names, and its validation.
+//! - [`error`]: the one error type.
+//!
+//! ## Rules of the data plane
+//! Records move in batches over bounded channels; actor mailboxes carry only
+//! control. Per record there is no allocation by the runtime, no lock, no
+//! message and no dynamic dispatch: dynamic calls happen once per batch.
+
+#![warn(missing_docs)]
+
+pub mod channel;
+pub mod config;
+pub mod error;
+pub mod graph;
+pub mod job;
+pub mod keygroup;
+pub mod operator;
+pub mod record;
+pub mod state;
+pub mod stream;
+pub mod task;
+
+pub use error::{Error, Result};
+
+/// What most programs need.
+pub mod prelude {
+    pub use crate::config::{options, Conf};
+    pub use crate::job::{JobHandle, JobResult, OperatorMetrics};
+    pub use crate::operator::{
+        Collector, KeyedOpenContext, KeyedProcessFunction, RuntimeContext, SinkFunction,
+        SourceContext, SourceFunction, SourceStatus,
+    };
+    pub use crate::record::{Data, Key};
+    pub use crate::state::{
+        KeyedContext, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
+        OperatorStateStore, ValueState, ValueStateDescriptor,
+    };
+    pub use crate::stream::{DataStream, Env, KeyedStream};
+    pub use crate::{Error, Result};
+}

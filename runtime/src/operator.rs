@@ -1,0 +1,381 @@
+//! The functions users write, and the operators that run them.
+//!
+//! Public traits, in Flink's words:
+//! - [`SourceFunction`]: produces batches of records; its positions are
+//!   operator state ([`OperatorStateStore`]) so it can resume exactly where a
+//!   snapshot left it.
+//! - [`KeyedProcessFunction`]: called per record of a keyed stream with a
+//!   [`KeyedContext`] whose state is the current key's.
+//! - [`SinkFunction`]: consumes batches; [`SinkFunction::finish`] at end of input.
+//!
+//! Plain transformations (`map`, `flat_map`, `filter`) are closures.
+//!
+//! Internally every operator is a [`ChainOp`] that turns a whole batch into a
+//! whole batch, so a chain of operators inside one subtask costs one dynamic
+//! call per batch and operator, never per record; records are moved, not copied
+//! or boxed.
+
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::keygroup::KeyGroupRange;
+use crate::record::{downcast, AnyBatch, Data, Key};
+use crate::state::{
+    KeyedContext, KeyedStateBackend, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
+    OperatorStateStore, ValueState, ValueStateDescriptor,
+};
+use crate::{Error, Result};
+
+/// Who a running function is: operator, subtask and job.
+#[derive(Debug, Clone)]
+pub struct RuntimeContext {
+    /// The job's id (32 hex characters).
+    pub job_id: String,
+    /// The operator's name.
+    pub operator: String,
+    /// This subtask's index, `0..parallelism`.
+    pub subtask: usize,
+    /// The operator's parallelism.
+    pub parallelism: usize,
+    /// `pipeline.max-parallelism`: the number of key groups.
+    pub max_parallelism: usize,
+}
+
+impl RuntimeContext {
+    /// The key groups this subtask owns.
+    pub fn key_group_range(&self) -> KeyGroupRange {
+        KeyGroupRange::for_subtask(self.max_parallelism, self.parallelism, self.subtask)
+    }
+}
+
+/// What a source reports after filling a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceStatus {
+    /// More records are ready: call again.
+    More,
+    /// Nothing more right now: the runtime flushes buffered output and calls
+    /// again after this long (an unbounded source waiting for input).
+    Idle(Duration),
+    /// The input is exhausted: end of stream.
+    Finished,
+}
+
+/// What a source sees when it opens.
+pub struct SourceContext<'a> {
+    /// Who it is.
+    pub runtime: &'a RuntimeContext,
+    /// Its restored operator state (empty on a fresh start).
+    pub state: &'a OperatorStateStore,
+    /// Whether this is a restore.
+    pub restored: bool,
+}
+
+/// A parallel source. Each subtask gets its own clone and decides from its
+/// [`RuntimeContext`] which part of the input (which splits) it reads.
+pub trait SourceFunction<T>: Send + 'static {
+    /// Called once before the first poll.
+    fn open(&mut self, ctx: &SourceContext<'_>) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
+    /// Appends at most `max` records to `out` (an empty, reused buffer) and says
+    /// whether more follow.
+    fn poll_next(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourceStatus>;
+    /// Writes the current input positions into `state` (for snapshots).
+    fn snapshot_state(&mut self, state: &mut OperatorStateStore) -> Result<()> {
+        let _ = state;
+        Ok(())
+    }
+    /// Called once after the last poll.
+    fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A sink. Each subtask gets its own clone.
+pub trait SinkFunction<T>: Send + 'static {
+    /// Called once before the first batch.
+    fn open(&mut self, ctx: &RuntimeContext) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
+    /// Consumes one batch.
+    fn invoke(&mut self, batch: Vec<T>) -> Result<()>;
+    /// End of input: flush and close. Not called when the job fails or is cancelled.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Collects the output of a function, Flink's `Collector`.
+pub struct Collector<'a, T> {
+    buf: &'a mut Vec<T>,
+}
+
+impl<'a, T> Collector<'a, T> {
+    /// A collector appending to `buf`.
+    pub fn new(buf: &'a mut Vec<T>) -> Self {
+        Collector { buf }
+    }
+    /// Emits one record.
+    #[inline]
+    pub fn collect(&mut self, record: T) {
+        self.buf.push(record);
+    }
+}
+
+/// What a keyed function sees when it opens: where it runs, and the state
+/// backend to register its states with.
+pub struct KeyedOpenContext<'a, K: Key> {
+    /// Who it is.
+    pub runtime: &'a RuntimeContext,
+    backend: &'a mut KeyedStateBackend<K>,
+}
+
+impl<K: Key> KeyedOpenContext<'_, K> {
+    /// Registers a [`ValueState`].
+    pub fn value_state<T: Data + Clone>(
+        &mut self,
+        d: &ValueStateDescriptor<T>,
+    ) -> Result<ValueState<T>> {
+        self.backend.value_state(d)
+    }
+    /// Registers a [`ListState`].
+    pub fn list_state<T: Data + Clone>(
+        &mut self,
+        d: &ListStateDescriptor<T>,
+    ) -> Result<ListState<T>> {
+        self.backend.list_state(d)
+    }
+    /// Registers a [`MapState`].
+    pub fn map_state<UK: Key, UV: Data + Clone>(
+        &mut self,
+        d: &MapStateDescriptor<UK, UV>,
+    ) -> Result<MapState<UK, UV>> {
+        self.backend.map_state(d)
+    }
+}
+
+/// A function over a keyed stream with keyed state, Flink's `KeyedProcessFunction`.
+/// Each subtask gets its own clone; register states in [`open`](Self::open).
+pub trait KeyedProcessFunction<K: Key, I, O>: Send + 'static {
+    /// Registers states; called once per subtask before the first record.
+    fn open(&mut self, ctx: &mut KeyedOpenContext<'_, K>) -> Result<()>;
+    /// Handles one record; `ctx`'s state is the record's key's.
+    fn process_element(
+        &mut self,
+        value: I,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Collector<'_, O>,
+    ) -> Result<()>;
+}
+
+// ---------------------------------------------------------------------------
+// Internal operator interface.
+
+/// A type-erased operator inside a chain: batch in, batch out.
+pub(crate) trait ChainOp: Send {
+    fn open(&mut self, ctx: &RuntimeContext) -> Result<()>;
+    /// Processes one batch; `None` when it produced nothing.
+    fn process(&mut self, batch: AnyBatch) -> Result<Option<AnyBatch>>;
+    /// End of input; may emit final records.
+    fn finish(&mut self) -> Result<Option<AnyBatch>>;
+}
+
+/// A type-erased source.
+pub(crate) trait SourceOp: Send {
+    fn open(&mut self, ctx: &SourceContext<'_>) -> Result<()>;
+    fn poll(&mut self, max: usize) -> Result<(Option<AnyBatch>, SourceStatus)>;
+    fn close(&mut self) -> Result<()>;
+}
+
+/// Makes one operator instance per subtask.
+pub(crate) type OpFactory = Arc<dyn Fn() -> Box<dyn ChainOp> + Send + Sync>;
+/// Makes one source instance per subtask.
+pub(crate) type SourceFactory = Arc<dyn Fn() -> Box<dyn SourceOp> + Send + Sync>;
+
+/// Runs user code, turning a panic into an [`Error::Operator`] and tagging an
+/// error with the operator's name.
+pub(crate) fn guarded<R>(ctx: &RuntimeContext, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e @ (Error::Operator { .. } | Error::Disconnected(_)))) => Err(e),
+        Ok(Err(e)) => Err(Error::Operator {
+            operator: ctx.operator.clone(),
+            subtask: ctx.subtask,
+            message: e.to_string(),
+        }),
+        Err(panic) => Err(Error::Operator {
+            operator: ctx.operator.clone(),
+            subtask: ctx.subtask,
+            message: format!("panicked: {}", panic_message(&panic)),
+        }),
+    }
+}
+
+pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
+
+fn non_empty<T: Send + 'static>(v: Vec<T>) -> Option<AnyBatch> {
+    (!v.is_empty()).then(|| Box::new(v) as AnyBatch)
+}
+
+pub(crate) struct SourceAdapter<T, S> {
+    pub(crate) source: S,
+    pub(crate) buf: Vec<T>,
+}
+
+impl<T: Data, S: SourceFunction<T>> SourceOp for SourceAdapter<T, S> {
+    fn open(&mut self, ctx: &SourceContext<'_>) -> Result<()> {
+        self.source.open(ctx)
+    }
+    fn poll(&mut self, max: usize) -> Result<(Option<AnyBatch>, SourceStatus)> {
+        let mut out = std::mem::replace(&mut self.buf, Vec::with_capacity(max));
+        out.clear();
+        let status = self.source.poll_next(&mut out, max)?;
+        Ok((non_empty(out), status))
+    }
+    fn close(&mut self) -> Result<()> {
+        self.source.close()
+    }
+}
+
+pub(crate) struct MapOp<I, O, F> {
+    pub(crate) f: Arc<F>,
+    pub(crate) _t: PhantomData<fn(I) -> O>,
+}
+
+impl<I: Data, O: Data, F: Fn(I) -> O + Send + Sync + 'static> ChainOp for MapOp<I, O, F> {
+    fn open(&mut self, _: &RuntimeContext) -> Result<()> {
+        Ok(())
+    }
+    fn process(&mut self, batch: AnyBatch) -> Result<Option<AnyBatch>> {
+        let f = &*self.f;
+        Ok(non_empty(downcast::<I>(batch).into_iter().map(f).collect()))
+    }
+    fn finish(&mut self) -> Result<Option<AnyBatch>> {
+        Ok(None)
+    }
+}
+
+pub(crate) struct FlatMapOp<I, O, F> {
+    pub(crate) f: Arc<F>,
+    pub(crate) _t: PhantomData<fn(I) -> O>,
+}
+
+impl<I: Data, O: Data, F: Fn(I, &mut Collector<'_, O>) + Send + Sync + 'static> ChainOp
+    for FlatMapOp<I, O, F>
+{
+    fn open(&mut self, _: &RuntimeContext) -> Result<()> {
+        Ok(())
+    }
+    fn process(&mut self, batch: AnyBatch) -> Result<Option<AnyBatch>> {
+        let input = downcast::<I>(batch);
+        let mut out = Vec::with_capacity(input.len() * 2);
+        let mut c = Collector::new(&mut out);
+        for v in input {
+            (self.f)(v, &mut c);
+        }
+        Ok(non_empty(out))
+    }
+    fn finish(&mut self) -> Result<Option<AnyBatch>> {
+        Ok(None)
+    }
+}
+
+pub(crate) struct FilterOp<T, F> {
+    pub(crate) f: Arc<F>,
+    pub(crate) _t: PhantomData<fn(T)>,
+}
+
+impl<T: Data, F: Fn(&T) -> bool + Send + Sync + 'static> ChainOp for FilterOp<T, F> {
+    fn open(&mut self, _: &RuntimeContext) -> Result<()> {
+        Ok(())
+    }
+    fn process(&mut self, batch: AnyBatch) -> Result<Option<AnyBatch>> {
+        let mut v = downcast::<T>(batch);
+        v.retain(|r| (self.f)(r));
+        Ok(non_empty(v))
+    }
+    fn finish(&mut self) -> Result<Option<AnyBatch>> {
+        Ok(None)
+    }
+}
+
+pub(crate) struct SinkOp<T, S> {
+    pub(crate) sink: S,
+    pub(crate) _t: PhantomData<fn(T)>,
+}
+
+impl<T: Data, S: SinkFunction<T>> ChainOp for SinkOp<T, S> {
+    fn open(&mut self, ctx: &RuntimeContext) -> Result<()> {
+        self.sink.open(ctx)
+    }
+    fn process(&mut self, batch: AnyBatch) -> Result<Option<AnyBatch>> {
+        self.sink.invoke(downcast::<T>(batch))?;
+        Ok(None)
+    }
+    fn finish(&mut self) -> Result<Option<AnyBatch>> {
+        self.sink.finish()?;
+        Ok(None)
+    }
+}
+
+pub(crate) struct KeyedProcessOp<K: Key, I, O, P, KS> {
+    pub(crate) function: P,
+    pub(crate) selector: Arc<KS>,
+    pub(crate) backend: Option<KeyedStateBackend<K>>,
+    pub(crate) max_parallelism: usize,
+    pub(crate) _t: PhantomData<fn(I) -> O>,
+}
+
+impl<K, I, O, P, KS> ChainOp for KeyedProcessOp<K, I, O, P, KS>
+where
+    K: Key,
+    I: Data,
+    O: Data,
+    P: KeyedProcessFunction<K, I, O>,
+    KS: Fn(&I) -> K + Send + Sync + 'static,
+{
+    fn open(&mut self, ctx: &RuntimeContext) -> Result<()> {
+        self.max_parallelism = ctx.max_parallelism;
+        let mut backend = KeyedStateBackend::heap(ctx.key_group_range(), ctx.max_parallelism);
+        self.function.open(&mut KeyedOpenContext {
+            runtime: ctx,
+            backend: &mut backend,
+        })?;
+        self.backend = Some(backend);
+        Ok(())
+    }
+    fn process(&mut self, batch: AnyBatch) -> Result<Option<AnyBatch>> {
+        let input = downcast::<I>(batch);
+        let backend = self
+            .backend
+            .as_mut()
+            .ok_or_else(|| Error::Internal("keyed operator used before open".into()))?;
+        let mut out = Vec::with_capacity(input.len());
+        let mut c = Collector::new(&mut out);
+        for v in input {
+            let key = (self.selector)(&v);
+            let mut ctx = KeyedContext {
+                key: &key,
+                backend,
+                max_parallelism: self.max_parallelism,
+            };
+            self.function.process_element(v, &mut ctx, &mut c)?;
+        }
+        Ok(non_empty(out))
+    }
+    fn finish(&mut self) -> Result<Option<AnyBatch>> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,677 @@
+//! The DataStream API: [`Env`], [`DataStream`], [`KeyedStream`].
+//!
+//! ```no_run
+//! use weir_runtime::prelude::*;
+//! # fn demo<S: SourceFunction<String> + Clone, K: SinkFunction<(String, u64)> + Clone>(lines: S, sink: K) -> weir_runtime::Result<()> {
+//! let env = Env::from_conf(Conf::load(&[])?)?;
+//! env.add_source(lines)
+//!     .name("lines")
+//!     .flat_map(|line: String, out: &mut Collector<String>| {
+//!         for w in line.split_whitespace() {
+//!             out.collect(w.to_lowercase());
+//!         }
+//!     })
+//!     .key_by(|w: &String| w.clone())
+//!     .count()
+//!     .add_sink(sink);
+//! let result = env.execute("wordcount")?;
+//! println!("{:?}", result.operators);
+//! # Ok(()) }
+//! ```
+//!
+//! Calls build a logical graph; [`Env::execute`] plans it ([`crate::graph`]),
+//! spawns the actors ([`crate::job`]) and blocks until the job ends. The API is
+//! synchronous, like Flink's: the environment owns its tokio runtime, so call
+//! it from ordinary (non-async) code.
+
+use std::cell::RefCell;
+use std::hash::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::marker::PhantomData;
+use std::ops::AddAssign;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::channel::{HashPartition, PartitionSetup};
+use crate::config::{options, Conf};
+use crate::graph::{Edge, JobPlan, Node, NodeKind, OperatorCounters, Ship, StreamGraph};
+use crate::job::{JobArgs, JobHandle, JobMaster, JobResult, OperatorInfo};
+use crate::operator::{
+    ChainOp, Collector, FilterOp, FlatMapOp, KeyedOpenContext, KeyedProcessFunction,
+    KeyedProcessOp, MapOp, SinkFunction, SinkOp, SourceAdapter, SourceFunction, SourceOp,
+};
+use crate::record::{batch_len, serde_clone, Data, Key};
+use crate::state::{KeyedContext, ValueState, ValueStateDescriptor};
+use crate::{Error, Result};
+
+/// The execution environment: configuration, the job graph being built, and
+/// the runtime that executes it.
+pub struct Env {
+    conf: Conf,
+    graph: Rc<RefCell<StreamGraph>>,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl Env {
+    /// An environment with the compiled-in defaults only (no file, no
+    /// environment variables): what tests want.
+    pub fn local() -> Result<Env> {
+        Env::from_conf(Conf::defaults())
+    }
+
+    /// An environment with the given configuration.
+    pub fn from_conf(conf: Conf) -> Result<Env> {
+        let threads = match conf.get(&options::WORKER_THREADS) {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            n => n,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("weir-worker")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start the tokio runtime: {e}")))?;
+        Ok(Env {
+            conf,
+            graph: Rc::default(),
+            runtime: Arc::new(runtime),
+        })
+    }
+
+    /// The configuration.
+    pub fn conf(&self) -> &Conf {
+        &self.conf
+    }
+
+    /// Sets `parallelism.default` for operators that do not set their own.
+    pub fn set_parallelism(&mut self, parallelism: usize) -> Result<&mut Self> {
+        self.conf
+            .set(options::PARALLELISM_DEFAULT.def.key, parallelism)?;
+        Ok(self)
+    }
+
+    /// Adds a parallel source; each subtask gets a clone of `source`.
+    pub fn add_source<T: Data, S: SourceFunction<T> + Clone + Sync>(
+        &self,
+        source: S,
+    ) -> DataStream<T> {
+        let factory = Arc::new(move || {
+            Box::new(SourceAdapter {
+                source: source.clone(),
+                buf: Vec::new(),
+            }) as Box<dyn SourceOp>
+        });
+        let id = push_node::<T>(
+            &self.graph,
+            "Source",
+            NodeKind::Source(factory),
+            Vec::new(),
+            None,
+            false,
+        );
+        DataStream::new(self.graph.clone(), id)
+    }
+
+    /// The physical plan of the graph built so far (chains, channels).
+    pub fn plan(&self) -> Result<JobPlan> {
+        self.graph.borrow().plan(&self.conf)
+    }
+
+    /// Runs the graph built so far and blocks until it ends.
+    pub fn execute(&self, name: &str) -> Result<JobResult> {
+        self.execute_async(name)?.wait()
+    }
+
+    /// Starts the graph built so far and returns at once with a handle.
+    /// The environment's graph is emptied, ready for the next job.
+    pub fn execute_async(&self, name: &str) -> Result<JobHandle> {
+        let graph = std::mem::take(&mut *self.graph.borrow_mut());
+        let plan = graph.plan(&self.conf)?;
+        let job_id = new_job_id();
+        let counters: Vec<Arc<OperatorCounters>> =
+            graph.nodes.iter().map(|_| Arc::default()).collect();
+        let operators: Vec<OperatorInfo> = graph
+            .nodes
+            .iter()
+            .zip(&counters)
+            .zip(&plan.node_parallelism)
+            .map(|((n, c), p)| OperatorInfo {
+                name: n.name.clone(),
+                parallelism: *p,
+                counters: c.clone(),
+            })
+            .collect();
+        tracing::info!(job = name, %job_id, "starting job\n{plan}");
+        let mut channels = Vec::new();
+        let specs = crate::graph::instantiate(
+            &graph,
+            &plan,
+            &self.conf,
+            &job_id,
+            &counters,
+            &mut channels,
+        )?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let started = Instant::now();
+        let args = JobArgs {
+            name: name.to_string(),
+            specs,
+            done: tx,
+        };
+        let (master, _) = self
+            .runtime
+            .block_on(<JobMaster as ractor::Actor>::spawn(None, JobMaster, args))
+            .map_err(|e| Error::Internal(format!("cannot start the job supervisor: {e}")))?;
+        Ok(JobHandle {
+            job_id,
+            name: name.to_string(),
+            started,
+            operators: Arc::new(operators),
+            master,
+            done: rx,
+            outcome: None,
+            channels,
+            runtime: self.runtime.clone(),
+        })
+    }
+}
+
+/// A new job id: 32 lowercase hex characters.
+fn new_job_id() -> String {
+    let mut s = String::with_capacity(32);
+    for i in 0..2u64 {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(i);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        s.push_str(&format!("{:016x}", h.finish()));
+    }
+    s
+}
+
+fn push_node<O: Data>(
+    graph: &Rc<RefCell<StreamGraph>>,
+    default_name: &str,
+    kind: NodeKind,
+    inputs: Vec<Edge>,
+    in_len: Option<crate::record::LenFn>,
+    is_sink: bool,
+) -> usize {
+    let mut g = graph.borrow_mut();
+    let id = g.nodes.len();
+    let name = if g.nodes.iter().any(|n| n.name == default_name) {
+        format!("{default_name}-{id}")
+    } else {
+        default_name.to_string()
+    };
+    g.nodes.push(Node {
+        name,
+        parallelism: None,
+        chainable: true,
+        kind,
+        inputs,
+        is_sink,
+        out_clone: serde_clone::<O>,
+        out_len: batch_len::<O>,
+        in_len,
+    });
+    id
+}
+
+/// A stream of records of type `T`.
+pub struct DataStream<T> {
+    graph: Rc<RefCell<StreamGraph>>,
+    node: usize,
+    ship: Ship,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for DataStream<T> {
+    fn clone(&self) -> Self {
+        DataStream {
+            graph: self.graph.clone(),
+            node: self.node,
+            ship: self.ship.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: Data> DataStream<T> {
+    fn new(graph: Rc<RefCell<StreamGraph>>, node: usize) -> Self {
+        DataStream {
+            graph,
+            node,
+            ship: Ship::Auto,
+            _t: PhantomData,
+        }
+    }
+
+    fn then<O: Data>(
+        &self,
+        default_name: &str,
+        factory: Arc<dyn Fn() -> Box<dyn ChainOp> + Send + Sync>,
+        ship: Ship,
+    ) -> DataStream<O> {
+        let edge = Edge {
+            from: self.node,
+            ship,
+        };
+        let id = push_node::<O>(
+            &self.graph,
+            default_name,
+            NodeKind::Op(factory),
+            vec![edge],
+            Some(batch_len::<T>),
+            false,
+        );
+        DataStream::new(self.graph.clone(), id)
+    }
+
+    /// Names the operator that produces this stream (shown in plans, metrics
+    /// and errors). Names are unique within a job.
+    pub fn name(self, name: &str) -> Self {
+        self.graph.borrow_mut().nodes[self.node].name = name.to_string();
+        self
+    }
+
+    /// Sets the parallelism of the operator that produces this stream.
+    pub fn set_parallelism(self, parallelism: usize) -> Self {
+        self.graph.borrow_mut().nodes[self.node].parallelism = Some(parallelism.max(1));
+        self
+    }
+
+    /// Keeps the operator that produces this stream out of any chain.
+    pub fn disable_chaining(self) -> Self {
+        self.graph.borrow_mut().nodes[self.node].chainable = false;
+        self
+    }
+
+    /// The next operator gets this stream's records by round-robin batches.
+    pub fn rebalance(&self) -> Self {
+        let mut s = self.clone();
+        s.ship = Ship::Rebalance;
+        s
+    }
+
+    /// The next operator's every subtask gets every record.
+    pub fn broadcast(&self) -> Self {
+        let mut s = self.clone();
+        s.ship = Ship::Broadcast;
+        s
+    }
+
+    /// The next operator's subtask i gets the records of this stream's subtask i
+    /// (parallelism must match).
+    pub fn forward(&self) -> Self {
+        let mut s = self.clone();
+        s.ship = Ship::Forward;
+        s
+    }
+
+    /// One record out per record in.
+    pub fn map<O: Data, F: Fn(T) -> O + Send + Sync + 'static>(&self, f: F) -> DataStream<O> {
+        let f = Arc::new(f);
+        self.then(
+            "Map",
+            Arc::new(move || {
+                Box::new(MapOp {
+                    f: f.clone(),
+                    _t: PhantomData,
+                }) as Box<dyn ChainOp>
+            }),
+            self.ship.clone(),
+        )
+    }
+
+    /// Zero or more records out per record in, through a [`Collector`].
+    pub fn flat_map<O: Data, F: Fn(T, &mut Collector<'_, O>) + Send + Sync + 'static>(
+        &self,
+        f: F,
+    ) -> DataStream<O> {
+        let f = Arc::new(f);
+        self.then(
+            "FlatMap",
+            Arc::new(move || {
+                Box::new(FlatMapOp {
+                    f: f.clone(),
+                    _t: PhantomData,
+                }) as Box<dyn ChainOp>
+            }),
+            self.ship.clone(),
+        )
+    }
+
+    /// Keeps the records for which `f` is true.
+    pub fn filter<F: Fn(&T) -> bool + Send + Sync + 'static>(&self, f: F) -> DataStream<T> {
+        let f = Arc::new(f);
+        self.then(
+            "Filter",
+            Arc::new(move || {
+                Box::new(FilterOp {
+                    f: f.clone(),
+                    _t: PhantomData,
+                }) as Box<dyn ChainOp>
+            }),
+            self.ship.clone(),
+        )
+    }
+
+    /// Merges this stream with others of the same type.
+    pub fn union(&self, others: &[DataStream<T>]) -> DataStream<T> {
+        let mut inputs = vec![Edge {
+            from: self.node,
+            ship: self.ship.clone(),
+        }];
+        inputs.extend(others.iter().map(|o| Edge {
+            from: o.node,
+            ship: o.ship.clone(),
+        }));
+        let factory = Arc::new(|| {
+            Box::new(FilterOp::<T, _> {
+                f: Arc::new(|_: &T| true),
+                _t: PhantomData,
+            }) as Box<dyn ChainOp>
+        });
+        let id = push_node::<T>(
+            &self.graph,
+            "Union",
+            NodeKind::Op(factory),
+            inputs,
+            Some(batch_len::<T>),
+            false,
+        );
+        DataStream::new(self.graph.clone(), id)
+    }
+
+    /// Partitions by key: records with equal keys go to the same subtask (by
+    /// key group, see [`crate::keygroup`]) and share keyed state.
+    pub fn key_by<K: Key, F: Fn(&T) -> K + Send + Sync + 'static>(
+        &self,
+        selector: F,
+    ) -> KeyedStream<T, K, F> {
+        KeyedStream {
+            stream: self.clone(),
+            selector: Arc::new(selector),
+            _k: PhantomData,
+        }
+    }
+
+    /// Sends the stream to a sink; each sink subtask gets a clone of `sink`.
+    pub fn add_sink<S: SinkFunction<T> + Clone + Sync>(&self, sink: S) -> DataStreamSink {
+        let factory = Arc::new(move || {
+            Box::new(SinkOp {
+                sink: sink.clone(),
+                _t: PhantomData,
+            }) as Box<dyn ChainOp>
+        });
+        let edge = Edge {
+            from: self.node,
+            ship: self.ship.clone(),
+        };
+        let id = push_node::<()>(
+            &self.graph,
+            "Sink",
+            NodeKind::Op(factory),
+            vec![edge],
+            Some(batch_len::<T>),
+            true,
+        );
+        DataStreamSink {
+            stream: DataStream::new(self.graph.clone(), id),
+        }
+    }
+}
+
+/// The end of a stream; set the sink's name and parallelism here.
+pub struct DataStreamSink {
+    stream: DataStream<()>,
+}
+
+impl DataStreamSink {
+    /// Names the sink.
+    pub fn name(self, name: &str) -> Self {
+        DataStreamSink {
+            stream: self.stream.name(name),
+        }
+    }
+    /// Sets the sink's parallelism.
+    pub fn set_parallelism(self, parallelism: usize) -> Self {
+        DataStreamSink {
+            stream: self.stream.set_parallelism(parallelism),
+        }
+    }
+    /// Keeps the sink out of any chain.
+    pub fn disable_chaining(self) -> Self {
+        DataStreamSink {
+            stream: self.stream.disable_chaining(),
+        }
+    }
+}
+
+/// A stream partitioned by key.
+pub struct KeyedStream<T, K, F> {
+    stream: DataStream<T>,
+    selector: Arc<F>,
+    _k: PhantomData<fn() -> K>,
+}
+
+impl<T: Data, K: Key, F: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K, F> {
+    /// Runs `function` per record with the record's key's state.
+    pub fn process<O: Data, P: KeyedProcessFunction<K, T, O> + Clone + Sync>(
+        &self,
+        function: P,
+    ) -> DataStream<O> {
+        self.process_named("KeyedProcess", function)
+    }
+
+    fn process_named<O: Data, P: KeyedProcessFunction<K, T, O> + Clone + Sync>(
+        &self,
+        name: &str,
+        function: P,
+    ) -> DataStream<O> {
+        let sel = self.selector.clone();
+        let factory = Arc::new(move || {
+            Box::new(KeyedProcessOp {
+                function: function.clone(),
+                selector: sel.clone(),
+                backend: None,
+                max_parallelism: 0,
+                _t: PhantomData,
+            }) as Box<dyn ChainOp>
+        });
+        let sel = self.selector.clone();
+        let partition = Arc::new(move |setup: PartitionSetup| {
+            Box::new(HashPartition::<T, K, F>::new(sel.clone(), setup))
+                as Box<dyn crate::channel::Partition>
+        });
+        self.stream.then(name, factory, Ship::Hash(partition))
+    }
+
+    /// Running reduction per key: emits the reduced value after every record.
+    pub fn reduce<R: Fn(T, T) -> T + Send + Sync + 'static>(&self, f: R) -> DataStream<T>
+    where
+        T: Clone,
+    {
+        self.process_named(
+            "Reduce",
+            Reduce {
+                f: Arc::new(f),
+                state: None,
+            },
+        )
+    }
+
+    /// Running count per key: emits `(key, count so far)` after every record.
+    pub fn count(&self) -> DataStream<(K, u64)> {
+        self.process_named(
+            "Count",
+            Aggregate {
+                field: Arc::new(|_: &T| 1u64),
+                _t: PhantomData,
+                combine: |acc: &mut u64, v| *acc += v,
+                state: None,
+            },
+        )
+    }
+
+    /// Running sum of `field` per key: emits `(key, sum so far)`.
+    pub fn sum<N, G>(&self, field: G) -> DataStream<(K, N)>
+    where
+        N: Data + Clone + AddAssign,
+        G: Fn(&T) -> N + Send + Sync + 'static,
+    {
+        self.process_named(
+            "Sum",
+            Aggregate {
+                field: Arc::new(field),
+                _t: PhantomData,
+                combine: |acc: &mut N, v| *acc += v,
+                state: None,
+            },
+        )
+    }
+
+    /// Running minimum of `field` per key: emits `(key, min so far)`.
+    pub fn min<N, G>(&self, field: G) -> DataStream<(K, N)>
+    where
+        N: Data + Clone + Ord,
+        G: Fn(&T) -> N + Send + Sync + 'static,
+    {
+        self.process_named(
+            "Min",
+            Aggregate {
+                field: Arc::new(field),
+                _t: PhantomData,
+                combine: |acc: &mut N, v| {
+                    if v < *acc {
+                        *acc = v
+                    }
+                },
+                state: None,
+            },
+        )
+    }
+
+    /// Running maximum of `field` per key: emits `(key, max so far)`.
+    pub fn max<N, G>(&self, field: G) -> DataStream<(K, N)>
+    where
+        N: Data + Clone + Ord,
+        G: Fn(&T) -> N + Send + Sync + 'static,
+    {
+        self.process_named(
+            "Max",
+            Aggregate {
+                field: Arc::new(field),
+                _t: PhantomData,
+                combine: |acc: &mut N, v| {
+                    if v > *acc {
+                        *acc = v
+                    }
+                },
+                state: None,
+            },
+        )
+    }
+}
+
+struct Reduce<T, R> {
+    f: Arc<R>,
+    state: Option<ValueState<T>>,
+}
+
+impl<T, R> Clone for Reduce<T, R> {
+    fn clone(&self) -> Self {
+        Reduce {
+            f: self.f.clone(),
+            state: self.state,
+        }
+    }
+}
+
+impl<K: Key, T: Data + Clone, R: Fn(T, T) -> T + Send + Sync + 'static>
+    KeyedProcessFunction<K, T, T> for Reduce<T, R>
+{
+    fn open(&mut self, ctx: &mut KeyedOpenContext<'_, K>) -> Result<()> {
+        self.state = Some(ctx.value_state(&ValueStateDescriptor::new("reduce"))?);
+        Ok(())
+    }
+    fn process_element(
+        &mut self,
+        value: T,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Collector<'_, T>,
+    ) -> Result<()> {
+        let st = self
+            .state
+            .ok_or_else(|| Error::Internal("reduce used before open".into()))?;
+        let f = &self.f;
+        let new = st.update_with(ctx, |old| match old {
+            Some(acc) => f(acc.clone(), value),
+            None => value,
+        })?;
+        out.collect(new);
+        Ok(())
+    }
+}
+
+struct Aggregate<T, N, G> {
+    field: Arc<G>,
+    _t: PhantomData<fn(&T)>,
+    combine: fn(&mut N, N),
+    state: Option<ValueState<N>>,
+}
+
+impl<T, N, G> Clone for Aggregate<T, N, G> {
+    fn clone(&self) -> Self {
+        Aggregate {
+            field: self.field.clone(),
+            _t: PhantomData,
+            combine: self.combine,
+            state: self.state,
+        }
+    }
+}
+
+impl<K, T, N, G> KeyedProcessFunction<K, T, (K, N)> for Aggregate<T, N, G>
+where
+    K: Key,
+    T: Data,
+    N: Data + Clone,
+    G: Fn(&T) -> N + Send + Sync + 'static,
+{
+    fn open(&mut self, ctx: &mut KeyedOpenContext<'_, K>) -> Result<()> {
+        self.state = Some(ctx.value_state(&ValueStateDescriptor::new("aggregate"))?);
+        Ok(())
+    }
+    #[inline]
+    fn process_element(
+        &mut self,
+        value: T,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Collector<'_, (K, N)>,
+    ) -> Result<()> {
+        let st = self
+            .state
+            .ok_or_else(|| Error::Internal("aggregate used before open".into()))?;
+        let v = (self.field)(&value);
+        let combine = self.combine;
+        let new = st.update_with(ctx, |old| match old {
+            Some(acc) => {
+                let mut acc = acc.clone();
+                combine(&mut acc, v);
+                acc
+            }
+            None => v,
+        })?;
+        out.collect((ctx.key().clone(), new));
+        Ok(())
+    }
+}
