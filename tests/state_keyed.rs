@@ -180,7 +180,7 @@ fn aggregations_reduce_sum_min_max() {
         .set_parallelism(2)
         .add_sink(maxs);
     keyed
-        .reduce(|a, b| (a.0, a.1 * 0 + b.1.max(a.1)))
+        .reduce(|a, b| (a.0, b.1.max(a.1)))
         .set_parallelism(2)
         .add_sink(reds);
     env.execute("aggregations").unwrap();

@@ -359,13 +359,13 @@ pub(crate) fn instantiate(
             }
             continue;
         }
-        for i in 0..pa {
+        for (i, outs) in outputs[ch.from_chain].iter_mut().enumerate() {
             let mut senders = Vec::with_capacity(pb);
-            for j in 0..pb {
+            for ins in inputs[ch.to_chain].iter_mut() {
                 let (tx, rx) = channel(capacity);
                 watch.push(tx.downgrade());
                 senders.push(tx);
-                inputs[ch.to_chain][j].push(rx);
+                ins.push(rx);
             }
             let setup = PartitionSetup {
                 targets: pb,
@@ -383,7 +383,7 @@ pub(crate) fn instantiate(
                     targets: pb,
                 }),
             };
-            outputs[ch.from_chain][i].push(OutputEdge::new(partition, senders));
+            outs.push(OutputEdge::new(partition, senders));
         }
     }
     let mut specs = Vec::with_capacity(plan.num_subtasks());

@@ -94,13 +94,14 @@ impl Env {
     }
 
     /// Adds a parallel source; each subtask gets a clone of `source`.
-    pub fn add_source<T: Data, S: SourceFunction<T> + Clone + Sync>(
+    pub fn add_source<T: Data, S: SourceFunction<T> + Clone>(
         &self,
         source: S,
     ) -> DataStream<T> {
+        let proto = Prototype::new(source);
         let factory = Arc::new(move || {
             Box::new(SourceAdapter {
-                source: source.clone(),
+                source: proto.get(),
                 buf: Vec::new(),
             }) as Box<dyn SourceOp>
         });
@@ -176,6 +177,20 @@ impl Env {
             channels,
             runtime: self.runtime.clone(),
         })
+    }
+}
+
+/// The user's function object that every subtask gets a clone of. Kept
+/// behind a mutex so the function needs to be `Send` but not `Sync`; it is
+/// locked only when subtasks are created.
+struct Prototype<F>(std::sync::Mutex<F>);
+
+impl<F: Clone> Prototype<F> {
+    fn new(f: F) -> Self {
+        Prototype(std::sync::Mutex::new(f))
+    }
+    fn get(&self) -> F {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -405,10 +420,11 @@ impl<T: Data> DataStream<T> {
     }
 
     /// Sends the stream to a sink; each sink subtask gets a clone of `sink`.
-    pub fn add_sink<S: SinkFunction<T> + Clone + Sync>(&self, sink: S) -> DataStreamSink {
+    pub fn add_sink<S: SinkFunction<T> + Clone>(&self, sink: S) -> DataStreamSink {
+        let proto = Prototype::new(sink);
         let factory = Arc::new(move || {
             Box::new(SinkOp {
-                sink: sink.clone(),
+                sink: proto.get(),
                 _t: PhantomData,
             }) as Box<dyn ChainOp>
         });
@@ -465,22 +481,23 @@ pub struct KeyedStream<T, K, F> {
 
 impl<T: Data, K: Key, F: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K, F> {
     /// Runs `function` per record with the record's key's state.
-    pub fn process<O: Data, P: KeyedProcessFunction<K, T, O> + Clone + Sync>(
+    pub fn process<O: Data, P: KeyedProcessFunction<K, T, O> + Clone>(
         &self,
         function: P,
     ) -> DataStream<O> {
         self.process_named("KeyedProcess", function)
     }
 
-    fn process_named<O: Data, P: KeyedProcessFunction<K, T, O> + Clone + Sync>(
+    fn process_named<O: Data, P: KeyedProcessFunction<K, T, O> + Clone>(
         &self,
         name: &str,
         function: P,
     ) -> DataStream<O> {
         let sel = self.selector.clone();
+        let proto = Prototype::new(function);
         let factory = Arc::new(move || {
             Box::new(KeyedProcessOp {
-                function: function.clone(),
+                function: proto.get(),
                 selector: sel.clone(),
                 backend: None,
                 max_parallelism: 0,
