@@ -13,30 +13,34 @@
 //! A word is a maximal run of alphanumeric characters (`char::is_alphanumeric`),
 //! lowercased. With `--output DIR` every update is written as a line
 //! `word<TAB>count` (Flink's running count: a word seen N times has the lines
-//! with counts 1..N, in that order) to part files in DIR.
+//! with counts 1..N, in that order) to part files in DIR. The job itself is
+//! [`weir::wordcount::wordcount`]; this file is the command line around it.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rustc_hash::FxHashMap;
 use weir::cli::{human_rate, ConfArgs};
 use weir::operators::text::generated_lines;
 use weir::prelude::*;
 use weir::runtime::config::options;
+use weir::wordcount::{wordcount, words_counted};
+
+// The example's allocator; any allocator works, this one is faster for
+// batches allocated on one thread and freed on another.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(
-    about = "Counts words: a text file or directory (--input), or the built-in generated text"
-)]
+#[command(about = "Counts words: a text file or directory (--input), or the built-in generated text")]
 struct Args {
     /// A text file or a directory of text files (default: the built-in generated text).
     #[arg(long, value_name = "PATH")]
-    input: Option<std::path::PathBuf>,
+    input: Option<PathBuf>,
     /// Writes `word<TAB>count` lines (one per update) into part files in DIR.
     #[arg(long, value_name = "DIR")]
-    output: Option<std::path::PathBuf>,
+    output: Option<PathBuf>,
     /// Parallelism of every operator (default: parallelism.default).
     #[arg(long, short = 'p')]
     parallelism: Option<usize>,
@@ -58,90 +62,11 @@ struct Args {
 
 fn main() -> ExitCode {
     weir::cli::init_tracing();
-    let args = Args::parse();
-    match run(args) {
+    match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Keeps the top words seen by a sink subtask: a word's running counts arrive
-/// in increasing order at one subtask, so its last count is its total. Only
-/// records that can still be in the top 10 touch the map.
-#[derive(Default)]
-struct Top {
-    best: FxHashMap<Word, u64>,
-    threshold: u64,
-}
-
-impl Top {
-    const N: usize = 10;
-
-    fn observe(&mut self, batch: &[(Word, u64)]) {
-        for (w, c) in batch {
-            if *c >= self.threshold {
-                match self.best.get_mut(w) {
-                    Some(v) => *v = *c,
-                    None => {
-                        self.best.insert(w.clone(), *c);
-                    }
-                }
-            }
-        }
-        if self.best.len() > 4 * Self::N {
-            let mut v: Vec<u64> = self.best.values().copied().collect();
-            v.sort_unstable_by(|a, b| b.cmp(a));
-            self.threshold = v[Self::N - 1];
-            let t = self.threshold;
-            self.best.retain(|_, c| *c >= t);
-        }
-    }
-
-    fn merge_into(&self, all: &mut Vec<(Word, u64)>) {
-        all.extend(self.best.iter().map(|(w, c)| (w.clone(), *c)));
-    }
-}
-
-/// The example's sink: tracks the top words and, with --output, writes every update.
-#[derive(Clone)]
-struct WordCountSink<F: Clone> {
-    file: Option<F>,
-    top: Top2,
-    results: Arc<Mutex<Vec<(Word, u64)>>>,
-}
-
-#[derive(Default)]
-struct Top2(Top);
-impl Clone for Top2 {
-    fn clone(&self) -> Self {
-        Top2::default()
-    }
-}
-
-impl<F: SinkFunction<(Word, u64)> + Clone> SinkFunction<(Word, u64)> for WordCountSink<F> {
-    fn open(&mut self, ctx: &RuntimeContext) -> weir::runtime::Result<()> {
-        match &mut self.file {
-            Some(f) => f.open(ctx),
-            None => Ok(()),
-        }
-    }
-    fn invoke(&mut self, batch: Vec<(Word, u64)>) -> weir::runtime::Result<()> {
-        self.top.0.observe(&batch);
-        match &mut self.file {
-            Some(f) => f.invoke(batch),
-            None => Ok(()),
-        }
-    }
-    fn finish(&mut self) -> weir::runtime::Result<()> {
-        self.top
-            .0
-            .merge_into(&mut self.results.lock().unwrap_or_else(|p| p.into_inner()));
-        match &mut self.file {
-            Some(f) => f.finish(),
-            None => Ok(()),
         }
     }
 }
@@ -156,12 +81,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => {
             let src = FileSource::new(path)?;
             let bytes: u64 = src.files().iter().map(|f| f.1).sum();
-            eprintln!(
-                "counting words of {} ({} files, {} bytes)",
-                path.display(),
-                src.files().len(),
-                bytes
-            );
+            eprintln!("counting words of {} ({} files, {bytes} bytes)", path.display(), src.files().len());
             env.add_source(src)
         }
         None => {
@@ -173,60 +93,26 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     .name("Source");
-    let counts = lines
-        .flat_map(|line: String, out: &mut Collector<Word>| {
-            for_each_word(&line, |w| out.collect(w))
-        })
-        .name("Tokenizer")
-        .key_by(|w: &Word| w.clone())
-        .count()
-        .name("Count");
-    let results = Arc::new(Mutex::new(Vec::new()));
-    type Fmt = fn(&(Word, u64), &mut String);
-    let file: Option<FileSink<(Word, u64), Fmt>> = match &args.output {
-        Some(dir) => Some(FileSink::new(
-            dir,
-            (|(w, c): &(Word, u64), line: &mut String| {
-                use std::fmt::Write;
-                let _ = write!(line, "{w}\t{c}");
-            }) as Fmt,
-        )?),
-        None => None,
-    };
-    counts
-        .add_sink(WordCountSink {
-            file,
-            top: Top2::default(),
-            results: results.clone(),
-        })
-        .name("Sink");
+    let top = wordcount(&lines, args.output.as_deref())?;
 
     let mut job = env.execute_async("wordcount")?;
     let interval = env.conf().get(&options::PROGRESS_INTERVAL);
-    let mut last = (0u64, std::time::Instant::now());
+    let (mut last_words, mut last_time) = (0u64, Instant::now());
     let mut next_report = interval;
     while !job.is_done() {
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
         if !args.quiet && job.elapsed() >= next_report {
             next_report += interval;
             let words = words_counted(&job.metrics());
-            let now = std::time::Instant::now();
-            let rate = (words - last.0) as f64 / now.duration_since(last.1).as_secs_f64();
-            last = (words, now);
-            eprintln!(
-                "[{:>6.1}s] {:>12} words  {}",
-                job.elapsed().as_secs_f64(),
-                words,
-                human_rate(rate)
-            );
+            let rate = (words - last_words) as f64 / last_time.elapsed().as_secs_f64();
+            (last_words, last_time) = (words, Instant::now());
+            eprintln!("[{:>6.1}s] {words:>12} words  {}", job.elapsed().as_secs_f64(), human_rate(rate));
         }
     }
     let result = job.wait()?;
     let total = words_counted(&result.operators);
-    let mut top = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
-    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     println!("top 10 words:");
-    for (w, c) in top.iter().take(10) {
+    for (w, c) in top.top(10) {
         println!("  {c:>10}  {w}");
     }
     let secs = result.duration.as_secs_f64();
@@ -237,10 +123,4 @@ fn run(args: Args) -> anyhow::Result<()> {
         println!("output: {}", dir.display());
     }
     Ok(())
-}
-
-fn words_counted(ops: &[OperatorMetrics]) -> u64 {
-    ops.iter()
-        .find(|o| o.name == "Count")
-        .map_or(0, |o| o.records_in)
 }

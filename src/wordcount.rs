@@ -1,0 +1,144 @@
+//! The word-count job, shared by the `wordcount` example, its tests and the
+//! throughput bench: lines -> words -> `key_by(word)` -> running count -> sink.
+//!
+//! A word is a maximal run of characters for which `char::is_alphanumeric`
+//! holds, lowercased ([`for_each_word`]). The count emits `(word, count so
+//! far)` per word (Flink's running count). The sink keeps the top words (for
+//! the summary) and, given an output directory, writes every update as a line
+//! `word<TAB>count` with a [`FileSink`].
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rustc_hash::FxHashMap;
+use weir_runtime::Result;
+
+use crate::prelude::*;
+
+/// Name of the counting operator (its `records_in` is the number of words).
+pub const COUNT: &str = "Count";
+
+/// What a word count job gives back after it ran.
+#[derive(Clone, Default)]
+pub struct TopWords {
+    merged: Arc<Mutex<Vec<(Word, u64)>>>,
+}
+
+impl TopWords {
+    /// The `n` most frequent words with their counts, most frequent first (ties by word).
+    pub fn top(&self, n: usize) -> Vec<(Word, u64)> {
+        let mut all = self.merged.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+}
+
+/// Adds the word count to `lines`; with `output`, every update is written
+/// there. Returns a handle on the top words, filled when the job ends.
+pub fn wordcount(lines: &DataStream<String>, output: Option<&Path>) -> Result<TopWords> {
+    let top = TopWords::default();
+    let file = match output {
+        Some(dir) => Some(FileSink::new(dir, format_line as Format)?),
+        None => None,
+    };
+    lines
+        .flat_map(|line: String, out: &mut Collector<Word>| for_each_word(&line, |w| out.collect(w)))
+        .name("Tokenizer")
+        .key_by(|w: &Word| w.clone())
+        .count()
+        .name(COUNT)
+        .add_sink(WordCountSink {
+            file,
+            top: Top::default(),
+            merged: top.merged.clone(),
+        })
+        .name("Sink");
+    Ok(top)
+}
+
+/// Words counted so far, from a job's metrics.
+pub fn words_counted(ops: &[OperatorMetrics]) -> u64 {
+    ops.iter().find(|o| o.name == COUNT).map_or(0, |o| o.records_in)
+}
+
+type Format = fn(&(Word, u64), &mut String);
+
+fn format_line((w, c): &(Word, u64), line: &mut String) {
+    use std::fmt::Write;
+    let _ = write!(line, "{w}\t{c}");
+}
+
+/// Keeps the words that can still be among the top [`Top::N`] at one sink
+/// subtask. A word's running counts arrive in increasing order at one
+/// subtask, so its last count is its total; the threshold (the N-th best
+/// count seen) never exceeds the final N-th best, so no top word is missed,
+/// and records below it cost one comparison.
+#[derive(Default)]
+struct Top {
+    best: FxHashMap<Word, u64>,
+    threshold: u64,
+}
+
+impl Clone for Top {
+    fn clone(&self) -> Self {
+        Top::default()
+    }
+}
+
+impl Top {
+    const N: usize = 10;
+
+    fn observe(&mut self, batch: &[(Word, u64)]) {
+        for (w, c) in batch {
+            if *c >= self.threshold {
+                match self.best.get_mut(w) {
+                    Some(v) => *v = *c,
+                    None => {
+                        self.best.insert(w.clone(), *c);
+                    }
+                }
+            }
+        }
+        if self.best.len() > 4 * Self::N {
+            let mut v: Vec<u64> = self.best.values().copied().collect();
+            v.sort_unstable_by(|a, b| b.cmp(a));
+            self.threshold = v[Self::N - 1];
+            let t = self.threshold;
+            self.best.retain(|_, c| *c >= t);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct WordCountSink {
+    file: Option<FileSink<(Word, u64), Format>>,
+    top: Top,
+    merged: Arc<Mutex<Vec<(Word, u64)>>>,
+}
+
+impl SinkFunction<(Word, u64)> for WordCountSink {
+    fn open(&mut self, ctx: &RuntimeContext) -> Result<()> {
+        match &mut self.file {
+            Some(f) => f.open(ctx),
+            None => Ok(()),
+        }
+    }
+    fn invoke(&mut self, batch: Vec<(Word, u64)>) -> Result<()> {
+        self.top.observe(&batch);
+        match &mut self.file {
+            Some(f) => f.invoke(batch),
+            None => Ok(()),
+        }
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.merged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(self.top.best.iter().map(|(w, c)| (w.clone(), *c)));
+        match &mut self.file {
+            Some(f) => f.finish(),
+            None => Ok(()),
+        }
+    }
+}
