@@ -13,7 +13,9 @@
 use std::time::Instant;
 
 use rustc_hash::FxHashMap;
-use weir::operators::text::{for_each_word, generate_line, generated_lines, lines_for_words, Vocabulary, Word};
+use weir::operators::text::{
+    for_each_word, generate_line, generated_lines, lines_for_words, Vocabulary, Word,
+};
 use weir::prelude::*;
 use weir::wordcount::{wordcount, words_counted};
 
@@ -49,7 +51,9 @@ fn weir_run(words: u64, parallelism: usize) -> f64 {
     let mut conf = Conf::defaults();
     conf.set("parallelism.default", parallelism).expect("valid");
     let env = Env::from_conf(conf).expect("env");
-    let lines = env.add_source(generated_lines(words, VOCAB, SEED)).name("Source");
+    let lines = env
+        .add_source(generated_lines(words, VOCAB, SEED))
+        .name("Source");
     wordcount(&lines, None).expect("job");
     let r = env.execute("wordcount-bench").expect("run");
     words_counted(&r.operators) as f64 / r.duration.as_secs_f64()
@@ -79,7 +83,9 @@ fn main() {
         }
         i += 1;
     }
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     println!("wordcount bench: {words} words, vocabulary {VOCAB}, seed {SEED}, {runs} runs each, {cores} cores");
     let (mut r, mut p1, mut p2) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
@@ -94,7 +100,12 @@ fn main() {
         );
     }
     let (r, p1, p2) = (median(r), median(p1), median(p2));
-    println!("median: reference {:.2} M words/s | weir p1 {:.2} M words/s | weir p2 {:.2} M words/s", r / 1e6, p1 / 1e6, p2 / 1e6);
+    println!(
+        "median: reference {:.2} M words/s | weir p1 {:.2} M words/s | weir p2 {:.2} M words/s",
+        r / 1e6,
+        p1 / 1e6,
+        p2 / 1e6
+    );
     println!("ratio p1 / reference: {:.2} (target >= 0.5)", p1 / r);
     println!("ratio p2 / reference: {:.2}", p2 / r);
     println!("p2: {:.1} M words/s (target >= 30)", p2 / 1e6);

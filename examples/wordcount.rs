@@ -33,7 +33,9 @@ use weir::wordcount::{wordcount, words_counted};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(about = "Counts words: a text file or directory (--input), or the built-in generated text")]
+#[command(
+    about = "Counts words: a text file or directory (--input), or the built-in generated text"
+)]
 struct Args {
     /// A text file or a directory of text files (default: the built-in generated text).
     #[arg(long, value_name = "PATH")]
@@ -81,7 +83,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => {
             let src = FileSource::new(path)?;
             let bytes: u64 = src.files().iter().map(|f| f.1).sum();
-            eprintln!("counting words of {} ({} files, {bytes} bytes)", path.display(), src.files().len());
+            eprintln!(
+                "counting words of {} ({} files, {bytes} bytes)",
+                path.display(),
+                src.files().len()
+            );
             env.add_source(src)
         }
         None => {
@@ -106,7 +112,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             let words = words_counted(&job.metrics());
             let rate = (words - last_words) as f64 / last_time.elapsed().as_secs_f64();
             (last_words, last_time) = (words, Instant::now());
-            eprintln!("[{:>6.1}s] {words:>12} words  {}", job.elapsed().as_secs_f64(), human_rate(rate));
+            eprintln!(
+                "[{:>6.1}s] {words:>12} words  {}",
+                job.elapsed().as_secs_f64(),
+                human_rate(rate)
+            );
         }
     }
     let result = job.wait()?;

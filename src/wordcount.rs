@@ -27,7 +27,11 @@ pub struct TopWords {
 impl TopWords {
     /// The `n` most frequent words with their counts, most frequent first (ties by word).
     pub fn top(&self, n: usize) -> Vec<(Word, u64)> {
-        let mut all = self.merged.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut all = self
+            .merged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         all.truncate(n);
         all
@@ -43,7 +47,9 @@ pub fn wordcount(lines: &DataStream<String>, output: Option<&Path>) -> Result<To
         None => None,
     };
     lines
-        .flat_map(|line: String, out: &mut Collector<Word>| for_each_word(&line, |w| out.collect(w)))
+        .flat_map(|line: String, out: &mut Collector<Word>| {
+            for_each_word(&line, |w| out.collect(w))
+        })
         .name("Tokenizer")
         .key_by(|w: &Word| w.clone())
         .count()
@@ -59,7 +65,9 @@ pub fn wordcount(lines: &DataStream<String>, output: Option<&Path>) -> Result<To
 
 /// Words counted so far, from a job's metrics.
 pub fn words_counted(ops: &[OperatorMetrics]) -> u64 {
-    ops.iter().find(|o| o.name == COUNT).map_or(0, |o| o.records_in)
+    ops.iter()
+        .find(|o| o.name == COUNT)
+        .map_or(0, |o| o.records_in)
 }
 
 type Format = fn(&(Word, u64), &mut String);

@@ -269,6 +269,9 @@ impl<I: Data, O: Data, F: Fn(I) -> O + Send + Sync + 'static> ChainOp for MapOp<
 
 pub(crate) struct FlatMapOp<I, O, F> {
     pub(crate) f: Arc<F>,
+    /// Output records per input record in the last batch, to size the next
+    /// output buffer once instead of growing it.
+    pub(crate) fanout: usize,
     pub(crate) _t: PhantomData<fn(I) -> O>,
 }
 
@@ -280,11 +283,13 @@ impl<I: Data, O: Data, F: Fn(I, &mut Collector<'_, O>) + Send + Sync + 'static> 
     }
     fn process(&mut self, batch: AnyBatch) -> Result<Option<AnyBatch>> {
         let input = downcast::<I>(batch);
-        let mut out = Vec::with_capacity(input.len() * 2);
+        let n = input.len();
+        let mut out = Vec::with_capacity(n * self.fanout + n / 4);
         let mut c = Collector::new(&mut out);
         for v in input {
             (self.f)(v, &mut c);
         }
+        self.fanout = out.len().div_ceil(n.max(1)).clamp(1, 64);
         Ok(non_empty(out))
     }
     fn finish(&mut self) -> Result<Option<AnyBatch>> {

@@ -94,10 +94,7 @@ impl Env {
     }
 
     /// Adds a parallel source; each subtask gets a clone of `source`.
-    pub fn add_source<T: Data, S: SourceFunction<T> + Clone>(
-        &self,
-        source: S,
-    ) -> DataStream<T> {
+    pub fn add_source<T: Data, S: SourceFunction<T> + Clone>(&self, source: S) -> DataStream<T> {
         let proto = Prototype::new(source);
         let factory = Arc::new(move || {
             Box::new(SourceAdapter {
@@ -357,6 +354,7 @@ impl<T: Data> DataStream<T> {
             Arc::new(move || {
                 Box::new(FlatMapOp {
                     f: f.clone(),
+                    fanout: 1,
                     _t: PhantomData,
                 }) as Box<dyn ChainOp>
             }),
