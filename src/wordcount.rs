@@ -139,6 +139,24 @@ impl SinkFunction<(Word, u64)> for WordCountSink {
             None => Ok(()),
         }
     }
+    fn snapshot_state(&mut self, checkpoint_id: u64, state: &mut OperatorStateStore) -> Result<()> {
+        match &mut self.file {
+            Some(f) => f.snapshot_state(checkpoint_id, state),
+            None => Ok(()),
+        }
+    }
+    fn restore_state(&mut self, state: &OperatorStateStore) -> Result<()> {
+        match &mut self.file {
+            Some(f) => f.restore_state(state),
+            None => Ok(()),
+        }
+    }
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        match &mut self.file {
+            Some(f) => f.notify_checkpoint_complete(checkpoint_id),
+            None => Ok(()),
+        }
+    }
     fn finish(&mut self) -> Result<()> {
         self.merged
             .lock()

@@ -140,7 +140,7 @@ fn conf_weir_yaml_lists_every_option_with_its_default_and_a_comment() {
             .iter()
             .find(|d| d.key == k)
             .unwrap_or_else(|| panic!("{k} is not an option"));
-        assert_eq!(v.trim(), def.default, "default of {k}");
+        assert_eq!(v.trim().trim_matches('"'), def.default, "default of {k}");
         assert_eq!(
             lines[i - 1].trim_start_matches("# "),
             def.doc,

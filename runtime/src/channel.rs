@@ -18,32 +18,212 @@
 //! broadcast (a copy to everyone) and hash (per record, by key group, see
 //! [`crate::keygroup`]).
 
-use std::future::poll_fn;
+use std::collections::VecDeque;
 use std::marker::PhantomData;
-use std::sync::Arc;
-use std::task::Poll;
+use std::sync::{Arc, Mutex, Weak};
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::keygroup::{key_group_for, subtask_for_key_group};
 use crate::record::{downcast, AnyBatch, CloneFn, Data};
 use crate::{Error, Result};
 
+/// A checkpoint barrier as it travels on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Barrier {
+    /// The checkpoint id `n`.
+    pub id: u64,
+    /// When the coordinator triggered it (ms since the Unix epoch).
+    pub timestamp_ms: u64,
+    /// Whether it is a savepoint.
+    pub savepoint: bool,
+    /// Unaligned: it overtook queued batches (a priority event) and the
+    /// receiver snapshots on the first barrier `n` it sees.
+    pub unaligned: bool,
+    /// For an unaligned barrier: how many data batches were queued behind it
+    /// on this channel when it was inserted (they precede it logically: the
+    /// receiver captures them as channel state).
+    pub overtaken: usize,
+}
+
 /// What travels on a channel.
 pub(crate) enum Event {
-    /// A batch of records (a `Vec<T>` of the edge's type).
+    /// A batch of records (a `Vec<T>` of the edge's record type).
     Batch(AnyBatch),
+    /// A checkpoint barrier.
+    Barrier(Barrier),
     /// The sender has no more records.
     EndOfStream,
 }
 
-pub(crate) type Tx = mpsc::Sender<Event>;
-pub(crate) type WeakTx = mpsc::WeakSender<Event>;
-pub(crate) type Rx = mpsc::Receiver<Event>;
+/// One channel: a queue of events shared by one sender and one receiver.
+///
+/// Data batches count against `capacity` (the sender waits when it is
+/// reached); barriers and end-of-stream never wait. An unaligned barrier is
+/// inserted ahead of the queued batches (after any unaligned barriers already
+/// at the front, so barriers keep their order) and records how many batches
+/// it overtook.
+pub(crate) struct Channel {
+    state: Mutex<ChannelState>,
+    capacity: usize,
+    /// Wakes the sender when space frees up.
+    space: Notify,
+    /// Wakes the receiving subtask (shared by all its input channels).
+    gate: Arc<Notify>,
+}
 
-/// A new channel holding at most `capacity` events.
-pub(crate) fn channel(capacity: usize) -> (Tx, Rx) {
-    mpsc::channel(capacity)
+struct ChannelState {
+    queue: VecDeque<Event>,
+    batches: usize,
+    sender_alive: bool,
+    receiver_alive: bool,
+}
+
+/// The sending end of a channel.
+pub(crate) struct Tx {
+    ch: Arc<Channel>,
+}
+
+/// The receiving end of a channel.
+pub(crate) struct Rx {
+    ch: Arc<Channel>,
+}
+
+/// A handle to watch a channel's occupancy without keeping it alive.
+pub(crate) type WeakTx = Weak<Channel>;
+
+/// A new channel holding at most `capacity` data batches, waking `gate` on arrival.
+pub(crate) fn channel(capacity: usize, gate: Arc<Notify>) -> (Tx, Rx) {
+    let ch = Arc::new(Channel {
+        state: Mutex::new(ChannelState {
+            queue: VecDeque::with_capacity(capacity + 4),
+            batches: 0,
+            sender_alive: true,
+            receiver_alive: true,
+        }),
+        capacity,
+        space: Notify::new(),
+        gate,
+    });
+    (Tx { ch: ch.clone() }, Rx { ch })
+}
+
+fn lock(ch: &Channel) -> std::sync::MutexGuard<'_, ChannelState> {
+    ch.state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn disconnected() -> Error {
+    Error::Disconnected("downstream subtask stopped".into())
+}
+
+impl Tx {
+    /// Sends a data batch, waiting while the channel is full.
+    pub(crate) async fn send_batch(&self, batch: AnyBatch) -> Result<()> {
+        let mut batch = Some(batch);
+        loop {
+            let notified = self.ch.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = lock(&self.ch);
+                if !st.receiver_alive {
+                    return Err(disconnected());
+                }
+                if st.batches < self.ch.capacity {
+                    st.queue
+                        .push_back(Event::Batch(batch.take().unwrap_or_else(|| Box::new(()))));
+                    st.batches += 1;
+                    drop(st);
+                    self.ch.gate.notify_one();
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Sends a control event (aligned barrier, end of stream) behind the data, without waiting.
+    pub(crate) fn send_control(&self, ev: Event) -> Result<()> {
+        let mut st = lock(&self.ch);
+        if !st.receiver_alive {
+            return Err(disconnected());
+        }
+        st.queue.push_back(ev);
+        drop(st);
+        self.ch.gate.notify_one();
+        Ok(())
+    }
+
+    /// Sends an unaligned barrier ahead of the queued batches.
+    pub(crate) fn send_priority(&self, mut barrier: Barrier) -> Result<()> {
+        let mut st = lock(&self.ch);
+        if !st.receiver_alive {
+            return Err(disconnected());
+        }
+        let at = st
+            .queue
+            .iter()
+            .position(|e| !matches!(e, Event::Barrier(b) if b.unaligned))
+            .unwrap_or(st.queue.len());
+        barrier.unaligned = true;
+        barrier.overtaken = st
+            .queue
+            .iter()
+            .skip(at)
+            .filter(|e| matches!(e, Event::Batch(_)))
+            .count();
+        st.queue.insert(at, Event::Barrier(barrier));
+        drop(st);
+        self.ch.gate.notify_one();
+        Ok(())
+    }
+
+    pub(crate) fn watch(&self) -> WeakTx {
+        Arc::downgrade(&self.ch)
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        lock(&self.ch).sender_alive = false;
+        self.ch.gate.notify_one();
+    }
+}
+
+impl Rx {
+    /// The next event if one is queued; `Err` if the sender is gone and nothing is left.
+    pub(crate) fn try_recv(&self) -> Result<Option<Event>> {
+        let mut st = lock(&self.ch);
+        match st.queue.pop_front() {
+            Some(ev) => {
+                if matches!(ev, Event::Batch(_)) {
+                    st.batches -= 1;
+                    drop(st);
+                    self.ch.space.notify_one();
+                }
+                Ok(Some(ev))
+            }
+            None if !st.sender_alive => Err(Error::Disconnected("upstream subtask stopped".into())),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for Rx {
+    fn drop(&mut self) {
+        lock(&self.ch).receiver_alive = false;
+        self.ch.space.notify_one();
+    }
+}
+
+/// Data batches queued right now over the given channels: the channel
+/// occupancy that backpressure keeps bounded.
+pub(crate) fn queued(channels: &[WeakTx]) -> usize {
+    channels
+        .iter()
+        .filter_map(Weak::upgrade)
+        .map(|c| lock(&c).batches)
+        .sum()
 }
 
 /// Routes the batches of one output edge to its channels.
@@ -172,8 +352,6 @@ pub(crate) struct OutputEdge {
     pub partition: Box<dyn Partition>,
     pub senders: Vec<Tx>,
     pub ready: Vec<(usize, AnyBatch)>,
-    /// Batches sent so far (for tests and metrics).
-    pub sent: u64,
 }
 
 impl OutputEdge {
@@ -182,7 +360,6 @@ impl OutputEdge {
             partition,
             senders,
             ready: Vec::new(),
-            sent: 0,
         }
     }
 
@@ -198,11 +375,22 @@ impl OutputEdge {
 
     async fn send_ready(&mut self) -> Result<()> {
         for (ch, b) in self.ready.drain(..) {
-            self.senders[ch]
-                .send(Event::Batch(b))
-                .await
-                .map_err(|_| Error::Disconnected("downstream subtask stopped".into()))?;
-            self.sent += 1;
+            self.senders[ch].send_batch(b).await?;
+        }
+        Ok(())
+    }
+
+    /// Emits a barrier on every channel after every record routed so far:
+    /// partial buffers are flushed first. Unaligned barriers overtake the
+    /// batches queued in the channels.
+    pub(crate) async fn barrier(&mut self, barrier: Barrier) -> Result<()> {
+        self.flush().await?;
+        for s in &self.senders {
+            if barrier.unaligned {
+                s.send_priority(barrier)?;
+            } else {
+                s.send_control(Event::Barrier(barrier))?;
+            }
         }
         Ok(())
     }
@@ -210,31 +398,40 @@ impl OutputEdge {
     pub(crate) async fn end_of_stream(&mut self) -> Result<()> {
         self.flush().await?;
         for s in &self.senders {
-            s.send(Event::EndOfStream)
-                .await
-                .map_err(|_| Error::Disconnected("downstream subtask stopped".into()))?;
+            s.send_control(Event::EndOfStream)?;
         }
         Ok(())
     }
 }
 
-/// All input channels of a subtask, read fairly (round-robin).
+/// All input channels of a subtask, read fairly (round-robin). An input can
+/// be blocked (aligned checkpoints stop reading an input that delivered its
+/// barrier until all inputs have).
 pub(crate) struct InputGate {
     inputs: Vec<Rx>,
+    notify: Arc<Notify>,
     finished: Vec<bool>,
+    blocked: Vec<bool>,
     open: usize,
     next: usize,
 }
 
 impl InputGate {
-    pub(crate) fn new(inputs: Vec<Rx>) -> Self {
+    pub(crate) fn new(inputs: Vec<Rx>, notify: Arc<Notify>) -> Self {
         let n = inputs.len();
         InputGate {
             inputs,
+            notify,
             finished: vec![false; n],
+            blocked: vec![false; n],
             open: n,
             next: 0,
         }
+    }
+
+    /// Number of inputs.
+    pub(crate) fn len(&self) -> usize {
+        self.inputs.len()
     }
 
     /// Whether every input has ended.
@@ -242,64 +439,60 @@ impl InputGate {
         self.open == 0
     }
 
-    fn take(&mut self, i: usize, ev: Option<Event>) -> Result<(usize, Event)> {
-        self.next = (i + 1) % self.inputs.len();
-        match ev {
-            Some(Event::EndOfStream) => {
-                self.finished[i] = true;
-                self.open -= 1;
-                Ok((i, Event::EndOfStream))
-            }
-            Some(ev) => Ok((i, ev)),
-            None => Err(Error::Disconnected("upstream subtask stopped".into())),
-        }
+    /// Whether input `i` has ended.
+    pub(crate) fn input_finished(&self, i: usize) -> bool {
+        self.finished[i]
     }
 
-    /// The next event if one is queued, without waiting.
+    /// Stops or resumes reading input `i`.
+    pub(crate) fn set_blocked(&mut self, i: usize, blocked: bool) {
+        self.blocked[i] = blocked;
+    }
+
+    /// Resumes every input.
+    pub(crate) fn unblock_all(&mut self) {
+        self.blocked.iter_mut().for_each(|b| *b = false);
+    }
+
+    /// The next event of an unblocked, unfinished input, if one is queued.
     pub(crate) fn try_next(&mut self) -> Result<Option<(usize, Event)>> {
         let n = self.inputs.len();
         for k in 0..n {
             let i = (self.next + k) % n;
-            if self.finished[i] {
+            if self.finished[i] || self.blocked[i] {
                 continue;
             }
-            match self.inputs[i].try_recv() {
-                Ok(ev) => return self.take(i, Some(ev)).map(Some),
-                Err(mpsc::error::TryRecvError::Empty) => {}
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    return self.take(i, None).map(Some)
+            if let Some(ev) = self.inputs[i].try_recv()? {
+                self.next = (i + 1) % n;
+                if matches!(ev, Event::EndOfStream) {
+                    self.finished[i] = true;
+                    self.open -= 1;
                 }
+                return Ok(Some((i, ev)));
             }
         }
         Ok(None)
     }
 
-    /// Waits for the next event of any unfinished input.
-    pub(crate) async fn next(&mut self) -> Result<(usize, Event)> {
-        let (i, ev) = poll_fn(|cx| {
-            let n = self.inputs.len();
-            for k in 0..n {
-                let i = (self.next + k) % n;
-                if self.finished[i] {
-                    continue;
-                }
-                if let Poll::Ready(ev) = self.inputs[i].poll_recv(cx) {
-                    return Poll::Ready((i, ev));
-                }
+    /// Waits for the next event of an unblocked, unfinished input. With every
+    /// open input blocked this waits until `wake` (a timer) fires: returns `None` then.
+    pub(crate) async fn next_or(
+        &mut self,
+        wake: impl std::future::Future<Output = ()>,
+    ) -> Result<Option<(usize, Event)>> {
+        tokio::pin!(wake);
+        let notify = self.notify.clone();
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(ev) = self.try_next()? {
+                return Ok(Some(ev));
             }
-            Poll::Pending
-        })
-        .await;
-        self.take(i, ev)
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = &mut wake => return Ok(None),
+            }
+        }
     }
-}
-
-/// Batches (and control events) queued right now over the given channels:
-/// the channel occupancy that backpressure keeps bounded.
-pub(crate) fn queued(channels: &[WeakTx]) -> usize {
-    channels
-        .iter()
-        .filter_map(|w| w.upgrade())
-        .map(|tx| tx.max_capacity() - tx.capacity())
-        .sum()
 }

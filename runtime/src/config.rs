@@ -46,6 +46,8 @@ pub enum Kind {
     Enum(&'static [&'static str]),
     /// Any text (e.g. a path).
     Text,
+    /// A duration, or `off` (also `none`, `disabled`, `0`).
+    DurationOrOff,
 }
 
 impl Kind {
@@ -59,6 +61,7 @@ impl Kind {
             Kind::Bool => "true or false".into(),
             Kind::Enum(words) => format!("one of {}", words.join(", ")),
             Kind::Text => "any text".into(),
+            Kind::DurationOrOff => "off, or a duration such as 500ms, 1s or 10min".into(),
         }
     }
 
@@ -78,6 +81,7 @@ impl Kind {
                 }
             }
             Kind::Text => Ok(()),
+            Kind::DurationOrOff => parse_duration_or_off(raw).map(|_| ()).ok_or(()),
         }
     }
 }
@@ -149,6 +153,11 @@ impl FromConfValue for bool {
 impl FromConfValue for Duration {
     fn from_conf_value(raw: &str) -> Option<Self> {
         parse_duration(raw)
+    }
+}
+impl FromConfValue for Option<Duration> {
+    fn from_conf_value(raw: &str) -> Option<Self> {
+        parse_duration_or_off(raw)
     }
 }
 impl FromConfValue for String {
@@ -281,7 +290,7 @@ impl Conf {
         }
         for (name, value) in env {
             if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
-                if name == CONF_DIR_ENV || rest.is_empty() {
+                if name == CONF_DIR_ENV || name == crate::failpoint::ENV || rest.is_empty() {
                     continue;
                 }
                 let def = options::ALL.iter().find(|d| env_name(d.key) == *name);
@@ -443,6 +452,14 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
     Some(Duration::from_millis(n.checked_mul(ms)?))
 }
 
+/// Parses `off`/`none`/`disabled`/`0` as `Some(None)`, a duration as `Some(Some(d))`.
+pub fn parse_duration_or_off(raw: &str) -> Option<Option<Duration>> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "off" | "none" | "disabled" | "0" => Some(None),
+        _ => parse_duration(raw).map(Some),
+    }
+}
+
 /// The known key closest to `key`, if it is close enough to be a typo.
 fn suggest(key: &str) -> Option<&'static str> {
     options::ALL
@@ -472,6 +489,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// defaults (a test keeps the two in step).
 pub mod options {
     use super::{ConfigOption, Kind, OptionDef};
+    use std::path::PathBuf;
     use std::time::Duration;
 
     /// Parallelism of operators that do not set their own.
@@ -529,6 +547,96 @@ pub mod options {
         Kind::Enum(&["hashmap"]),
         "keyed state backend: hashmap (in memory)",
     );
+    /// Checkpoint interval.
+    pub const CHECKPOINTING_INTERVAL: ConfigOption<Option<Duration>> = ConfigOption::new(
+        "execution.checkpointing.interval",
+        "1s",
+        Kind::DurationOrOff,
+        "time between checkpoint triggers; off disables checkpointing",
+    );
+    /// Checkpointing guarantee.
+    pub const CHECKPOINTING_MODE: ConfigOption<String> = ConfigOption::new(
+        "execution.checkpointing.mode",
+        "EXACTLY_ONCE",
+        Kind::Enum(&["EXACTLY_ONCE", "AT_LEAST_ONCE"]),
+        "EXACTLY_ONCE aligns barriers; AT_LEAST_ONCE never blocks inputs",
+    );
+    /// Checkpoint timeout.
+    pub const CHECKPOINTING_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
+        "execution.checkpointing.timeout",
+        "10min",
+        Kind::Duration,
+        "a checkpoint not complete after this long is aborted",
+    );
+    /// Minimum pause between checkpoints.
+    pub const CHECKPOINTING_MIN_PAUSE: ConfigOption<Duration> = ConfigOption::new(
+        "execution.checkpointing.min-pause",
+        "0ms",
+        Kind::Duration,
+        "least time from the end of one checkpoint to the next trigger",
+    );
+    /// Maximum concurrent checkpoints.
+    pub const CHECKPOINTING_MAX_CONCURRENT: ConfigOption<usize> = ConfigOption::new(
+        "execution.checkpointing.max-concurrent-checkpoints",
+        "1",
+        Kind::Int { min: 1, max: 1000 },
+        "checkpoints that may be in flight at once",
+    );
+    /// Tolerable failed checkpoints.
+    pub const CHECKPOINTING_TOLERABLE_FAILURES: ConfigOption<usize> = ConfigOption::new(
+        "execution.checkpointing.tolerable-failed-checkpoints",
+        "0",
+        Kind::Int {
+            min: 0,
+            max: 1_000_000,
+        },
+        "consecutive failed checkpoints tolerated before the job fails",
+    );
+    /// Unaligned checkpoints.
+    pub const CHECKPOINTING_UNALIGNED: ConfigOption<bool> = ConfigOption::new(
+        "execution.checkpointing.unaligned.enabled",
+        "false",
+        Kind::Bool,
+        "barriers overtake in-flight data, which is stored with the checkpoint",
+    );
+    /// Aligned checkpoint timeout.
+    pub const CHECKPOINTING_ALIGNED_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
+        "execution.checkpointing.aligned-checkpoint-timeout",
+        "0ms",
+        Kind::Duration,
+        "with unaligned enabled: start aligned, switch to unaligned after this long (0: unaligned at once)",
+    );
+    /// Checkpoint directory.
+    pub const CHECKPOINTING_DIR: ConfigOption<PathBuf> = ConfigOption::new(
+        "execution.checkpointing.dir",
+        "checkpoints",
+        Kind::Text,
+        "directory for checkpoints: <dir>/<job-id>/chk-<n>/",
+    );
+    /// Retained checkpoints.
+    pub const CHECKPOINTING_NUM_RETAINED: ConfigOption<usize> = ConfigOption::new(
+        "execution.checkpointing.num-retained",
+        "1",
+        Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+        "completed checkpoints kept; older ones are deleted",
+    );
+    /// What cancel does to checkpoints.
+    pub const CHECKPOINTING_RETENTION: ConfigOption<String> = ConfigOption::new(
+        "execution.checkpointing.externalized-checkpoint-retention",
+        "RETAIN_ON_CANCELLATION",
+        Kind::Enum(&["RETAIN_ON_CANCELLATION", "DELETE_ON_CANCELLATION"]),
+        "whether a cancelled job's checkpoints are kept (a finished job's are deleted)",
+    );
+    /// Restore path.
+    pub const RECOVERY_PATH: ConfigOption<String> = ConfigOption::new(
+        "execution.state-recovery.path",
+        "",
+        Kind::Text,
+        "restore from this chk-<n> directory, or the latest complete checkpoint of this job directory",
+    );
     /// How often wordcount-style examples print progress.
     pub const PROGRESS_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
         "client.progress-interval",
@@ -546,6 +654,18 @@ pub mod options {
         BUFFERS_PER_CHANNEL.def,
         WORKER_THREADS.def,
         STATE_BACKEND.def,
+        CHECKPOINTING_INTERVAL.def,
+        CHECKPOINTING_MODE.def,
+        CHECKPOINTING_TIMEOUT.def,
+        CHECKPOINTING_MIN_PAUSE.def,
+        CHECKPOINTING_MAX_CONCURRENT.def,
+        CHECKPOINTING_TOLERABLE_FAILURES.def,
+        CHECKPOINTING_UNALIGNED.def,
+        CHECKPOINTING_ALIGNED_TIMEOUT.def,
+        CHECKPOINTING_DIR.def,
+        CHECKPOINTING_NUM_RETAINED.def,
+        CHECKPOINTING_RETENTION.def,
+        RECOVERY_PATH.def,
         PROGRESS_INTERVAL.def,
     ];
 }

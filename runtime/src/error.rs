@@ -68,6 +68,32 @@ pub enum Error {
     #[error("channel disconnected: {0}")]
     Disconnected(String),
 
+    /// A checkpoint file is missing, truncated, corrupt or of another format version.
+    #[error("checkpoint '{}' is unusable: {reason}", path.display())]
+    CorruptCheckpoint {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A checkpoint could not be taken or completed.
+    #[error("checkpoint {id} failed: {reason}")]
+    Checkpoint {
+        /// The checkpoint id.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
+
+    /// A restore is not possible with this job (e.g. unknown operator names).
+    #[error("cannot restore: {0}")]
+    Restore(String),
+
+    /// A failure injected by a test at a named point.
+    #[error("failure injected at '{0}'")]
+    Injected(String),
+
     /// A user function returned an error of its own.
     #[error("{0}")]
     User(String),

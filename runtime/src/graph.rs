@@ -23,10 +23,12 @@ use crate::channel::{
     channel, Broadcast, Forward, InputGate, OutputEdge, PartitionFactory, PartitionSetup,
     Rebalance, Rx, WeakTx,
 };
+use crate::checkpoint::restore::SubtaskRestore;
 use crate::config::{options, Conf};
 use crate::operator::{ChainOp, OpFactory, RuntimeContext, SourceFactory, SourceOp};
-use crate::record::{CloneFn, LenFn};
+use crate::record::{CloneFn, DecodeFn, EncodeFn, LenFn};
 use crate::{Error, Result};
+use tokio::sync::Notify;
 
 /// How records leave a node on an edge, as the user asked for it.
 #[derive(Clone)]
@@ -61,6 +63,8 @@ pub(crate) struct Node {
     pub out_len: LenFn,
     /// Length of a batch of this node's input type (operators only).
     pub in_len: Option<LenFn>,
+    /// (De)serializes batches of this node's input type (channel state).
+    pub in_codec: Option<(EncodeFn, DecodeFn)>,
 }
 
 /// The logical graph, built by [`crate::stream::DataStream`] calls.
@@ -302,7 +306,13 @@ pub(crate) enum Head {
 /// Everything one subtask actor needs to run.
 pub(crate) struct SubtaskSpec {
     pub chain: String,
+    pub chain_index: usize,
+    /// Index among all subtasks of the job.
+    pub task_index: usize,
     pub subtask: usize,
+    pub parallelism: usize,
+    pub input_codec: Option<(EncodeFn, DecodeFn)>,
+    pub restore: Option<SubtaskRestore>,
     pub head: Head,
     pub ops: Vec<ChainedOp>,
     pub outputs: Vec<OutputEdge>,
@@ -318,7 +328,9 @@ pub(crate) fn instantiate(
     job_id: &str,
     counters: &[Arc<OperatorCounters>],
     watch: &mut Vec<WeakTx>,
+    mut restore: Option<Vec<Vec<SubtaskRestore>>>,
 ) -> Result<Vec<SubtaskSpec>> {
+    let checkpointing = crate::checkpoint::CheckpointConfig::from_conf(conf).enabled();
     let max_p = conf.get(&options::MAX_PARALLELISM);
     let batch_size = conf.get(&options::BATCH_SIZE);
     let capacity = conf.get(&options::BUFFERS_PER_CHANNEL);
@@ -328,12 +340,23 @@ pub(crate) fn instantiate(
         subtask,
         parallelism: plan.node_parallelism[node],
         max_parallelism: max_p,
+        checkpointing,
     };
     // Channels first: inputs[chain][subtask], outputs[chain][subtask].
     let mut inputs: Vec<Vec<Vec<Rx>>> = plan
         .chains
         .iter()
         .map(|c| (0..c.parallelism).map(|_| Vec::new()).collect())
+        .collect();
+    // One wake-up signal per receiving subtask, shared by its input channels.
+    let gates: Vec<Vec<Arc<Notify>>> = plan
+        .chains
+        .iter()
+        .map(|c| {
+            (0..c.parallelism)
+                .map(|_| Arc::new(Notify::new()))
+                .collect()
+        })
         .collect();
     let mut outputs: Vec<Vec<Vec<OutputEdge>>> = plan
         .chains
@@ -352,8 +375,8 @@ pub(crate) fn instantiate(
             .ok_or_else(|| Error::Internal("channel without a logical edge".into()))?;
         if ch.ship == ShipStrategy::Forward {
             for i in 0..pa {
-                let (tx, rx) = channel(capacity);
-                watch.push(tx.downgrade());
+                let (tx, rx) = channel(capacity, gates[ch.to_chain][i].clone());
+                watch.push(tx.watch());
                 inputs[ch.to_chain][i].push(rx);
                 outputs[ch.from_chain][i].push(OutputEdge::new(Box::new(Forward), vec![tx]));
             }
@@ -361,9 +384,9 @@ pub(crate) fn instantiate(
         }
         for (i, outs) in outputs[ch.from_chain].iter_mut().enumerate() {
             let mut senders = Vec::with_capacity(pb);
-            for ins in inputs[ch.to_chain].iter_mut() {
-                let (tx, rx) = channel(capacity);
-                watch.push(tx.downgrade());
+            for (j, ins) in inputs[ch.to_chain].iter_mut().enumerate() {
+                let (tx, rx) = channel(capacity, gates[ch.to_chain][j].clone());
+                watch.push(tx.watch());
                 senders.push(tx);
                 ins.push(rx);
             }
@@ -419,11 +442,21 @@ pub(crate) fn instantiate(
             }
             let head = match head {
                 Some(h) => h,
-                None => Head::Input(InputGate::new(std::mem::take(&mut inputs[c][i]))),
+                None => Head::Input(InputGate::new(
+                    std::mem::take(&mut inputs[c][i]),
+                    gates[c][i].clone(),
+                )),
             };
+            let head_node = &graph.nodes[chain.nodes[0]];
+            let task_index = specs.len();
             specs.push(SubtaskSpec {
                 chain: chain.name(),
+                chain_index: c,
+                task_index,
                 subtask: i,
+                parallelism: chain.parallelism,
+                input_codec: head_node.in_codec,
+                restore: restore.as_mut().map(|r| std::mem::take(&mut r[c][i])),
                 head,
                 ops,
                 outputs: std::mem::take(&mut outputs[c][i]),

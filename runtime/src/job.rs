@@ -16,14 +16,17 @@
 //! the job runs ([`JobHandle::metrics`]).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
+use crate::checkpoint::coordinator::{CoordMsg, Coordinator, CoordinatorArgs, JobEnd, TaskRef};
+use crate::checkpoint::storage::CheckpointStorage;
+use crate::checkpoint::{CheckpointConfig, CheckpointStats};
 use crate::graph::{OperatorCounters, SubtaskSpec};
-use crate::task::{JobShared, SubtaskActor};
+use crate::task::{CheckpointLink, JobShared, SubtaskActor, SubtaskArgs};
 use crate::{Error, Result};
 
 /// Live record counts of one operator.
@@ -50,6 +53,8 @@ pub struct JobResult {
     pub duration: Duration,
     /// Per operator record counts, in graph order.
     pub operators: Vec<OperatorMetrics>,
+    /// Every checkpoint's statistics (the newest 1000).
+    pub checkpoints: Vec<CheckpointStats>,
 }
 
 impl JobResult {
@@ -86,6 +91,8 @@ pub struct JobHandle {
     pub(crate) done: oneshot::Receiver<Result<()>>,
     pub(crate) outcome: Option<Result<()>>,
     pub(crate) channels: Vec<crate::channel::WeakTx>,
+    pub(crate) checkpoints: Arc<Mutex<Vec<CheckpointStats>>>,
+    pub(crate) restored_from: Option<(std::path::PathBuf, u64)>,
     pub(crate) runtime: Arc<tokio::runtime::Runtime>,
 }
 
@@ -104,6 +111,19 @@ impl JobHandle {
     /// bounds it by `channels x taskmanager.network.memory.buffers-per-channel`.
     pub fn queued_batches(&self) -> usize {
         crate::channel::queued(&self.channels)
+    }
+
+    /// Statistics of every checkpoint so far (the newest 1000), oldest first.
+    pub fn checkpoint_stats(&self) -> Vec<CheckpointStats> {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The checkpoint directory and id this job was restored from.
+    pub fn restored_from(&self) -> Option<&(std::path::PathBuf, u64)> {
+        self.restored_from.as_ref()
     }
 
     /// Number of channels in the job.
@@ -161,6 +181,11 @@ impl JobHandle {
                 name: self.name,
                 duration,
                 operators: snapshot_metrics(&self.operators),
+                checkpoints: self
+                    .checkpoints
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
             }),
             Err(e @ Error::Cancelled(_)) => Err(e),
             Err(cause) => Err(Error::JobFailed {
@@ -178,20 +203,31 @@ pub(crate) enum JobMsg {
 
 pub(crate) struct JobMaster;
 
+/// What the job supervisor needs to run checkpoints.
+pub(crate) struct CheckpointSetup {
+    pub cfg: CheckpointConfig,
+    pub storage: CheckpointStorage,
+    pub first_id: u64,
+    pub stats: Arc<Mutex<Vec<CheckpointStats>>>,
+}
+
 pub(crate) struct JobArgs {
     pub name: String,
+    pub job_id: String,
     pub specs: Vec<SubtaskSpec>,
+    pub checkpoint: Option<CheckpointSetup>,
     pub done: oneshot::Sender<Result<()>>,
 }
 
 pub(crate) struct JobState {
     name: String,
     running: usize,
-    failure: Option<Error>,
     failed: Option<String>,
     cancelled: bool,
     done: Option<oneshot::Sender<Result<()>>>,
     shared: Arc<JobShared>,
+    coordinator: Option<ActorRef<CoordMsg>>,
+    shutting_down: bool,
 }
 
 impl JobState {
@@ -199,16 +235,31 @@ impl JobState {
         if self.running > 0 {
             return;
         }
-        if let Some(fallback) = self.failed.take() {
+        if let Some(c) = &self.coordinator {
+            if !self.shutting_down {
+                self.shutting_down = true;
+                let end = if self.failed.is_some() {
+                    JobEnd::Failed
+                } else if self.cancelled {
+                    JobEnd::Cancelled
+                } else {
+                    JobEnd::Finished
+                };
+                if c.cast(CoordMsg::Shutdown(end)).is_ok() {
+                    // The outcome is sent when the coordinator has applied the retention policy.
+                    return;
+                }
+            } else {
+                return;
+            }
+        }
+        let outcome = if let Some(fallback) = self.failed.take() {
             // The best cause is known only now: a root cause recorded by any
             // subtask wins over the disconnections it caused.
-            self.failure =
-                Some(self.shared.take_failure().unwrap_or_else(|| {
-                    Error::Internal(format!("subtask actor failed: {fallback}"))
-                }));
-        }
-        let outcome = if let Some(e) = self.failure.take() {
-            Err(e)
+            Err(self
+                .shared
+                .take_failure()
+                .unwrap_or_else(|| Error::Internal(format!("subtask actor failed: {fallback}"))))
         } else if self.cancelled {
             Err(Error::Cancelled(self.name.clone()))
         } else {
@@ -218,6 +269,29 @@ impl JobState {
             let _ = tx.send(outcome);
         }
         myself.stop(None);
+    }
+
+    fn fail(&mut self, myself: &ActorRef<JobMsg>, err: String) {
+        if self.failed.is_none() && !self.cancelled {
+            tracing::error!(job = %self.name, error = %err, "job failed; stopping all subtasks");
+            self.failed = Some(err);
+            myself.stop_children_except(self.coordinator.as_ref());
+        }
+    }
+}
+
+trait StopChildren {
+    fn stop_children_except(&self, keep: Option<&ActorRef<CoordMsg>>);
+}
+
+impl StopChildren for ActorRef<JobMsg> {
+    fn stop_children_except(&self, keep: Option<&ActorRef<CoordMsg>>) {
+        let keep = keep.map(|k| k.get_id());
+        for child in self.get_children() {
+            if Some(child.get_id()) != keep {
+                child.stop(Some("job stopping".into()));
+            }
+        }
     }
 }
 
@@ -232,25 +306,67 @@ impl Actor for JobMaster {
         args: JobArgs,
     ) -> Result<JobState, ActorProcessingErr> {
         let shared = Arc::new(JobShared::default());
-        let mut running = 0;
-        for spec in args.specs {
-            SubtaskActor::spawn_linked(
+        let mut coordinator = None;
+        let mut link = None;
+        if let Some(cp) = args.checkpoint {
+            let mode = cp.cfg.barrier_mode();
+            let storage = cp.storage.clone();
+            let (c, _) = Coordinator::spawn_linked(
                 None,
-                SubtaskActor,
-                (spec, shared.clone()),
+                Coordinator,
+                CoordinatorArgs {
+                    cfg: cp.cfg,
+                    job_id: args.job_id.clone(),
+                    job_name: args.name.clone(),
+                    storage: cp.storage,
+                    first_id: cp.first_id,
+                    stats: cp.stats,
+                    shared: shared.clone(),
+                },
                 myself.get_cell(),
             )
             .await?;
-            running += 1;
+            link = Some(CheckpointLink {
+                coordinator: c.clone(),
+                storage,
+                mode,
+            });
+            coordinator = Some(c);
+        }
+        let mut tasks = Vec::with_capacity(args.specs.len());
+        for spec in args.specs {
+            let chain = spec.chain.clone();
+            let is_source = matches!(spec.head, crate::graph::Head::Source { .. });
+            let (actor, _) = SubtaskActor::spawn_linked(
+                None,
+                SubtaskActor,
+                SubtaskArgs {
+                    spec,
+                    shared: shared.clone(),
+                    checkpoint: link.clone(),
+                },
+                myself.get_cell(),
+            )
+            .await?;
+            tasks.push(TaskRef {
+                chain,
+                is_source,
+                actor,
+            });
+        }
+        let running = tasks.len();
+        if let Some(c) = &coordinator {
+            c.cast(CoordMsg::Start(tasks))?;
         }
         Ok(JobState {
             name: args.name,
             running,
-            failure: None,
             failed: None,
             cancelled: false,
             done: Some(args.done),
             shared,
+            coordinator,
+            shutting_down: false,
         })
     }
 
@@ -271,8 +387,10 @@ impl Actor for JobMaster {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             JobMsg::Cancel => {
-                state.cancelled = true;
-                myself.stop_children(Some("cancelled".into()));
+                if state.failed.is_none() {
+                    state.cancelled = true;
+                }
+                myself.stop_children_except(state.coordinator.as_ref());
             }
         }
         Ok(())
@@ -284,17 +402,23 @@ impl Actor for JobMaster {
         evt: SupervisionEvent,
         state: &mut JobState,
     ) -> Result<(), ActorProcessingErr> {
+        let coordinator_id = state.coordinator.as_ref().map(|c| c.get_id());
         match evt {
+            SupervisionEvent::ActorTerminated(cell, ..)
+                if Some(cell.get_id()) == coordinator_id =>
+            {
+                state.coordinator = None;
+            }
+            SupervisionEvent::ActorFailed(cell, err) if Some(cell.get_id()) == coordinator_id => {
+                state.coordinator = None;
+                state.fail(&myself, err.to_string());
+            }
             SupervisionEvent::ActorTerminated(..) => {
                 state.running -= 1;
             }
             SupervisionEvent::ActorFailed(_, err) => {
                 state.running -= 1;
-                if state.failed.is_none() && !state.cancelled {
-                    tracing::error!(job = %state.name, error = %err, "subtask failed; stopping all subtasks");
-                    state.failed = Some(err.to_string());
-                    myself.stop_children(Some("job failed".into()));
-                }
+                state.fail(&myself, err.to_string());
             }
             _ => {}
         }

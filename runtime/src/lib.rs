@@ -41,8 +41,10 @@
 #![warn(missing_docs)]
 
 pub mod channel;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod graph;
 pub mod job;
 pub mod keygroup;

@@ -23,8 +23,8 @@ use std::time::Duration;
 use crate::keygroup::KeyGroupRange;
 use crate::record::{downcast, AnyBatch, Data, Key};
 use crate::state::{
-    KeyedContext, KeyedStateBackend, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
-    OperatorStateStore, ValueState, ValueStateDescriptor,
+    KeyedContext, KeyedStateBackend, KeyedStateSnapshot, ListState, ListStateDescriptor, MapState,
+    MapStateDescriptor, OperatorStateStore, ValueState, ValueStateDescriptor,
 };
 use crate::{Error, Result};
 
@@ -41,6 +41,9 @@ pub struct RuntimeContext {
     pub parallelism: usize,
     /// `pipeline.max-parallelism`: the number of key groups.
     pub max_parallelism: usize,
+    /// Whether the job takes checkpoints (two-phase-commit sinks commit on
+    /// checkpoint completion then; without checkpoints they commit at the end of input).
+    pub checkpointing: bool,
 }
 
 impl RuntimeContext {
@@ -105,6 +108,26 @@ pub trait SinkFunction<T>: Send + 'static {
     fn invoke(&mut self, batch: Vec<T>) -> Result<()>;
     /// End of input: flush and close. Not called when the job fails or is cancelled.
     fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Writes what must survive a failure (e.g. pending transactions) for checkpoint `checkpoint_id`.
+    fn snapshot_state(&mut self, checkpoint_id: u64, state: &mut OperatorStateStore) -> Result<()> {
+        let _ = (checkpoint_id, state);
+        Ok(())
+    }
+    /// Restores from a checkpoint; called after `open`.
+    fn restore_state(&mut self, state: &OperatorStateStore) -> Result<()> {
+        let _ = state;
+        Ok(())
+    }
+    /// Checkpoint `checkpoint_id` is complete: commit what it covers.
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        let _ = checkpoint_id;
+        Ok(())
+    }
+    /// Checkpoint `checkpoint_id` was aborted.
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        let _ = checkpoint_id;
         Ok(())
     }
 }
@@ -182,12 +205,38 @@ pub(crate) trait ChainOp: Send {
     fn process(&mut self, batch: AnyBatch) -> Result<Option<AnyBatch>>;
     /// End of input; may emit final records.
     fn finish(&mut self) -> Result<Option<AnyBatch>>;
+    /// Synchronous part of a snapshot: keyed and operator state.
+    fn snapshot(
+        &mut self,
+        checkpoint_id: u64,
+    ) -> Result<(Option<KeyedStateSnapshot>, OperatorStateStore)> {
+        let _ = checkpoint_id;
+        Ok((None, OperatorStateStore::new()))
+    }
+    /// Restores from a snapshot; called after `open`.
+    fn restore(
+        &mut self,
+        keyed: Option<&KeyedStateSnapshot>,
+        state: &OperatorStateStore,
+    ) -> Result<()> {
+        let _ = (keyed, state);
+        Ok(())
+    }
+    fn notify_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        let _ = checkpoint_id;
+        Ok(())
+    }
+    fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        let _ = checkpoint_id;
+        Ok(())
+    }
 }
 
 /// A type-erased source.
 pub(crate) trait SourceOp: Send {
     fn open(&mut self, ctx: &SourceContext<'_>) -> Result<()>;
     fn poll(&mut self, max: usize) -> Result<(Option<AnyBatch>, SourceStatus)>;
+    fn snapshot(&mut self) -> Result<OperatorStateStore>;
     fn close(&mut self) -> Result<()>;
 }
 
@@ -243,6 +292,11 @@ impl<T: Data, S: SourceFunction<T>> SourceOp for SourceAdapter<T, S> {
         out.clear();
         let status = self.source.poll_next(&mut out, max)?;
         Ok((non_empty(out), status))
+    }
+    fn snapshot(&mut self) -> Result<OperatorStateStore> {
+        let mut st = OperatorStateStore::new();
+        self.source.snapshot_state(&mut st)?;
+        Ok(st)
     }
     fn close(&mut self) -> Result<()> {
         self.source.close()
@@ -333,6 +387,27 @@ impl<T: Data, S: SinkFunction<T>> ChainOp for SinkOp<T, S> {
         self.sink.finish()?;
         Ok(None)
     }
+    fn snapshot(
+        &mut self,
+        checkpoint_id: u64,
+    ) -> Result<(Option<KeyedStateSnapshot>, OperatorStateStore)> {
+        let mut st = OperatorStateStore::new();
+        self.sink.snapshot_state(checkpoint_id, &mut st)?;
+        Ok((None, st))
+    }
+    fn restore(
+        &mut self,
+        _: Option<&KeyedStateSnapshot>,
+        state: &OperatorStateStore,
+    ) -> Result<()> {
+        self.sink.restore_state(state)
+    }
+    fn notify_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.sink.notify_checkpoint_complete(checkpoint_id)
+    }
+    fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.sink.notify_checkpoint_aborted(checkpoint_id)
+    }
 }
 
 pub(crate) struct KeyedProcessOp<K: Key, I, O, P, KS> {
@@ -382,5 +457,22 @@ where
     }
     fn finish(&mut self) -> Result<Option<AnyBatch>> {
         Ok(None)
+    }
+    fn snapshot(&mut self, _: u64) -> Result<(Option<KeyedStateSnapshot>, OperatorStateStore)> {
+        let backend = self
+            .backend
+            .as_ref()
+            .ok_or_else(|| Error::Internal("keyed operator snapshot before open".into()))?;
+        Ok((Some(backend.snapshot()?), OperatorStateStore::new()))
+    }
+    fn restore(
+        &mut self,
+        keyed: Option<&KeyedStateSnapshot>,
+        _: &OperatorStateStore,
+    ) -> Result<()> {
+        if let (Some(snap), Some(backend)) = (keyed, self.backend.as_mut()) {
+            backend.restore(snap)?;
+        }
+        Ok(())
     }
 }

@@ -54,3 +54,20 @@ pub(crate) fn serde_clone<T: Data>(b: &AnyBatch) -> crate::Result<AnyBatch> {
     let copy: Vec<T> = postcard::from_bytes(&bytes)?;
     Ok(Box::new(copy))
 }
+
+/// Serializes a type-erased batch (channel state of unaligned checkpoints).
+pub(crate) type EncodeFn = fn(&AnyBatch) -> crate::Result<Vec<u8>>;
+/// Deserializes a batch written by the matching [`EncodeFn`].
+pub(crate) type DecodeFn = fn(&[u8]) -> crate::Result<AnyBatch>;
+
+pub(crate) fn encode_batch<T: Data>(b: &AnyBatch) -> crate::Result<Vec<u8>> {
+    let v = b
+        .downcast_ref::<Vec<T>>()
+        .ok_or_else(|| crate::Error::Internal("encoding a batch of the wrong type".into()))?;
+    Ok(postcard::to_allocvec(v)?)
+}
+
+pub(crate) fn decode_batch<T: Data>(bytes: &[u8]) -> crate::Result<AnyBatch> {
+    let v: Vec<T> = postcard::from_bytes(bytes)?;
+    Ok(Box::new(v))
+}

@@ -34,9 +34,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::channel::{HashPartition, PartitionSetup};
+use crate::checkpoint::{restore, storage, CheckpointConfig};
 use crate::config::{options, Conf};
 use crate::graph::{Edge, JobPlan, Node, NodeKind, OperatorCounters, Ship, StreamGraph};
-use crate::job::{JobArgs, JobHandle, JobMaster, JobResult, OperatorInfo};
+use crate::job::{CheckpointSetup, JobArgs, JobHandle, JobMaster, JobResult, OperatorInfo};
 use crate::operator::{
     ChainOp, Collector, FilterOp, FlatMapOp, KeyedOpenContext, KeyedProcessFunction,
     KeyedProcessOp, MapOp, SinkFunction, SinkOp, SourceAdapter, SourceFunction, SourceOp,
@@ -55,9 +56,13 @@ pub struct Env {
 
 impl Env {
     /// An environment with the compiled-in defaults only (no file, no
-    /// environment variables): what tests want.
+    /// environment variables), checkpointing into the system's temporary
+    /// directory: what tests want.
     pub fn local() -> Result<Env> {
-        Env::from_conf(Conf::defaults())
+        let mut conf = Conf::defaults();
+        let dir = std::env::temp_dir().join("weir-checkpoints");
+        conf.set(options::CHECKPOINTING_DIR.def.key, dir.display())?;
+        Env::from_conf(conf)
     }
 
     /// An environment with the given configuration.
@@ -143,6 +148,32 @@ impl Env {
             })
             .collect();
         tracing::info!(job = name, %job_id, "starting job\n{plan}");
+        let cfg = CheckpointConfig::from_conf(&self.conf);
+        let recovery = self.conf.get(&options::RECOVERY_PATH);
+        let (restore, restored_from, first_id) = if recovery.is_empty() {
+            (None, None, 1)
+        } else {
+            let loaded = storage::resolve_restore(std::path::Path::new(&recovery))?;
+            let id = loaded.metadata.checkpoint_id;
+            tracing::info!(checkpoint = %loaded.dir.display(), id, "restoring");
+            (
+                Some(restore::assign(&loaded, &plan)?),
+                Some((loaded.dir.clone(), id)),
+                id + 1,
+            )
+        };
+        let stats = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let checkpoint = if cfg.enabled() {
+            let storage = storage::CheckpointStorage::create(&cfg.dir, &job_id)?;
+            Some(CheckpointSetup {
+                cfg,
+                storage,
+                first_id,
+                stats: stats.clone(),
+            })
+        } else {
+            None
+        };
         let mut channels = Vec::new();
         let specs = crate::graph::instantiate(
             &graph,
@@ -151,12 +182,15 @@ impl Env {
             &job_id,
             &counters,
             &mut channels,
+            restore,
         )?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let started = Instant::now();
         let args = JobArgs {
             name: name.to_string(),
+            job_id: job_id.clone(),
             specs,
+            checkpoint,
             done: tx,
         };
         let (master, _) = self
@@ -172,6 +206,8 @@ impl Env {
             done: rx,
             outcome: None,
             channels,
+            checkpoints: stats,
+            restored_from,
             runtime: self.runtime.clone(),
         })
     }
@@ -208,12 +244,27 @@ fn new_job_id() -> String {
     s
 }
 
+/// Length, encoder and decoder of batches of an operator's input type.
+type InputFns = (
+    crate::record::LenFn,
+    crate::record::EncodeFn,
+    crate::record::DecodeFn,
+);
+
+fn input_fns<T: Data>() -> InputFns {
+    (
+        batch_len::<T>,
+        crate::record::encode_batch::<T>,
+        crate::record::decode_batch::<T>,
+    )
+}
+
 fn push_node<O: Data>(
     graph: &Rc<RefCell<StreamGraph>>,
     default_name: &str,
     kind: NodeKind,
     inputs: Vec<Edge>,
-    in_len: Option<crate::record::LenFn>,
+    input: Option<InputFns>,
     is_sink: bool,
 ) -> usize {
     let mut g = graph.borrow_mut();
@@ -232,7 +283,8 @@ fn push_node<O: Data>(
         is_sink,
         out_clone: serde_clone::<O>,
         out_len: batch_len::<O>,
-        in_len,
+        in_len: input.map(|i| i.0),
+        in_codec: input.map(|i| (i.1, i.2)),
     });
     id
 }
@@ -281,7 +333,7 @@ impl<T: Data> DataStream<T> {
             default_name,
             NodeKind::Op(factory),
             vec![edge],
-            Some(batch_len::<T>),
+            Some(input_fns::<T>()),
             false,
         );
         DataStream::new(self.graph.clone(), id)
@@ -398,7 +450,7 @@ impl<T: Data> DataStream<T> {
             "Union",
             NodeKind::Op(factory),
             inputs,
-            Some(batch_len::<T>),
+            Some(input_fns::<T>()),
             false,
         );
         DataStream::new(self.graph.clone(), id)
@@ -435,7 +487,7 @@ impl<T: Data> DataStream<T> {
             "Sink",
             NodeKind::Op(factory),
             vec![edge],
-            Some(batch_len::<T>),
+            Some(input_fns::<T>()),
             true,
         );
         DataStreamSink {

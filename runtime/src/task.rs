@@ -1,33 +1,46 @@
-//! The subtask actor and its processing loop.
+//! The subtask actor and its processing loop, including barrier handling.
 //!
 //! Every subtask (one parallel instance of an operator chain) is a ractor
 //! actor, spawned linked under the job's [`crate::job`] supervisor. The actor
 //! owns control: it starts the subtask's **processing loop** as a tokio task
 //! in `post_start`, aborts it in `post_stop` (so stopping or killing the actor
-//! always stops its work), and turns the loop's outcome into the actor's exit:
-//! a normal stop when the input ended, an actor failure (seen by the
-//! supervisor as `ActorFailed`) when user code returned an error or panicked.
+//! always stops its work), forwards checkpoint control (trigger, complete,
+//! abort, final checkpoint) from its mailbox to the loop over an unbounded
+//! control channel, and turns the loop's outcome into the actor's exit: a
+//! normal stop when the input ended, an actor failure (seen by the supervisor
+//! as `ActorFailed`) when user code returned an error or panicked.
 //!
 //! The loop never blocks inside an actor handler: it awaits on bounded
 //! channels (backpressure) while the actor's mailbox stays free for control.
 //!
-//! Loop, for a subtask whose chain starts with a source:
-//! poll a batch -> run it through the chained operators -> write to the
-//! output edges (awaiting when a channel is full); on `Idle` flush partial
-//! batches and sleep; on `Finished` finish the operators in order, flush, and
-//! send end-of-stream on every output channel.
-//!
-//! For a subtask fed by channels: take the next queued event from the input
-//! gate (round-robin over inputs); when nothing is queued, flush partially
-//! filled output batches first (so latency stays low when the input is slow),
-//! then wait. End-of-stream on every input finishes the chain as above.
+//! **Source subtasks**: poll a batch, run it through the chained operators,
+//! write it to the output edges; between polls, handle control: on a trigger,
+//! snapshot (the source's position and every chained operator) and emit the
+//! barrier on every output. **Other subtasks**: take the next event from the
+//! input gate (round-robin over unblocked inputs; when nothing is queued,
+//! flush partially filled output batches first, then wait). Barriers are
+//! handled per [`BarrierMode`] as described in [`crate::checkpoint`]: the
+//! synchronous snapshot happens on the loop, the upload (file write, fsync)
+//! and the acknowledgement run in a separate task, so processing continues.
+//! At the end of input the chain is finished and end-of-stream sent; with
+//! checkpointing on, the subtask then waits for the final checkpoint and its
+//! completion before it exits, so two-phase-commit sinks commit everything.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 
-use crate::channel::Event;
+use crate::channel::{Barrier, Event, InputGate};
+use crate::checkpoint::coordinator::{Ack, CoordMsg};
+use crate::checkpoint::storage::CheckpointStorage;
+use crate::checkpoint::{
+    now_ms, BarrierMode, ChannelStateEntry, OperatorSnapshot, StateHandle, SubtaskCheckpointStats,
+    SubtaskState,
+};
 use crate::graph::{ChainedOp, Head, SubtaskSpec};
 use crate::operator::{guarded, SourceContext, SourceStatus};
 use crate::record::AnyBatch;
@@ -63,33 +76,67 @@ impl JobShared {
     }
 }
 
+/// Checkpoint control for the loop.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Control {
+    Trigger(Barrier),
+    FinalCheckpoint(Barrier),
+    Complete(u64),
+    Abort(u64),
+}
+
 /// Messages to a subtask actor.
 pub(crate) enum SubtaskMsg {
     /// The processing loop ended.
     LoopEnded(std::result::Result<(), String>),
+    /// Inject barrier (sources).
+    Trigger(Barrier),
+    /// Snapshot now: every subtask has finished its input.
+    FinalCheckpoint(Barrier),
+    /// Checkpoint complete.
+    Complete(u64),
+    /// Checkpoint aborted.
+    Abort(u64),
+}
+
+/// What a subtask needs to take part in checkpoints.
+#[derive(Clone)]
+pub(crate) struct CheckpointLink {
+    pub coordinator: ActorRef<CoordMsg>,
+    pub storage: CheckpointStorage,
+    pub mode: BarrierMode,
 }
 
 pub(crate) struct SubtaskActor;
 
-pub(crate) struct SubtaskState {
-    spec: Option<SubtaskSpec>,
-    shared: Arc<JobShared>,
+pub(crate) struct SubtaskArgs {
+    pub spec: SubtaskSpec,
+    pub shared: Arc<JobShared>,
+    pub checkpoint: Option<CheckpointLink>,
+}
+
+pub(crate) struct SubtaskActorState {
+    args: Option<SubtaskArgs>,
+    control: UnboundedSender<Control>,
+    control_rx: Option<UnboundedReceiver<Control>>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Actor for SubtaskActor {
     type Msg = SubtaskMsg;
-    type State = SubtaskState;
-    type Arguments = (SubtaskSpec, Arc<JobShared>);
+    type State = SubtaskActorState;
+    type Arguments = SubtaskArgs;
 
     async fn pre_start(
         &self,
         _: ActorRef<Self::Msg>,
-        (spec, shared): Self::Arguments,
+        args: SubtaskArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(SubtaskState {
-            spec: Some(spec),
-            shared,
+        let (control, rx) = unbounded_channel();
+        Ok(SubtaskActorState {
+            args: Some(args),
+            control,
+            control_rx: Some(rx),
             task: None,
         })
     }
@@ -99,15 +146,19 @@ impl Actor for SubtaskActor {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let spec = state.spec.take().ok_or("subtask started twice")?;
-        let shared = state.shared.clone();
+        let args = state.args.take().ok_or("subtask started twice")?;
+        let control = state.control_rx.take().ok_or("subtask started twice")?;
         state.task = Some(tokio::spawn(async move {
+            let SubtaskArgs {
+                mut spec,
+                shared,
+                checkpoint,
+            } = args;
             let name = format!("{} ({})", spec.chain, spec.subtask);
-            let mut spec = spec;
             // `spec` (with its channel ends) outlives the failure record, so a
             // neighbour that sees this subtask's channels close finds the root
             // cause already recorded.
-            let outcome = run(&mut spec).await;
+            let outcome = Runner::new(&mut spec, checkpoint, control).run().await;
             let msg = match outcome {
                 Ok(()) => Ok(()),
                 Err(e) => {
@@ -117,7 +168,6 @@ impl Actor for SubtaskActor {
                     Err(text)
                 }
             };
-            // The actor may already be stopping (cancel); then nobody needs the outcome.
             drop(spec);
             let _ = myself.cast(SubtaskMsg::LoopEnded(msg));
         }));
@@ -128,15 +178,21 @@ impl Actor for SubtaskActor {
         &self,
         myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        _: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
+        let ctl = match msg {
             SubtaskMsg::LoopEnded(Ok(())) => {
                 myself.stop(Some("finished".into()));
-                Ok(())
+                return Ok(());
             }
-            SubtaskMsg::LoopEnded(Err(e)) => Err(e.into()),
-        }
+            SubtaskMsg::LoopEnded(Err(e)) => return Err(e.into()),
+            SubtaskMsg::Trigger(b) => Control::Trigger(b),
+            SubtaskMsg::FinalCheckpoint(b) => Control::FinalCheckpoint(b),
+            SubtaskMsg::Complete(id) => Control::Complete(id),
+            SubtaskMsg::Abort(id) => Control::Abort(id),
+        };
+        let _ = state.control.send(ctl);
+        Ok(())
     }
 
     async fn post_stop(
@@ -198,90 +254,761 @@ async fn flush(spec: &mut SubtaskSpec) -> Result<()> {
     Ok(())
 }
 
-/// End of input: finish each operator in chain order, passing what it emits
-/// through the rest of the chain, then end every output channel.
-async fn finish(spec: &mut SubtaskSpec) -> Result<()> {
-    for i in 0..spec.ops.len() {
-        let out = {
-            let op = &mut spec.ops[i];
-            guarded(&op.ctx, || op.op.finish())?
-        };
-        if let Some(b) = out {
-            let op = &spec.ops[i];
-            op.counters.records_out.fetch_add(
-                (op.out_len)(&b) as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            if i + 1 < spec.ops.len() {
-                Box::pin(push(spec, i + 1, b)).await?;
-            } else {
-                emit(spec, b).await?;
-            }
-        }
-    }
-    for o in spec.outputs.iter_mut() {
-        o.end_of_stream().await?;
-    }
-    Ok(())
+enum Wake {
+    Input(Option<(usize, Event)>),
+    Control(Option<Control>),
 }
 
-pub(crate) async fn run(spec: &mut SubtaskSpec) -> Result<()> {
-    for op in spec.ops.iter_mut().rev() {
-        guarded(&op.ctx, || op.op.open(&op.ctx))?;
+/// Capture progress of one input for one unaligned checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Capture {
+    /// The input's barrier has not arrived: every batch is channel state.
+    All,
+    /// The barrier arrived having overtaken this many batches, still to capture.
+    Next(usize),
+    Done,
+}
+
+/// An unaligned checkpoint whose synchronous snapshot is taken and whose
+/// channel state is being captured.
+struct UnalignedCapture {
+    inputs: Vec<Capture>,
+    channel: Vec<Vec<Vec<u8>>>,
+    operators: Vec<OperatorSnapshot>,
+    stats: SubtaskCheckpointStats,
+}
+
+/// An aligned (or at-least-once) checkpoint waiting for barriers.
+struct Alignment {
+    barrier: Barrier,
+    arrived: Vec<bool>,
+    first_at: Instant,
+    start_delay: f64,
+}
+
+struct Runner<'a> {
+    spec: &'a mut SubtaskSpec,
+    head: Head,
+    link: Option<CheckpointLink>,
+    control: UnboundedReceiver<Control>,
+    mode: BarrierMode,
+    /// Aligned / aligned-then-unaligned: the checkpoint being aligned.
+    aligning: Option<Alignment>,
+    /// At-least-once: barriers seen per checkpoint.
+    counting: BTreeMap<u64, Alignment>,
+    /// Unaligned checkpoints capturing channel state.
+    captures: BTreeMap<u64, UnalignedCapture>,
+    /// The highest checkpoint id snapshotted here.
+    last_snapshot: u64,
+}
+
+impl<'a> Runner<'a> {
+    fn new(
+        spec: &'a mut SubtaskSpec,
+        link: Option<CheckpointLink>,
+        control: UnboundedReceiver<Control>,
+    ) -> Self {
+        let head = std::mem::replace(
+            &mut spec.head,
+            Head::Input(InputGate::new(
+                Vec::new(),
+                Arc::new(tokio::sync::Notify::new()),
+            )),
+        );
+        let mode = link.as_ref().map_or(BarrierMode::Aligned, |l| l.mode);
+        Runner {
+            spec,
+            head,
+            link,
+            control,
+            mode,
+            aligning: None,
+            counting: BTreeMap::new(),
+            captures: BTreeMap::new(),
+            last_snapshot: 0,
+        }
     }
-    let mut head = std::mem::replace(
-        &mut spec.head,
-        Head::Input(crate::channel::InputGate::new(Vec::new())),
-    );
-    match &mut head {
-        Head::Source {
-            op,
-            ctx,
-            counters,
-            out_len,
-        } => {
-            let state = OperatorStateStore::new();
+
+    async fn run(mut self) -> Result<()> {
+        self.open().await?;
+        let finished_normally = if matches!(self.head, Head::Source { .. }) {
+            self.run_source().await?
+        } else {
+            self.run_input().await?
+        };
+        if !finished_normally {
+            return Ok(());
+        }
+        self.finish().await?;
+        self.await_final_checkpoint().await
+    }
+
+    async fn open(&mut self) -> Result<()> {
+        let restore = self.spec.restore.take();
+        for op in self.spec.ops.iter_mut().rev() {
+            guarded(&op.ctx, || op.op.open(&op.ctx))?;
+            if let Some(r) = &restore {
+                if let Some((keyed, st)) = r.operators.get(&op.ctx.operator) {
+                    guarded(&op.ctx, || op.op.restore(keyed.as_deref(), st))?;
+                }
+            }
+        }
+        if let Head::Source { op, ctx, .. } = &mut self.head {
+            let restored = restore
+                .as_ref()
+                .and_then(|r| r.operators.get(&ctx.operator));
+            let empty = OperatorStateStore::new();
+            let state = restored.map_or(&empty, |(_, s)| s);
             guarded(ctx, || {
                 op.open(&SourceContext {
                     runtime: ctx,
-                    state: &state,
-                    restored: false,
+                    state,
+                    restored: restored.is_some(),
                 })
             })?;
-            loop {
-                let (batch, status) = guarded(ctx, || op.poll(spec.source_batch_size))?;
-                if let Some(b) = batch {
-                    counters
-                        .records_out
-                        .fetch_add(out_len(&b) as u64, std::sync::atomic::Ordering::Relaxed);
-                    push(spec, 0, b).await?;
-                }
-                match status {
-                    SourceStatus::More => tokio::task::consume_budget().await,
-                    SourceStatus::Idle(d) => {
-                        flush(spec).await?;
-                        tokio::time::sleep(d).await;
+        }
+        if let Some(r) = restore {
+            // Channel state of an unaligned checkpoint: replayed before any new input.
+            if !r.channel_state.is_empty() {
+                let decode = self.spec.input_codec.map(|c| c.1).ok_or_else(|| {
+                    Error::Restore("channel state for a subtask without inputs".into())
+                })?;
+                for entry in r.channel_state {
+                    for bytes in entry.batches {
+                        let batch = decode(&bytes)?;
+                        push(self.spec, 0, batch).await?;
                     }
-                    SourceStatus::Finished => break,
                 }
             }
-            guarded(ctx, || op.close())?;
         }
-        Head::Input(gate) => {
-            while !gate.is_finished() {
-                let (_, ev) = match gate.try_next()? {
-                    Some(ev) => ev,
-                    None => {
-                        flush(spec).await?;
-                        gate.next().await?
+        Ok(())
+    }
+
+    /// Returns false if the loop should end without finishing (never today).
+    async fn run_source(&mut self) -> Result<bool> {
+        loop {
+            while let Ok(c) = self.control.try_recv() {
+                self.on_control(c).await?;
+            }
+            let Head::Source {
+                op,
+                ctx,
+                counters,
+                out_len,
+            } = &mut self.head
+            else {
+                return Err(Error::Internal("source loop without a source".into()));
+            };
+            let (batch, status) = guarded(ctx, || op.poll(self.spec.source_batch_size))?;
+            if let Some(b) = batch {
+                counters
+                    .records_out
+                    .fetch_add(out_len(&b) as u64, std::sync::atomic::Ordering::Relaxed);
+                push(self.spec, 0, b).await?;
+            }
+            match status {
+                SourceStatus::More => tokio::task::consume_budget().await,
+                SourceStatus::Idle(d) => {
+                    flush(self.spec).await?;
+                    let control = &mut self.control;
+                    let woke = tokio::select! {
+                        _ = tokio::time::sleep(d) => None,
+                        c = control.recv() => c,
+                    };
+                    if let Some(c) = woke {
+                        self.on_control(c).await?;
                     }
-                };
-                match ev {
-                    Event::Batch(b) => push(spec, 0, b).await?,
-                    Event::EndOfStream => {}
+                }
+                SourceStatus::Finished => {
+                    if let Head::Source { op, ctx, .. } = &mut self.head {
+                        guarded(ctx, || op.close())?;
+                    }
+                    return Ok(true);
                 }
             }
         }
     }
-    finish(spec).await
+
+    async fn run_input(&mut self) -> Result<bool> {
+        loop {
+            let Head::Input(gate) = &mut self.head else {
+                return Err(Error::Internal("input loop without an input gate".into()));
+            };
+            if gate.is_finished() {
+                return Ok(true);
+            }
+            let ev = match gate.try_next()? {
+                Some(ev) => Some(ev),
+                None => {
+                    flush(self.spec).await?;
+                    let deadline = self.alignment_deadline();
+                    let wake = async move {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d.into()).await,
+                            None => std::future::pending::<()>().await,
+                        }
+                    };
+                    let Head::Input(gate) = &mut self.head else {
+                        return Err(Error::Internal("input loop without an input gate".into()));
+                    };
+                    let control = &mut self.control;
+                    let woke = tokio::select! {
+                        ev = gate.next_or(wake) => Wake::Input(ev?),
+                        c = control.recv() => Wake::Control(c),
+                    };
+                    match woke {
+                        Wake::Input(Some(ev)) => Some(ev),
+                        Wake::Input(None) => {
+                            self.alignment_timed_out().await?;
+                            None
+                        }
+                        Wake::Control(c) => {
+                            if let Some(c) = c {
+                                self.on_control(c).await?;
+                            }
+                            None
+                        }
+                    }
+                }
+            };
+            while let Ok(c) = self.control.try_recv() {
+                self.on_control(c).await?;
+            }
+            match ev {
+                Some((i, Event::Batch(b))) => {
+                    self.capture(i, &b)?;
+                    push(self.spec, 0, b).await?;
+                }
+                Some((i, Event::Barrier(b))) => self.on_barrier(i, b).await?,
+                Some((i, Event::EndOfStream)) => self.on_input_finished(i).await?,
+                None => {}
+            }
+        }
+    }
+
+    fn num_inputs(&self) -> usize {
+        match &self.head {
+            Head::Input(g) => g.len(),
+            Head::Source { .. } => 0,
+        }
+    }
+
+    fn input_finished(&self, i: usize) -> bool {
+        match &self.head {
+            Head::Input(g) => g.input_finished(i),
+            Head::Source { .. } => true,
+        }
+    }
+
+    fn alignment_deadline(&self) -> Option<Instant> {
+        let BarrierMode::AlignedThenUnaligned(timeout) = self.mode else {
+            return None;
+        };
+        let a = self.aligning.as_ref()?;
+        let since_trigger = Duration::from_millis(now_ms().saturating_sub(a.barrier.timestamp_ms));
+        Some(Instant::now() + timeout.saturating_sub(since_trigger))
+    }
+
+    /// Synchronous part of a snapshot: the source position and every operator's state.
+    fn snapshot_operators(&mut self, id: u64) -> Result<Vec<OperatorSnapshot>> {
+        crate::failpoint::hit("sync-snapshot")?;
+        let mut out = Vec::with_capacity(self.spec.ops.len() + 1);
+        if let Head::Source { op, ctx, .. } = &mut self.head {
+            let st = guarded(ctx, || op.snapshot())?;
+            out.push(OperatorSnapshot {
+                name: ctx.operator.clone(),
+                keyed: None,
+                operator: st,
+            });
+        }
+        for op in self.spec.ops.iter_mut() {
+            let (keyed, st) = guarded(&op.ctx, || op.op.snapshot(id))?;
+            out.push(OperatorSnapshot {
+                name: op.ctx.operator.clone(),
+                keyed,
+                operator: st,
+            });
+        }
+        self.last_snapshot = self.last_snapshot.max(id);
+        Ok(out)
+    }
+
+    async fn forward_barrier(&mut self, b: Barrier) -> Result<()> {
+        for o in self.spec.outputs.iter_mut() {
+            o.barrier(b).await?;
+        }
+        Ok(())
+    }
+
+    /// Snapshot, forward the barrier, and upload (aligned and at-least-once).
+    async fn checkpoint_aligned(&mut self, a: Alignment) -> Result<()> {
+        let t0 = Instant::now();
+        let operators = self.snapshot_operators(a.barrier.id)?;
+        let sync = t0.elapsed();
+        self.forward_barrier(Barrier {
+            unaligned: false,
+            overtaken: 0,
+            ..a.barrier
+        })
+        .await?;
+        let stats = SubtaskCheckpointStats {
+            sync_duration: sync.as_secs_f64() * 1e3,
+            alignment_duration: (t0 - a.first_at).as_secs_f64() * 1e3,
+            start_delay: a.start_delay,
+            ..Default::default()
+        };
+        self.upload(a.barrier.id, operators, Vec::new(), stats);
+        Ok(())
+    }
+
+    /// Unaligned: snapshot at once, send the barrier ahead of queued output,
+    /// and start capturing the inputs' in-flight batches.
+    async fn checkpoint_unaligned(
+        &mut self,
+        b: Barrier,
+        inputs: Vec<Capture>,
+        first_at: Instant,
+        start_delay: f64,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        let operators = self.snapshot_operators(b.id)?;
+        let sync = t0.elapsed();
+        self.forward_barrier(Barrier {
+            unaligned: true,
+            overtaken: 0,
+            ..b
+        })
+        .await?;
+        let n = inputs.len();
+        let cap = UnalignedCapture {
+            inputs,
+            channel: vec![Vec::new(); n],
+            operators,
+            stats: SubtaskCheckpointStats {
+                sync_duration: sync.as_secs_f64() * 1e3,
+                alignment_duration: (t0 - first_at).as_secs_f64() * 1e3,
+                start_delay,
+                unaligned_checkpoint: true,
+                ..Default::default()
+            },
+        };
+        self.captures.insert(b.id, cap);
+        self.finish_captures();
+        Ok(())
+    }
+
+    /// Uploads every capture whose inputs are all done.
+    fn finish_captures(&mut self) {
+        let done: Vec<u64> = self
+            .captures
+            .iter()
+            .filter(|(_, c)| c.inputs.iter().all(|s| *s == Capture::Done))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            if let Some(mut c) = self.captures.remove(&id) {
+                let channel: Vec<ChannelStateEntry> = c
+                    .channel
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, b)| !b.is_empty())
+                    .map(|(input, batches)| ChannelStateEntry { input, batches })
+                    .collect();
+                c.stats.persisted_data = channel
+                    .iter()
+                    .flat_map(|e| &e.batches)
+                    .map(|b| b.len() as u64)
+                    .sum();
+                self.upload(id, c.operators, channel, c.stats);
+            }
+        }
+    }
+
+    /// Records `batch` from input `i` in every unaligned checkpoint it precedes.
+    fn capture(&mut self, i: usize, batch: &AnyBatch) -> Result<()> {
+        if self.captures.is_empty() {
+            return Ok(());
+        }
+        let mut encoded: Option<Vec<u8>> = None;
+        let mut changed = false;
+        for c in self.captures.values_mut() {
+            let take = match c.inputs[i] {
+                Capture::All => true,
+                Capture::Next(k) => {
+                    c.inputs[i] = if k <= 1 {
+                        Capture::Done
+                    } else {
+                        Capture::Next(k - 1)
+                    };
+                    changed |= k <= 1;
+                    true
+                }
+                Capture::Done => false,
+            };
+            if take {
+                if encoded.is_none() {
+                    let enc = self
+                        .spec
+                        .input_codec
+                        .ok_or_else(|| Error::Internal("capture without a codec".into()))?
+                        .0;
+                    encoded = Some(enc(batch)?);
+                }
+                c.channel[i].push(encoded.clone().unwrap_or_default());
+            }
+        }
+        if changed {
+            self.finish_captures();
+        }
+        Ok(())
+    }
+
+    async fn on_barrier(&mut self, i: usize, b: Barrier) -> Result<()> {
+        let delay = now_ms().saturating_sub(b.timestamp_ms) as f64;
+        match self.mode {
+            BarrierMode::AtLeastOnce => {
+                if b.id <= self.last_snapshot {
+                    return Ok(());
+                }
+                let n = self.num_inputs();
+                let a = self.counting.entry(b.id).or_insert_with(|| Alignment {
+                    barrier: b,
+                    arrived: vec![false; n],
+                    first_at: Instant::now(),
+                    start_delay: delay,
+                });
+                a.arrived[i] = true;
+                self.check_counting().await
+            }
+            BarrierMode::Aligned => self.aligned_barrier(i, b, delay).await,
+            BarrierMode::Unaligned => self.unaligned_barrier(i, b, delay).await,
+            BarrierMode::AlignedThenUnaligned(_) => {
+                if b.unaligned || self.captures.contains_key(&b.id) {
+                    self.unaligned_barrier(i, b, delay).await
+                } else {
+                    self.aligned_barrier(i, b, delay).await
+                }
+            }
+        }
+    }
+
+    async fn check_counting(&mut self) -> Result<()> {
+        let ready: Vec<u64> = self
+            .counting
+            .iter()
+            .filter(|(_, a)| {
+                a.arrived
+                    .iter()
+                    .enumerate()
+                    .all(|(j, got)| *got || self.input_finished(j))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            if let Some(a) = self.counting.remove(&id) {
+                self.checkpoint_aligned(a).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn aligned_barrier(&mut self, i: usize, b: Barrier, delay: f64) -> Result<()> {
+        if b.id <= self.last_snapshot {
+            return Ok(());
+        }
+        if self.aligning.as_ref().is_some_and(|a| a.barrier.id < b.id) {
+            // A newer barrier: the older checkpoint was abandoned upstream.
+            self.cancel_alignment();
+        }
+        let n = self.num_inputs();
+        let a = self.aligning.get_or_insert_with(|| Alignment {
+            barrier: b,
+            arrived: vec![false; n],
+            first_at: Instant::now(),
+            start_delay: delay,
+        });
+        a.arrived[i] = true;
+        if let Head::Input(gate) = &mut self.head {
+            gate.set_blocked(i, true);
+        }
+        self.check_aligned().await
+    }
+
+    async fn check_aligned(&mut self) -> Result<()> {
+        let complete = self.aligning.as_ref().is_some_and(|a| {
+            a.arrived
+                .iter()
+                .enumerate()
+                .all(|(j, got)| *got || self.input_finished(j))
+        });
+        if complete {
+            if let Some(a) = self.aligning.take() {
+                if let Head::Input(gate) = &mut self.head {
+                    gate.unblock_all();
+                }
+                self.checkpoint_aligned(a).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn cancel_alignment(&mut self) {
+        self.aligning = None;
+        if let Head::Input(gate) = &mut self.head {
+            gate.unblock_all();
+        }
+    }
+
+    async fn unaligned_barrier(&mut self, i: usize, b: Barrier, delay: f64) -> Result<()> {
+        if let Some(c) = self.captures.get_mut(&b.id) {
+            c.inputs[i] = if b.overtaken > 0 {
+                Capture::Next(b.overtaken)
+            } else {
+                Capture::Done
+            };
+            self.finish_captures();
+            return Ok(());
+        }
+        if b.id <= self.last_snapshot {
+            return Ok(());
+        }
+        // First barrier `n` here (or the upstream switched to unaligned while we were aligning).
+        let (arrived, first_at, start_delay) = match self.aligning.take() {
+            Some(a) if a.barrier.id == b.id => (a.arrived, a.first_at, a.start_delay),
+            _ => (vec![false; self.num_inputs()], Instant::now(), delay),
+        };
+        if let Head::Input(gate) = &mut self.head {
+            gate.unblock_all();
+        }
+        let inputs = (0..self.num_inputs())
+            .map(|j| {
+                if j == i {
+                    if b.overtaken > 0 {
+                        Capture::Next(b.overtaken)
+                    } else {
+                        Capture::Done
+                    }
+                } else if arrived[j] || self.input_finished(j) {
+                    Capture::Done
+                } else {
+                    Capture::All
+                }
+            })
+            .collect();
+        self.checkpoint_unaligned(b, inputs, first_at, start_delay)
+            .await
+    }
+
+    /// Aligned-then-unaligned: alignment took too long; switch this checkpoint to unaligned.
+    async fn alignment_timed_out(&mut self) -> Result<()> {
+        let Some(a) = self.aligning.take() else {
+            return Ok(());
+        };
+        if let Head::Input(gate) = &mut self.head {
+            gate.unblock_all();
+        }
+        let inputs = (0..self.num_inputs())
+            .map(|j| {
+                if a.arrived[j] || self.input_finished(j) {
+                    Capture::Done
+                } else {
+                    Capture::All
+                }
+            })
+            .collect();
+        tracing::debug!(
+            id = a.barrier.id,
+            "alignment timed out; switching to unaligned"
+        );
+        self.checkpoint_unaligned(a.barrier, inputs, a.first_at, a.start_delay)
+            .await
+    }
+
+    async fn on_input_finished(&mut self, i: usize) -> Result<()> {
+        for c in self.captures.values_mut() {
+            c.inputs[i] = Capture::Done;
+        }
+        self.finish_captures();
+        self.check_aligned().await?;
+        self.check_counting().await
+    }
+
+    async fn on_control(&mut self, c: Control) -> Result<()> {
+        match c {
+            Control::Trigger(b) => {
+                if !matches!(self.head, Head::Source { .. }) {
+                    return Ok(());
+                }
+                let unaligned = self.mode == BarrierMode::Unaligned;
+                let t0 = Instant::now();
+                let operators = self.snapshot_operators(b.id)?;
+                let sync = t0.elapsed();
+                self.forward_barrier(Barrier {
+                    unaligned,
+                    overtaken: 0,
+                    ..b
+                })
+                .await?;
+                let stats = SubtaskCheckpointStats {
+                    sync_duration: sync.as_secs_f64() * 1e3,
+                    start_delay: now_ms().saturating_sub(b.timestamp_ms) as f64,
+                    ..Default::default()
+                };
+                self.upload(b.id, operators, Vec::new(), stats);
+            }
+            Control::FinalCheckpoint(b) => {
+                let t0 = Instant::now();
+                let operators = self.snapshot_operators(b.id)?;
+                let stats = SubtaskCheckpointStats {
+                    sync_duration: t0.elapsed().as_secs_f64() * 1e3,
+                    ..Default::default()
+                };
+                self.upload(b.id, operators, Vec::new(), stats);
+            }
+            Control::Complete(id) => {
+                for op in self.spec.ops.iter_mut() {
+                    guarded(&op.ctx, || op.op.notify_complete(id))?;
+                }
+            }
+            Control::Abort(id) => {
+                if self.aligning.as_ref().is_some_and(|a| a.barrier.id == id) {
+                    self.cancel_alignment();
+                }
+                self.counting.remove(&id);
+                self.captures.remove(&id);
+                for op in self.spec.ops.iter_mut() {
+                    guarded(&op.ctx, || op.op.notify_aborted(id))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the asynchronous part: write the state file, then acknowledge.
+    fn upload(
+        &self,
+        id: u64,
+        operators: Vec<OperatorSnapshot>,
+        channel_state: Vec<ChannelStateEntry>,
+        mut stats: SubtaskCheckpointStats,
+    ) {
+        let Some(link) = self.link.clone() else {
+            return;
+        };
+        let state = SubtaskState {
+            chain: self.spec.chain.clone(),
+            chain_index: self.spec.chain_index,
+            subtask: self.spec.subtask,
+            parallelism: self.spec.parallelism,
+            operators,
+            channel_state,
+        };
+        let task = self.spec.task_index;
+        stats.task = self.spec.chain.clone();
+        stats.index = self.spec.subtask;
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let (chain, chain_index, subtask) =
+                (state.chain.clone(), state.chain_index, state.subtask);
+            let storage = link.storage.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                crate::failpoint::hit("during-upload")?;
+                storage.write_state(id, chain_index, subtask, &state)
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::Internal(format!("upload panicked: {e}"))))
+            .and_then(|w| crate::failpoint::hit("before-ack").map(|()| w));
+            match written {
+                Ok((file, size)) => {
+                    stats.async_duration = t0.elapsed().as_secs_f64() * 1e3;
+                    stats.state_size = size;
+                    stats.ack_timestamp = now_ms();
+                    let _ = link.coordinator.cast(CoordMsg::Ack(Box::new(Ack {
+                        id,
+                        task,
+                        handle: StateHandle {
+                            chain,
+                            chain_index,
+                            subtask,
+                            file,
+                            size,
+                        },
+                        stats,
+                    })));
+                }
+                Err(e) => {
+                    let _ = link.coordinator.cast(CoordMsg::Decline {
+                        id,
+                        task,
+                        reason: e.to_string(),
+                        finished: false,
+                    });
+                }
+            }
+        });
+    }
+
+    /// End of input: finish each operator in chain order, passing what it
+    /// emits through the rest of the chain, then end every output channel.
+    async fn finish(&mut self) -> Result<()> {
+        let spec = &mut *self.spec;
+        for i in 0..spec.ops.len() {
+            let out = {
+                let op = &mut spec.ops[i];
+                guarded(&op.ctx, || op.op.finish())?
+            };
+            if let Some(b) = out {
+                let op = &spec.ops[i];
+                op.counters.records_out.fetch_add(
+                    (op.out_len)(&b) as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                if i + 1 < spec.ops.len() {
+                    Box::pin(push(spec, i + 1, b)).await?;
+                } else {
+                    emit(spec, b).await?;
+                }
+            }
+        }
+        for o in spec.outputs.iter_mut() {
+            o.end_of_stream().await?;
+        }
+        Ok(())
+    }
+
+    /// With checkpointing: report the end of input, take part in the final
+    /// checkpoint, and exit once it is complete.
+    async fn await_final_checkpoint(&mut self) -> Result<()> {
+        let Some(link) = self.link.clone() else {
+            return Ok(());
+        };
+        let _ = link
+            .coordinator
+            .cast(CoordMsg::TaskFinished(self.spec.task_index));
+        let mut final_id = None;
+        while let Some(c) = self.control.recv().await {
+            match c {
+                Control::Trigger(b) => {
+                    let _ = link.coordinator.cast(CoordMsg::Decline {
+                        id: b.id,
+                        task: self.spec.task_index,
+                        reason: "the source has finished".into(),
+                        finished: true,
+                    });
+                }
+                Control::FinalCheckpoint(b) => {
+                    final_id = Some(b.id);
+                    self.on_control(c).await?;
+                }
+                Control::Complete(id) => {
+                    self.on_control(c).await?;
+                    if final_id.is_some_and(|f| id >= f) {
+                        return Ok(());
+                    }
+                }
+                Control::Abort(_) => self.on_control(c).await?,
+            }
+        }
+        Ok(())
+    }
 }

@@ -1,21 +1,35 @@
-//! [`FileSink`]: records as lines of text in part files under a directory.
+//! [`FileSink`]: records as lines of text in part files under a directory,
+//! exactly once with checkpoints (two-phase commit).
 //!
 //! Each sink subtask writes its own part files. A file being written is
-//! hidden: `.part-<run>-<subtask>-<n>.inprogress`; when it is finished (it
-//! reached the rolling size, or the input ended) it is flushed, fsynced and
-//! renamed to `part-<run>-<subtask>-<n>`. `<run>` is the first 8 characters of
-//! the job id, so runs writing to the same directory never clash. Readers
-//! (and [`crate::source::FileSource`]) skip the hidden files.
+//! hidden: `.part-<run>-<subtask>-<n>.inprogress`, where `<run>` is the first
+//! 8 characters of the job id, so runs writing to the same directory never
+//! clash. Readers (and [`crate::source::FileSource`]) skip hidden files.
 //!
-//! Exactly-once (two-phase commit with checkpoints) comes with checkpointing;
-//! until then, a job that fails leaves its in-progress files hidden and never
-//! renames them.
+//! # Two-phase commit
+//! - **Write**: records go to the current in-progress file; at the rolling
+//!   size the file is closed (flushed, fsynced) and waits, still hidden.
+//! - **Pre-commit** (snapshot of checkpoint `n`): the current file is closed
+//!   too; every closed file becomes *pending for `n`*, and the list of
+//!   pending files is the sink's state in the checkpoint.
+//! - **Commit** (`checkpoint complete(n)`): pending files of checkpoints
+//!   `<= n` are renamed to their final names `part-<run>-<subtask>-<n>`
+//!   (atomic; the directory is fsynced). A file already committed is skipped,
+//!   so committing twice is harmless.
+//! - **Restore**: the pending files recorded in the checkpoint are committed
+//!   (they hold exactly the output up to the checkpoint), and every other
+//!   in-progress file of that run and subtask (output after the checkpoint,
+//!   which will be produced again) is deleted.
+//!
+//! Without checkpointing, closed files are committed at once and the last
+//! one at the end of input.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use weir_runtime::prelude::*;
 
 /// Writes records as lines, formatted by a function.
@@ -26,10 +40,33 @@ pub struct FileSink<T, F> {
     run: String,
     subtask: usize,
     part: u64,
-    current: Option<(BufWriter<File>, PathBuf, u64)>,
+    checkpointing: bool,
+    current: Option<(BufWriter<File>, String, u64)>,
+    /// Closed files waiting for the next checkpoint: (in-progress name, final name).
+    closed: Vec<(String, String)>,
+    /// Files pre-committed by a checkpoint, waiting for its completion.
+    pending: Vec<PendingFile>,
     line: String,
     _t: std::marker::PhantomData<fn(&T)>,
 }
+
+/// A file pre-committed by checkpoint `checkpoint`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PendingFile {
+    checkpoint: u64,
+    in_progress: String,
+    final_name: String,
+}
+
+/// The sink's state in a checkpoint: one element per sink subtask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SinkState {
+    run: String,
+    subtask: usize,
+    pending: Vec<PendingFile>,
+}
+
+const STATE: &str = "file-sink";
 
 impl<T, F> Clone for FileSink<T, F> {
     fn clone(&self) -> Self {
@@ -40,10 +77,19 @@ impl<T, F> Clone for FileSink<T, F> {
             run: String::new(),
             subtask: 0,
             part: 0,
+            checkpointing: false,
             current: None,
+            closed: Vec::new(),
+            pending: Vec::new(),
             line: String::new(),
             _t: std::marker::PhantomData,
         }
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
     }
 }
 
@@ -65,7 +111,10 @@ impl<T: Data, F: Fn(&T, &mut String) + Send + Sync + 'static> FileSink<T, F> {
             run: String::new(),
             subtask: 0,
             part: 0,
+            checkpointing: false,
             current: None,
+            closed: Vec::new(),
+            pending: Vec::new(),
             line: String::with_capacity(64),
             _t: std::marker::PhantomData,
         })
@@ -77,23 +126,44 @@ impl<T: Data, F: Fn(&T, &mut String) + Send + Sync + 'static> FileSink<T, F> {
         self
     }
 
-    fn final_name(&self, part: u64) -> PathBuf {
-        self.dir
-            .join(format!("part-{}-{}-{}", self.run, self.subtask, part))
-    }
-
-    fn roll(&mut self) -> Result<()> {
+    /// Closes the current file (flush, fsync); it waits hidden until committed.
+    fn close_current(&mut self) -> Result<()> {
         if let Some((w, tmp, _)) = self.current.take() {
+            let path = self.dir.join(&tmp);
             let file = w
                 .into_inner()
-                .map_err(|e| Error::io("cannot write output file", &tmp, e.into_error()))?;
+                .map_err(|e| Error::io("cannot write output file", &path, e.into_error()))?;
             file.sync_all()
-                .map_err(|e| Error::io("cannot sync output file", &tmp, e))?;
-            let dst = self.final_name(self.part);
-            std::fs::rename(&tmp, &dst)
-                .map_err(|e| Error::io("cannot commit output file", &dst, e))?;
+                .map_err(|e| Error::io("cannot sync output file", &path, e))?;
+            let final_name = format!("part-{}-{}-{}", self.run, self.subtask, self.part);
             self.part += 1;
+            self.closed.push((tmp, final_name));
         }
+        Ok(())
+    }
+
+    /// Renames an in-progress file to its final name; a file already
+    /// committed is left alone. Missing both is lost output: an error.
+    fn commit(&self, in_progress: &str, final_name: &str) -> Result<()> {
+        weir_runtime::failpoint::hit("sink-commit")?;
+        let src = self.dir.join(in_progress);
+        let dst = self.dir.join(final_name);
+        match std::fs::rename(&src, &dst) {
+            Ok(()) => Ok(()),
+            Err(_) if dst.exists() => Ok(()),
+            Err(e) => Err(Error::io(
+                "cannot commit output file (pending file missing)",
+                &src,
+                e,
+            )),
+        }
+    }
+
+    fn commit_closed_now(&mut self) -> Result<()> {
+        for (tmp, fin) in std::mem::take(&mut self.closed) {
+            self.commit(&tmp, &fin)?;
+        }
+        sync_dir(&self.dir);
         Ok(())
     }
 }
@@ -102,17 +172,19 @@ impl<T: Data, F: Fn(&T, &mut String) + Send + Sync + 'static> SinkFunction<T> fo
     fn open(&mut self, ctx: &RuntimeContext) -> Result<()> {
         self.run = ctx.job_id.chars().take(8).collect();
         self.subtask = ctx.subtask;
+        self.checkpointing = ctx.checkpointing;
         Ok(())
     }
 
     fn invoke(&mut self, batch: Vec<T>) -> Result<()> {
         if self.current.is_none() {
-            let tmp = self.dir.join(format!(
+            let tmp = format!(
                 ".part-{}-{}-{}.inprogress",
                 self.run, self.subtask, self.part
-            ));
-            let f =
-                File::create(&tmp).map_err(|e| Error::io("cannot create output file", &tmp, e))?;
+            );
+            let path = self.dir.join(&tmp);
+            let f = File::create(&path)
+                .map_err(|e| Error::io("cannot create output file", &path, e))?;
             self.current = Some((BufWriter::with_capacity(1 << 16, f), tmp, 0));
         }
         let Some((w, tmp, written)) = self.current.as_mut() else {
@@ -122,17 +194,82 @@ impl<T: Data, F: Fn(&T, &mut String) + Send + Sync + 'static> SinkFunction<T> fo
             self.line.clear();
             (self.format)(r, &mut self.line);
             self.line.push('\n');
-            w.write_all(self.line.as_bytes())
-                .map_err(|e| Error::io("cannot write output file", tmp.as_path(), e))?;
+            w.write_all(self.line.as_bytes()).map_err(|e| {
+                Error::io("cannot write output file", self.dir.join(tmp.as_str()), e)
+            })?;
             *written += self.line.len() as u64;
         }
         if *written >= self.rolling_size {
-            self.roll()?;
+            self.close_current()?;
+            if !self.checkpointing {
+                self.commit_closed_now()?;
+            }
         }
         Ok(())
     }
 
     fn finish(&mut self) -> Result<()> {
-        self.roll()
+        self.close_current()?;
+        if !self.checkpointing {
+            self.commit_closed_now()?;
+        }
+        Ok(())
+    }
+
+    fn snapshot_state(&mut self, checkpoint_id: u64, state: &mut OperatorStateStore) -> Result<()> {
+        self.close_current()?;
+        for (in_progress, final_name) in std::mem::take(&mut self.closed) {
+            self.pending.push(PendingFile {
+                checkpoint: checkpoint_id,
+                in_progress,
+                final_name,
+            });
+        }
+        state.update_list(
+            STATE,
+            &[SinkState {
+                run: self.run.clone(),
+                subtask: self.subtask,
+                pending: self.pending.clone(),
+            }],
+        )
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        let (now, later): (Vec<PendingFile>, Vec<PendingFile>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.checkpoint <= checkpoint_id);
+        self.pending = later;
+        for p in &now {
+            self.commit(&p.in_progress, &p.final_name)?;
+        }
+        if !now.is_empty() {
+            sync_dir(&self.dir);
+        }
+        Ok(())
+    }
+
+    fn restore_state(&mut self, state: &OperatorStateStore) -> Result<()> {
+        for old in state.get_list::<SinkState>(STATE)? {
+            for p in &old.pending {
+                self.commit(&p.in_progress, &p.final_name)?;
+            }
+            // Output written after the checkpoint will be produced again: drop it.
+            let prefix = format!(".part-{}-{}-", old.run, old.subtask);
+            let keep: Vec<&str> = old.pending.iter().map(|p| p.in_progress.as_str()).collect();
+            let entries = std::fs::read_dir(&self.dir)
+                .map_err(|e| Error::io("cannot read output directory", &self.dir, e))?;
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix)
+                    && name.ends_with(".inprogress")
+                    && !keep.contains(&name.as_str())
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        sync_dir(&self.dir);
+        Ok(())
     }
 }

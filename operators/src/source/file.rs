@@ -250,6 +250,7 @@ mod tests {
             subtask,
             parallelism,
             max_parallelism: 128,
+            checkpointing: false,
         }
     }
 

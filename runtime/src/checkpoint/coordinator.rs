@@ -1,0 +1,422 @@
+//! The checkpoint coordinator actor: one per job, linked to the job supervisor.
+//!
+//! It triggers checkpoint `n` at the source subtasks on the interval (when
+//! fewer than `max-concurrent-checkpoints` are in flight and `min-pause` has
+//! passed since the last one ended), collects one acknowledgement per subtask,
+//! and completes `n` when all are in: `_metadata` is written (atomically,
+//! see [`super::storage`]), then every subtask is told `complete(n)`, then
+//! checkpoints beyond `num-retained` are deleted. A checkpoint that times out
+//! or that a subtask declines is aborted: every subtask is told, its files are
+//! deleted, and it counts towards `tolerable-failed-checkpoints`; exceeding
+//! that fails the job. When `m` completes, pending checkpoints `n < m` are
+//! subsumed. When every subtask has finished its input, the coordinator takes
+//! the final checkpoint by asking every subtask directly.
+//!
+//! The decisions are plain functions of the coordinator's state; the only
+//! I/O is writing `_metadata` and deleting directories.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+
+use super::storage::CheckpointStorage;
+use super::{
+    now_ms, CheckpointConfig, CheckpointMetadata, CheckpointStats, CheckpointStatus, StateHandle,
+    SubtaskCheckpointStats,
+};
+use crate::channel::Barrier;
+use crate::task::{JobShared, SubtaskMsg};
+use crate::Error;
+
+/// A subtask as the coordinator knows it.
+#[derive(Clone)]
+pub(crate) struct TaskRef {
+    pub chain: String,
+    pub is_source: bool,
+    pub actor: ActorRef<SubtaskMsg>,
+}
+
+/// A subtask's acknowledgement of checkpoint `id`.
+pub(crate) struct Ack {
+    pub id: u64,
+    pub task: usize,
+    pub handle: StateHandle,
+    pub stats: SubtaskCheckpointStats,
+}
+
+/// How the job ended, for the retention policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobEnd {
+    Finished,
+    Cancelled,
+    Failed,
+}
+
+pub(crate) enum CoordMsg {
+    Start(Vec<TaskRef>),
+    Tick,
+    Ack(Box<Ack>),
+    Decline {
+        id: u64,
+        task: usize,
+        reason: String,
+        finished: bool,
+    },
+    TaskFinished(usize),
+    Timeout(u64),
+    Shutdown(JobEnd),
+}
+
+pub(crate) struct CoordinatorArgs {
+    pub cfg: CheckpointConfig,
+    pub job_id: String,
+    pub job_name: String,
+    pub storage: CheckpointStorage,
+    pub first_id: u64,
+    pub stats: Arc<Mutex<Vec<CheckpointStats>>>,
+    pub shared: Arc<JobShared>,
+}
+
+struct Pending {
+    trigger_ts: u64,
+    started: Instant,
+    acks: BTreeMap<usize, (StateHandle, SubtaskCheckpointStats)>,
+}
+
+pub(crate) struct CoordState {
+    args: CoordinatorArgs,
+    tasks: Vec<TaskRef>,
+    next_id: u64,
+    pending: BTreeMap<u64, Pending>,
+    retained: VecDeque<u64>,
+    last_end: Option<Instant>,
+    failures: usize,
+    finished: BTreeSet<usize>,
+    final_id: Option<u64>,
+    aborted: BTreeSet<u64>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+pub(crate) struct Coordinator;
+
+impl CoordState {
+    fn record(&self, id: u64, f: impl FnOnce(&mut CheckpointStats)) {
+        let mut all = self.args.stats.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = all.iter_mut().rev().find(|s| s.id == id) {
+            f(s);
+        }
+    }
+
+    fn trigger(&mut self, myself: &ActorRef<CoordMsg>, is_final: bool) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let ts = now_ms();
+        let barrier = Barrier {
+            id,
+            timestamp_ms: ts,
+            savepoint: false,
+            unaligned: false,
+            overtaken: 0,
+        };
+        self.pending.insert(
+            id,
+            Pending {
+                trigger_ts: ts,
+                started: Instant::now(),
+                acks: BTreeMap::new(),
+            },
+        );
+        {
+            let mut all = self.args.stats.lock().unwrap_or_else(|p| p.into_inner());
+            all.push(CheckpointStats {
+                id,
+                status: CheckpointStatus::InProgress,
+                is_savepoint: false,
+                trigger_timestamp: ts,
+                latest_ack_timestamp: 0,
+                end_to_end_duration: 0.0,
+                checkpointed_size: 0,
+                state_size: 0,
+                persisted_data: 0,
+                num_subtasks: self.tasks.len(),
+                num_acknowledged_subtasks: 0,
+                failure_message: None,
+                external_path: None,
+                subtasks: Vec::new(),
+            });
+            let len = all.len();
+            if len > 1000 {
+                all.drain(..len - 1000);
+            }
+        }
+        if is_final {
+            self.final_id = Some(id);
+            tracing::debug!(id, "final checkpoint");
+            for t in &self.tasks {
+                let _ = t.actor.cast(SubtaskMsg::FinalCheckpoint(barrier));
+            }
+        } else {
+            tracing::debug!(id, "triggering checkpoint");
+            for t in self.tasks.iter().filter(|t| t.is_source) {
+                let _ = t.actor.cast(SubtaskMsg::Trigger(barrier));
+            }
+        }
+        let timeout = self.args.cfg.timeout;
+        let me = myself.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let _ = me.cast(CoordMsg::Timeout(id));
+        });
+    }
+
+    /// Aborts `id`; returns an error when the failure tolerance is exceeded.
+    fn abort(&mut self, id: u64, reason: &str, counts: bool) -> Result<(), Error> {
+        let Some(p) = self.pending.remove(&id) else {
+            return Ok(());
+        };
+        tracing::warn!(id, reason, "checkpoint aborted");
+        self.aborted.insert(id);
+        for t in &self.tasks {
+            let _ = t.actor.cast(SubtaskMsg::Abort(id));
+        }
+        self.args.storage.discard(id);
+        let e2e = p.started.elapsed().as_secs_f64() * 1e3;
+        self.record(id, |s| {
+            s.status = CheckpointStatus::Failed;
+            s.end_to_end_duration = e2e;
+            s.failure_message = Some(reason.to_string());
+        });
+        self.last_end = Some(Instant::now());
+        if counts {
+            self.failures += 1;
+            if self.failures > self.args.cfg.tolerable_failures {
+                return Err(Error::Checkpoint {
+                    id,
+                    reason: format!(
+                        "{reason}; {} consecutive failed checkpoints exceed execution.checkpointing.tolerable-failed-checkpoints ({})",
+                        self.failures, self.args.cfg.tolerable_failures
+                    ),
+                });
+            }
+        }
+        if Some(id) == self.final_id {
+            return Err(Error::Checkpoint {
+                id,
+                reason: format!("the final checkpoint failed: {reason}"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn complete(&mut self, id: u64) -> Result<(), Error> {
+        let older: Vec<u64> = self.pending.range(..id).map(|(k, _)| *k).collect();
+        for o in older {
+            self.abort(o, &format!("subsumed by checkpoint {id}"), false)?;
+        }
+        let Some(p) = self.pending.remove(&id) else {
+            return Ok(());
+        };
+        let mut handles: Vec<StateHandle> = p.acks.values().map(|(h, _)| h.clone()).collect();
+        handles.sort_by_key(|h| (h.chain_index, h.subtask));
+        let meta = CheckpointMetadata {
+            job_id: self.args.job_id.clone(),
+            job_name: self.args.job_name.clone(),
+            checkpoint_id: id,
+            trigger_timestamp: p.trigger_ts,
+            completed_timestamp: now_ms(),
+            is_savepoint: false,
+            subtasks: handles,
+        };
+        crate::failpoint::hit("before-metadata-write")?;
+        let storage = self.args.storage.clone();
+        let dir = tokio::task::spawn_blocking(move || storage.write_metadata(&meta))
+            .await
+            .map_err(|e| Error::Internal(format!("metadata writer panicked: {e}")))??;
+        let e2e = p.started.elapsed().as_secs_f64() * 1e3;
+        let subtasks: Vec<SubtaskCheckpointStats> =
+            p.acks.values().map(|(_, s)| s.clone()).collect();
+        let size: u64 = subtasks.iter().map(|s| s.state_size).sum();
+        let persisted: u64 = subtasks.iter().map(|s| s.persisted_data).sum();
+        let latest = subtasks.iter().map(|s| s.ack_timestamp).max().unwrap_or(0);
+        self.record(id, |s| {
+            s.status = CheckpointStatus::Completed;
+            s.end_to_end_duration = e2e;
+            s.checkpointed_size = size;
+            s.state_size = size;
+            s.persisted_data = persisted;
+            s.latest_ack_timestamp = latest;
+            s.num_acknowledged_subtasks = subtasks.len();
+            s.external_path = Some(dir.clone());
+            s.subtasks = subtasks;
+        });
+        tracing::info!(id, bytes = size, ms = e2e, "checkpoint completed");
+        crate::failpoint::hit("before-notify-complete")?;
+        for t in &self.tasks {
+            let _ = t.actor.cast(SubtaskMsg::Complete(id));
+        }
+        self.retained.push_back(id);
+        while self.retained.len() > self.args.cfg.num_retained {
+            if let Some(old) = self.retained.pop_front() {
+                self.args.storage.discard(old);
+            }
+        }
+        self.failures = 0;
+        self.last_end = Some(Instant::now());
+        Ok(())
+    }
+
+    fn may_trigger(&self) -> bool {
+        !self.tasks.is_empty()
+            && self.finished.is_empty()
+            && self.final_id.is_none()
+            && self.pending.len() < self.args.cfg.max_concurrent
+            && self
+                .last_end
+                .is_none_or(|t| t.elapsed() >= self.args.cfg.min_pause)
+    }
+}
+
+impl Actor for Coordinator {
+    type Msg = CoordMsg;
+    type State = CoordState;
+    type Arguments = CoordinatorArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<CoordMsg>,
+        args: CoordinatorArgs,
+    ) -> Result<CoordState, ActorProcessingErr> {
+        Ok(CoordState {
+            next_id: args.first_id,
+            args,
+            tasks: Vec::new(),
+            pending: BTreeMap::new(),
+            retained: VecDeque::new(),
+            last_end: None,
+            failures: 0,
+            finished: BTreeSet::new(),
+            final_id: None,
+            aborted: BTreeSet::new(),
+            ticker: None,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<CoordMsg>,
+        state: &mut CoordState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<CoordMsg>,
+        msg: CoordMsg,
+        state: &mut CoordState,
+    ) -> Result<(), ActorProcessingErr> {
+        let outcome: Result<(), Error> = async {
+            match msg {
+                CoordMsg::Start(tasks) => {
+                    state.tasks = tasks;
+                    if let Some(interval) = state.args.cfg.interval {
+                        let me = myself.clone();
+                        state.ticker = Some(tokio::spawn(async move {
+                            let mut tick = tokio::time::interval(interval);
+                            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            tick.tick().await;
+                            loop {
+                                tick.tick().await;
+                                if me.cast(CoordMsg::Tick).is_err() {
+                                    break;
+                                }
+                            }
+                        }));
+                    }
+                }
+                CoordMsg::Tick => {
+                    if state.may_trigger() {
+                        state.trigger(&myself, false);
+                    }
+                }
+                CoordMsg::Ack(ack) => {
+                    let Ack {
+                        id,
+                        task,
+                        handle,
+                        stats,
+                    } = *ack;
+                    match state.pending.get_mut(&id) {
+                        Some(p) => {
+                            p.acks.insert(task, (handle, stats));
+                            let n = p.acks.len();
+                            state.record(id, |s| s.num_acknowledged_subtasks = n);
+                            if n == state.tasks.len() {
+                                state.complete(id).await?;
+                            }
+                        }
+                        None if state.aborted.contains(&id) => state.args.storage.discard(id),
+                        None => {}
+                    }
+                }
+                CoordMsg::Decline {
+                    id,
+                    task,
+                    reason,
+                    finished,
+                } => {
+                    let name = state
+                        .tasks
+                        .get(task)
+                        .map(|t| t.chain.clone())
+                        .unwrap_or_default();
+                    state.abort(id, &format!("declined by {name}: {reason}"), !finished)?;
+                }
+                CoordMsg::Timeout(id) => {
+                    if state.pending.contains_key(&id) {
+                        let timeout = state.args.cfg.timeout;
+                        state.abort(
+                            id,
+                            &format!("expired after {timeout:?} (execution.checkpointing.timeout)"),
+                            true,
+                        )?;
+                    }
+                }
+                CoordMsg::TaskFinished(task) => {
+                    state.finished.insert(task);
+                    if state.finished.len() == state.tasks.len() && state.final_id.is_none() {
+                        state.trigger(&myself, true);
+                    }
+                }
+                CoordMsg::Shutdown(end) => {
+                    match end {
+                        JobEnd::Finished => state.args.storage.discard_all(),
+                        JobEnd::Cancelled if !state.args.cfg.retain_on_cancel => {
+                            state.args.storage.discard_all()
+                        }
+                        _ => {
+                            for id in state.pending.keys().copied().collect::<Vec<_>>() {
+                                let _ = state.abort(id, "job ended", false);
+                            }
+                        }
+                    }
+                    myself.stop(None);
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            let text = e.to_string();
+            state.args.shared.record_failure(e);
+            return Err(text.into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,128 @@
+//! Maps a loaded checkpoint onto the subtasks of a new job.
+//!
+//! Operators are matched **by name** (names are unique in a job; give
+//! stateful operators stable names with `.name(...)`). A checkpoint with
+//! state for an operator the job does not have is rejected, as Flink does
+//! without `allowNonRestoredState`.
+//!
+//! - Keyed state: the snapshots of all old subtasks are merged per operator
+//!   (they hold disjoint key groups); each new subtask keeps the key groups of
+//!   its own range. So a different parallelism works (rescaling).
+//! - Operator state: the list elements of all old subtasks are dealt
+//!   round-robin to the new subtasks (Flink's even-split redistribution).
+//! - Channel state (unaligned checkpoints): goes back to the same subtask of
+//!   the same chain; restoring in-flight data needs the same chains and parallelism.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::storage::LoadedCheckpoint;
+use super::ChannelStateEntry;
+use crate::graph::JobPlan;
+use crate::state::{KeyedStateSnapshot, OperatorStateStore};
+use crate::{Error, Result};
+
+/// What one new subtask restores.
+#[derive(Default)]
+pub(crate) struct SubtaskRestore {
+    /// Operator name -> (keyed state of all key groups, this subtask's operator state).
+    pub operators: HashMap<String, (Option<Arc<KeyedStateSnapshot>>, OperatorStateStore)>,
+    pub channel_state: Vec<ChannelStateEntry>,
+}
+
+/// Per chain and subtask of `plan`, what to restore.
+pub(crate) fn assign(cp: &LoadedCheckpoint, plan: &JobPlan) -> Result<Vec<Vec<SubtaskRestore>>> {
+    let known: BTreeSet<&str> = plan
+        .chains
+        .iter()
+        .flat_map(|c| c.operators.iter().map(String::as_str))
+        .collect();
+    // Operator name -> (old subtask index, snapshot) in old subtask order.
+    let mut by_op: BTreeMap<&str, Vec<(usize, &super::OperatorSnapshot)>> = BTreeMap::new();
+    for st in &cp.states {
+        for op in &st.operators {
+            if !known.contains(op.name.as_str()) {
+                return Err(Error::Restore(format!(
+                    "checkpoint {} has state for operator '{}', which this job does not have (operators are matched by name)",
+                    cp.dir.display(),
+                    op.name
+                )));
+            }
+            by_op
+                .entry(op.name.as_str())
+                .or_default()
+                .push((st.subtask, op));
+        }
+    }
+    let mut merged_keyed: HashMap<&str, Arc<KeyedStateSnapshot>> = HashMap::new();
+    let mut op_stores: HashMap<&str, Vec<OperatorStateStore>> = HashMap::new();
+    for (name, mut snaps) in by_op {
+        snaps.sort_by_key(|(i, _)| *i);
+        if snaps.iter().any(|(_, s)| s.keyed.is_some()) {
+            let mut m = KeyedStateSnapshot::default();
+            for (_, s) in &snaps {
+                if let Some(k) = &s.keyed {
+                    for (state, ss) in &k.states {
+                        let e = m.states.entry(state.clone()).or_insert_with(|| {
+                            crate::state::StateSnapshot {
+                                kind: ss.kind,
+                                key_groups: BTreeMap::new(),
+                            }
+                        });
+                        e.key_groups
+                            .extend(ss.key_groups.iter().map(|(g, b)| (*g, b.clone())));
+                    }
+                }
+            }
+            merged_keyed.insert(name, Arc::new(m));
+        }
+        op_stores.insert(
+            name,
+            snaps.iter().map(|(_, s)| s.operator.clone()).collect(),
+        );
+    }
+    let mut out = Vec::with_capacity(plan.chains.len());
+    for (ci, chain) in plan.chains.iter().enumerate() {
+        let mut subtasks = Vec::with_capacity(chain.parallelism);
+        for i in 0..chain.parallelism {
+            let mut r = SubtaskRestore::default();
+            for name in &chain.operators {
+                let keyed = merged_keyed.get(name.as_str()).cloned();
+                let stores = op_stores.get(name.as_str());
+                if keyed.is_none() && stores.is_none() {
+                    continue;
+                }
+                let store = stores
+                    .map(|s| OperatorStateStore::redistribute(s, chain.parallelism, i))
+                    .unwrap_or_default();
+                r.operators.insert(name.clone(), (keyed, store));
+            }
+            subtasks.push(r);
+        }
+        // Channel state: same chain, same parallelism.
+        for st in cp.states.iter().filter(|s| !s.channel_state.is_empty()) {
+            if st.chain != chain.name() {
+                continue;
+            }
+            if st.chain_index != ci || st.parallelism != chain.parallelism {
+                return Err(Error::Restore(format!(
+                    "checkpoint {} holds in-flight data of '{}' at parallelism {}; it can only be restored with the same job graph and parallelism",
+                    cp.dir.display(),
+                    st.chain,
+                    st.parallelism
+                )));
+            }
+            subtasks[st.subtask].channel_state = st.channel_state.clone();
+        }
+        out.push(subtasks);
+    }
+    let placed: usize = out.iter().flatten().map(|r| r.channel_state.len()).sum();
+    let stored: usize = cp.states.iter().map(|s| s.channel_state.len()).sum();
+    if placed != stored {
+        return Err(Error::Restore(format!(
+            "checkpoint {} holds in-flight data for operator chains this job does not have",
+            cp.dir.display()
+        )));
+    }
+    Ok(out)
+}
