@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use weir::cli::{human_rate, ConfArgs};
+use weir::cli::{human_rate, print_checkpoints, ConfArgs};
 use weir::operators::text::generated_lines;
 use weir::prelude::*;
 use weir::runtime::config::options;
@@ -102,11 +102,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     let top = wordcount(&lines, args.output.as_deref())?;
 
     let mut job = env.execute_async("wordcount")?;
+    if let Some((dir, id)) = job.restored_from() {
+        eprintln!("restored from checkpoint {id} ({})", dir.display());
+    }
+    let mut checkpoints_seen = 0;
     let interval = env.conf().get(&options::PROGRESS_INTERVAL);
     let (mut last_words, mut last_time) = (0u64, Instant::now());
     let mut next_report = interval;
     while !job.is_done() {
         std::thread::sleep(Duration::from_millis(10));
+        if !args.quiet {
+            checkpoints_seen = print_checkpoints(&job.checkpoint_stats(), checkpoints_seen);
+        }
         if !args.quiet && job.elapsed() >= next_report {
             next_report += interval;
             let words = words_counted(&job.metrics());
@@ -120,6 +127,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let result = job.wait()?;
+    if !args.quiet {
+        print_checkpoints(&result.checkpoints, checkpoints_seen);
+    }
     let total = words_counted(&result.operators);
     println!("top 10 words:");
     for (w, c) in top.top(10) {

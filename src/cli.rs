@@ -13,14 +13,54 @@ pub struct ConfArgs {
     /// Sets a configuration option, e.g. -D parallelism.default=2 (repeatable).
     #[arg(short = 'D', value_name = "KEY=VALUE")]
     pub dynamic: Vec<String>,
+    /// Restores from a checkpoint: a chk-<n> directory, or a job directory
+    /// (its latest complete checkpoint). Same as -D execution.state-recovery.path=PATH.
+    #[arg(short = 's', long = "from-checkpoint", value_name = "PATH")]
+    pub from_checkpoint: Option<std::path::PathBuf>,
 }
 
 impl ConfArgs {
     /// Loads the configuration: defaults, `conf/weir.yaml` (or `$WEIR_CONF_DIR/weir.yaml`),
-    /// `WEIR_*` environment variables, then the `-D` options.
+    /// `WEIR_*` environment variables, then the `-D` options, then `-s`.
     pub fn load(&self) -> Result<Conf, ConfigError> {
-        Conf::load(&self.dynamic)
+        let mut dynamic = self.dynamic.clone();
+        if let Some(p) = &self.from_checkpoint {
+            dynamic.push(format!("execution.state-recovery.path={}", p.display()));
+        }
+        Conf::load(&dynamic)
     }
+}
+
+/// Prints one line per checkpoint that completed or failed since `seen`
+/// (the highest id already printed); returns the new highest id.
+pub fn print_checkpoints(stats: &[weir_runtime::checkpoint::CheckpointStats], seen: u64) -> u64 {
+    use weir_runtime::checkpoint::CheckpointStatus;
+    let mut high = seen;
+    for s in stats.iter().filter(|s| s.id > seen) {
+        match s.status {
+            CheckpointStatus::InProgress => break,
+            CheckpointStatus::Completed => eprintln!(
+                "checkpoint {} completed in {:.1} ms, {} bytes{}",
+                s.id,
+                s.end_to_end_duration,
+                s.checkpointed_size,
+                if s.persisted_data > 0 {
+                    format!(" ({} bytes in flight)", s.persisted_data)
+                } else {
+                    String::new()
+                }
+            ),
+            CheckpointStatus::Failed => {
+                eprintln!(
+                    "checkpoint {} failed: {}",
+                    s.id,
+                    s.failure_message.as_deref().unwrap_or("unknown")
+                )
+            }
+        }
+        high = s.id;
+    }
+    high
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default: warnings and errors).

@@ -628,7 +628,7 @@ pub mod options {
         "execution.checkpointing.externalized-checkpoint-retention",
         "RETAIN_ON_CANCELLATION",
         Kind::Enum(&["RETAIN_ON_CANCELLATION", "DELETE_ON_CANCELLATION"]),
-        "whether a cancelled job's checkpoints are kept (a finished job's are deleted)",
+        "whether a cancelled job's checkpoints are kept (a finished or failed job keeps them)",
     );
     /// Restore path.
     pub const RECOVERY_PATH: ConfigOption<String> = ConfigOption::new(

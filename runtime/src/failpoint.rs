@@ -3,10 +3,11 @@
 //! and a test arms a point to make it fail there.
 //!
 //! Arm points with [`arm`] in-process, or for a whole process with the
-//! environment variable `WEIR_FAILPOINTS=name=action[,name=action...]` where
-//! action is `error` (the operation returns an error), `panic`, or `exit`
-//! (the process exits at once with status 86, like a crash: nothing is
-//! flushed or cleaned up). An unarmed point costs one relaxed atomic load.
+//! environment variable `WEIR_FAILPOINTS=name=action[@n][,name=action...]`
+//! where action is `error` (the operation returns an error), `panic`, or
+//! `exit` (the process exits at once with status 86, like a crash: nothing is
+//! flushed or cleaned up), and `@n` fires only on the n-th time the point is
+//! passed (default: every time). An unarmed point costs one relaxed atomic load.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,19 +31,26 @@ pub enum Action {
 
 static ANY: AtomicBool = AtomicBool::new(false);
 
-fn points() -> &'static Mutex<HashMap<String, Action>> {
-    static P: OnceLock<Mutex<HashMap<String, Action>>> = OnceLock::new();
+/// An armed point: its action, the hit that fires it (0: every hit), hits so far.
+type Armed = (Action, u64, u64);
+
+fn points() -> &'static Mutex<HashMap<String, Armed>> {
+    static P: OnceLock<Mutex<HashMap<String, Armed>>> = OnceLock::new();
     P.get_or_init(|| {
         let mut m = HashMap::new();
         if let Ok(spec) = std::env::var(ENV) {
             for item in spec.split(',').filter(|s| !s.is_empty()) {
                 let (name, action) = item.split_once('=').unwrap_or((item, "error"));
+                let (action, nth) = match action.split_once('@') {
+                    Some((a, n)) => (a, n.parse().unwrap_or(0)),
+                    None => (action, 0),
+                };
                 let action = match action {
                     "panic" => Action::Panic,
                     "exit" => Action::Exit,
                     _ => Action::Error,
                 };
-                m.insert(name.to_string(), action);
+                m.insert(name.to_string(), (action, nth, 0));
             }
         }
         if !m.is_empty() {
@@ -57,7 +65,7 @@ pub fn arm(name: &str, action: Action) {
     points()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(name.to_string(), action);
+        .insert(name.to_string(), (action, 0, 0));
     ANY.store(true, Ordering::Relaxed);
 }
 
@@ -72,14 +80,20 @@ pub fn disarm(name: &str) {
 /// Passes through the point `name`: fails as armed, else returns `Ok`.
 #[inline]
 pub fn hit(name: &str) -> Result<()> {
-    if !ANY.load(Ordering::Relaxed) && std::env::var_os(ENV).is_none() {
+    let points = points();
+    if !ANY.load(Ordering::Relaxed) {
         return Ok(());
     }
-    let action = points()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(name)
-        .copied();
+    let action = {
+        let mut p = points.lock().unwrap_or_else(|p| p.into_inner());
+        match p.get_mut(name) {
+            Some((action, nth, hits)) => {
+                *hits += 1;
+                (*nth == 0 || *hits == *nth).then_some(*action)
+            }
+            None => None,
+        }
+    };
     match action {
         None => Ok(()),
         Some(Action::Error) => Err(Error::Injected(name.to_string())),

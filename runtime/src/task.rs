@@ -300,6 +300,7 @@ struct Runner<'a> {
     captures: BTreeMap<u64, UnalignedCapture>,
     /// The highest checkpoint id snapshotted here.
     last_snapshot: u64,
+    batches_since_yield: u32,
 }
 
 impl<'a> Runner<'a> {
@@ -326,6 +327,7 @@ impl<'a> Runner<'a> {
             counting: BTreeMap::new(),
             captures: BTreeMap::new(),
             last_snapshot: 0,
+            batches_since_yield: 0,
         }
     }
 
@@ -407,7 +409,7 @@ impl<'a> Runner<'a> {
                 push(self.spec, 0, b).await?;
             }
             match status {
-                SourceStatus::More => tokio::task::consume_budget().await,
+                SourceStatus::More => self.maybe_yield().await,
                 SourceStatus::Idle(d) => {
                     flush(self.spec).await?;
                     let control = &mut self.control;
@@ -478,11 +480,23 @@ impl<'a> Runner<'a> {
                 Some((i, Event::Batch(b))) => {
                     self.capture(i, &b)?;
                     push(self.spec, 0, b).await?;
+                    self.maybe_yield().await;
                 }
                 Some((i, Event::Barrier(b))) => self.on_barrier(i, b).await?,
                 Some((i, Event::EndOfStream)) => self.on_input_finished(i).await?,
                 None => {}
             }
+        }
+    }
+
+    /// A busy subtask never waits, so it yields to the scheduler every few
+    /// batches: control (actors, timers, other subtasks on this thread) runs
+    /// within a few batches' time.
+    async fn maybe_yield(&mut self) {
+        self.batches_since_yield += 1;
+        if self.batches_since_yield >= 8 {
+            self.batches_since_yield = 0;
+            tokio::task::yield_now().await;
         }
     }
 

@@ -52,7 +52,9 @@ pub fn reference_counts(dir: &Path) -> BTreeMap<String, u64> {
 }
 
 /// The committed `word<TAB>count` lines of a file sink's directory, per word in
-/// file order (hidden in-progress files are not committed output).
+/// output order: files ordered by (subtask, part number), as the file sink
+/// names them `part-<run>-<subtask>-<part>` (hidden in-progress files are
+/// not committed output).
 pub fn read_output(dir: &Path) -> BTreeMap<String, Vec<u64>> {
     let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -60,7 +62,13 @@ pub fn read_output(dir: &Path) -> BTreeMap<String, Vec<u64>> {
         .map(|e| e.unwrap().path())
         .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
         .collect();
-    files.sort();
+    let key = |p: &PathBuf| -> (u64, u64) {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let parts: Vec<&str> = name.split('-').collect();
+        let n = parts.len();
+        (parts[n - 2].parse().unwrap(), parts[n - 1].parse().unwrap())
+    };
+    files.sort_by_key(key);
     for f in files {
         for line in std::fs::read_to_string(&f).unwrap().lines() {
             let (w, c) = line
@@ -83,8 +91,17 @@ pub fn assert_running_counts(out: &BTreeMap<String, Vec<u64>>, reference: &BTree
     );
     for (w, n) in reference {
         let lines = &out[w];
-        let expected: Vec<u64> = (1..=*n).collect();
-        assert_eq!(lines, &expected, "lines of word {w:?}");
+        if let Some(i) =
+            (0..lines.len().max(*n as usize)).find(|&i| lines.get(i) != Some(&(i as u64 + 1)))
+        {
+            let lo = i.saturating_sub(3);
+            panic!(
+                "word {w:?}: expected counts 1..={n} in order; {} lines, first wrong at line {} (near: {:?})",
+                lines.len(),
+                i + 1,
+                &lines[lo.min(lines.len())..(i + 4).min(lines.len())]
+            );
+        }
     }
 }
 
@@ -94,4 +111,78 @@ pub fn stdout_value(out: &Output, label: &str) -> String {
     s.lines()
         .find_map(|l| l.strip_prefix(label).map(|v| v.trim().to_string()))
         .unwrap_or_else(|| panic!("no '{label}' line in output:\n{s}"))
+}
+
+/// Writes a text corpus of about `words` generated words (plus the real
+/// corpus) into `dir`, in several files; returns the reference counts.
+pub fn write_big_corpus(dir: &Path, words: u64, seed: u64) -> BTreeMap<String, u64> {
+    use weir::operators::text::{generate_line, lines_for_words, Vocabulary};
+    std::fs::create_dir_all(dir).unwrap();
+    let vocab = Vocabulary::zipf(5_000, seed);
+    let lines = lines_for_words(words);
+    let files = 4;
+    let mut line = String::new();
+    for f in 0..files {
+        let mut text = String::new();
+        for i in (f..lines).step_by(files as usize) {
+            generate_line(&vocab, seed, i, &mut line);
+            text.push_str(&line);
+            text.push('\n');
+        }
+        std::fs::write(dir.join(format!("generated-{f}.txt")), text).unwrap();
+    }
+    for e in std::fs::read_dir(corpus_dir()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    reference_counts(dir)
+}
+
+/// The newest complete checkpoint (a valid `_metadata` and state files)
+/// under a checkpoint root `<root>/<job-id>/chk-<n>`.
+pub fn latest_checkpoint(root: &Path) -> Option<PathBuf> {
+    let mut best: Option<(u64, PathBuf)> = None;
+    for job in std::fs::read_dir(root).ok()?.flatten() {
+        for chk in std::fs::read_dir(job.path())
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = chk.file_name().to_string_lossy().into_owned();
+            let Some(id) = name
+                .strip_prefix("chk-")
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if best.as_ref().is_some_and(|(b, _)| *b >= id) {
+                continue;
+            }
+            if weir::runtime::checkpoint::storage::load_checkpoint(&chk.path()).is_ok() {
+                best = Some((id, chk.path()));
+            }
+        }
+    }
+    best.map(|b| b.1)
+}
+
+/// How the committed output compares with the reference: words with missing
+/// counts, and duplicated lines.
+pub fn at_least_once_report(
+    out: &BTreeMap<String, Vec<u64>>,
+    reference: &BTreeMap<String, u64>,
+) -> (Vec<String>, usize) {
+    let mut missing = Vec::new();
+    let mut duplicates = 0;
+    for (w, n) in reference {
+        let lines = out.get(w).cloned().unwrap_or_default();
+        let set: std::collections::BTreeSet<u64> = lines.iter().copied().collect();
+        if (1..=*n).any(|c| !set.contains(&c)) {
+            missing.push(w.clone());
+        }
+        duplicates +=
+            lines.len().saturating_sub(set.len()) + set.iter().filter(|c| **c > *n).count();
+    }
+    (missing, duplicates)
 }

@@ -5,6 +5,8 @@
 //! hidden: `.part-<run>-<subtask>-<n>.inprogress`, where `<run>` is the first
 //! 8 characters of the job id, so runs writing to the same directory never
 //! clash. Readers (and [`crate::source::FileSource`]) skip hidden files.
+//! The part number `<n>` continues across restores, so a subtask's committed
+//! files, ordered by `<n>`, hold its output in order.
 //!
 //! # Two-phase commit
 //! - **Write**: records go to the current in-progress file; at the rolling
@@ -63,6 +65,9 @@ struct PendingFile {
 struct SinkState {
     run: String,
     subtask: usize,
+    /// The next part number: restored, it continues, so part numbers of one
+    /// subtask index grow across restores and sort in output order.
+    next_part: u64,
     pending: Vec<PendingFile>,
 }
 
@@ -230,6 +235,7 @@ impl<T: Data, F: Fn(&T, &mut String) + Send + Sync + 'static> SinkFunction<T> fo
             &[SinkState {
                 run: self.run.clone(),
                 subtask: self.subtask,
+                next_part: self.part,
                 pending: self.pending.clone(),
             }],
         )
@@ -251,6 +257,7 @@ impl<T: Data, F: Fn(&T, &mut String) + Send + Sync + 'static> SinkFunction<T> fo
 
     fn restore_state(&mut self, state: &OperatorStateStore) -> Result<()> {
         for old in state.get_list::<SinkState>(STATE)? {
+            self.part = self.part.max(old.next_part);
             for p in &old.pending {
                 self.commit(&p.in_progress, &p.final_name)?;
             }

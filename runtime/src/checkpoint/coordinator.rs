@@ -12,6 +12,10 @@
 //! subsumed. When every subtask has finished its input, the coordinator takes
 //! the final checkpoint by asking every subtask directly.
 //!
+//! When the job ends: finished, its retained checkpoints (the final one
+//! included) stay, so restoring a finished job re-emits nothing; cancelled,
+//! `externalized-checkpoint-retention` decides; failed, they stay for a restore.
+//!
 //! The decisions are plain functions of the coordinator's state; the only
 //! I/O is writing `_metadata` and deleting directories.
 
@@ -20,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::task::JoinHandle;
 
 use super::storage::CheckpointStorage;
 use super::{
@@ -97,7 +100,6 @@ pub(crate) struct CoordState {
     finished: BTreeSet<usize>,
     final_id: Option<u64>,
     aborted: BTreeSet<u64>,
-    ticker: Option<JoinHandle<()>>,
 }
 
 pub(crate) struct Coordinator;
@@ -300,19 +302,7 @@ impl Actor for Coordinator {
             finished: BTreeSet::new(),
             final_id: None,
             aborted: BTreeSet::new(),
-            ticker: None,
         })
-    }
-
-    async fn post_stop(
-        &self,
-        _: ActorRef<CoordMsg>,
-        state: &mut CoordState,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(t) = state.ticker.take() {
-            t.abort();
-        }
-        Ok(())
     }
 
     async fn handle(
@@ -326,18 +316,17 @@ impl Actor for Coordinator {
                 CoordMsg::Start(tasks) => {
                     state.tasks = tasks;
                     if let Some(interval) = state.args.cfg.interval {
+                        // A thread of its own: busy subtask loops on the runtime's
+                        // workers must not delay the trigger clock.
                         let me = myself.clone();
-                        state.ticker = Some(tokio::spawn(async move {
-                            let mut tick = tokio::time::interval(interval);
-                            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                            tick.tick().await;
-                            loop {
-                                tick.tick().await;
+                        let _ = std::thread::Builder::new()
+                            .name("weir-checkpoint-timer".into())
+                            .spawn(move || loop {
+                                std::thread::sleep(interval);
                                 if me.cast(CoordMsg::Tick).is_err() {
                                     break;
                                 }
-                            }
-                        }));
+                            });
                     }
                 }
                 CoordMsg::Tick => {
@@ -396,7 +385,11 @@ impl Actor for Coordinator {
                 }
                 CoordMsg::Shutdown(end) => {
                     match end {
-                        JobEnd::Finished => state.args.storage.discard_all(),
+                        // A finished job keeps its final checkpoint (and what
+                        // num-retained keeps): a restart after the end, e.g. by a
+                        // supervisor that missed the exit, restores the end state
+                        // and emits nothing twice.
+                        JobEnd::Finished => {}
                         JobEnd::Cancelled if !state.args.cfg.retain_on_cancel => {
                             state.args.storage.discard_all()
                         }
