@@ -68,8 +68,42 @@ pub(crate) struct Channel {
     capacity: usize,
     /// Wakes the sender when space frees up.
     space: Notify,
-    /// Wakes the receiving subtask (shared by all its input channels).
-    gate: Arc<Notify>,
+    /// The sending subtask's signals.
+    sender: Arc<TaskSignals>,
+    /// The receiving subtask's signals.
+    receiver: Arc<TaskSignals>,
+}
+
+/// Wake-ups of one subtask, shared with the channels around it.
+///
+/// `urgent` is raised when an unaligned barrier waits for the subtask (a
+/// trigger at a source, a priority barrier at an input). While it is up the
+/// subtask's sends do not wait for space: the batch in hand goes out at once
+/// (a bounded overshoot of one push), so the subtask gets back to its loop and
+/// takes the barrier instead of sitting behind backpressure.
+#[derive(Default)]
+pub(crate) struct TaskSignals {
+    /// Data or a barrier arrived on an input.
+    pub gate: Notify,
+    /// An unaligned barrier is waiting for this subtask.
+    pub urgent: std::sync::atomic::AtomicBool,
+    /// Wakes a send blocked on a full channel when `urgent` is raised.
+    pub urgent_wake: Notify,
+}
+
+impl TaskSignals {
+    pub(crate) fn raise_urgent(&self) {
+        self.urgent.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.urgent_wake.notify_one();
+    }
+
+    pub(crate) fn take_urgent(&self) -> bool {
+        self.urgent.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn is_urgent(&self) -> bool {
+        self.urgent.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 struct ChannelState {
@@ -92,8 +126,12 @@ pub(crate) struct Rx {
 /// A handle to watch a channel's occupancy without keeping it alive.
 pub(crate) type WeakTx = Weak<Channel>;
 
-/// A new channel holding at most `capacity` data batches, waking `gate` on arrival.
-pub(crate) fn channel(capacity: usize, gate: Arc<Notify>) -> (Tx, Rx) {
+/// A new channel holding at most `capacity` data batches from `sender` to `receiver`.
+pub(crate) fn channel(
+    capacity: usize,
+    sender: Arc<TaskSignals>,
+    receiver: Arc<TaskSignals>,
+) -> (Tx, Rx) {
     let ch = Arc::new(Channel {
         state: Mutex::new(ChannelState {
             queue: VecDeque::with_capacity(capacity + 4),
@@ -103,7 +141,8 @@ pub(crate) fn channel(capacity: usize, gate: Arc<Notify>) -> (Tx, Rx) {
         }),
         capacity,
         space: Notify::new(),
-        gate,
+        sender,
+        receiver,
     });
     (Tx { ch: ch.clone() }, Rx { ch })
 }
@@ -121,25 +160,48 @@ impl Tx {
     pub(crate) async fn send_batch(&self, batch: AnyBatch) -> Result<()> {
         let mut batch = Some(batch);
         loop {
-            let notified = self.ch.space.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            let space = self.ch.space.notified();
+            let urgent = self.ch.sender.urgent_wake.notified();
+            tokio::pin!(space);
+            tokio::pin!(urgent);
+            space.as_mut().enable();
+            urgent.as_mut().enable();
             {
                 let mut st = lock(&self.ch);
                 if !st.receiver_alive {
                     return Err(disconnected());
                 }
-                if st.batches < self.ch.capacity {
+                if st.batches < self.ch.capacity || self.ch.sender.is_urgent() {
                     st.queue
                         .push_back(Event::Batch(batch.take().unwrap_or_else(|| Box::new(()))));
                     st.batches += 1;
                     drop(st);
-                    self.ch.gate.notify_one();
+                    self.ch.receiver.gate.notify_one();
                     return Ok(());
                 }
             }
-            notified.await;
+            tokio::select! {
+                _ = &mut space => {}
+                _ = &mut urgent => {
+                    // Keep the wake-up for a later wait of this subtask.
+                    self.ch.sender.urgent_wake.notify_one();
+                }
+            }
         }
+    }
+
+    /// Sends a data batch without waiting for space (batches that must
+    /// precede an unaligned barrier).
+    pub(crate) fn send_batch_now(&self, batch: AnyBatch) -> Result<()> {
+        let mut st = lock(&self.ch);
+        if !st.receiver_alive {
+            return Err(disconnected());
+        }
+        st.queue.push_back(Event::Batch(batch));
+        st.batches += 1;
+        drop(st);
+        self.ch.receiver.gate.notify_one();
+        Ok(())
     }
 
     /// Sends a control event (aligned barrier, end of stream) behind the data, without waiting.
@@ -150,7 +212,7 @@ impl Tx {
         }
         st.queue.push_back(ev);
         drop(st);
-        self.ch.gate.notify_one();
+        self.ch.receiver.gate.notify_one();
         Ok(())
     }
 
@@ -174,7 +236,8 @@ impl Tx {
             .count();
         st.queue.insert(at, Event::Barrier(barrier));
         drop(st);
-        self.ch.gate.notify_one();
+        self.ch.receiver.raise_urgent();
+        self.ch.receiver.gate.notify_one();
         Ok(())
     }
 
@@ -186,11 +249,43 @@ impl Tx {
 impl Drop for Tx {
     fn drop(&mut self) {
         lock(&self.ch).sender_alive = false;
-        self.ch.gate.notify_one();
+        self.ch.receiver.gate.notify_one();
     }
 }
 
 impl Rx {
+    /// Serializes the first `k` data batches queued now, without taking them:
+    /// the batches an unaligned barrier overtook become channel state at once.
+    pub(crate) fn peek_encode(
+        &self,
+        k: usize,
+        encode: crate::record::EncodeFn,
+    ) -> Result<Vec<Vec<u8>>> {
+        let st = lock(&self.ch);
+        st.queue
+            .iter()
+            .filter_map(|e| match e {
+                Event::Batch(b) => Some(b),
+                _ => None,
+            })
+            .take(k)
+            .map(encode)
+            .collect()
+    }
+
+    /// An unaligned barrier at the front of the queue, if there is one.
+    pub(crate) fn try_recv_priority(&self) -> Option<Barrier> {
+        let mut st = lock(&self.ch);
+        match st.queue.front() {
+            Some(Event::Barrier(b)) if b.unaligned => {
+                let b = *b;
+                st.queue.pop_front();
+                Some(b)
+            }
+            _ => None,
+        }
+    }
+
     /// The next event if one is queued; `Err` if the sender is gone and nothing is left.
     pub(crate) fn try_recv(&self) -> Result<Option<Event>> {
         let mut st = lock(&self.ch);
@@ -384,7 +479,17 @@ impl OutputEdge {
     /// partial buffers are flushed first. Unaligned barriers overtake the
     /// batches queued in the channels.
     pub(crate) async fn barrier(&mut self, barrier: Barrier) -> Result<()> {
-        self.flush().await?;
+        if barrier.unaligned {
+            // Records routed before the snapshot precede the barrier: they go
+            // out now, whatever the channel's occupancy, then the barrier
+            // overtakes everything queued.
+            self.partition.flush(&mut self.ready);
+            for (ch, b) in self.ready.drain(..) {
+                self.senders[ch].send_batch_now(b)?;
+            }
+        } else {
+            self.flush().await?;
+        }
         for s in &self.senders {
             if barrier.unaligned {
                 s.send_priority(barrier)?;
@@ -409,7 +514,7 @@ impl OutputEdge {
 /// barrier until all inputs have).
 pub(crate) struct InputGate {
     inputs: Vec<Rx>,
-    notify: Arc<Notify>,
+    signals: Arc<TaskSignals>,
     finished: Vec<bool>,
     blocked: Vec<bool>,
     open: usize,
@@ -417,11 +522,11 @@ pub(crate) struct InputGate {
 }
 
 impl InputGate {
-    pub(crate) fn new(inputs: Vec<Rx>, notify: Arc<Notify>) -> Self {
+    pub(crate) fn new(inputs: Vec<Rx>, signals: Arc<TaskSignals>) -> Self {
         let n = inputs.len();
         InputGate {
             inputs,
-            notify,
+            signals,
             finished: vec![false; n],
             blocked: vec![false; n],
             open: n,
@@ -454,6 +559,24 @@ impl InputGate {
         self.blocked.iter_mut().for_each(|b| *b = false);
     }
 
+    /// The first `k` data batches queued on input `i`, serialized, left in place.
+    pub(crate) fn peek_encode(
+        &self,
+        i: usize,
+        k: usize,
+        encode: crate::record::EncodeFn,
+    ) -> Result<Vec<Vec<u8>>> {
+        self.inputs[i].peek_encode(k, encode)
+    }
+
+    /// An unaligned barrier waiting at the front of any unfinished input
+    /// (blocked or not): these are taken before anything else.
+    pub(crate) fn take_priority(&mut self) -> Option<(usize, Barrier)> {
+        (0..self.inputs.len())
+            .filter(|&i| !self.finished[i])
+            .find_map(|i| self.inputs[i].try_recv_priority().map(|b| (i, b)))
+    }
+
     /// The next event of an unblocked, unfinished input, if one is queued.
     pub(crate) fn try_next(&mut self) -> Result<Option<(usize, Event)>> {
         let n = self.inputs.len();
@@ -481,9 +604,9 @@ impl InputGate {
         wake: impl std::future::Future<Output = ()>,
     ) -> Result<Option<(usize, Event)>> {
         tokio::pin!(wake);
-        let notify = self.notify.clone();
+        let signals = self.signals.clone();
         loop {
-            let notified = notify.notified();
+            let notified = signals.gate.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Some(ev) = self.try_next()? {

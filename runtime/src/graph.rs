@@ -21,14 +21,13 @@ use std::sync::Arc;
 
 use crate::channel::{
     channel, Broadcast, Forward, InputGate, OutputEdge, PartitionFactory, PartitionSetup,
-    Rebalance, Rx, WeakTx,
+    Rebalance, Rx, TaskSignals, WeakTx,
 };
 use crate::checkpoint::restore::SubtaskRestore;
 use crate::config::{options, Conf};
 use crate::operator::{ChainOp, OpFactory, RuntimeContext, SourceFactory, SourceOp};
 use crate::record::{CloneFn, DecodeFn, EncodeFn, LenFn};
 use crate::{Error, Result};
-use tokio::sync::Notify;
 
 /// How records leave a node on an edge, as the user asked for it.
 #[derive(Clone)]
@@ -312,6 +311,7 @@ pub(crate) struct SubtaskSpec {
     pub subtask: usize,
     pub parallelism: usize,
     pub input_codec: Option<(EncodeFn, DecodeFn)>,
+    pub signals: Arc<TaskSignals>,
     pub restore: Option<SubtaskRestore>,
     pub head: Head,
     pub ops: Vec<ChainedOp>,
@@ -348,13 +348,13 @@ pub(crate) fn instantiate(
         .iter()
         .map(|c| (0..c.parallelism).map(|_| Vec::new()).collect())
         .collect();
-    // One wake-up signal per receiving subtask, shared by its input channels.
-    let gates: Vec<Vec<Arc<Notify>>> = plan
+    // Wake-up signals per subtask, shared with the channels around it.
+    let gates: Vec<Vec<Arc<TaskSignals>>> = plan
         .chains
         .iter()
         .map(|c| {
             (0..c.parallelism)
-                .map(|_| Arc::new(Notify::new()))
+                .map(|_| Arc::new(TaskSignals::default()))
                 .collect()
         })
         .collect();
@@ -375,7 +375,11 @@ pub(crate) fn instantiate(
             .ok_or_else(|| Error::Internal("channel without a logical edge".into()))?;
         if ch.ship == ShipStrategy::Forward {
             for i in 0..pa {
-                let (tx, rx) = channel(capacity, gates[ch.to_chain][i].clone());
+                let (tx, rx) = channel(
+                    capacity,
+                    gates[ch.from_chain][i].clone(),
+                    gates[ch.to_chain][i].clone(),
+                );
                 watch.push(tx.watch());
                 inputs[ch.to_chain][i].push(rx);
                 outputs[ch.from_chain][i].push(OutputEdge::new(Box::new(Forward), vec![tx]));
@@ -385,7 +389,11 @@ pub(crate) fn instantiate(
         for (i, outs) in outputs[ch.from_chain].iter_mut().enumerate() {
             let mut senders = Vec::with_capacity(pb);
             for (j, ins) in inputs[ch.to_chain].iter_mut().enumerate() {
-                let (tx, rx) = channel(capacity, gates[ch.to_chain][j].clone());
+                let (tx, rx) = channel(
+                    capacity,
+                    gates[ch.from_chain][i].clone(),
+                    gates[ch.to_chain][j].clone(),
+                );
                 watch.push(tx.watch());
                 senders.push(tx);
                 ins.push(rx);
@@ -456,6 +464,7 @@ pub(crate) fn instantiate(
                 subtask: i,
                 parallelism: chain.parallelism,
                 input_codec: head_node.in_codec,
+                signals: gates[c][i].clone(),
                 restore: restore.as_mut().map(|r| std::mem::take(&mut r[c][i])),
                 head,
                 ops,

@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::task::JoinHandle;
 
 use crate::channel::{Barrier, Event, InputGate};
 use crate::checkpoint::coordinator::{Ack, CoordMsg};
@@ -117,9 +116,18 @@ pub(crate) struct SubtaskArgs {
 
 pub(crate) struct SubtaskActorState {
     args: Option<SubtaskArgs>,
+    /// Raised when a trigger arrives for an unaligned checkpoint, so a
+    /// source blocked by backpressure takes it at once.
+    urgent: Option<Arc<crate::channel::TaskSignals>>,
     control: UnboundedSender<Control>,
     control_rx: Option<UnboundedReceiver<Control>>,
-    task: Option<JoinHandle<()>>,
+    task: Option<LoopHandle>,
+}
+
+/// The processing loop's thread; aborting stops the loop at its next await.
+pub(crate) struct LoopHandle {
+    abort: futures::future::AbortHandle,
+    _thread: std::thread::JoinHandle<()>,
 }
 
 impl Actor for SubtaskActor {
@@ -133,7 +141,13 @@ impl Actor for SubtaskActor {
         args: SubtaskArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let (control, rx) = unbounded_channel();
+        let urgent = args
+            .checkpoint
+            .as_ref()
+            .filter(|c| c.mode == BarrierMode::Unaligned)
+            .map(|_| args.spec.signals.clone());
         Ok(SubtaskActorState {
+            urgent,
             args: Some(args),
             control,
             control_rx: Some(rx),
@@ -148,21 +162,25 @@ impl Actor for SubtaskActor {
     ) -> Result<(), ActorProcessingErr> {
         let args = state.args.take().ok_or("subtask started twice")?;
         let control = state.control_rx.take().ok_or("subtask started twice")?;
-        state.task = Some(tokio::spawn(async move {
+        let main = tokio::runtime::Handle::current();
+        let name = format!("{} ({})", args.spec.chain, args.spec.subtask);
+        let (abort, registration) = futures::future::AbortHandle::new_pair();
+        let body = async move {
             let SubtaskArgs {
                 mut spec,
                 shared,
                 checkpoint,
             } = args;
-            let name = format!("{} ({})", spec.chain, spec.subtask);
             // `spec` (with its channel ends) outlives the failure record, so a
             // neighbour that sees this subtask's channels close finds the root
             // cause already recorded.
-            let outcome = Runner::new(&mut spec, checkpoint, control).run().await;
+            let outcome = Runner::new(&mut spec, checkpoint, control, main)
+                .run()
+                .await;
             let msg = match outcome {
                 Ok(()) => Ok(()),
                 Err(e) => {
-                    tracing::debug!(subtask = %name, error = %e, "subtask failed");
+                    tracing::debug!(subtask = %spec.chain, index = spec.subtask, error = %e, "subtask failed");
                     let text = e.to_string();
                     shared.record_failure(e);
                     Err(text)
@@ -170,7 +188,36 @@ impl Actor for SubtaskActor {
             };
             drop(spec);
             let _ = myself.cast(SubtaskMsg::LoopEnded(msg));
-        }));
+        };
+        // The processing loop runs on a thread of its own (Flink's task
+        // thread): user code that blocks or spins delays only its own
+        // subtask, never the actors, the coordinator or other subtasks.
+        let thread = std::thread::Builder::new()
+            .name(format!(
+                "weir-{}",
+                name.chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .take(12)
+                    .collect::<String>()
+            ))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match rt {
+                    Ok(rt) => {
+                        let _ = rt.block_on(futures::future::Abortable::new(body, registration));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a subtask thread's runtime")
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start subtask thread: {e}"))?;
+        state.task = Some(LoopHandle {
+            abort,
+            _thread: thread,
+        });
         Ok(())
     }
 
@@ -186,7 +233,13 @@ impl Actor for SubtaskActor {
                 return Ok(());
             }
             SubtaskMsg::LoopEnded(Err(e)) => return Err(e.into()),
-            SubtaskMsg::Trigger(b) => Control::Trigger(b),
+            SubtaskMsg::Trigger(b) => {
+                let _ = state.control.send(Control::Trigger(b));
+                if let Some(u) = &state.urgent {
+                    u.raise_urgent();
+                }
+                return Ok(());
+            }
             SubtaskMsg::FinalCheckpoint(b) => Control::FinalCheckpoint(b),
             SubtaskMsg::Complete(id) => Control::Complete(id),
             SubtaskMsg::Abort(id) => Control::Abort(id),
@@ -201,7 +254,7 @@ impl Actor for SubtaskActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = state.task.take() {
-            t.abort();
+            t.abort.abort();
         }
         Ok(())
     }
@@ -262,10 +315,10 @@ enum Wake {
 /// Capture progress of one input for one unaligned checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Capture {
-    /// The input's barrier has not arrived: every batch is channel state.
+    /// The input's barrier has not arrived: every batch taken is channel state.
     All,
-    /// The barrier arrived having overtaken this many batches, still to capture.
-    Next(usize),
+    /// The barrier arrived; the batches it overtook were captured from the
+    /// queue (without waiting for them to be processed).
     Done,
 }
 
@@ -301,6 +354,8 @@ struct Runner<'a> {
     /// The highest checkpoint id snapshotted here.
     last_snapshot: u64,
     batches_since_yield: u32,
+    /// The job's runtime: uploads run there, off this subtask's thread.
+    main: tokio::runtime::Handle,
 }
 
 impl<'a> Runner<'a> {
@@ -308,12 +363,13 @@ impl<'a> Runner<'a> {
         spec: &'a mut SubtaskSpec,
         link: Option<CheckpointLink>,
         control: UnboundedReceiver<Control>,
+        main: tokio::runtime::Handle,
     ) -> Self {
         let head = std::mem::replace(
             &mut spec.head,
             Head::Input(InputGate::new(
                 Vec::new(),
-                Arc::new(tokio::sync::Notify::new()),
+                Arc::new(crate::channel::TaskSignals::default()),
             )),
         );
         let mode = link.as_ref().map_or(BarrierMode::Aligned, |l| l.mode);
@@ -328,6 +384,7 @@ impl<'a> Runner<'a> {
             captures: BTreeMap::new(),
             last_snapshot: 0,
             batches_since_yield: 0,
+            main,
         }
     }
 
@@ -389,6 +446,7 @@ impl<'a> Runner<'a> {
     /// Returns false if the loop should end without finishing (never today).
     async fn run_source(&mut self) -> Result<bool> {
         loop {
+            self.spec.signals.take_urgent();
             while let Ok(c) = self.control.try_recv() {
                 self.on_control(c).await?;
             }
@@ -439,6 +497,15 @@ impl<'a> Runner<'a> {
             if gate.is_finished() {
                 return Ok(true);
             }
+            if self.spec.signals.take_urgent() {
+                // Unaligned barriers first, ahead of everything queued.
+                while let Some((i, b)) = self.take_priority() {
+                    self.on_barrier(i, b).await?;
+                }
+            }
+            let Head::Input(gate) = &mut self.head else {
+                return Err(Error::Internal("input loop without an input gate".into()));
+            };
             let ev = match gate.try_next()? {
                 Some(ev) => Some(ev),
                 None => {
@@ -497,6 +564,13 @@ impl<'a> Runner<'a> {
         if self.batches_since_yield >= 8 {
             self.batches_since_yield = 0;
             tokio::task::yield_now().await;
+        }
+    }
+
+    fn take_priority(&mut self) -> Option<(usize, Barrier)> {
+        match &mut self.head {
+            Head::Input(g) => g.take_priority(),
+            Head::Source { .. } => None,
         }
     }
 
@@ -581,6 +655,7 @@ impl<'a> Runner<'a> {
         &mut self,
         b: Barrier,
         inputs: Vec<Capture>,
+        channel: Vec<Vec<Vec<u8>>>,
         first_at: Instant,
         start_delay: f64,
     ) -> Result<()> {
@@ -593,10 +668,9 @@ impl<'a> Runner<'a> {
             ..b
         })
         .await?;
-        let n = inputs.len();
         let cap = UnalignedCapture {
             inputs,
-            channel: vec![Vec::new(); n],
+            channel,
             operators,
             stats: SubtaskCheckpointStats {
                 sync_duration: sync.as_secs_f64() * 1e3,
@@ -644,22 +718,8 @@ impl<'a> Runner<'a> {
             return Ok(());
         }
         let mut encoded: Option<Vec<u8>> = None;
-        let mut changed = false;
         for c in self.captures.values_mut() {
-            let take = match c.inputs[i] {
-                Capture::All => true,
-                Capture::Next(k) => {
-                    c.inputs[i] = if k <= 1 {
-                        Capture::Done
-                    } else {
-                        Capture::Next(k - 1)
-                    };
-                    changed |= k <= 1;
-                    true
-                }
-                Capture::Done => false,
-            };
-            if take {
+            if c.inputs[i] == Capture::All {
                 if encoded.is_none() {
                     let enc = self
                         .spec
@@ -670,9 +730,6 @@ impl<'a> Runner<'a> {
                 }
                 c.channel[i].push(encoded.clone().unwrap_or_default());
             }
-        }
-        if changed {
-            self.finish_captures();
         }
         Ok(())
     }
@@ -773,13 +830,29 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// The batches barrier `b` overtook on input `i`, serialized from the queue.
+    fn overtaken(&self, i: usize, b: &Barrier) -> Result<Vec<Vec<u8>>> {
+        if b.overtaken == 0 {
+            return Ok(Vec::new());
+        }
+        let enc = self
+            .spec
+            .input_codec
+            .ok_or_else(|| Error::Internal("capture without a codec".into()))?
+            .0;
+        match &self.head {
+            Head::Input(g) => g.peek_encode(i, b.overtaken, enc),
+            Head::Source { .. } => Ok(Vec::new()),
+        }
+    }
+
     async fn unaligned_barrier(&mut self, i: usize, b: Barrier, delay: f64) -> Result<()> {
-        if let Some(c) = self.captures.get_mut(&b.id) {
-            c.inputs[i] = if b.overtaken > 0 {
-                Capture::Next(b.overtaken)
-            } else {
-                Capture::Done
-            };
+        if self.captures.contains_key(&b.id) {
+            let bytes = self.overtaken(i, &b)?;
+            if let Some(c) = self.captures.get_mut(&b.id) {
+                c.channel[i].extend(bytes);
+                c.inputs[i] = Capture::Done;
+            }
             self.finish_captures();
             return Ok(());
         }
@@ -794,22 +867,21 @@ impl<'a> Runner<'a> {
         if let Head::Input(gate) = &mut self.head {
             gate.unblock_all();
         }
+        let overtaken = self.overtaken(i, &b)?;
         let inputs = (0..self.num_inputs())
             .map(|j| {
-                if j == i {
-                    if b.overtaken > 0 {
-                        Capture::Next(b.overtaken)
-                    } else {
-                        Capture::Done
-                    }
-                } else if arrived[j] || self.input_finished(j) {
+                if j == i || arrived[j] || self.input_finished(j) {
                     Capture::Done
                 } else {
                     Capture::All
                 }
             })
             .collect();
-        self.checkpoint_unaligned(b, inputs, first_at, start_delay)
+        let mut channel = vec![Vec::new(); self.num_inputs()];
+        if let Some(c) = channel.get_mut(i) {
+            *c = overtaken;
+        }
+        self.checkpoint_unaligned(b, inputs, channel, first_at, start_delay)
             .await
     }
 
@@ -834,7 +906,8 @@ impl<'a> Runner<'a> {
             id = a.barrier.id,
             "alignment timed out; switching to unaligned"
         );
-        self.checkpoint_unaligned(a.barrier, inputs, a.first_at, a.start_delay)
+        let channel = vec![Vec::new(); self.num_inputs()];
+        self.checkpoint_unaligned(a.barrier, inputs, channel, a.first_at, a.start_delay)
             .await
     }
 
@@ -920,7 +993,7 @@ impl<'a> Runner<'a> {
         let task = self.spec.task_index;
         stats.task = self.spec.chain.clone();
         stats.index = self.spec.subtask;
-        tokio::spawn(async move {
+        self.main.spawn(async move {
             let t0 = Instant::now();
             let (chain, chain_index, subtask) =
                 (state.chain.clone(), state.chain_index, state.subtask);

@@ -177,6 +177,10 @@ impl CoordState {
     /// Aborts `id`; returns an error when the failure tolerance is exceeded.
     fn abort(&mut self, id: u64, reason: &str, counts: bool) -> Result<(), Error> {
         let Some(p) = self.pending.remove(&id) else {
+            if self.aborted.contains(&id) {
+                // A late upload of an aborted checkpoint: remove what it wrote.
+                self.args.storage.discard(id);
+            }
             return Ok(());
         };
         tracing::warn!(id, reason, "checkpoint aborted");

@@ -184,8 +184,10 @@ impl CheckpointStorage {
         let _ = fs::remove_file(dir.join("_metadata"));
         sync_dir(&dir);
         if let Err(e) = fs::remove_dir_all(&dir) {
+            // A late upload may still be writing into an aborted checkpoint; its
+            // acknowledgement or decline deletes the directory again.
             if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot delete checkpoint directory");
+                tracing::debug!(dir = %dir.display(), error = %e, "checkpoint directory not deleted yet");
             }
         }
     }

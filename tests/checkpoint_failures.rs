@@ -1,0 +1,309 @@
+//! Crashes at named points of the checkpoint protocol, corrupt checkpoint
+//! files, and the coordinator's failure handling, observed as a user would:
+//! through the wordcount example's exit status, messages and output files.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+fn words() -> &'static str {
+    if cfg!(debug_assertions) {
+        "300000"
+    } else {
+        "3000000"
+    }
+}
+
+fn wordcount(
+    out: &Path,
+    ckpt: &Path,
+    extra: &[&str],
+    failpoints: Option<&str>,
+    restore: Option<&Path>,
+) -> Output {
+    let mut cmd = Command::new(example("wordcount"));
+    cmd.args([
+        "--words",
+        words(),
+        "--vocabulary",
+        "3000",
+        "--output",
+        out.to_str().unwrap(),
+        "-p",
+        "2",
+        "-q",
+    ])
+    .args([
+        "-D",
+        &format!("execution.checkpointing.dir={}", ckpt.display()),
+    ])
+    .args(["-D", "execution.checkpointing.interval=20ms"])
+    .args(extra)
+    .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if let Some(f) = failpoints {
+        cmd.env("WEIR_FAILPOINTS", f);
+    }
+    if let Some(r) = restore {
+        cmd.args(["-s", r.to_str().unwrap()]);
+    }
+    cmd.output().unwrap()
+}
+
+fn reference() -> std::collections::BTreeMap<String, u64> {
+    use weir::operators::text::{generate_line, lines_for_words, words_reference, Vocabulary};
+    let n: u64 = words().parse().unwrap();
+    let vocab = Vocabulary::zipf(3000, 42);
+    let mut counts = std::collections::BTreeMap::new();
+    let mut line = String::new();
+    for i in 0..lines_for_words(n) {
+        generate_line(&vocab, 42, i, &mut line);
+        for w in words_reference(&line) {
+            *counts.entry(w).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn job_dir(ckpt: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(ckpt)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+fn chk_ids(job: &Path) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(job)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix("chk-")
+                .and_then(|n| n.parse().ok())
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A crash (process exit) at `point` on its n-th pass, then a restore from the
+/// job directory and a run to the end: the output is exactly once.
+fn crash_then_restore(point: &str, nth: u32) {
+    let reference = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let (out, ckpt) = (dir.path().join("out"), dir.path().join("ckpt"));
+    let crashed = wordcount(&out, &ckpt, &[], Some(&format!("{point}=exit@{nth}")), None);
+    assert_eq!(
+        crashed.status.code(),
+        Some(86),
+        "{point}: {}",
+        String::from_utf8_lossy(&crashed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&crashed.stderr)
+        .contains(&format!("failure injected at '{point}'")));
+    let job = job_dir(&ckpt);
+    let restored = wordcount(&out, &dir.path().join("ckpt2"), &[], None, Some(&job));
+    assert!(
+        restored.status.success(),
+        "{point}: {}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&restored.stderr);
+    assert!(stderr.contains("restored from checkpoint"), "{stderr}");
+    assert_running_counts(&read_output(&out), &reference);
+}
+
+#[test]
+fn crash_after_metadata_temp_file_before_rename() {
+    // chk-3 has `_metadata.inprogress` only: incomplete, skipped; chk-2 is used.
+    let dir = tempfile::tempdir().unwrap();
+    let (out, ckpt) = (dir.path().join("out"), dir.path().join("ckpt"));
+    let crashed = wordcount(
+        &out,
+        &ckpt,
+        &["-D", "execution.checkpointing.num-retained=5"],
+        Some("after-metadata-write=exit@3"),
+        None,
+    );
+    assert_eq!(crashed.status.code(), Some(86));
+    let job = job_dir(&ckpt);
+    assert!(job.join("chk-3/_metadata.inprogress").exists());
+    assert!(!job.join("chk-3/_metadata").exists());
+    let restored = wordcount(&out, &dir.path().join("ckpt2"), &[], None, Some(&job));
+    assert!(restored.status.success());
+    let stderr = String::from_utf8_lossy(&restored.stderr);
+    assert!(
+        stderr.contains("skipping") && stderr.contains("chk-3"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("restored from checkpoint 2"), "{stderr}");
+    assert_running_counts(&read_output(&out), &reference());
+}
+
+#[test]
+fn crash_after_metadata_before_notify() {
+    crash_then_restore("before-notify-complete", 3);
+}
+
+#[test]
+fn crash_during_sink_commit() {
+    crash_then_restore("sink-commit", 2);
+}
+
+#[test]
+fn crash_during_upload() {
+    crash_then_restore("during-upload", 5);
+}
+
+#[test]
+fn crash_before_ack() {
+    crash_then_restore("before-ack", 5);
+}
+
+#[test]
+fn crash_during_sync_snapshot() {
+    crash_then_restore("sync-snapshot", 5);
+}
+
+#[test]
+fn corrupt_files_are_detected_and_the_previous_checkpoint_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, ckpt) = (dir.path().join("out"), dir.path().join("ckpt"));
+    // Keep three checkpoints, crash after the sixth is complete.
+    let crashed = wordcount(
+        &out,
+        &ckpt,
+        &["-D", "execution.checkpointing.num-retained=3"],
+        Some("before-notify-complete=exit@6"),
+        None,
+    );
+    assert_eq!(crashed.status.code(), Some(86));
+    let job = job_dir(&ckpt);
+    // The crash came before subsumed chk-3 was deleted (deletion follows notification).
+    assert!(chk_ids(&job).ends_with(&[4, 5, 6]), "{:?}", chk_ids(&job));
+    // Flip one bit in chk-6's _metadata, truncate a state file of chk-5.
+    let meta = job.join("chk-6/_metadata");
+    let mut bytes = std::fs::read(&meta).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x10;
+    std::fs::write(&meta, bytes).unwrap();
+    let state = std::fs::read_dir(job.join("chk-5"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "state"))
+        .unwrap();
+    let len = std::fs::metadata(&state).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+
+    // Restoring the corrupt checkpoint itself is refused with the reason.
+    let refused = wordcount(
+        &out,
+        &dir.path().join("ckpt2"),
+        &[],
+        None,
+        Some(&job.join("chk-6")),
+    );
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("checksum mismatch") && err.contains("chk-6"),
+        "{err}"
+    );
+    let refused = wordcount(
+        &out,
+        &dir.path().join("ckpt2"),
+        &[],
+        None,
+        Some(&job.join("chk-5")),
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("truncated"),
+        "{err}"
+    );
+
+    // The job directory: both are skipped, with a message each, and chk-4 is used.
+    let restored = wordcount(
+        &out,
+        &dir.path().join("ckpt3"),
+        &["-D", "execution.checkpointing.interval=off"],
+        None,
+        Some(&job),
+    );
+    assert!(restored.status.success());
+    let stderr = String::from_utf8_lossy(&restored.stderr);
+    assert!(
+        stderr.contains("skipping") && stderr.contains("chk-6") && stderr.contains("chk-5"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("restored from checkpoint 4"), "{stderr}");
+}
+
+#[test]
+fn failing_uploads_abort_checkpoints_and_exceed_tolerance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, ckpt) = (dir.path().join("out"), dir.path().join("ckpt"));
+    let failed = wordcount(
+        &out,
+        &ckpt,
+        &[
+            "-D",
+            "execution.checkpointing.tolerable-failed-checkpoints=2",
+        ],
+        Some("during-upload=error"),
+        None,
+    );
+    assert!(!failed.status.success());
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        err.contains("tolerable-failed-checkpoints")
+            && err.contains("failure injected at 'during-upload'"),
+        "{err}"
+    );
+    // No checkpoint ever completed: no _metadata anywhere, aborted directories removed.
+    let job = job_dir(&ckpt);
+    for id in chk_ids(&job) {
+        assert!(
+            !job.join(format!("chk-{id}/_metadata")).exists(),
+            "chk-{id} has metadata without all acks"
+        );
+    }
+    // Nothing was committed.
+    assert!(read_output(&out).is_empty());
+}
+
+#[test]
+fn checkpoint_timeout_aborts_and_tolerance_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    // Under load no checkpoint completes within 1 ms: each one expires and is
+    // aborted. Without tolerance the job fails on the first.
+    let strict = wordcount(
+        &dir.path().join("out1"),
+        &dir.path().join("ckpt1"),
+        &["-D", "execution.checkpointing.timeout=1ms"],
+        None,
+        None,
+    );
+    let err = String::from_utf8_lossy(&strict.stderr);
+    assert!(!strict.status.success(), "{err}");
+    assert!(
+        err.contains("expired after 1ms") && err.contains("tolerable-failed-checkpoints (0)"),
+        "{err}"
+    );
+    assert!(
+        read_output(&dir.path().join("out1")).is_empty(),
+        "nothing committed"
+    );
+}
