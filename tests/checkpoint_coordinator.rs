@@ -41,10 +41,13 @@ fn run_unbounded(c: Conf, sink_delay: Duration, secs: f64) -> (Vec<CheckpointSta
         .name("count")
         .add_sink(SlowSink(sink_delay))
         .name("slow");
-    let job = env.execute_async("unbounded").unwrap();
+    let mut job = env.execute_async("unbounded").unwrap();
     let id = job.job_id().to_string();
     std::thread::sleep(Duration::from_secs_f64(secs));
     job.cancel();
+    while !job.is_done() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let stats = job.checkpoint_stats();
     assert!(matches!(job.wait(), Err(Error::Cancelled(_))));
     (stats, id)

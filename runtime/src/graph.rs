@@ -26,7 +26,7 @@ use crate::channel::{
 use crate::checkpoint::restore::SubtaskRestore;
 use crate::config::{options, Conf};
 use crate::operator::{ChainOp, OpFactory, RuntimeContext, SourceFactory, SourceOp};
-use crate::record::{CloneFn, DecodeFn, EncodeFn, LenFn};
+use crate::record::{ChunkFn, CloneFn, DecodeFn, EncodeFn, LenFn};
 use crate::{Error, Result};
 
 /// How records leave a node on an edge, as the user asked for it.
@@ -64,6 +64,8 @@ pub(crate) struct Node {
     pub in_len: Option<LenFn>,
     /// (De)serializes batches of this node's input type (channel state).
     pub in_codec: Option<(EncodeFn, DecodeFn)>,
+    /// Splits batches of this node's input type.
+    pub in_chunk: Option<ChunkFn>,
 }
 
 /// The logical graph, built by [`crate::stream::DataStream`] calls.
@@ -311,6 +313,7 @@ pub(crate) struct SubtaskSpec {
     pub subtask: usize,
     pub parallelism: usize,
     pub input_codec: Option<(EncodeFn, DecodeFn)>,
+    pub input_chunk: Option<ChunkFn>,
     pub signals: Arc<TaskSignals>,
     pub restore: Option<SubtaskRestore>,
     pub head: Head,
@@ -464,6 +467,7 @@ pub(crate) fn instantiate(
                 subtask: i,
                 parallelism: chain.parallelism,
                 input_codec: head_node.in_codec,
+                input_chunk: head_node.in_chunk,
                 signals: gates[c][i].clone(),
                 restore: restore.as_mut().map(|r| std::mem::take(&mut r[c][i])),
                 head,

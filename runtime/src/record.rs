@@ -71,3 +71,22 @@ pub(crate) fn decode_batch<T: Data>(bytes: &[u8]) -> crate::Result<AnyBatch> {
     let v: Vec<T> = postcard::from_bytes(bytes)?;
     Ok(Box::new(v))
 }
+
+/// Splits a batch into batches of at most `n` records, in order.
+pub(crate) type ChunkFn = fn(AnyBatch, usize) -> Vec<AnyBatch>;
+
+pub(crate) fn chunk_batch<T: Data>(b: AnyBatch, n: usize) -> Vec<AnyBatch> {
+    let v = downcast::<T>(b);
+    if v.len() <= n {
+        return vec![Box::new(v)];
+    }
+    let mut out = Vec::with_capacity(v.len().div_ceil(n));
+    let mut it = v.into_iter();
+    loop {
+        let c: Vec<T> = it.by_ref().take(n).collect();
+        if c.is_empty() {
+            return out;
+        }
+        out.push(Box::new(c) as AnyBatch);
+    }
+}

@@ -249,6 +249,7 @@ type InputFns = (
     crate::record::LenFn,
     crate::record::EncodeFn,
     crate::record::DecodeFn,
+    crate::record::ChunkFn,
 );
 
 fn input_fns<T: Data>() -> InputFns {
@@ -256,6 +257,7 @@ fn input_fns<T: Data>() -> InputFns {
         batch_len::<T>,
         crate::record::encode_batch::<T>,
         crate::record::decode_batch::<T>,
+        crate::record::chunk_batch::<T>,
     )
 }
 
@@ -285,6 +287,7 @@ fn push_node<O: Data>(
         out_len: batch_len::<O>,
         in_len: input.map(|i| i.0),
         in_codec: input.map(|i| (i.1, i.2)),
+        in_chunk: input.map(|i| i.3),
     });
     id
 }

@@ -356,7 +356,12 @@ struct Runner<'a> {
     batches_since_yield: u32,
     /// The job's runtime: uploads run there, off this subtask's thread.
     main: tokio::runtime::Handle,
+    /// Chunks of an input batch set aside for an unaligned barrier.
+    remainder: Option<(usize, Vec<AnyBatch>)>,
 }
+
+/// Records per chunk when batches are processed in chunks (unaligned checkpoints).
+const CHUNK: usize = 64;
 
 impl<'a> Runner<'a> {
     fn new(
@@ -385,6 +390,7 @@ impl<'a> Runner<'a> {
             last_snapshot: 0,
             batches_since_yield: 0,
             main,
+            remainder: None,
         }
     }
 
@@ -503,6 +509,13 @@ impl<'a> Runner<'a> {
                     self.on_barrier(i, b).await?;
                 }
             }
+            if let Some((i, rest)) = self.remainder.take() {
+                // The unprocessed part of a batch interrupted by a barrier.
+                for chunk in rest {
+                    self.process_input(i, chunk).await?;
+                }
+                continue;
+            }
             let Head::Input(gate) = &mut self.head else {
                 return Err(Error::Internal("input loop without an input gate".into()));
             };
@@ -546,7 +559,7 @@ impl<'a> Runner<'a> {
             match ev {
                 Some((i, Event::Batch(b))) => {
                     self.capture(i, &b)?;
-                    push(self.spec, 0, b).await?;
+                    self.process_input(i, b).await?;
                     self.maybe_yield().await;
                 }
                 Some((i, Event::Barrier(b))) => self.on_barrier(i, b).await?,
@@ -554,6 +567,39 @@ impl<'a> Runner<'a> {
                 None => {}
             }
         }
+    }
+
+    /// Runs a batch from input `i` through the chain. With unaligned
+    /// checkpoints the batch goes in chunks of [`CHUNK`] records, and when an
+    /// unaligned barrier is waiting the rest is set aside (it becomes channel
+    /// state of that checkpoint, then is processed): a barrier waits for a
+    /// few records, not for a whole batch of a slow operator.
+    async fn process_input(&mut self, i: usize, b: AnyBatch) -> Result<()> {
+        let chunk = match (self.mode, self.spec.input_chunk) {
+            (BarrierMode::Unaligned | BarrierMode::AlignedThenUnaligned(_), Some(f))
+                if self.link.is_some() =>
+            {
+                f
+            }
+            _ => return push(self.spec, 0, b).await,
+        };
+        let mut chunks = chunk(b, CHUNK).into_iter();
+        while let Some(c) = chunks.next() {
+            push(self.spec, 0, c).await?;
+            if self
+                .spec
+                .signals
+                .urgent
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                let rest: Vec<AnyBatch> = chunks.collect();
+                if !rest.is_empty() {
+                    self.remainder = Some((i, rest));
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// A busy subtask never waits, so it yields to the scheduler every few
@@ -662,6 +708,18 @@ impl<'a> Runner<'a> {
         let t0 = Instant::now();
         let operators = self.snapshot_operators(b.id)?;
         let sync = t0.elapsed();
+        let mut channel = channel;
+        if let Some((i, rest)) = &self.remainder {
+            // Taken from input `i` before the barrier, not processed yet: in-flight data.
+            let enc = self
+                .spec
+                .input_codec
+                .ok_or_else(|| Error::Internal("capture without a codec".into()))?
+                .0;
+            let mut first = rest.iter().map(enc).collect::<Result<Vec<_>>>()?;
+            first.append(&mut channel[*i]);
+            channel[*i] = first;
+        }
         self.forward_barrier(Barrier {
             unaligned: true,
             overtaken: 0,
