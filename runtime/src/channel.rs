@@ -10,8 +10,8 @@
 //! ractor) never carry records, only control.
 //!
 //! Records travel in batches (`pipeline.batch-size`, default 1024); control
-//! events (end of stream, and checkpoint barriers later) travel on the same
-//! queue, in order with the data.
+//! events (watermarks, aligned checkpoint barriers, end of stream) travel on
+//! the same queue, in order with the data, and never wait for space.
 //!
 //! A [`Partition`] decides which downstream subtask gets which records:
 //! forward (subtask i to subtask i), rebalance (whole batches round-robin),
@@ -52,6 +52,8 @@ pub(crate) enum Event {
     Batch(AnyBatch),
     /// A checkpoint barrier.
     Barrier(Barrier),
+    /// Event time: no record with a timestamp at or below this follows on this channel (Flink's watermark).
+    Watermark(i64),
     /// The sender has no more records.
     EndOfStream,
 }
@@ -496,6 +498,15 @@ impl OutputEdge {
             } else {
                 s.send_control(Event::Barrier(barrier))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Emits a watermark on every channel after every record routed so far.
+    pub(crate) async fn watermark(&mut self, wm: i64) -> Result<()> {
+        self.flush().await?;
+        for s in &self.senders {
+            s.send_control(Event::Watermark(wm))?;
         }
         Ok(())
     }

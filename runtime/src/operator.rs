@@ -205,6 +205,15 @@ pub(crate) trait ChainOp: Send {
     fn process(&mut self, batch: AnyBatch) -> Result<Option<AnyBatch>>;
     /// End of input; may emit final records.
     fn finish(&mut self) -> Result<Option<AnyBatch>>;
+    /// The input watermark advanced to `wm`; returns the watermark to pass on
+    /// (`None`: swallow it, as a watermark assigner does).
+    fn on_watermark(&mut self, wm: i64) -> Result<Option<i64>> {
+        Ok(Some(wm))
+    }
+    /// A watermark this operator generates itself (assigners), after a batch.
+    fn take_watermark(&mut self) -> Option<i64> {
+        None
+    }
     /// Synchronous part of a snapshot: keyed and operator state.
     fn snapshot(
         &mut self,
@@ -411,6 +420,7 @@ impl<T: Data, S: SinkFunction<T>> ChainOp for SinkOp<T, S> {
 }
 
 pub(crate) struct KeyedProcessOp<K: Key, I, O, P, KS> {
+    pub(crate) watermark: i64,
     pub(crate) function: P,
     pub(crate) selector: Arc<KS>,
     pub(crate) backend: Option<KeyedStateBackend<K>>,
@@ -450,10 +460,15 @@ where
                 key: &key,
                 backend,
                 max_parallelism: self.max_parallelism,
+                watermark: self.watermark,
             };
             self.function.process_element(v, &mut ctx, &mut c)?;
         }
         Ok(non_empty(out))
+    }
+    fn on_watermark(&mut self, wm: i64) -> Result<Option<i64>> {
+        self.watermark = wm;
+        Ok(Some(wm))
     }
     fn finish(&mut self) -> Result<Option<AnyBatch>> {
         Ok(None)
@@ -474,5 +489,51 @@ where
             backend.restore(snap)?;
         }
         Ok(())
+    }
+}
+
+/// Flink's bounded-out-of-orderness watermark generator: after each batch it
+/// emits `max timestamp seen - out_of_orderness - 1`, and `i64::MAX` at the end
+/// of input. Upstream watermarks are ignored. Records pass through untouched.
+pub(crate) struct WatermarkAssigner<T, F> {
+    pub(crate) timestamp: Arc<F>,
+    pub(crate) out_of_orderness: i64,
+    pub(crate) max_seen: i64,
+    pub(crate) emitted: i64,
+    pub(crate) _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, F: Fn(&T) -> i64 + Send + Sync + 'static> ChainOp for WatermarkAssigner<T, F> {
+    fn open(&mut self, _: &RuntimeContext) -> Result<()> {
+        Ok(())
+    }
+    fn process(&mut self, batch: AnyBatch) -> Result<Option<AnyBatch>> {
+        if let Some(v) = batch.downcast_ref::<Vec<T>>() {
+            for r in v {
+                self.max_seen = self.max_seen.max((self.timestamp)(r));
+            }
+        }
+        Ok(Some(batch))
+    }
+    fn finish(&mut self) -> Result<Option<AnyBatch>> {
+        self.max_seen = i64::MAX;
+        Ok(None)
+    }
+    fn on_watermark(&mut self, wm: i64) -> Result<Option<i64>> {
+        // Only the end of input passes: everything else is this operator's to decide.
+        Ok((wm == i64::MAX).then_some(wm))
+    }
+    fn take_watermark(&mut self) -> Option<i64> {
+        let wm = if self.max_seen == i64::MAX {
+            i64::MAX
+        } else {
+            self.max_seen
+                .saturating_sub(self.out_of_orderness)
+                .saturating_sub(1)
+        };
+        (wm > self.emitted).then(|| {
+            self.emitted = wm;
+            wm
+        })
     }
 }

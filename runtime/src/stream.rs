@@ -432,6 +432,34 @@ impl<T: Data> DataStream<T> {
         )
     }
 
+    /// Assigns event time: `timestamp` extracts a record's timestamp, and
+    /// watermarks `max timestamp - out_of_orderness - 1` follow each batch
+    /// (Flink's `forBoundedOutOfOrderness`); `i64::MAX` at the end of input.
+    /// Watermarks travel in order with the records; an operator with several
+    /// inputs uses the smallest. Keyed functions read it with
+    /// [`KeyedContext::current_watermark`].
+    pub fn assign_timestamps_and_watermarks<F: Fn(&T) -> i64 + Send + Sync + 'static>(
+        &self,
+        timestamp: F,
+        out_of_orderness: std::time::Duration,
+    ) -> DataStream<T> {
+        let f = Arc::new(timestamp);
+        let ooo = out_of_orderness.as_millis().min(i64::MAX as u128) as i64;
+        self.then(
+            "Timestamps/Watermarks",
+            Arc::new(move || {
+                Box::new(crate::operator::WatermarkAssigner {
+                    timestamp: f.clone(),
+                    out_of_orderness: ooo,
+                    max_seen: i64::MIN,
+                    emitted: i64::MIN,
+                    _t: PhantomData,
+                }) as Box<dyn ChainOp>
+            }),
+            self.ship.clone(),
+        )
+    }
+
     /// Merges this stream with others of the same type.
     pub fn union(&self, others: &[DataStream<T>]) -> DataStream<T> {
         let mut inputs = vec![Edge {
@@ -550,6 +578,7 @@ impl<T: Data, K: Key, F: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K, 
         let proto = Prototype::new(function);
         let factory = Arc::new(move || {
             Box::new(KeyedProcessOp {
+                watermark: i64::MIN,
                 function: proto.get(),
                 selector: sel.clone(),
                 backend: None,

@@ -358,6 +358,11 @@ struct Runner<'a> {
     main: tokio::runtime::Handle,
     /// Chunks of an input batch set aside for an unaligned barrier.
     remainder: Option<(usize, Vec<AnyBatch>)>,
+    /// Latest watermark per input, the chain's input watermark (their
+    /// minimum over open inputs) and the last watermark emitted downstream.
+    input_wm: Vec<i64>,
+    combined_wm: i64,
+    output_wm: i64,
 }
 
 /// Records per chunk when batches are processed in chunks (unaligned checkpoints).
@@ -391,6 +396,9 @@ impl<'a> Runner<'a> {
             batches_since_yield: 0,
             main,
             remainder: None,
+            input_wm: Vec::new(),
+            combined_wm: i64::MIN,
+            output_wm: i64::MIN,
         }
     }
 
@@ -471,6 +479,7 @@ impl<'a> Runner<'a> {
                     .records_out
                     .fetch_add(out_len(&b) as u64, std::sync::atomic::Ordering::Relaxed);
                 push(self.spec, 0, b).await?;
+                self.generated_watermarks().await?;
             }
             match status {
                 SourceStatus::More => self.maybe_yield().await,
@@ -560,8 +569,10 @@ impl<'a> Runner<'a> {
                 Some((i, Event::Batch(b))) => {
                     self.capture(i, &b)?;
                     self.process_input(i, b).await?;
+                    self.generated_watermarks().await?;
                     self.maybe_yield().await;
                 }
+                Some((i, Event::Watermark(w))) => self.on_input_watermark(i, w).await?,
                 Some((i, Event::Barrier(b))) => self.on_barrier(i, b).await?,
                 Some((i, Event::EndOfStream)) => self.on_input_finished(i).await?,
                 None => {}
@@ -597,6 +608,63 @@ impl<'a> Runner<'a> {
                     self.remainder = Some((i, rest));
                 }
                 return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Watermarks operators of the chain generated (assigners), passed on.
+    async fn generated_watermarks(&mut self) -> Result<()> {
+        for k in 0..self.spec.ops.len() {
+            if let Some(w) = self.spec.ops[k].op.take_watermark() {
+                self.propagate_watermark(k + 1, w).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes watermark `wm` through the chain from operator `from`, and
+    /// downstream when it advances the chain's output watermark.
+    async fn propagate_watermark(&mut self, from: usize, wm: i64) -> Result<()> {
+        let mut w = wm;
+        for op in self.spec.ops[from..].iter_mut() {
+            match guarded(&op.ctx, || op.op.on_watermark(w))? {
+                Some(next) => w = next,
+                None => return Ok(()),
+            }
+        }
+        if w > self.output_wm {
+            self.output_wm = w;
+            for o in self.spec.outputs.iter_mut() {
+                o.watermark(w).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_input_watermark(&mut self, i: usize, w: i64) -> Result<()> {
+        let n = self.num_inputs();
+        if self.input_wm.len() != n {
+            self.input_wm = vec![i64::MIN; n];
+        }
+        self.input_wm[i] = self.input_wm[i].max(w);
+        self.advance_input_watermark().await
+    }
+
+    /// The chain's input watermark is the minimum over the open inputs.
+    async fn advance_input_watermark(&mut self) -> Result<()> {
+        let n = self.num_inputs();
+        if self.input_wm.len() != n {
+            self.input_wm = vec![i64::MIN; n];
+        }
+        let min = (0..n)
+            .filter(|&j| !self.input_finished(j))
+            .map(|j| self.input_wm[j])
+            .min();
+        if let Some(m) = min {
+            if m > self.combined_wm {
+                self.combined_wm = m;
+                self.propagate_watermark(0, m).await?;
             }
         }
         Ok(())
@@ -970,6 +1038,7 @@ impl<'a> Runner<'a> {
     }
 
     async fn on_input_finished(&mut self, i: usize) -> Result<()> {
+        self.advance_input_watermark().await?;
         for c in self.captures.values_mut() {
             c.inputs[i] = Capture::Done;
         }
@@ -1096,6 +1165,20 @@ impl<'a> Runner<'a> {
     /// End of input: finish each operator in chain order, passing what it
     /// emits through the rest of the chain, then end every output channel.
     async fn finish(&mut self) -> Result<()> {
+        // End of input: event time is complete.
+        if self.combined_wm < i64::MAX {
+            self.combined_wm = i64::MAX;
+            self.propagate_watermark(0, i64::MAX).await?;
+        }
+        self.finish_operators().await?;
+        self.generated_watermarks().await?;
+        for o in self.spec.outputs.iter_mut() {
+            o.end_of_stream().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish_operators(&mut self) -> Result<()> {
         let spec = &mut *self.spec;
         for i in 0..spec.ops.len() {
             let out = {
@@ -1114,9 +1197,6 @@ impl<'a> Runner<'a> {
                     emit(spec, b).await?;
                 }
             }
-        }
-        for o in spec.outputs.iter_mut() {
-            o.end_of_stream().await?;
         }
         Ok(())
     }

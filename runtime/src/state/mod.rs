@@ -213,6 +213,7 @@ pub struct KeyedContext<'a, K: Key> {
     pub(crate) key: &'a K,
     pub(crate) backend: &'a mut KeyedStateBackend<K>,
     pub(crate) max_parallelism: usize,
+    pub(crate) watermark: i64,
 }
 
 impl<'a, K: Key> KeyedContext<'a, K> {
@@ -222,7 +223,13 @@ impl<'a, K: Key> KeyedContext<'a, K> {
             key,
             backend,
             max_parallelism,
+            watermark: i64::MIN,
         }
+    }
+
+    /// The operator's current event-time watermark (`i64::MIN` before the first).
+    pub fn current_watermark(&self) -> i64 {
+        self.watermark
     }
 
     /// The key of the record being processed.
