@@ -77,8 +77,13 @@ fn peer_job(words: u64, parallelism: usize, checkpoints: bool) -> f64 {
     let dir = std::env::temp_dir().join("weir-bench-checkpoints");
     let mut conf = Conf::defaults();
     conf.set("parallelism.default", parallelism).expect("valid");
-    conf.set("execution.checkpointing.dir", dir.display()).expect("valid");
-    conf.set("execution.checkpointing.interval", if checkpoints { "1s" } else { "off" }).expect("valid");
+    conf.set("execution.checkpointing.dir", dir.display())
+        .expect("valid");
+    conf.set(
+        "execution.checkpointing.interval",
+        if checkpoints { "1s" } else { "off" },
+    )
+    .expect("valid");
     let env = Env::from_conf(conf).expect("env");
     env.add_source(GeneratorSource::new(0, Some(words), |i, _| {
         let buf = itoa_word(splitmix64(i) % VOCAB as u64);
