@@ -22,7 +22,8 @@ pub fn example(name: &str) -> PathBuf {
     p
 }
 
-/// Runs an example with `args`, from the repository root, with no WEIR_* variables.
+/// Runs an example with `args`, from the repository root, with no WEIR_*
+/// variables but one: checkpoints go to the system's temporary directory.
 pub fn run_example(name: &str, args: &[&str]) -> Output {
     let mut cmd = Command::new(example(name));
     cmd.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
@@ -31,6 +32,7 @@ pub fn run_example(name: &str, args: &[&str]) -> Output {
             cmd.env_remove(k);
         }
     }
+    cmd.env("WEIR_EXECUTION_CHECKPOINTING_DIR", std::env::temp_dir().join("weir-test-checkpoints"));
     cmd.output().expect("run example")
 }
 
