@@ -1,13 +1,27 @@
 //! The `weir` command-line tool.
 //!
-//! - `weir config show [-D key=value]...`: every option, its value and where the value came from.
-//! - `weir config check [-D key=value]...`: validates the configuration; exit status 1 with the error if invalid.
-//! - `weir config keys`: every option with its default, accepted values and description.
+//! - `weir config show|check|keys`: the effective configuration, its validation, every option.
+//! - `weir checkpoints list DIR`: every checkpoint under a checkpoint root or job directory:
+//!   id, completion time, size, type and status (complete, incomplete, corrupt).
+//! - `weir checkpoints inspect CHK`: one checkpoint: subtasks, files, operators, key groups,
+//!   operator state (source positions) and in-flight data.
+//! - `weir checkpoints verify DIR`: checks every file's checksum and every reference; exit
+//!   status 1 if a checkpoint is corrupt.
+//! - `weir checkpoints gc DIR [--dry-run]`: deletes what no complete checkpoint references
+//!   (incomplete checkpoints left by a crash, temporary files, unreferenced files); never a
+//!   referenced file, never a directory of a job that is running.
+//!
+//! Every command prints for a person by default and JSON with `--json`.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde_json::json;
 use weir::cli::ConfArgs;
+use weir::runtime::checkpoint::storage::{
+    self, job_dirs, job_is_running, list_checkpoints, load_checkpoint, orphans,
+};
 use weir::runtime::config::options;
 
 #[derive(Parser)]
@@ -28,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Inspect, verify and clean checkpoint directories (offline).
+    Checkpoints {
+        #[command(subcommand)]
+        command: CheckpointsCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -46,44 +65,316 @@ enum ConfigCommand {
     Keys,
 }
 
+#[derive(Subcommand)]
+enum CheckpointsCommand {
+    /// Lists the checkpoints under a checkpoint root or job directory.
+    List {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows one checkpoint (a chk-<n> directory).
+    Inspect {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verifies checksums and references of every checkpoint under DIR.
+    Verify {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deletes files no complete checkpoint references.
+    Gc {
+        dir: PathBuf,
+        /// Only print what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> ExitCode {
     weir::cli::init_tracing();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Config { command } => match command {
-            ConfigCommand::Show { conf } => match conf.load() {
-                Ok(c) => {
-                    for (k, v, src) in c.entries() {
-                        println!("{k:<50} {v:<12} ({src})");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            },
-            ConfigCommand::Check { conf } => match conf.load() {
-                Ok(_) => {
-                    println!("configuration is valid");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            },
-            ConfigCommand::Keys => {
-                for d in options::ALL {
-                    println!(
-                        "{} (default {}): {}; accepts {}",
-                        d.key,
-                        d.default,
-                        d.doc,
-                        d.kind.accepted()
-                    );
-                }
-                ExitCode::SUCCESS
-            }
-        },
+    let outcome = match cli.command {
+        Command::Config { command } => config(command),
+        Command::Checkpoints { command } => checkpoints(command),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-fn fail(e: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("error: {e}");
-    ExitCode::FAILURE
+fn config(command: ConfigCommand) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match command {
+        ConfigCommand::Show { conf } => {
+            for (k, v, src) in conf.load()?.entries() {
+                println!("{k:<58} {v:<24} ({src})");
+            }
+        }
+        ConfigCommand::Check { conf } => {
+            conf.load()?;
+            println!("configuration is valid");
+        }
+        ConfigCommand::Keys => {
+            for d in options::ALL {
+                println!(
+                    "{} (default {}): {}; accepts {}",
+                    d.key,
+                    d.default,
+                    d.doc,
+                    d.kind.accepted()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for milliseconds since the epoch.
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn checkpoints(command: CheckpointsCommand) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match command {
+        CheckpointsCommand::List { dir, json } => {
+            let mut all = Vec::new();
+            for job in job_dirs(&dir)? {
+                for c in list_checkpoints(&job)? {
+                    all.push((job.clone(), c));
+                }
+            }
+            if json {
+                let v: Vec<_> = all
+                    .iter()
+                    .map(|(j, c)| json!({"job_dir": j, "checkpoint": c}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if all.is_empty() {
+                println!("no checkpoints under {}", dir.display());
+            } else {
+                println!(
+                    "{:<34} {:>6}  {:<23}  {:>12}  {:<10}  status",
+                    "job", "id", "completed", "bytes", "type"
+                );
+                for (job, c) in &all {
+                    let name = job
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    println!(
+                        "{:<34} {:>6}  {:<23}  {:>12}  {:<10}  {}{}",
+                        name,
+                        c.id,
+                        c.completed_timestamp.map(utc).unwrap_or_else(|| "-".into()),
+                        c.size,
+                        if c.is_savepoint {
+                            "savepoint"
+                        } else {
+                            "checkpoint"
+                        },
+                        c.status,
+                        c.problem
+                            .as_ref()
+                            .map(|p| format!(" ({p})"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CheckpointsCommand::Inspect { dir, json } => inspect(&dir, json),
+        CheckpointsCommand::Verify { dir, json } => {
+            let mut bad = 0;
+            let mut rows = Vec::new();
+            for job in job_dirs(&dir)? {
+                for c in list_checkpoints(&job)? {
+                    if c.status == "corrupt" {
+                        bad += 1;
+                    }
+                    rows.push(c);
+                }
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"checkpoints": rows, "corrupt": bad}))?
+                );
+            } else {
+                for c in &rows {
+                    let verdict = match c.status {
+                        "complete" => "ok: checksums and references verified".to_string(),
+                        "incomplete" => {
+                            "incomplete (no _metadata): never restored; `gc` removes it".to_string()
+                        }
+                        _ => format!("CORRUPT: {}", c.problem.clone().unwrap_or_default()),
+                    };
+                    println!("{}: {verdict}", c.dir.display());
+                }
+                println!("{} checkpoints, {bad} corrupt", rows.len());
+            }
+            Ok(if bad > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        CheckpointsCommand::Gc { dir, dry_run, json } => {
+            let mut removed = Vec::new();
+            let mut skipped = Vec::new();
+            for job in job_dirs(&dir)? {
+                if job_is_running(&job) {
+                    skipped.push(job);
+                    continue;
+                }
+                for p in orphans(&job)? {
+                    if !dry_run {
+                        let r = if p.is_dir() {
+                            std::fs::remove_dir_all(&p)
+                        } else {
+                            std::fs::remove_file(&p)
+                        };
+                        r.map_err(|e| format!("cannot delete {}: {e}", p.display()))?;
+                    }
+                    removed.push(p);
+                }
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"removed": removed, "dry_run": dry_run, "skipped_running_jobs": skipped})
+                    )?
+                );
+            } else {
+                for s in &skipped {
+                    println!("skipped {} (its job is running)", s.display());
+                }
+                for p in &removed {
+                    println!(
+                        "{} {}",
+                        if dry_run { "would delete" } else { "deleted" },
+                        p.display()
+                    );
+                }
+                println!(
+                    "{} orphaned entries {}",
+                    removed.len(),
+                    if dry_run { "found" } else { "deleted" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn inspect(dir: &Path, json: bool) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let c = load_checkpoint(dir)?;
+    let m = &c.metadata;
+    let mut subtasks = Vec::new();
+    for (h, st) in m.subtasks.iter().zip(&c.states) {
+        let ops: Vec<_> = st
+            .operators
+            .iter()
+            .map(|o| {
+                let keyed = o.keyed.as_ref().map(|k| {
+                    let groups: std::collections::BTreeSet<u16> =
+                        k.states.values().flat_map(|s| s.key_groups.keys().copied()).collect();
+                    json!({
+                        "states": k.states.iter().map(|(n, s)| json!({"name": n, "kind": format!("{:?}", s.kind), "bytes": s.key_groups.values().map(Vec::len).sum::<usize>()})).collect::<Vec<_>>(),
+                        "key_groups": groups.len(),
+                        "key_group_min": groups.first(),
+                        "key_group_max": groups.last(),
+                    })
+                });
+                let lists: Vec<_> = o.operator.summary().into_iter().map(|(n, e, b)| json!({"name": n, "elements": e, "bytes": b})).collect();
+                json!({"operator": o.name, "keyed_state": keyed, "operator_state": lists})
+            })
+            .collect();
+        let channel: Vec<_> = st
+            .channel_state
+            .iter()
+            .map(|e| json!({"input": e.input, "batches": e.batches.len(), "bytes": e.batches.iter().map(Vec::len).sum::<usize>()}))
+            .collect();
+        subtasks.push(json!({"chain": h.chain, "subtask": h.subtask, "file": h.file, "bytes": h.size, "operators": ops, "channel_state": channel}));
+    }
+    let doc = json!({
+        "path": c.dir, "job_id": m.job_id, "job_name": m.job_name, "checkpoint_id": m.checkpoint_id,
+        "is_savepoint": m.is_savepoint, "trigger_timestamp": m.trigger_timestamp, "completed_timestamp": m.completed_timestamp,
+        "format_version": storage::FORMAT_VERSION, "subtasks": subtasks,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "checkpoint {} of job '{}' ({})",
+        m.checkpoint_id, m.job_name, m.job_id
+    );
+    println!("  path:      {}", c.dir.display());
+    println!(
+        "  triggered: {}   completed: {}",
+        utc(m.trigger_timestamp),
+        utc(m.completed_timestamp)
+    );
+    for s in doc["subtasks"].as_array().into_iter().flatten() {
+        println!(
+            "  subtask {} #{}: {} ({} bytes)",
+            s["chain"].as_str().unwrap_or(""),
+            s["subtask"],
+            s["file"].as_str().unwrap_or(""),
+            s["bytes"]
+        );
+        for o in s["operators"].as_array().into_iter().flatten() {
+            print!("    operator {}", o["operator"].as_str().unwrap_or(""));
+            if !o["keyed_state"].is_null() {
+                let k = &o["keyed_state"];
+                print!(
+                    ": keyed state in {} key groups [{}..{}]",
+                    k["key_groups"], k["key_group_min"], k["key_group_max"]
+                );
+            }
+            println!();
+            for l in o["operator_state"].as_array().into_iter().flatten() {
+                println!(
+                    "      operator state '{}': {} elements, {} bytes",
+                    l["name"].as_str().unwrap_or(""),
+                    l["elements"],
+                    l["bytes"]
+                );
+            }
+        }
+        for ch in s["channel_state"].as_array().into_iter().flatten() {
+            println!(
+                "    in-flight data of input {}: {} batches, {} bytes",
+                ch["input"], ch["batches"], ch["bytes"]
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

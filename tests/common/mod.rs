@@ -32,7 +32,10 @@ pub fn run_example(name: &str, args: &[&str]) -> Output {
             cmd.env_remove(k);
         }
     }
-    cmd.env("WEIR_EXECUTION_CHECKPOINTING_DIR", std::env::temp_dir().join("weir-test-checkpoints"));
+    cmd.env(
+        "WEIR_EXECUTION_CHECKPOINTING_DIR",
+        std::env::temp_dir().join("weir-test-checkpoints"),
+    );
     cmd.output().expect("run example")
 }
 

@@ -388,6 +388,7 @@ impl Actor for Coordinator {
                     }
                 }
                 CoordMsg::Shutdown(end) => {
+                    state.args.storage.release();
                     match end {
                         // A finished job keeps its final checkpoint (and what
                         // num-retained keeps): a restart after the end, e.g. by a

@@ -133,7 +133,16 @@ impl CheckpointStorage {
             fs::create_dir_all(&d)
                 .map_err(|e| Error::io("cannot create checkpoint directory", &d, e))?;
         }
+        // Marks the directory as in use, for `weir checkpoints gc`.
+        let lock = job_dir.join(LOCK_FILE);
+        fs::write(&lock, std::process::id().to_string())
+            .map_err(|e| Error::io("cannot write checkpoint directory", &lock, e))?;
         Ok(CheckpointStorage { job_dir })
+    }
+
+    /// The job has ended: its directory is no longer in use.
+    pub fn release(&self) {
+        let _ = fs::remove_file(self.job_dir.join(LOCK_FILE));
     }
 
     /// `<dir>/<job-id>`.
@@ -275,4 +284,151 @@ pub fn resolve_restore(path: &Path) -> Result<LoadedCheckpoint> {
             ids.len()
         ),
     })
+}
+
+/// What `weir checkpoints` knows about one `chk-<n>` directory.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckpointInfo {
+    /// The checkpoint id.
+    pub id: u64,
+    /// The directory.
+    pub dir: PathBuf,
+    /// `complete`, `incomplete` (no `_metadata`) or `corrupt`.
+    pub status: &'static str,
+    /// Why it is corrupt.
+    pub problem: Option<String>,
+    /// Total bytes of its files.
+    pub size: u64,
+    /// Completion time (ms since the epoch), when complete.
+    pub completed_timestamp: Option<u64>,
+    /// Whether it is a savepoint.
+    pub is_savepoint: bool,
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The job directories under `dir`: `dir` itself if it holds `chk-*`
+/// directories, else its subdirectories that do.
+pub fn job_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let is_job = |d: &Path| {
+        fs::read_dir(d)
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    e.file_name().to_string_lossy().starts_with("chk-") || e.file_name() == "shared"
+                })
+            })
+            .unwrap_or(false)
+    };
+    if is_job(dir) {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    let rd =
+        fs::read_dir(dir).map_err(|e| Error::io("cannot read checkpoint directory", dir, e))?;
+    let mut jobs: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && is_job(p))
+        .collect();
+    jobs.sort();
+    Ok(jobs)
+}
+
+/// Every `chk-<n>` directory of a job directory, oldest first, checked.
+pub fn list_checkpoints(job_dir: &Path) -> Result<Vec<CheckpointInfo>> {
+    let rd = fs::read_dir(job_dir)
+        .map_err(|e| Error::io("cannot read checkpoint directory", job_dir, e))?;
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(id) = name
+            .strip_prefix("chk-")
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let dir = e.path();
+        let size = dir_size(&dir);
+        let info = match load_checkpoint(&dir) {
+            Ok(c) => CheckpointInfo {
+                id,
+                dir,
+                status: "complete",
+                problem: None,
+                size,
+                completed_timestamp: Some(c.metadata.completed_timestamp),
+                is_savepoint: c.metadata.is_savepoint,
+            },
+            Err(err) => CheckpointInfo {
+                status: if dir.join("_metadata").exists() {
+                    "corrupt"
+                } else {
+                    "incomplete"
+                },
+                problem: Some(err.to_string()),
+                id,
+                dir,
+                size,
+                completed_timestamp: None,
+                is_savepoint: false,
+            },
+        };
+        out.push(info);
+    }
+    out.sort_by_key(|i| i.id);
+    Ok(out)
+}
+
+/// The lock file a running job keeps in its directory (its process id).
+pub const LOCK_FILE: &str = ".running";
+
+/// Whether the job owning `job_dir` is running (its lock names a live process).
+pub fn job_is_running(job_dir: &Path) -> bool {
+    fs::read_to_string(job_dir.join(LOCK_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Files and directories of `job_dir` that no complete checkpoint references:
+/// incomplete `chk-<n>` directories (a crash mid-checkpoint), temporary
+/// `_metadata.inprogress` files, and files inside complete checkpoints that
+/// their `_metadata` does not list. Referenced files are never included.
+/// Corrupt checkpoints are reported by `verify`, not collected.
+pub fn orphans(job_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for info in list_checkpoints(job_dir)? {
+        match info.status {
+            "incomplete" => out.push(info.dir),
+            "complete" => {
+                let c = load_checkpoint(&info.dir)?;
+                let referenced: Vec<&str> = c
+                    .metadata
+                    .subtasks
+                    .iter()
+                    .map(|h| h.file.as_str())
+                    .collect();
+                for e in fs::read_dir(&info.dir)
+                    .map_err(|e| Error::io("cannot read checkpoint directory", &info.dir, e))?
+                    .flatten()
+                {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name != "_metadata" && !referenced.contains(&name.as_str()) {
+                        out.push(e.path());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }

@@ -473,6 +473,14 @@ impl OperatorStateStore {
         self.lists.is_empty()
     }
 
+    /// Each list's name, number of elements and bytes (for inspection tools).
+    pub fn summary(&self) -> Vec<(String, usize, usize)> {
+        self.lists
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len(), v.iter().map(Vec::len).sum()))
+            .collect()
+    }
+
     /// Merges the lists of several stores (used when parallelism changes: the
     /// elements of all old subtasks are redistributed round-robin).
     pub fn redistribute(
