@@ -263,9 +263,16 @@ fn checkpoints_are_taken_and_printed() {
         .collect();
     assert_eq!(chks.len(), 1, "{chks:?}");
     let last_id: u64 = chks[0].trim_start_matches("chk-").parse().unwrap();
+    let last_printed: u64 = lines
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(
-        last_id as usize,
-        lines.len(),
+        last_id, last_printed,
         "the final checkpoint is the last one printed"
     );
     weir::runtime::checkpoint::storage::load_checkpoint(&jobs[0].path().join(&chks[0])).unwrap();

@@ -637,6 +637,30 @@ pub mod options {
         Kind::Text,
         "restore from this chk-<n> directory, or the latest complete checkpoint of this job directory",
     );
+    /// Restart strategy.
+    pub const RESTART_STRATEGY: ConfigOption<String> = ConfigOption::new(
+        "restart-strategy.type",
+        "fixed-delay",
+        Kind::Enum(&["none", "fixed-delay"]),
+        "what a failure does: none fails the job; fixed-delay restarts it from the latest checkpoint",
+    );
+    /// Fixed-delay attempts.
+    pub const RESTART_ATTEMPTS: ConfigOption<u64> = ConfigOption::new(
+        "restart-strategy.fixed-delay.attempts",
+        "3",
+        Kind::Int {
+            min: 0,
+            max: i64::MAX,
+        },
+        "restarts allowed before the job fails",
+    );
+    /// Fixed-delay delay.
+    pub const RESTART_DELAY: ConfigOption<Duration> = ConfigOption::new(
+        "restart-strategy.fixed-delay.delay",
+        "0ms",
+        Kind::Duration,
+        "pause before each restart",
+    );
     /// How often wordcount-style examples print progress.
     pub const PROGRESS_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
         "client.progress-interval",
@@ -666,6 +690,9 @@ pub mod options {
         CHECKPOINTING_NUM_RETAINED.def,
         CHECKPOINTING_RETENTION.def,
         RECOVERY_PATH.def,
+        RESTART_STRATEGY.def,
+        RESTART_ATTEMPTS.def,
+        RESTART_DELAY.def,
         PROGRESS_INTERVAL.def,
     ];
 }

@@ -59,6 +59,17 @@ pub enum Error {
         cause: Box<Error>,
     },
 
+    /// The job failed more often than the restart strategy allows.
+    #[error("the restart strategy gave up after {restarts} restarts ({strategy}); last failure: {cause}")]
+    RestartsExhausted {
+        /// Restarts made.
+        restarts: u64,
+        /// The strategy, e.g. `restart-strategy.fixed-delay.attempts = 3`.
+        strategy: String,
+        /// The failure that ended the job.
+        cause: Box<Error>,
+    },
+
     /// The job was cancelled before it finished.
     #[error("job '{0}' was cancelled")]
     Cancelled(String),

@@ -15,7 +15,7 @@
 //! atomic add per batch, not per record) so a client can print progress while
 //! the job runs ([`JobHandle::metrics`]).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,8 @@ use tokio::sync::oneshot;
 use crate::checkpoint::coordinator::{CoordMsg, Coordinator, CoordinatorArgs, JobEnd, TaskRef};
 use crate::checkpoint::storage::CheckpointStorage;
 use crate::checkpoint::{CheckpointConfig, CheckpointStats};
-use crate::graph::{OperatorCounters, SubtaskSpec};
-use crate::task::{CheckpointLink, JobShared, SubtaskActor, SubtaskArgs};
+use crate::graph::OperatorCounters;
+use crate::task::{CheckpointLink, JobShared, SubtaskActor, SubtaskArgs, SubtaskMsg};
 use crate::{Error, Result};
 
 /// Live record counts of one operator.
@@ -90,7 +90,8 @@ pub struct JobHandle {
     pub(crate) master: ActorRef<JobMsg>,
     pub(crate) done: oneshot::Receiver<Result<()>>,
     pub(crate) outcome: Option<Result<()>>,
-    pub(crate) channels: Vec<crate::channel::WeakTx>,
+    pub(crate) channels: Arc<Mutex<Vec<crate::channel::WeakTx>>>,
+    pub(crate) restarts: Arc<AtomicU64>,
     pub(crate) checkpoints: Arc<Mutex<Vec<CheckpointStats>>>,
     pub(crate) restored_from: Option<(std::path::PathBuf, u64)>,
     pub(crate) runtime: Arc<tokio::runtime::Runtime>,
@@ -110,7 +111,37 @@ impl JobHandle {
     /// Batches queued right now over all of the job's channels. Backpressure
     /// bounds it by `channels x taskmanager.network.memory.buffers-per-channel`.
     pub fn queued_batches(&self) -> usize {
-        crate::channel::queued(&self.channels)
+        crate::channel::queued(&self.channels.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// How often the job was restarted after a failure (Flink's `numRestarts`).
+    pub fn num_restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Kills subtask `index` of the operator called `operator` (its chain's
+    /// actor): a failure on purpose. The job restarts from its latest
+    /// completed checkpoint as the restart strategy allows.
+    pub fn kill_subtask(&self, operator: &str, index: usize) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.master
+            .cast(JobMsg::Kill {
+                operator: operator.to_string(),
+                index,
+                reply: tx,
+            })
+            .map_err(|_| Error::User("the job has ended".into()))?;
+        let answer = match tokio::runtime::Handle::try_current() {
+            Ok(_) => {
+                return Err(Error::User(
+                    "kill_subtask blocks: call it outside async code".into(),
+                ))
+            }
+            Err(_) => self.runtime.block_on(rx),
+        };
+        answer
+            .map_err(|_| Error::User("the job has ended".into()))?
+            .map_err(Error::User)
     }
 
     /// Statistics of every checkpoint so far (the newest 1000), oldest first.
@@ -128,7 +159,10 @@ impl JobHandle {
 
     /// Number of channels in the job.
     pub fn num_channels(&self) -> usize {
-        self.channels.len()
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Time since the job started.
@@ -199,6 +233,14 @@ impl JobHandle {
 /// Control messages to the job supervisor.
 pub(crate) enum JobMsg {
     Cancel,
+    /// Kill subtask `index` of the chain that holds `operator` (a failure on purpose).
+    Kill {
+        operator: String,
+        index: usize,
+        reply: oneshot::Sender<std::result::Result<(), String>>,
+    },
+    /// Start the next attempt once the previous one has fully stopped.
+    Restart,
 }
 
 pub(crate) struct JobMaster;
@@ -211,18 +253,52 @@ pub(crate) struct CheckpointSetup {
     pub stats: Arc<Mutex<Vec<CheckpointStats>>>,
 }
 
+/// How often and when a failed job is restarted (`restart-strategy.*`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RestartStrategy {
+    /// Restarts allowed (0: none).
+    pub attempts: u64,
+    pub delay: Duration,
+}
+
 pub(crate) struct JobArgs {
     pub name: String,
     pub job_id: String,
-    pub specs: Vec<SubtaskSpec>,
+    pub graph: crate::graph::StreamGraph,
+    pub plan: crate::graph::JobPlan,
+    pub conf: crate::config::Conf,
+    pub counters: Vec<Arc<OperatorCounters>>,
+    pub channels: Arc<Mutex<Vec<crate::channel::WeakTx>>>,
+    pub restore: Option<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>>,
+    /// The checkpoint the job was started from (`-s`), for restarts before its own first checkpoint.
+    pub restored_from: Option<std::path::PathBuf>,
     pub checkpoint: Option<CheckpointSetup>,
+    pub restart: RestartStrategy,
+    pub restarts: Arc<AtomicU64>,
     pub done: oneshot::Sender<Result<()>>,
 }
 
+/// Checkpointing settings, storage and statistics of a job, kept across attempts.
+type CheckpointParts = (CheckpointConfig, CheckpointStorage, Arc<Mutex<Vec<CheckpointStats>>>);
+
 pub(crate) struct JobState {
     name: String,
+    job_id: String,
+    graph: crate::graph::StreamGraph,
+    plan: crate::graph::JobPlan,
+    conf: crate::config::Conf,
+    counters: Vec<Arc<OperatorCounters>>,
+    channels: Arc<Mutex<Vec<crate::channel::WeakTx>>>,
+    restored_from: Option<std::path::PathBuf>,
+    checkpoint: Option<CheckpointParts>,
+    restart: RestartStrategy,
+    restarts: Arc<AtomicU64>,
+    tasks: Vec<ActorRef<SubtaskMsg>>,
+    killed: std::collections::HashSet<ractor::ActorId>,
     running: usize,
     failed: Option<String>,
+    /// A failure is being recovered from: the attempt is stopping.
+    recovering: Option<String>,
     cancelled: bool,
     done: Option<oneshot::Sender<Result<()>>>,
     shared: Arc<JobShared>,
@@ -231,8 +307,89 @@ pub(crate) struct JobState {
 }
 
 impl JobState {
+    /// Spawns the coordinator and every subtask of one attempt.
+    async fn start_attempt(
+        &mut self,
+        myself: &ActorRef<JobMsg>,
+        restore: Option<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>>,
+        first_id: u64,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let mut link = None;
+        if let Some((cfg, storage, stats)) = &self.checkpoint {
+            let (c, _) = Coordinator::spawn_linked(
+                None,
+                Coordinator,
+                CoordinatorArgs {
+                    cfg: cfg.clone(),
+                    job_id: self.job_id.clone(),
+                    job_name: self.name.clone(),
+                    storage: storage.clone(),
+                    first_id,
+                    stats: stats.clone(),
+                    shared: self.shared.clone(),
+                },
+                myself.get_cell(),
+            )
+            .await?;
+            link = Some(CheckpointLink {
+                coordinator: c.clone(),
+                storage: storage.clone(),
+                mode: cfg.barrier_mode(),
+            });
+            self.coordinator = Some(c);
+        }
+        let mut channels = Vec::new();
+        let specs = crate::graph::instantiate(
+            &self.graph,
+            &self.plan,
+            &self.conf,
+            &self.job_id,
+            &self.counters,
+            &mut channels,
+            restore,
+        )?;
+        *self.channels.lock().unwrap_or_else(|p| p.into_inner()) = channels;
+        let mut refs = Vec::with_capacity(specs.len());
+        self.tasks.clear();
+        for spec in specs {
+            let chain = spec.chain.clone();
+            let is_source = matches!(spec.head, crate::graph::Head::Source { .. });
+            let (actor, _) = SubtaskActor::spawn_linked(
+                None,
+                SubtaskActor,
+                SubtaskArgs {
+                    spec,
+                    shared: self.shared.clone(),
+                    checkpoint: link.clone(),
+                },
+                myself.get_cell(),
+            )
+            .await?;
+            self.tasks.push(actor.clone());
+            refs.push(TaskRef {
+                chain,
+                is_source,
+                actor,
+            });
+        }
+        self.running = refs.len();
+        if let Some(c) = &self.coordinator {
+            c.cast(CoordMsg::Start(refs))?;
+        }
+        Ok(())
+    }
+
     fn end_if_idle(&mut self, myself: &ActorRef<JobMsg>) {
         if self.running > 0 {
+            return;
+        }
+        if self.recovering.is_some() {
+            // Restart when the old attempt has fully stopped (its loops included).
+            if let Some(c) = &self.coordinator {
+                c.stop(Some("restarting".into()));
+                return;
+            }
+            let _ = myself.cast(JobMsg::Restart);
             return;
         }
         if let Some(c) = &self.coordinator {
@@ -256,10 +413,23 @@ impl JobState {
         let outcome = if let Some(fallback) = self.failed.take() {
             // The best cause is known only now: a root cause recorded by any
             // subtask wins over the disconnections it caused.
-            Err(self
+            let cause = self
                 .shared
                 .take_failure()
-                .unwrap_or_else(|| Error::Internal(format!("subtask actor failed: {fallback}"))))
+                .unwrap_or_else(|| Error::Internal(format!("subtask actor failed: {fallback}")));
+            let n = self.restarts.load(Ordering::Relaxed);
+            if n > 0 {
+                Err(Error::RestartsExhausted {
+                    restarts: n,
+                    strategy: format!(
+                        "restart-strategy.fixed-delay.attempts = {}",
+                        self.restart.attempts
+                    ),
+                    cause: Box::new(cause),
+                })
+            } else {
+                Err(cause)
+            }
         } else if self.cancelled {
             Err(Error::Cancelled(self.name.clone()))
         } else {
@@ -272,10 +442,53 @@ impl JobState {
     }
 
     fn fail(&mut self, myself: &ActorRef<JobMsg>, err: String) {
-        if self.failed.is_none() && !self.cancelled {
+        if self.failed.is_some() || self.cancelled || self.recovering.is_some() {
+            return;
+        }
+        let used = self.restarts.load(Ordering::Relaxed);
+        if used < self.restart.attempts {
+            tracing::warn!(job = %self.name, error = %err, restart = used + 1, "subtask failed; restarting the job from its latest checkpoint");
+            self.recovering = Some(err);
+            myself.stop_children_except(None);
+        } else {
             tracing::error!(job = %self.name, error = %err, "job failed; stopping all subtasks");
             self.failed = Some(err);
             myself.stop_children_except(self.coordinator.as_ref());
+        }
+    }
+
+    /// Where the next attempt starts: the newest complete checkpoint of this
+    /// job, else the checkpoint the job was started from, else the beginning.
+    fn restore_point(
+        &self,
+    ) -> Result<(
+        Option<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>>,
+        u64,
+    )> {
+        let mut next_id = 1;
+        if let Some((_, storage, _)) = &self.checkpoint {
+            let ids =
+                crate::checkpoint::storage::list_checkpoints(storage.job_dir()).unwrap_or_default();
+            next_id = ids.iter().map(|c| c.id + 1).max().unwrap_or(1);
+            if let Some(best) = ids.iter().rev().find(|c| c.status == "complete") {
+                let loaded = crate::checkpoint::storage::load_checkpoint(&best.dir)?;
+                let assigned = crate::checkpoint::restore::assign(&loaded, &self.plan)?;
+                return Ok((
+                    Some(assigned),
+                    next_id.max(loaded.metadata.checkpoint_id + 1),
+                ));
+            }
+        }
+        match &self.restored_from {
+            Some(p) => {
+                let loaded = crate::checkpoint::storage::load_checkpoint(p)?;
+                let assigned = crate::checkpoint::restore::assign(&loaded, &self.plan)?;
+                Ok((
+                    Some(assigned),
+                    next_id.max(loaded.metadata.checkpoint_id + 1),
+                ))
+            }
+            None => Ok((None, next_id)),
         }
     }
 }
@@ -305,69 +518,32 @@ impl Actor for JobMaster {
         myself: ActorRef<JobMsg>,
         args: JobArgs,
     ) -> Result<JobState, ActorProcessingErr> {
-        let shared = Arc::new(JobShared::default());
-        let mut coordinator = None;
-        let mut link = None;
-        if let Some(cp) = args.checkpoint {
-            let mode = cp.cfg.barrier_mode();
-            let storage = cp.storage.clone();
-            let (c, _) = Coordinator::spawn_linked(
-                None,
-                Coordinator,
-                CoordinatorArgs {
-                    cfg: cp.cfg,
-                    job_id: args.job_id.clone(),
-                    job_name: args.name.clone(),
-                    storage: cp.storage,
-                    first_id: cp.first_id,
-                    stats: cp.stats,
-                    shared: shared.clone(),
-                },
-                myself.get_cell(),
-            )
-            .await?;
-            link = Some(CheckpointLink {
-                coordinator: c.clone(),
-                storage,
-                mode,
-            });
-            coordinator = Some(c);
-        }
-        let mut tasks = Vec::with_capacity(args.specs.len());
-        for spec in args.specs {
-            let chain = spec.chain.clone();
-            let is_source = matches!(spec.head, crate::graph::Head::Source { .. });
-            let (actor, _) = SubtaskActor::spawn_linked(
-                None,
-                SubtaskActor,
-                SubtaskArgs {
-                    spec,
-                    shared: shared.clone(),
-                    checkpoint: link.clone(),
-                },
-                myself.get_cell(),
-            )
-            .await?;
-            tasks.push(TaskRef {
-                chain,
-                is_source,
-                actor,
-            });
-        }
-        let running = tasks.len();
-        if let Some(c) = &coordinator {
-            c.cast(CoordMsg::Start(tasks))?;
-        }
-        Ok(JobState {
+        let first_id = args.checkpoint.as_ref().map_or(1, |c| c.first_id);
+        let mut state = JobState {
             name: args.name,
-            running,
+            job_id: args.job_id,
+            graph: args.graph,
+            plan: args.plan,
+            conf: args.conf,
+            counters: args.counters,
+            channels: args.channels,
+            restored_from: args.restored_from,
+            checkpoint: args.checkpoint.map(|c| (c.cfg, c.storage, c.stats)),
+            restart: args.restart,
+            restarts: args.restarts,
+            tasks: Vec::new(),
+            killed: Default::default(),
+            running: 0,
             failed: None,
+            recovering: None,
             cancelled: false,
             done: Some(args.done),
-            shared,
-            coordinator,
+            shared: Arc::new(JobShared::default()),
+            coordinator: None,
             shutting_down: false,
-        })
+        };
+        state.start_attempt(&myself, args.restore, first_id).await?;
+        Ok(state)
     }
 
     async fn post_start(
@@ -390,7 +566,69 @@ impl Actor for JobMaster {
                 if state.failed.is_none() {
                     state.cancelled = true;
                 }
+                state.recovering = None;
                 myself.stop_children_except(state.coordinator.as_ref());
+                state.end_if_idle(&myself);
+            }
+            JobMsg::Kill {
+                operator,
+                index,
+                reply,
+            } => {
+                let outcome = match state
+                    .plan
+                    .chains
+                    .iter()
+                    .position(|c| c.operators.contains(&operator))
+                {
+                    None => Err(format!("no operator named '{operator}'")),
+                    Some(c) if index >= state.plan.chains[c].parallelism => Err(format!(
+                        "operator '{operator}' has parallelism {}: no subtask {index}",
+                        state.plan.chains[c].parallelism
+                    )),
+                    Some(c) => {
+                        let task: usize = state.plan.chains[..c]
+                            .iter()
+                            .map(|c| c.parallelism)
+                            .sum::<usize>()
+                            + index;
+                        match state.tasks.get(task) {
+                            Some(actor) if state.recovering.is_none() => {
+                                tracing::warn!(operator, index, "killing subtask on request");
+                                state.killed.insert(actor.get_id());
+                                actor.stop(Some("killed".into()));
+                                Ok(())
+                            }
+                            _ => Err("the job is restarting".to_string()),
+                        }
+                    }
+                };
+                let _ = reply.send(outcome);
+            }
+            JobMsg::Restart => {
+                if state.recovering.is_none() || state.running > 0 || state.coordinator.is_some() {
+                    return Ok(());
+                }
+                if state.shared.live_loops() > 0 {
+                    // Old processing loops finish their current step first.
+                    myself.send_after(Duration::from_millis(2), || JobMsg::Restart);
+                    return Ok(());
+                }
+                let cause = state.recovering.take().unwrap_or_default();
+                let _ = state.shared.take_failure();
+                let n = state.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+                tokio::time::sleep(state.restart.delay).await;
+                let (restore, first_id) = match state.restore_point() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        state.failed = Some(format!("cannot restore after a failure: {e}"));
+                        state.shared.record_failure(e);
+                        state.end_if_idle(&myself);
+                        return Ok(());
+                    }
+                };
+                tracing::warn!(job = %state.name, restart = n, cause, "restarting");
+                state.start_attempt(&myself, restore, first_id).await?;
             }
         }
         Ok(())
@@ -413,11 +651,14 @@ impl Actor for JobMaster {
                 state.coordinator = None;
                 state.fail(&myself, err.to_string());
             }
-            SupervisionEvent::ActorTerminated(..) => {
-                state.running -= 1;
+            SupervisionEvent::ActorTerminated(cell, ..) => {
+                state.running = state.running.saturating_sub(1);
+                if state.killed.remove(&cell.get_id()) {
+                    state.fail(&myself, "subtask killed on request".into());
+                }
             }
             SupervisionEvent::ActorFailed(_, err) => {
-                state.running -= 1;
+                state.running = state.running.saturating_sub(1);
                 state.fail(&myself, err.to_string());
             }
             _ => {}

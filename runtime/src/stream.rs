@@ -37,7 +37,9 @@ use crate::channel::{HashPartition, PartitionSetup};
 use crate::checkpoint::{restore, storage, CheckpointConfig};
 use crate::config::{options, Conf};
 use crate::graph::{Edge, JobPlan, Node, NodeKind, OperatorCounters, Ship, StreamGraph};
-use crate::job::{CheckpointSetup, JobArgs, JobHandle, JobMaster, JobResult, OperatorInfo};
+use crate::job::{
+    CheckpointSetup, JobArgs, JobHandle, JobMaster, JobResult, OperatorInfo, RestartStrategy,
+};
 use crate::operator::{
     ChainOp, Collector, FilterOp, FlatMapOp, KeyedOpenContext, KeyedProcessFunction,
     KeyedProcessOp, MapOp, SinkFunction, SinkOp, SourceAdapter, SourceFunction, SourceOp,
@@ -174,23 +176,31 @@ impl Env {
         } else {
             None
         };
-        let mut channels = Vec::new();
-        let specs = crate::graph::instantiate(
-            &graph,
-            &plan,
-            &self.conf,
-            &job_id,
-            &counters,
-            &mut channels,
-            restore,
-        )?;
+        let restart = RestartStrategy {
+            attempts: if self.conf.get(&options::RESTART_STRATEGY) == "none" {
+                0
+            } else {
+                self.conf.get(&options::RESTART_ATTEMPTS)
+            },
+            delay: self.conf.get(&options::RESTART_DELAY),
+        };
+        let channels = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let restarts = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let started = Instant::now();
         let args = JobArgs {
             name: name.to_string(),
             job_id: job_id.clone(),
-            specs,
+            graph,
+            plan,
+            conf: self.conf.clone(),
+            counters,
+            channels: channels.clone(),
+            restore,
+            restored_from: restored_from.as_ref().map(|r| r.0.clone()),
             checkpoint,
+            restart,
+            restarts: restarts.clone(),
             done: tx,
         };
         let (master, _) = self
@@ -206,6 +216,7 @@ impl Env {
             done: rx,
             outcome: None,
             channels,
+            restarts,
             checkpoints: stats,
             restored_from,
             runtime: self.runtime.clone(),

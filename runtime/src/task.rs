@@ -50,6 +50,8 @@ use crate::{Error, Result};
 #[derive(Default)]
 pub(crate) struct JobShared {
     failure: Mutex<Option<Error>>,
+    /// Processing-loop threads still running (a restart waits for zero).
+    live: std::sync::atomic::AtomicUsize,
 }
 
 impl JobShared {
@@ -65,6 +67,10 @@ impl JobShared {
         if replace {
             *slot = Some(e);
         }
+    }
+
+    pub(crate) fn live_loops(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub(crate) fn take_failure(&self) -> Option<Error> {
@@ -165,6 +171,8 @@ impl Actor for SubtaskActor {
         let main = tokio::runtime::Handle::current();
         let name = format!("{} ({})", args.spec.chain, args.spec.subtask);
         let (abort, registration) = futures::future::AbortHandle::new_pair();
+        let live = args.shared.clone();
+        live.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let body = async move {
             let SubtaskArgs {
                 mut spec,
@@ -212,6 +220,7 @@ impl Actor for SubtaskActor {
                         tracing::error!(error = %e, "cannot start a subtask thread's runtime")
                     }
                 }
+                live.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             })
             .map_err(|e| format!("cannot start subtask thread: {e}"))?;
         state.task = Some(LoopHandle {
