@@ -279,7 +279,11 @@ pub(crate) struct JobArgs {
 }
 
 /// Checkpointing settings, storage and statistics of a job, kept across attempts.
-type CheckpointParts = (CheckpointConfig, CheckpointStorage, Arc<Mutex<Vec<CheckpointStats>>>);
+type CheckpointParts = (
+    CheckpointConfig,
+    CheckpointStorage,
+    Arc<Mutex<Vec<CheckpointStats>>>,
+);
 
 pub(crate) struct JobState {
     name: String,
