@@ -80,7 +80,7 @@ fn run_with_kills(
             restores.push(r.file_name().unwrap().to_string_lossy().into_owned());
         }
         let mut child = spawn(input, out, ckpt, extra, restore.as_deref());
-        let delay = full.mul_f64(0.05 + 0.35 * rng.unit_f64());
+        let delay = full.mul_f64(0.03 + 0.17 * rng.unit_f64());
         std::thread::sleep(delay);
         match child.try_wait().unwrap() {
             Some(status) => {
