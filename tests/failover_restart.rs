@@ -134,3 +134,116 @@ fn no_restart_strategy_fails_at_once_and_bad_kill_requests_are_errors() {
     let err = job.wait().unwrap_err().to_string();
     assert!(err.contains("killed on request"), "{err}");
 }
+
+/// A forward-only job at parallelism 4 is four regions: killing one slice
+/// restarts that slice only; the others keep running (their counters move
+/// during the recovery) and the output stays exactly once per slice.
+fn forward_job(strategy: &str) -> (Vec<u64>, u64, bool) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let n = 200_000u64;
+    let env = Env::from_conf(conf(
+        &dir.path().join("ckpt"),
+        &[
+            ("parallelism.default", "4"),
+            ("execution.checkpointing.interval", "20ms"),
+            ("jobmanager.execution.failover-strategy", strategy),
+            ("restart-strategy.fixed-delay.delay", "300ms"),
+        ],
+    ))
+    .unwrap();
+    let progress: Arc<Vec<AtomicU64>> = Arc::new((0..4).map(|_| AtomicU64::new(0)).collect());
+    let p = progress.clone();
+    let sink = FileSink::new(&out, |i: &u64, line: &mut String| {
+        line.push_str(&format!("{}\t{i}", i % 4))
+    })
+    .unwrap();
+    env.add_source(GeneratorSource::new(3, Some(n), |i, _| i).with_rate(200_000.0))
+        .name("numbers")
+        .map(move |i: u64| {
+            p[(i % 4) as usize].fetch_add(1, Ordering::Relaxed);
+            i
+        })
+        .name("tap")
+        .add_sink(sink)
+        .name("files");
+    let job = env.execute_async("slices").unwrap();
+    assert_eq!(job.regions().len(), 4, "{:?}", job.regions());
+    std::thread::sleep(Duration::from_millis(300));
+    job.kill_subtask("tap", 1).unwrap();
+    let before: Vec<u64> = progress.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    std::thread::sleep(Duration::from_millis(200)); // inside the 300 ms restart delay
+    let during: Vec<u64> = progress.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let others_moved = [0usize, 2, 3].iter().all(|&r| during[r] > before[r]);
+    let started = std::time::Instant::now();
+    while job.num_restarts() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no restart");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let region_restarts = job.region_restarts();
+    let restarts = job.num_restarts();
+    job.wait().unwrap();
+    // Exactly once, in order, per slice.
+    let mut per: Vec<Vec<u64>> = vec![Vec::new(); 4];
+    let mut files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    files.sort_by_key(|p| {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let parts: Vec<&str> = name.split('-').collect();
+        (
+            parts[parts.len() - 2].parse::<u64>().unwrap(),
+            parts[parts.len() - 1].parse::<u64>().unwrap(),
+        )
+    });
+    for f in files {
+        for line in std::fs::read_to_string(&f).unwrap().lines() {
+            let (r, i) = line.split_once('\t').unwrap();
+            per[r.parse::<usize>().unwrap()].push(i.parse().unwrap());
+        }
+    }
+    for (r, v) in per.iter().enumerate() {
+        let want: Vec<u64> = (r as u64..n).step_by(4).collect();
+        assert!(
+            v == &want,
+            "slice {r}: {} lines, expected {}",
+            v.len(),
+            want.len()
+        );
+    }
+    (region_restarts, restarts, others_moved)
+}
+
+#[test]
+fn region_failover_restarts_only_the_failed_slice() {
+    let (region_restarts, restarts, others_moved) = forward_job("region");
+    assert_eq!(
+        region_restarts,
+        vec![0, 1, 0, 0],
+        "only the killed slice's region restarted"
+    );
+    assert_eq!(restarts, 1);
+    assert!(
+        others_moved,
+        "the other slices kept processing during the recovery"
+    );
+}
+
+#[test]
+fn full_failover_restarts_everything() {
+    let (region_restarts, restarts, others_moved) = forward_job("full");
+    assert_eq!(restarts, 1);
+    assert!(
+        region_restarts.iter().all(|r| *r == 0),
+        "{region_restarts:?}"
+    );
+    assert!(
+        !others_moved,
+        "with full failover every slice stops during the recovery"
+    );
+}

@@ -637,6 +637,13 @@ pub mod options {
         Kind::Text,
         "restore from this chk-<n> directory, or the latest complete checkpoint of this job directory",
     );
+    /// Failover strategy.
+    pub const FAILOVER_STRATEGY: ConfigOption<String> = ConfigOption::new(
+        "jobmanager.execution.failover-strategy",
+        "region",
+        Kind::Enum(&["region", "full"]),
+        "what a failure restarts: region restarts only the failed pipelined region, full the whole job",
+    );
     /// Restart strategy.
     pub const RESTART_STRATEGY: ConfigOption<String> = ConfigOption::new(
         "restart-strategy.type",
@@ -690,6 +697,7 @@ pub mod options {
         CHECKPOINTING_NUM_RETAINED.def,
         CHECKPOINTING_RETENTION.def,
         RECOVERY_PATH.def,
+        FAILOVER_STRATEGY.def,
         RESTART_STRATEGY.def,
         RESTART_ATTEMPTS.def,
         RESTART_DELAY.def,

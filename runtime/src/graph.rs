@@ -154,6 +154,85 @@ impl JobPlan {
     }
 }
 
+impl JobPlan {
+    /// Flink's pipelined regions: the connected components of the subtask
+    /// graph over its channels (all of weir's channels are pipelined). A
+    /// forward-only job has one region per parallel slice; a job with
+    /// `key_by`, `rebalance` or `broadcast` between all its operators is one
+    /// region. Returns the subtask indices (chain by chain, then subtask) of
+    /// each region, in order of their smallest subtask.
+    pub fn regions(&self) -> Vec<Vec<usize>> {
+        let offsets: Vec<usize> = self
+            .chains
+            .iter()
+            .scan(0, |acc, c| {
+                let o = *acc;
+                *acc += c.parallelism;
+                Some(o)
+            })
+            .collect();
+        let n = self.num_subtasks();
+        let mut parent: Vec<usize> = (0..n).collect();
+        fn find(p: &mut [usize], x: usize) -> usize {
+            let mut r = x;
+            while p[r] != r {
+                r = p[r];
+            }
+            let mut y = x;
+            while p[y] != r {
+                let next = p[y];
+                p[y] = r;
+                y = next;
+            }
+            r
+        }
+        let union = |p: &mut Vec<usize>, a: usize, b: usize| {
+            let (ra, rb) = (find(p, a), find(p, b));
+            if ra != rb {
+                p[ra.max(rb)] = ra.min(rb);
+            }
+        };
+        for ch in &self.channels {
+            let (oa, ob) = (offsets[ch.from_chain], offsets[ch.to_chain]);
+            let (pa, pb) = (
+                self.chains[ch.from_chain].parallelism,
+                self.chains[ch.to_chain].parallelism,
+            );
+            if ch.ship == ShipStrategy::Forward {
+                for i in 0..pa {
+                    union(&mut parent, oa + i, ob + i);
+                }
+            } else {
+                for i in 0..pa {
+                    union(&mut parent, oa + i, ob);
+                }
+                for j in 0..pb {
+                    union(&mut parent, ob + j, ob);
+                }
+            }
+        }
+        let mut groups: std::collections::BTreeMap<usize, Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for t in 0..n {
+            let r = find(&mut parent, t);
+            groups.entry(r).or_default().push(t);
+        }
+        groups.into_values().collect()
+    }
+
+    /// The display name of subtask `task` (`chain name (index)`).
+    pub fn subtask_name(&self, task: usize) -> String {
+        let mut t = task;
+        for c in &self.chains {
+            if t < c.parallelism {
+                return format!("{} ({t})", c.name());
+            }
+            t -= c.parallelism;
+        }
+        format!("subtask {task}")
+    }
+}
+
 impl fmt::Display for JobPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in &self.chains {

@@ -92,6 +92,8 @@ pub struct JobHandle {
     pub(crate) outcome: Option<Result<()>>,
     pub(crate) channels: Arc<Mutex<Vec<crate::channel::WeakTx>>>,
     pub(crate) restarts: Arc<AtomicU64>,
+    pub(crate) region_restarts: Arc<Vec<AtomicU64>>,
+    pub(crate) regions: Vec<Vec<String>>,
     pub(crate) checkpoints: Arc<Mutex<Vec<CheckpointStats>>>,
     pub(crate) restored_from: Option<(std::path::PathBuf, u64)>,
     pub(crate) runtime: Arc<tokio::runtime::Runtime>,
@@ -112,6 +114,19 @@ impl JobHandle {
     /// bounds it by `channels x taskmanager.network.memory.buffers-per-channel`.
     pub fn queued_batches(&self) -> usize {
         crate::channel::queued(&self.channels.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Restarts per failover region, in the order of [`crate::graph::JobPlan::regions`].
+    pub fn region_restarts(&self) -> Vec<u64> {
+        self.region_restarts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The failover regions: the subtask names of each.
+    pub fn regions(&self) -> &[Vec<String>] {
+        &self.regions
     }
 
     /// How often the job was restarted after a failure (Flink's `numRestarts`).
@@ -241,6 +256,8 @@ pub(crate) enum JobMsg {
     },
     /// Start the next attempt once the previous one has fully stopped.
     Restart,
+    /// Restart one region once its subtasks have fully stopped.
+    RestartRegion(usize),
 }
 
 pub(crate) struct JobMaster;
@@ -253,12 +270,15 @@ pub(crate) struct CheckpointSetup {
     pub stats: Arc<Mutex<Vec<CheckpointStats>>>,
 }
 
-/// How often and when a failed job is restarted (`restart-strategy.*`).
+/// How often and when a failed job is restarted (`restart-strategy.*`),
+/// and what restarts (`jobmanager.execution.failover-strategy`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RestartStrategy {
     /// Restarts allowed (0: none).
     pub attempts: u64,
     pub delay: Duration,
+    /// Restart only the failed region (else the whole job).
+    pub region: bool,
 }
 
 pub(crate) struct JobArgs {
@@ -275,6 +295,7 @@ pub(crate) struct JobArgs {
     pub checkpoint: Option<CheckpointSetup>,
     pub restart: RestartStrategy,
     pub restarts: Arc<AtomicU64>,
+    pub region_restarts: Arc<Vec<AtomicU64>>,
     pub done: oneshot::Sender<Result<()>>,
 }
 
@@ -297,7 +318,16 @@ pub(crate) struct JobState {
     checkpoint: Option<CheckpointParts>,
     restart: RestartStrategy,
     restarts: Arc<AtomicU64>,
+    region_restarts: Arc<Vec<AtomicU64>>,
+    /// Subtask indices per pipelined region, and each subtask's region.
+    regions: Vec<Vec<usize>>,
+    region_of: Vec<usize>,
+    /// Live subtask actors per region.
+    region_running: Vec<usize>,
+    /// Regions being restarted, with the failure.
+    regions_recovering: std::collections::BTreeMap<usize, String>,
     tasks: Vec<ActorRef<SubtaskMsg>>,
+    task_ids: std::collections::HashMap<ractor::ActorId, usize>,
     killed: std::collections::HashSet<ractor::ActorId>,
     running: usize,
     failed: Option<String>,
@@ -355,7 +385,9 @@ impl JobState {
         *self.channels.lock().unwrap_or_else(|p| p.into_inner()) = channels;
         let mut refs = Vec::with_capacity(specs.len());
         self.tasks.clear();
+        self.task_ids.clear();
         for spec in specs {
+            let index = spec.task_index;
             let chain = spec.chain.clone();
             let is_source = matches!(spec.head, crate::graph::Head::Source { .. });
             let (actor, _) = SubtaskActor::spawn_linked(
@@ -369,6 +401,7 @@ impl JobState {
                 myself.get_cell(),
             )
             .await?;
+            self.task_ids.insert(actor.get_id(), index);
             self.tasks.push(actor.clone());
             refs.push(TaskRef {
                 chain,
@@ -377,13 +410,88 @@ impl JobState {
             });
         }
         self.running = refs.len();
+        self.region_running = self.regions.iter().map(Vec::len).collect();
         if let Some(c) = &self.coordinator {
             c.cast(CoordMsg::Start(refs))?;
         }
         Ok(())
     }
 
+    /// Spawns the subtasks of region `r` again, restored from the newest checkpoint.
+    async fn restart_region(
+        &mut self,
+        myself: &ActorRef<JobMsg>,
+        r: usize,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let (restore, _) = self.restore_point()?;
+        let link = match (&self.checkpoint, &self.coordinator) {
+            (Some((cfg, storage, _)), Some(c)) => Some(CheckpointLink {
+                coordinator: c.clone(),
+                storage: storage.clone(),
+                mode: cfg.barrier_mode(),
+            }),
+            _ => None,
+        };
+        let mut channels = Vec::new();
+        let specs = crate::graph::instantiate(
+            &self.graph,
+            &self.plan,
+            &self.conf,
+            &self.job_id,
+            &self.counters,
+            &mut channels,
+            restore,
+        )?;
+        let members = self.regions[r].clone();
+        let mut refs = Vec::new();
+        for spec in specs
+            .into_iter()
+            .filter(|s| members.contains(&s.task_index))
+        {
+            let index = spec.task_index;
+            let chain = spec.chain.clone();
+            let is_source = matches!(spec.head, crate::graph::Head::Source { .. });
+            let (actor, _) = SubtaskActor::spawn_linked(
+                None,
+                SubtaskActor,
+                SubtaskArgs {
+                    spec,
+                    shared: self.shared.clone(),
+                    checkpoint: link.clone(),
+                },
+                myself.get_cell(),
+            )
+            .await?;
+            self.task_ids.insert(actor.get_id(), index);
+            if let Some(slot) = self.tasks.get_mut(index) {
+                *slot = actor.clone();
+            }
+            refs.push((
+                index,
+                TaskRef {
+                    chain,
+                    is_source,
+                    actor,
+                },
+            ));
+        }
+        self.running += refs.len();
+        self.region_running[r] = refs.len();
+        if let Some(c) = &self.coordinator {
+            c.cast(CoordMsg::RegionUp(refs))?;
+        }
+        Ok(())
+    }
+
     fn end_if_idle(&mut self, myself: &ActorRef<JobMsg>) {
+        for (r, _) in self.regions_recovering.iter() {
+            if self.region_running[*r] == 0 {
+                let _ = myself.cast(JobMsg::RestartRegion(*r));
+            }
+        }
+        if !self.regions_recovering.is_empty() {
+            return;
+        }
         if self.running > 0 {
             return;
         }
@@ -445,11 +553,30 @@ impl JobState {
         myself.stop(None);
     }
 
-    fn fail(&mut self, myself: &ActorRef<JobMsg>, err: String) {
+    fn fail(&mut self, myself: &ActorRef<JobMsg>, err: String, task: Option<usize>) {
         if self.failed.is_some() || self.cancelled || self.recovering.is_some() {
             return;
         }
-        let used = self.restarts.load(Ordering::Relaxed);
+        let used = self.restarts.load(Ordering::Relaxed) + self.regions_recovering.len() as u64;
+        let region = task.map(|t| self.region_of[t]);
+        if let (true, Some(r)) = (self.restart.region, region) {
+            if self.regions_recovering.contains_key(&r) {
+                return; // a consequence of the failure being recovered
+            }
+            if used < self.restart.attempts {
+                tracing::warn!(job = %self.name, error = %err, region = r, "subtask failed; restarting its region from the latest checkpoint");
+                self.regions_recovering.insert(r, err);
+                for &t in &self.regions[r] {
+                    if let Some(a) = self.tasks.get(t) {
+                        a.stop(Some("region restarting".into()));
+                    }
+                }
+                if let Some(c) = &self.coordinator {
+                    let _ = c.cast(CoordMsg::RegionDown(self.regions[r].clone()));
+                }
+                return;
+            }
+        }
         if used < self.restart.attempts {
             tracing::warn!(job = %self.name, error = %err, restart = used + 1, "subtask failed; restarting the job from its latest checkpoint");
             self.recovering = Some(err);
@@ -535,6 +662,12 @@ impl Actor for JobMaster {
             checkpoint: args.checkpoint.map(|c| (c.cfg, c.storage, c.stats)),
             restart: args.restart,
             restarts: args.restarts,
+            region_restarts: args.region_restarts,
+            region_of: Vec::new(),
+            region_running: Vec::new(),
+            regions_recovering: Default::default(),
+            regions: Vec::new(),
+            task_ids: Default::default(),
             tasks: Vec::new(),
             killed: Default::default(),
             running: 0,
@@ -546,6 +679,24 @@ impl Actor for JobMaster {
             coordinator: None,
             shutting_down: false,
         };
+        state.regions = state.plan.regions();
+        state.region_of = vec![0; state.plan.num_subtasks()];
+        for (r, members) in state.regions.iter().enumerate() {
+            for &t in members {
+                state.region_of[t] = r;
+            }
+        }
+        tracing::info!(
+            job = %state.name,
+            "failover regions:\n{}",
+            state
+                .regions
+                .iter()
+                .enumerate()
+                .map(|(r, m)| format!("region {r}: {}", m.iter().map(|t| state.plan.subtask_name(*t)).collect::<Vec<_>>().join(", ")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         state.start_attempt(&myself, args.restore, first_id).await?;
         Ok(state)
     }
@@ -596,8 +747,12 @@ impl Actor for JobMaster {
                             .map(|c| c.parallelism)
                             .sum::<usize>()
                             + index;
+                        let region_down = state
+                            .region_of
+                            .get(task)
+                            .is_some_and(|r| state.regions_recovering.contains_key(r));
                         match state.tasks.get(task) {
-                            Some(actor) if state.recovering.is_none() => {
+                            Some(actor) if state.recovering.is_none() && !region_down => {
                                 tracing::warn!(operator, index, "killing subtask on request");
                                 state.killed.insert(actor.get_id());
                                 actor.stop(Some("killed".into()));
@@ -608,6 +763,32 @@ impl Actor for JobMaster {
                     }
                 };
                 let _ = reply.send(outcome);
+            }
+            JobMsg::RestartRegion(r) => {
+                if !state.regions_recovering.contains_key(&r)
+                    || state.region_running[r] > 0
+                    || state.recovering.is_some()
+                {
+                    return Ok(());
+                }
+                if state.shared.any_live(&state.regions[r]) {
+                    myself.send_after(Duration::from_millis(1), move || JobMsg::RestartRegion(r));
+                    return Ok(());
+                }
+                let cause = state.regions_recovering.remove(&r).unwrap_or_default();
+                let _ = state.shared.take_failure();
+                let n = state.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(c) = state.region_restarts.get(r) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(state.restart.delay).await;
+                tracing::warn!(job = %state.name, region = r, restart = n, cause, "restarting region");
+                if let Err(e) = state.restart_region(&myself, r).await {
+                    let text = e.to_string();
+                    state.failed = Some(format!("cannot restart region {r}: {text}"));
+                    myself.stop_children_except(state.coordinator.as_ref());
+                }
+                state.end_if_idle(&myself);
             }
             JobMsg::Restart => {
                 if state.recovering.is_none() || state.running > 0 || state.coordinator.is_some() {
@@ -653,17 +834,27 @@ impl Actor for JobMaster {
             }
             SupervisionEvent::ActorFailed(cell, err) if Some(cell.get_id()) == coordinator_id => {
                 state.coordinator = None;
-                state.fail(&myself, err.to_string());
+                state.fail(&myself, err.to_string(), None);
             }
             SupervisionEvent::ActorTerminated(cell, ..) => {
+                let task = state.task_ids.remove(&cell.get_id());
                 state.running = state.running.saturating_sub(1);
+                if let Some(t) = task {
+                    let r = state.region_of[t];
+                    state.region_running[r] = state.region_running[r].saturating_sub(1);
+                }
                 if state.killed.remove(&cell.get_id()) {
-                    state.fail(&myself, "subtask killed on request".into());
+                    state.fail(&myself, "subtask killed on request".into(), task);
                 }
             }
-            SupervisionEvent::ActorFailed(_, err) => {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let task = state.task_ids.remove(&cell.get_id());
                 state.running = state.running.saturating_sub(1);
-                state.fail(&myself, err.to_string());
+                if let Some(t) = task {
+                    let r = state.region_of[t];
+                    state.region_running[r] = state.region_running[r].saturating_sub(1);
+                }
+                state.fail(&myself, err.to_string(), task);
             }
             _ => {}
         }

@@ -183,7 +183,19 @@ impl Env {
                 self.conf.get(&options::RESTART_ATTEMPTS)
             },
             delay: self.conf.get(&options::RESTART_DELAY),
+            region: self.conf.get(&options::FAILOVER_STRATEGY) == "region",
         };
+        let regions: Vec<Vec<String>> = plan
+            .regions()
+            .iter()
+            .map(|m| m.iter().map(|t| plan.subtask_name(*t)).collect())
+            .collect();
+        let region_restarts: Arc<Vec<std::sync::atomic::AtomicU64>> = Arc::new(
+            regions
+                .iter()
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        );
         let channels = Arc::new(std::sync::Mutex::new(Vec::new()));
         let restarts = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -201,6 +213,7 @@ impl Env {
             checkpoint,
             restart,
             restarts: restarts.clone(),
+            region_restarts: region_restarts.clone(),
             done: tx,
         };
         let (master, _) = self
@@ -217,6 +230,8 @@ impl Env {
             outcome: None,
             channels,
             restarts,
+            region_restarts,
+            regions,
             checkpoints: stats,
             restored_from,
             runtime: self.runtime.clone(),

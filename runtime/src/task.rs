@@ -52,6 +52,8 @@ pub(crate) struct JobShared {
     failure: Mutex<Option<Error>>,
     /// Processing-loop threads still running (a restart waits for zero).
     live: std::sync::atomic::AtomicUsize,
+    /// Per subtask: its processing-loop thread is running.
+    task_live: Mutex<std::collections::HashSet<usize>>,
 }
 
 impl JobShared {
@@ -71,6 +73,12 @@ impl JobShared {
 
     pub(crate) fn live_loops(&self) -> usize {
         self.live.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether any of `tasks` still has a running processing loop.
+    pub(crate) fn any_live(&self, tasks: &[usize]) -> bool {
+        let live = self.task_live.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.iter().any(|t| live.contains(t))
     }
 
     pub(crate) fn take_failure(&self) -> Option<Error> {
@@ -172,7 +180,12 @@ impl Actor for SubtaskActor {
         let name = format!("{} ({})", args.spec.chain, args.spec.subtask);
         let (abort, registration) = futures::future::AbortHandle::new_pair();
         let live = args.shared.clone();
+        let task_index = args.spec.task_index;
         live.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        live.task_live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(task_index);
         let body = async move {
             let SubtaskArgs {
                 mut spec,
@@ -220,6 +233,10 @@ impl Actor for SubtaskActor {
                         tracing::error!(error = %e, "cannot start a subtask thread's runtime")
                     }
                 }
+                live.task_live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&task_index);
                 live.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             })
             .map_err(|e| format!("cannot start subtask thread: {e}"))?;

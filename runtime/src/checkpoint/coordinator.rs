@@ -60,6 +60,10 @@ pub(crate) enum JobEnd {
 
 pub(crate) enum CoordMsg {
     Start(Vec<TaskRef>),
+    /// A region is failing: abort what is in flight, trigger nothing until it is back.
+    RegionDown(Vec<usize>),
+    /// The region's new subtasks replace the old ones.
+    RegionUp(Vec<(usize, TaskRef)>),
     Tick,
     Ack(Box<Ack>),
     Decline {
@@ -100,6 +104,8 @@ pub(crate) struct CoordState {
     finished: BTreeSet<usize>,
     final_id: Option<u64>,
     aborted: BTreeSet<u64>,
+    /// Subtasks of regions being restarted.
+    down: BTreeSet<usize>,
 }
 
 pub(crate) struct Coordinator;
@@ -276,6 +282,7 @@ impl CoordState {
 
     fn may_trigger(&self) -> bool {
         !self.tasks.is_empty()
+            && self.down.is_empty()
             && self.finished.is_empty()
             && self.final_id.is_none()
             && self.pending.len() < self.args.cfg.max_concurrent
@@ -306,6 +313,7 @@ impl Actor for Coordinator {
             finished: BTreeSet::new(),
             final_id: None,
             aborted: BTreeSet::new(),
+            down: BTreeSet::new(),
         })
     }
 
@@ -331,6 +339,23 @@ impl Actor for Coordinator {
                                     break;
                                 }
                             });
+                    }
+                }
+                CoordMsg::RegionDown(tasks) => {
+                    state.down.extend(tasks.iter().copied());
+                    for t in &tasks {
+                        state.finished.remove(t);
+                    }
+                    for id in state.pending.keys().copied().collect::<Vec<_>>() {
+                        state.abort(id, "a region failed", false)?;
+                    }
+                }
+                CoordMsg::RegionUp(tasks) => {
+                    for (i, t) in tasks {
+                        state.down.remove(&i);
+                        if let Some(slot) = state.tasks.get_mut(i) {
+                            *slot = t;
+                        }
                     }
                 }
                 CoordMsg::Tick => {
