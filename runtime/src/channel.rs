@@ -2,18 +2,22 @@
 //! the input gate a subtask reads from.
 //!
 //! A **channel** links one upstream subtask to one downstream subtask. It is a
-//! bounded tokio mpsc queue of [`Event`]s whose capacity is counted in batches
+//! queue of events (batches, watermarks, barriers, end of stream) under a
+//! mutex, whose capacity is counted in batches
 //! (`taskmanager.network.memory.buffers-per-channel`). A sender awaits when the
 //! queue is full, so a slow consumer slows its producers all the way back to
 //! the sources and memory stays bounded: the queued records are at most
-//! `channels x capacity x batch size`. The actor mailboxes (unbounded in
-//! ractor) never carry records, only control.
+//! `channels x capacity x batch size`. Control events never wait for space.
+//! An unaligned checkpoint barrier is inserted ahead of the queued batches and
+//! records how many it overtook (the receiver stores exactly those as channel
+//! state). The actor mailboxes (unbounded in ractor) never carry records, only
+//! control.
 //!
 //! Records travel in batches (`pipeline.batch-size`, default 1024); control
 //! events (watermarks, aligned checkpoint barriers, end of stream) travel on
 //! the same queue, in order with the data, and never wait for space.
 //!
-//! A [`Partition`] decides which downstream subtask gets which records:
+//! A `Partition` decides which downstream subtask gets which records:
 //! forward (subtask i to subtask i), rebalance (whole batches round-robin),
 //! broadcast (a copy to everyone) and hash (per record, by key group, see
 //! [`crate::keygroup`]).

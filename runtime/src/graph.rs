@@ -1,6 +1,6 @@
 //! The job graph: the logical graph the DataStream API builds, the physical
 //! plan (operator chains and the channels between them), and its expansion
-//! into one [`SubtaskSpec`] per parallel subtask.
+//! into one `SubtaskSpec` per parallel subtask.
 //!
 //! # Chaining
 //! An edge `u -> d` is **chained** (both operators run in one subtask actor,

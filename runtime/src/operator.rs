@@ -10,7 +10,7 @@
 //!
 //! Plain transformations (`map`, `flat_map`, `filter`) are closures.
 //!
-//! Internally every operator is a [`ChainOp`] that turns a whole batch into a
+//! Internally every operator is a `ChainOp` that turns a whole batch into a
 //! whole batch, so a chain of operators inside one subtask costs one dynamic
 //! call per batch and operator, never per record; records are moved, not copied
 //! or boxed.

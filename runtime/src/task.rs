@@ -19,7 +19,7 @@
 //! barrier on every output. **Other subtasks**: take the next event from the
 //! input gate (round-robin over unblocked inputs; when nothing is queued,
 //! flush partially filled output batches first, then wait). Barriers are
-//! handled per [`BarrierMode`] as described in [`crate::checkpoint`]: the
+//! handled per barrier mode as described in [`crate::checkpoint`]: the
 //! synchronous snapshot happens on the loop, the upload (file write, fsync)
 //! and the acknowledgement run in a separate task, so processing continues.
 //! At the end of input the chain is finished and end-of-stream sent; with

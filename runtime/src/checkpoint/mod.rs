@@ -11,7 +11,7 @@
 //!    asynchronously before acknowledging.
 //! 3. **Unaligned** (`execution.checkpointing.unaligned.enabled`): on the first
 //!    barrier `n` a task snapshots at once and sends `n` ahead of the batches
-//!    queued in its output channels ([`crate::channel::Tx::send_priority`]: the
+//!    queued in its output channels (`channel::Tx::send_priority`: the
 //!    barrier records how many batches it overtook). Per input it then
 //!    captures, as channel state, every batch that logically precedes that
 //!    input's barrier `n`: all batches until the barrier arrives, plus the

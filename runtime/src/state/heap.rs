@@ -2,9 +2,9 @@
 //! `HashMap<Key, Value>` per registered state, in the subtask's memory.
 //!
 //! Access costs one hash lookup and one type check per call; nothing is
-//! serialized until [`HeapKeyedStateBackend::snapshot`], which writes each
+//! serialized until `HeapKeyedStateBackend::snapshot`, which writes each
 //! state grouped by key group (the canonical [`KeyedStateSnapshot`] form).
-//! [`HeapKeyedStateBackend::restore`] keeps only the key groups of this
+//! `HeapKeyedStateBackend::restore` keeps only the key groups of this
 //! subtask's range, which is what rescaling needs.
 
 use std::any::Any;
