@@ -247,3 +247,68 @@ fn full_failover_restarts_everything() {
         "with full failover every slice stops during the recovery"
     );
 }
+
+/// `chaos.*` on the wordcount example: random subtasks are killed while it
+/// runs (each kill logged), the job recovers each time, and the committed
+/// output is exactly once.
+#[test]
+fn chaos_kills_during_wordcount_keep_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    let words = if cfg!(debug_assertions) {
+        150_000
+    } else {
+        1_500_000
+    };
+    let reference = write_big_corpus(&input, words, 13);
+    let out = dir.path().join("out");
+    let run = std::process::Command::new(example("wordcount"))
+        .args([
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "-p",
+            "2",
+            "-q",
+        ])
+        .args([
+            "-D",
+            &format!(
+                "execution.checkpointing.dir={}",
+                dir.path().join("ckpt").display()
+            ),
+        ])
+        .args(["-D", "execution.checkpointing.interval=20ms"])
+        // Kills further apart than a checkpoint cycle, so the job makes progress between them.
+        .args(["-D", "chaos.kill-interval=120ms", "-D", "chaos.seed=7"])
+        .args(["-D", "restart-strategy.fixed-delay.attempts=100000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let kills = stderr
+        .lines()
+        .filter(|l| l.contains("chaos: killing subtask"))
+        .count();
+    assert!(kills >= 1, "no chaos kill: {stderr}");
+    assert_running_counts(&read_output(&out), &reference);
+}
+
+#[test]
+fn chaos_targets_must_name_an_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = conf(
+        dir.path(),
+        &[
+            ("chaos.kill-interval", "10ms"),
+            ("chaos.targets", "no-such-op"),
+        ],
+    );
+    c.set("parallelism.default", 1).unwrap();
+    let env = Env::from_conf(c).unwrap();
+    env.add_source(GeneratorSource::new(1, Some(10), |i, _| i))
+        .add_sink(DiscardSink);
+    let err = env.execute("chaos").unwrap_err().to_string();
+    assert!(err.contains("chaos.targets 'no-such-op'"), "{err}");
+}

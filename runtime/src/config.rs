@@ -140,6 +140,11 @@ impl FromConfValue for usize {
         raw.trim().parse().ok()
     }
 }
+impl FromConfValue for i64 {
+    fn from_conf_value(raw: &str) -> Option<Self> {
+        raw.trim().parse().ok()
+    }
+}
 impl FromConfValue for u64 {
     fn from_conf_value(raw: &str) -> Option<Self> {
         raw.trim().parse().ok()
@@ -668,6 +673,30 @@ pub mod options {
         Kind::Duration,
         "pause before each restart",
     );
+    /// Chaos: kill interval.
+    pub const CHAOS_KILL_INTERVAL: ConfigOption<Option<Duration>> = ConfigOption::new(
+        "chaos.kill-interval",
+        "off",
+        Kind::DurationOrOff,
+        "kill a random subtask this often (failure testing); off disables",
+    );
+    /// Chaos: seed.
+    pub const CHAOS_SEED: ConfigOption<u64> = ConfigOption::new(
+        "chaos.seed",
+        "0",
+        Kind::Int {
+            min: 0,
+            max: i64::MAX,
+        },
+        "seed of the random choice of subtasks to kill",
+    );
+    /// Chaos: targets.
+    pub const CHAOS_TARGETS: ConfigOption<String> = ConfigOption::new(
+        "chaos.targets",
+        "all",
+        Kind::Text,
+        "operators whose subtasks may be killed: all, or names separated by commas",
+    );
     /// How often wordcount-style examples print progress.
     pub const PROGRESS_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
         "client.progress-interval",
@@ -701,6 +730,9 @@ pub mod options {
         RESTART_STRATEGY.def,
         RESTART_ATTEMPTS.def,
         RESTART_DELAY.def,
+        CHAOS_KILL_INTERVAL.def,
+        CHAOS_SEED.def,
+        CHAOS_TARGETS.def,
         PROGRESS_INTERVAL.def,
     ];
 }

@@ -93,6 +93,7 @@ pub struct JobHandle {
     pub(crate) channels: Arc<Mutex<Vec<crate::channel::WeakTx>>>,
     pub(crate) restarts: Arc<AtomicU64>,
     pub(crate) region_restarts: Arc<Vec<AtomicU64>>,
+    pub(crate) last_failure: Arc<Mutex<Option<(std::time::SystemTime, String)>>>,
     pub(crate) regions: Vec<Vec<String>>,
     pub(crate) checkpoints: Arc<Mutex<Vec<CheckpointStats>>>,
     pub(crate) restored_from: Option<(std::path::PathBuf, u64)>,
@@ -114,6 +115,14 @@ impl JobHandle {
     /// bounds it by `channels x taskmanager.network.memory.buffers-per-channel`.
     pub fn queued_batches(&self) -> usize {
         crate::channel::queued(&self.channels.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// When the last failure happened and what it was.
+    pub fn last_failure(&self) -> Option<(std::time::SystemTime, String)> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Restarts per failover region, in the order of [`crate::graph::JobPlan::regions`].
@@ -258,6 +267,8 @@ pub(crate) enum JobMsg {
     Restart,
     /// Restart one region once its subtasks have fully stopped.
     RestartRegion(usize),
+    /// `chaos.kill-interval` elapsed: kill a random target subtask.
+    ChaosKill,
 }
 
 pub(crate) struct JobMaster;
@@ -296,6 +307,7 @@ pub(crate) struct JobArgs {
     pub restart: RestartStrategy,
     pub restarts: Arc<AtomicU64>,
     pub region_restarts: Arc<Vec<AtomicU64>>,
+    pub last_failure: Arc<Mutex<Option<(std::time::SystemTime, String)>>>,
     pub done: oneshot::Sender<Result<()>>,
 }
 
@@ -319,6 +331,10 @@ pub(crate) struct JobState {
     restart: RestartStrategy,
     restarts: Arc<AtomicU64>,
     region_restarts: Arc<Vec<AtomicU64>>,
+    last_failure: Arc<Mutex<Option<(std::time::SystemTime, String)>>>,
+    /// `chaos.*`: random state and the candidate subtasks (operator name, subtask).
+    chaos_rng: u64,
+    chaos_targets: Vec<(String, usize)>,
     /// Subtask indices per pipelined region, and each subtask's region.
     regions: Vec<Vec<usize>>,
     region_of: Vec<usize>,
@@ -557,6 +573,10 @@ impl JobState {
         if self.failed.is_some() || self.cancelled || self.recovering.is_some() {
             return;
         }
+        if task.is_none_or(|t| !self.regions_recovering.contains_key(&self.region_of[t])) {
+            *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((std::time::SystemTime::now(), err.clone()));
+        }
         let used = self.restarts.load(Ordering::Relaxed) + self.regions_recovering.len() as u64;
         let region = task.map(|t| self.region_of[t]);
         if let (true, Some(r)) = (self.restart.region, region) {
@@ -663,6 +683,9 @@ impl Actor for JobMaster {
             restart: args.restart,
             restarts: args.restarts,
             region_restarts: args.region_restarts,
+            last_failure: args.last_failure,
+            chaos_rng: 0,
+            chaos_targets: Vec::new(),
             region_of: Vec::new(),
             region_running: Vec::new(),
             regions_recovering: Default::default(),
@@ -698,6 +721,38 @@ impl Actor for JobMaster {
                 .join("\n")
         );
         state.start_attempt(&myself, args.restore, first_id).await?;
+        if let Some(every) = state.conf.get(&crate::config::options::CHAOS_KILL_INTERVAL) {
+            state.chaos_rng = state.conf.get(&crate::config::options::CHAOS_SEED);
+            let targets = state.conf.get(&crate::config::options::CHAOS_TARGETS);
+            let names: Vec<&str> = targets
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .collect();
+            for c in &state.plan.chains {
+                for op in &c.operators {
+                    if names.contains(&"all") || names.contains(&op.as_str()) {
+                        state
+                            .chaos_targets
+                            .extend((0..c.parallelism).map(|i| (op.clone(), i)));
+                    }
+                }
+            }
+            if state.chaos_targets.is_empty() {
+                return Err(
+                    format!("chaos.targets '{targets}' names no operator of this job").into(),
+                );
+            }
+            let me = myself.clone();
+            let _ = std::thread::Builder::new()
+                .name("weir-chaos".into())
+                .spawn(move || loop {
+                    std::thread::sleep(every);
+                    if me.cast(JobMsg::ChaosKill).is_err() {
+                        break;
+                    }
+                });
+        }
         Ok(state)
     }
 
@@ -763,6 +818,26 @@ impl Actor for JobMaster {
                     }
                 };
                 let _ = reply.send(outcome);
+            }
+            JobMsg::ChaosKill => {
+                if state.recovering.is_some() || state.chaos_targets.is_empty() {
+                    return Ok(());
+                }
+                // SplitMix64 step: the same seed kills the same sequence of subtasks.
+                state.chaos_rng = state.chaos_rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = state.chaos_rng;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                let (op, index) =
+                    state.chaos_targets[(z % state.chaos_targets.len() as u64) as usize].clone();
+                let (tx, _rx) = oneshot::channel();
+                tracing::warn!(operator = %op, index, "chaos: killing subtask");
+                let _ = myself.cast(JobMsg::Kill {
+                    operator: op,
+                    index,
+                    reply: tx,
+                });
             }
             JobMsg::RestartRegion(r) => {
                 if !state.regions_recovering.contains_key(&r)

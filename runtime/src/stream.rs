@@ -196,6 +196,7 @@ impl Env {
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
                 .collect(),
         );
+        let last_failure = Arc::new(std::sync::Mutex::new(None));
         let channels = Arc::new(std::sync::Mutex::new(Vec::new()));
         let restarts = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -214,6 +215,7 @@ impl Env {
             restart,
             restarts: restarts.clone(),
             region_restarts: region_restarts.clone(),
+            last_failure: last_failure.clone(),
             done: tx,
         };
         let (master, _) = self
@@ -231,6 +233,7 @@ impl Env {
             channels,
             restarts,
             region_restarts,
+            last_failure,
             regions,
             checkpoints: stats,
             restored_from,

@@ -346,6 +346,9 @@ impl Actor for Coordinator {
                     for t in &tasks {
                         state.finished.remove(t);
                     }
+                    // A final checkpoint (pending or even complete) no longer covers
+                    // the region: a new one follows when its subtasks finish again.
+                    state.final_id = None;
                     for id in state.pending.keys().copied().collect::<Vec<_>>() {
                         state.abort(id, "a region failed", false)?;
                     }
