@@ -177,6 +177,7 @@ impl Actor for SubtaskActor {
         let args = state.args.take().ok_or("subtask started twice")?;
         let control = state.control_rx.take().ok_or("subtask started twice")?;
         let main = tokio::runtime::Handle::current();
+        let me = myself.get_id();
         let name = format!("{} ({})", args.spec.chain, args.spec.subtask);
         let (abort, registration) = futures::future::AbortHandle::new_pair();
         let live = args.shared.clone();
@@ -195,7 +196,7 @@ impl Actor for SubtaskActor {
             // `spec` (with its channel ends) outlives the failure record, so a
             // neighbour that sees this subtask's channels close finds the root
             // cause already recorded.
-            let outcome = Runner::new(&mut spec, checkpoint, control, main)
+            let outcome = Runner::new(&mut spec, checkpoint, control, main, me)
                 .run()
                 .await;
             let msg = match outcome {
@@ -384,6 +385,8 @@ struct Runner<'a> {
     main: tokio::runtime::Handle,
     /// Chunks of an input batch set aside for an unaligned barrier.
     remainder: Option<(usize, Vec<AnyBatch>)>,
+    /// This subtask's actor: the coordinator ignores messages of replaced actors.
+    me: ractor::ActorId,
     /// Latest watermark per input, the chain's input watermark (their
     /// minimum over open inputs) and the last watermark emitted downstream.
     input_wm: Vec<i64>,
@@ -400,6 +403,7 @@ impl<'a> Runner<'a> {
         link: Option<CheckpointLink>,
         control: UnboundedReceiver<Control>,
         main: tokio::runtime::Handle,
+        me: ractor::ActorId,
     ) -> Self {
         let head = std::mem::replace(
             &mut spec.head,
@@ -421,6 +425,7 @@ impl<'a> Runner<'a> {
             last_snapshot: 0,
             batches_since_yield: 0,
             main,
+            me,
             remainder: None,
             input_wm: Vec::new(),
             combined_wm: i64::MIN,
@@ -1144,6 +1149,7 @@ impl<'a> Runner<'a> {
             channel_state,
         };
         let task = self.spec.task_index;
+        let me = self.me;
         stats.task = self.spec.chain.clone();
         stats.index = self.spec.subtask;
         self.main.spawn(async move {
@@ -1165,6 +1171,7 @@ impl<'a> Runner<'a> {
                     stats.ack_timestamp = now_ms();
                     let _ = link.coordinator.cast(CoordMsg::Ack(Box::new(Ack {
                         id,
+                        from: me,
                         task,
                         handle: StateHandle {
                             chain,
@@ -1180,6 +1187,7 @@ impl<'a> Runner<'a> {
                     let _ = link.coordinator.cast(CoordMsg::Decline {
                         id,
                         task,
+                        from: me,
                         reason: e.to_string(),
                         finished: false,
                     });
@@ -1235,12 +1243,13 @@ impl<'a> Runner<'a> {
         };
         let _ = link
             .coordinator
-            .cast(CoordMsg::TaskFinished(self.spec.task_index));
+            .cast(CoordMsg::TaskFinished(self.spec.task_index, self.me));
         let mut final_id = None;
         while let Some(c) = self.control.recv().await {
             match c {
                 Control::Trigger(b) => {
                     let _ = link.coordinator.cast(CoordMsg::Decline {
+                        from: self.me,
                         id: b.id,
                         task: self.spec.task_index,
                         reason: "the source has finished".into(),

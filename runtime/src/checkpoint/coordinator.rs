@@ -46,6 +46,8 @@ pub(crate) struct TaskRef {
 pub(crate) struct Ack {
     pub id: u64,
     pub task: usize,
+    /// The acknowledging actor: messages of a subtask replaced by a restart are ignored.
+    pub from: ractor::ActorId,
     pub handle: StateHandle,
     pub stats: SubtaskCheckpointStats,
 }
@@ -69,10 +71,11 @@ pub(crate) enum CoordMsg {
     Decline {
         id: u64,
         task: usize,
+        from: ractor::ActorId,
         reason: String,
         finished: bool,
     },
-    TaskFinished(usize),
+    TaskFinished(usize, ractor::ActorId),
     Timeout(u64),
     Shutdown(JobEnd),
 }
@@ -280,6 +283,14 @@ impl CoordState {
         Ok(())
     }
 
+    /// Whether `from` is the live actor of subtask `task` (not one a restart replaced).
+    fn is_current(&self, task: usize, from: ractor::ActorId) -> bool {
+        self.tasks
+            .get(task)
+            .is_some_and(|t| t.actor.get_id() == from)
+            && !self.down.contains(&task)
+    }
+
     fn may_trigger(&self) -> bool {
         !self.tasks.is_empty()
             && self.down.is_empty()
@@ -370,11 +381,13 @@ impl Actor for Coordinator {
                     let Ack {
                         id,
                         task,
+                        from,
                         handle,
                         stats,
                     } = *ack;
+                    let current = state.is_current(task, from);
                     match state.pending.get_mut(&id) {
-                        Some(p) => {
+                        Some(p) if current => {
                             p.acks.insert(task, (handle, stats));
                             let n = p.acks.len();
                             state.record(id, |s| s.num_acknowledged_subtasks = n);
@@ -382,16 +395,20 @@ impl Actor for Coordinator {
                                 state.complete(id).await?;
                             }
                         }
-                        None if state.aborted.contains(&id) => state.args.storage.discard(id),
-                        None => {}
+                        _ if state.aborted.contains(&id) => state.args.storage.discard(id),
+                        _ => {}
                     }
                 }
                 CoordMsg::Decline {
                     id,
                     task,
+                    from,
                     reason,
                     finished,
                 } => {
+                    if !state.is_current(task, from) {
+                        return Ok(());
+                    }
                     let name = state
                         .tasks
                         .get(task)
@@ -409,7 +426,10 @@ impl Actor for Coordinator {
                         )?;
                     }
                 }
-                CoordMsg::TaskFinished(task) => {
+                CoordMsg::TaskFinished(task, from) => {
+                    if !state.is_current(task, from) {
+                        return Ok(());
+                    }
                     state.finished.insert(task);
                     if state.finished.len() == state.tasks.len() && state.final_id.is_none() {
                         state.trigger(&myself, true);
