@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use crate::checkpoint::coordinator::{CoordMsg, Coordinator, CoordinatorArgs, JobEnd, TaskRef};
 use crate::checkpoint::storage::CheckpointStorage;
 use crate::checkpoint::{CheckpointConfig, CheckpointStats};
-use crate::graph::OperatorCounters;
+use crate::graph::{OperatorCounters, SubtaskSpec};
 use crate::task::{CheckpointLink, JobShared, SubtaskActor, SubtaskArgs, SubtaskMsg};
 use crate::{Error, Result};
 
@@ -403,27 +403,10 @@ impl JobState {
         self.tasks.clear();
         self.task_ids.clear();
         for spec in specs {
-            let index = spec.task_index;
-            let chain = spec.chain.clone();
-            let is_source = matches!(spec.head, crate::graph::Head::Source { .. });
-            let (actor, _) = SubtaskActor::spawn_linked(
-                None,
-                SubtaskActor,
-                SubtaskArgs {
-                    spec,
-                    shared: self.shared.clone(),
-                    checkpoint: link.clone(),
-                },
-                myself.get_cell(),
-            )
-            .await?;
-            self.task_ids.insert(actor.get_id(), index);
-            self.tasks.push(actor.clone());
-            refs.push(TaskRef {
-                chain,
-                is_source,
-                actor,
-            });
+            let (index, task) = self.spawn_subtask(myself, spec, &link).await?;
+            debug_assert_eq!(index, self.tasks.len());
+            self.tasks.push(task.actor.clone());
+            refs.push(task);
         }
         self.running = refs.len();
         self.region_running = self.regions.iter().map(Vec::len).collect();
@@ -431,6 +414,38 @@ impl JobState {
             c.cast(CoordMsg::Start(refs))?;
         }
         Ok(())
+    }
+
+    /// Spawns one subtask actor linked to the supervisor; returns its index and reference.
+    async fn spawn_subtask(
+        &mut self,
+        myself: &ActorRef<JobMsg>,
+        spec: SubtaskSpec,
+        link: &Option<CheckpointLink>,
+    ) -> std::result::Result<(usize, TaskRef), ActorProcessingErr> {
+        let index = spec.task_index;
+        let chain = spec.chain.clone();
+        let is_source = matches!(spec.head, crate::graph::Head::Source { .. });
+        let (actor, _) = SubtaskActor::spawn_linked(
+            None,
+            SubtaskActor,
+            SubtaskArgs {
+                spec,
+                shared: self.shared.clone(),
+                checkpoint: link.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        self.task_ids.insert(actor.get_id(), index);
+        Ok((
+            index,
+            TaskRef {
+                chain,
+                is_source,
+                actor,
+            },
+        ))
     }
 
     /// Spawns the subtasks of region `r` again, restored from the newest checkpoint.
@@ -464,32 +479,11 @@ impl JobState {
             .into_iter()
             .filter(|s| members.contains(&s.task_index))
         {
-            let index = spec.task_index;
-            let chain = spec.chain.clone();
-            let is_source = matches!(spec.head, crate::graph::Head::Source { .. });
-            let (actor, _) = SubtaskActor::spawn_linked(
-                None,
-                SubtaskActor,
-                SubtaskArgs {
-                    spec,
-                    shared: self.shared.clone(),
-                    checkpoint: link.clone(),
-                },
-                myself.get_cell(),
-            )
-            .await?;
-            self.task_ids.insert(actor.get_id(), index);
+            let (index, task) = self.spawn_subtask(myself, spec, &link).await?;
             if let Some(slot) = self.tasks.get_mut(index) {
-                *slot = actor.clone();
+                *slot = task.actor.clone();
             }
-            refs.push((
-                index,
-                TaskRef {
-                    chain,
-                    is_source,
-                    actor,
-                },
-            ));
+            refs.push((index, task));
         }
         self.running += refs.len();
         self.region_running[r] = refs.len();
