@@ -338,6 +338,10 @@ impl Actor for Coordinator {
             match msg {
                 CoordMsg::Start(tasks) => {
                     state.tasks = tasks;
+                    // Subtasks that finished before the coordinator started.
+                    if state.finished.len() == state.tasks.len() && state.final_id.is_none() {
+                        state.trigger(&myself, true);
+                    }
                     if let Some(interval) = state.args.cfg.interval {
                         // A thread of its own: busy subtask loops on the runtime's
                         // workers must not delay the trigger clock.
@@ -427,7 +431,8 @@ impl Actor for Coordinator {
                     }
                 }
                 CoordMsg::TaskFinished(task, from) => {
-                    if !state.is_current(task, from) {
+                    // Before `Start` no restart can have happened: the report is current.
+                    if !state.tasks.is_empty() && !state.is_current(task, from) {
                         return Ok(());
                     }
                     state.finished.insert(task);
