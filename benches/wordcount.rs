@@ -48,18 +48,22 @@ fn reference(words: u64) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
-fn weir_run(words: u64, parallelism: usize, checkpoints: bool) -> f64 {
+/// An environment at `parallelism`, with 1 s aligned checkpoints into a
+/// temporary directory or none; returns the directory to delete afterwards.
+fn bench_env(parallelism: usize, checkpoints: bool) -> (Env, std::path::PathBuf) {
     let dir = std::env::temp_dir().join("weir-bench-checkpoints");
     let mut conf = Conf::defaults();
     conf.set("parallelism.default", parallelism).expect("valid");
     conf.set("execution.checkpointing.dir", dir.display())
         .expect("valid");
-    conf.set(
-        "execution.checkpointing.interval",
-        if checkpoints { "1s" } else { "off" },
-    )
-    .expect("valid");
-    let env = Env::from_conf(conf).expect("env");
+    let interval = if checkpoints { "1s" } else { "off" };
+    conf.set("execution.checkpointing.interval", interval)
+        .expect("valid");
+    (Env::from_conf(conf).expect("env"), dir)
+}
+
+fn weir_run(words: u64, parallelism: usize, checkpoints: bool) -> f64 {
+    let (env, dir) = bench_env(parallelism, checkpoints);
     let lines = env
         .add_source(generated_lines(words, VOCAB, SEED))
         .name("Source");
@@ -74,17 +78,7 @@ fn weir_run(words: u64, parallelism: usize, checkpoints: bool) -> f64 {
 /// count, a pass-through map, a discarding sink.
 fn peer_job(words: u64, parallelism: usize, checkpoints: bool) -> f64 {
     use weir::operators::rng::splitmix64;
-    let dir = std::env::temp_dir().join("weir-bench-checkpoints");
-    let mut conf = Conf::defaults();
-    conf.set("parallelism.default", parallelism).expect("valid");
-    conf.set("execution.checkpointing.dir", dir.display())
-        .expect("valid");
-    conf.set(
-        "execution.checkpointing.interval",
-        if checkpoints { "1s" } else { "off" },
-    )
-    .expect("valid");
-    let env = Env::from_conf(conf).expect("env");
+    let (env, dir) = bench_env(parallelism, checkpoints);
     env.add_source(GeneratorSource::new(0, Some(words), |i, _| {
         let buf = itoa_word(splitmix64(i) % VOCAB as u64);
         Word::new(buf.as_str())

@@ -388,16 +388,7 @@ impl JobState {
             });
             self.coordinator = Some(c);
         }
-        let mut channels = Vec::new();
-        let specs = crate::graph::instantiate(
-            &self.graph,
-            &self.plan,
-            &self.conf,
-            &self.job_id,
-            &self.counters,
-            &mut channels,
-            restore,
-        )?;
+        let (specs, channels) = self.instantiate(restore)?;
         *self.channels.lock().unwrap_or_else(|p| p.into_inner()) = channels;
         let mut refs = Vec::with_capacity(specs.len());
         self.tasks.clear();
@@ -414,6 +405,24 @@ impl JobState {
             c.cast(CoordMsg::Start(refs))?;
         }
         Ok(())
+    }
+
+    /// Every subtask of the plan with fresh channels, restored from `restore`.
+    fn instantiate(
+        &self,
+        restore: Option<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>>,
+    ) -> Result<(Vec<SubtaskSpec>, Vec<crate::channel::WeakTx>)> {
+        let mut channels = Vec::new();
+        let specs = crate::graph::instantiate(
+            &self.graph,
+            &self.plan,
+            &self.conf,
+            &self.job_id,
+            &self.counters,
+            &mut channels,
+            restore,
+        )?;
+        Ok((specs, channels))
     }
 
     /// Spawns one subtask actor linked to the supervisor; returns its index and reference.
@@ -463,16 +472,8 @@ impl JobState {
             }),
             _ => None,
         };
-        let mut channels = Vec::new();
-        let specs = crate::graph::instantiate(
-            &self.graph,
-            &self.plan,
-            &self.conf,
-            &self.job_id,
-            &self.counters,
-            &mut channels,
-            restore,
-        )?;
+        // The other regions' specs (and their channels) are dropped unused.
+        let (specs, _) = self.instantiate(restore)?;
         let members = self.regions[r].clone();
         let mut refs = Vec::new();
         for spec in specs
