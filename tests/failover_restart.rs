@@ -312,3 +312,145 @@ fn chaos_targets_must_name_an_operator() {
     let err = env.execute("chaos").unwrap_err().to_string();
     assert!(err.contains("chaos.targets 'no-such-op'"), "{err}");
 }
+
+/// An unbounded job to kill by hand, with the given restart options.
+fn killable(dir: &std::path::Path, pairs: &[(&str, &str)]) -> JobHandle {
+    let env = Env::from_conf(conf(dir, pairs)).unwrap();
+    env.add_source(GeneratorSource::new(3, None, |i, _| i).with_rate(50_000.0))
+        .name("src")
+        .add_sink(DiscardSink);
+    env.execute_async("killable").unwrap()
+}
+
+/// Kills `src` and returns how long the restart took to begin.
+fn kill_and_time_restart(job: &JobHandle) -> Duration {
+    let before = job.num_restarts();
+    let t = Instant::now();
+    job.kill_subtask("src", 0).unwrap();
+    while job.num_restarts() == before {
+        assert!(t.elapsed() < Duration::from_secs(30), "no restart");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let took = t.elapsed();
+    // Let the new attempt start before the next kill.
+    std::thread::sleep(Duration::from_millis(30));
+    took
+}
+
+#[test]
+fn failure_rate_restarts_slow_failures_and_gives_up_on_a_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = killable(
+        dir.path(),
+        &[
+            ("restart-strategy.type", "failure-rate"),
+            (
+                "restart-strategy.failure-rate.max-failures-per-interval",
+                "2",
+            ),
+            (
+                "restart-strategy.failure-rate.failure-rate-interval",
+                "400ms",
+            ),
+            ("restart-strategy.failure-rate.delay", "20ms"),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    // Spaced failures: never more than 2 in a 400 ms window.
+    for _ in 0..4 {
+        let took = kill_and_time_restart(&job);
+        assert!(
+            took >= Duration::from_millis(20),
+            "the delay is honoured: {took:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(job.num_restarts(), 4);
+    // A burst: the third failure within 400 ms fails the job (a kill that
+    // lands while the job restarts is refused, so keep killing until it ends).
+    let mut job = job;
+    let t = Instant::now();
+    while !job.is_done() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the job never gave up"
+        );
+        let _ = job.kill_subtask("src", 0);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let err = job.wait().unwrap_err().to_string();
+    assert!(
+        err.contains("failure-rate: 3 failures within 400ms")
+            && err.contains("max-failures-per-interval = 2"),
+        "{err}"
+    );
+    assert!(err.contains("killed on request"), "{err}");
+}
+
+#[test]
+fn exponential_delay_backoff_grows_and_resets_after_a_quiet_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = killable(
+        dir.path(),
+        &[
+            ("restart-strategy.type", "exponential-delay"),
+            ("restart-strategy.exponential-delay.initial-backoff", "60ms"),
+            ("restart-strategy.exponential-delay.backoff-multiplier", "2"),
+            ("restart-strategy.exponential-delay.max-backoff", "300ms"),
+            ("restart-strategy.exponential-delay.jitter-factor", "0"),
+            (
+                "restart-strategy.exponential-delay.reset-backoff-threshold",
+                "1500ms",
+            ),
+            (
+                "restart-strategy.exponential-delay.attempts-before-reset-backoff",
+                "5",
+            ),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    let took: Vec<Duration> = (0..4).map(|_| kill_and_time_restart(&job)).collect();
+    // 60, 120, 240, then capped at 300 ms: at least that long each time.
+    for (t, min) in took.iter().zip([60u64, 120, 240, 300]) {
+        assert!(*t >= Duration::from_millis(min), "{took:?}");
+    }
+    // Quiet for longer than the reset threshold: back to the initial backoff
+    // (the uncapped next one would be 300 ms).
+    std::thread::sleep(Duration::from_millis(1600));
+    let after_reset = kill_and_time_restart(&job);
+    assert!(
+        after_reset >= Duration::from_millis(60) && after_reset < Duration::from_millis(290),
+        "{after_reset:?} after a reset, {took:?} before"
+    );
+    // Five restarts without a reset allowed: 1 (after the reset) + 4 more, then it gives up.
+    for _ in 0..4 {
+        kill_and_time_restart(&job);
+    }
+    job.kill_subtask("src", 0).unwrap();
+    let err = job.wait().unwrap_err().to_string();
+    assert!(
+        err.contains("gave up after 9 restarts")
+            && err.contains("attempts-before-reset-backoff = 5"),
+        "{err}"
+    );
+}
+
+#[test]
+fn restart_options_are_checked() {
+    for (k, v) in [
+        ("restart-strategy.type", "sometimes"),
+        (
+            "restart-strategy.exponential-delay.backoff-multiplier",
+            "0.5",
+        ),
+        ("restart-strategy.exponential-delay.jitter-factor", "2"),
+        (
+            "restart-strategy.failure-rate.failure-rate-interval",
+            "soon",
+        ),
+    ] {
+        let mut c = Conf::defaults();
+        let err = c.set(k, v).unwrap_err().to_string();
+        assert!(err.contains(k) && err.contains(v), "{err}");
+    }
+}

@@ -29,7 +29,7 @@ pub const CONF_DIR_ENV: &str = "WEIR_CONF_DIR";
 pub const ENV_PREFIX: &str = "WEIR_";
 
 /// How an option's value is written and checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
     /// A whole number in `min..=max`.
     Int {
@@ -48,6 +48,13 @@ pub enum Kind {
     Text,
     /// A duration, or `off` (also `none`, `disabled`, `0`).
     DurationOrOff,
+    /// A decimal number in `min..=max`.
+    Float {
+        /// Smallest accepted value.
+        min: f64,
+        /// Largest accepted value.
+        max: f64,
+    },
 }
 
 impl Kind {
@@ -62,6 +69,7 @@ impl Kind {
             Kind::Enum(words) => format!("one of {}", words.join(", ")),
             Kind::Text => "any text".into(),
             Kind::DurationOrOff => "off, or a duration such as 500ms, 1s or 10min".into(),
+            Kind::Float { min, max } => format!("a number from {min} to {max}"),
         }
     }
 
@@ -82,6 +90,10 @@ impl Kind {
             }
             Kind::Text => Ok(()),
             Kind::DurationOrOff => parse_duration_or_off(raw).map(|_| ()).ok_or(()),
+            Kind::Float { min, max } => match raw.trim().parse::<f64>() {
+                Ok(v) if v >= *min && v <= *max => Ok(()),
+                _ => Err(()),
+            },
         }
     }
 }
@@ -146,6 +158,11 @@ impl FromConfValue for i64 {
     }
 }
 impl FromConfValue for u64 {
+    fn from_conf_value(raw: &str) -> Option<Self> {
+        raw.trim().parse().ok()
+    }
+}
+impl FromConfValue for f64 {
     fn from_conf_value(raw: &str) -> Option<Self> {
         raw.trim().parse().ok()
     }
@@ -653,8 +670,18 @@ pub mod options {
     pub const RESTART_STRATEGY: ConfigOption<String> = ConfigOption::new(
         "restart-strategy.type",
         "fixed-delay",
-        Kind::Enum(&["none", "fixed-delay"]),
-        "what a failure does: none fails the job; fixed-delay restarts it from the latest checkpoint",
+        Kind::Enum(&[
+            "none",
+            "off",
+            "disable",
+            "fixed-delay",
+            "fixeddelay",
+            "failure-rate",
+            "failurerate",
+            "exponential-delay",
+            "exponentialdelay",
+        ]),
+        "what a failure does: none fails the job; fixed-delay, failure-rate and exponential-delay restart it from the latest checkpoint",
     );
     /// Fixed-delay attempts.
     pub const RESTART_ATTEMPTS: ConfigOption<u64> = ConfigOption::new(
@@ -664,14 +691,86 @@ pub mod options {
             min: 0,
             max: i64::MAX,
         },
-        "restarts allowed before the job fails",
+        "fixed-delay: restarts allowed before the job fails",
     );
     /// Fixed-delay delay.
     pub const RESTART_DELAY: ConfigOption<Duration> = ConfigOption::new(
         "restart-strategy.fixed-delay.delay",
         "0ms",
         Kind::Duration,
-        "pause before each restart",
+        "fixed-delay: pause before each restart",
+    );
+    /// Failure-rate: failures per interval.
+    pub const RESTART_FAILURE_RATE_MAX: ConfigOption<u64> = ConfigOption::new(
+        "restart-strategy.failure-rate.max-failures-per-interval",
+        "1",
+        Kind::Int {
+            min: 0,
+            max: i64::MAX,
+        },
+        "failure-rate: failures tolerated within one interval; one more fails the job",
+    );
+    /// Failure-rate: interval.
+    pub const RESTART_FAILURE_RATE_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
+        "restart-strategy.failure-rate.failure-rate-interval",
+        "1min",
+        Kind::Duration,
+        "failure-rate: the sliding window failures are counted in",
+    );
+    /// Failure-rate: delay.
+    pub const RESTART_FAILURE_RATE_DELAY: ConfigOption<Duration> = ConfigOption::new(
+        "restart-strategy.failure-rate.delay",
+        "0ms",
+        Kind::Duration,
+        "failure-rate: pause before each restart",
+    );
+    /// Exponential-delay: initial backoff.
+    pub const RESTART_EXP_INITIAL: ConfigOption<Duration> = ConfigOption::new(
+        "restart-strategy.exponential-delay.initial-backoff",
+        "1s",
+        Kind::Duration,
+        "exponential-delay: pause before the first restart",
+    );
+    /// Exponential-delay: max backoff.
+    pub const RESTART_EXP_MAX: ConfigOption<Duration> = ConfigOption::new(
+        "restart-strategy.exponential-delay.max-backoff",
+        "1min",
+        Kind::Duration,
+        "exponential-delay: the longest pause",
+    );
+    /// Exponential-delay: multiplier.
+    pub const RESTART_EXP_MULTIPLIER: ConfigOption<f64> = ConfigOption::new(
+        "restart-strategy.exponential-delay.backoff-multiplier",
+        "1.5",
+        Kind::Float {
+            min: 1.0,
+            max: 1000.0,
+        },
+        "exponential-delay: factor applied to the pause after each restart",
+    );
+    /// Exponential-delay: jitter.
+    pub const RESTART_EXP_JITTER: ConfigOption<f64> = ConfigOption::new(
+        "restart-strategy.exponential-delay.jitter-factor",
+        "0.1",
+        Kind::Float { min: 0.0, max: 1.0 },
+        "exponential-delay: random spread of each pause (0.1 = plus or minus 10 percent)",
+    );
+    /// Exponential-delay: reset threshold.
+    pub const RESTART_EXP_RESET: ConfigOption<Duration> = ConfigOption::new(
+        "restart-strategy.exponential-delay.reset-backoff-threshold",
+        "1h",
+        Kind::Duration,
+        "exponential-delay: a failure this long after the previous one resets the pause and the attempts",
+    );
+    /// Exponential-delay: attempts.
+    pub const RESTART_EXP_ATTEMPTS: ConfigOption<u64> = ConfigOption::new(
+        "restart-strategy.exponential-delay.attempts-before-reset-backoff",
+        "2147483647",
+        Kind::Int {
+            min: 0,
+            max: i64::MAX,
+        },
+        "exponential-delay: restarts allowed without a reset before the job fails",
     );
     /// Chaos: kill interval.
     pub const CHAOS_KILL_INTERVAL: ConfigOption<Option<Duration>> = ConfigOption::new(
@@ -730,6 +829,15 @@ pub mod options {
         RESTART_STRATEGY.def,
         RESTART_ATTEMPTS.def,
         RESTART_DELAY.def,
+        RESTART_FAILURE_RATE_MAX.def,
+        RESTART_FAILURE_RATE_INTERVAL.def,
+        RESTART_FAILURE_RATE_DELAY.def,
+        RESTART_EXP_INITIAL.def,
+        RESTART_EXP_MAX.def,
+        RESTART_EXP_MULTIPLIER.def,
+        RESTART_EXP_JITTER.def,
+        RESTART_EXP_RESET.def,
+        RESTART_EXP_ATTEMPTS.def,
         CHAOS_KILL_INTERVAL.def,
         CHAOS_SEED.def,
         CHAOS_TARGETS.def,

@@ -281,13 +281,14 @@ pub(crate) struct CheckpointSetup {
     pub stats: Arc<Mutex<Vec<CheckpointStats>>>,
 }
 
-/// How often and when a failed job is restarted (`restart-strategy.*`),
-/// and what restarts (`jobmanager.execution.failover-strategy`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RestartStrategy {
-    /// Restarts allowed (0: none).
-    pub attempts: u64,
-    pub delay: Duration,
+/// How often and when a failed job is restarted (`restart-strategy.*`,
+/// see [`crate::restart`]), and what restarts
+/// (`jobmanager.execution.failover-strategy`).
+#[derive(Debug, Clone)]
+pub(crate) struct Failover {
+    pub strategy: crate::restart::RestartStrategy,
+    /// Seed of the exponential-delay jitter.
+    pub seed: u64,
     /// Restart only the failed region (else the whole job).
     pub region: bool,
 }
@@ -304,7 +305,7 @@ pub(crate) struct JobArgs {
     /// The checkpoint the job was started from (`-s`), for restarts before its own first checkpoint.
     pub restored_from: Option<std::path::PathBuf>,
     pub checkpoint: Option<CheckpointSetup>,
-    pub restart: RestartStrategy,
+    pub restart: Failover,
     pub restarts: Arc<AtomicU64>,
     pub region_restarts: Arc<Vec<AtomicU64>>,
     pub last_failure: Arc<Mutex<Option<(std::time::SystemTime, String)>>>,
@@ -328,7 +329,16 @@ pub(crate) struct JobState {
     channels: Arc<Mutex<Vec<crate::channel::WeakTx>>>,
     restored_from: Option<std::path::PathBuf>,
     checkpoint: Option<CheckpointParts>,
-    restart: RestartStrategy,
+    /// Restart only the failed region (else the whole job).
+    region_failover: bool,
+    /// The restart strategy's decisions so far.
+    tracker: crate::restart::RestartTracker,
+    /// Origin of the failure times given to `tracker`.
+    epoch: std::time::Instant,
+    /// Why the restart strategy gave up, once it has.
+    gave_up: Option<String>,
+    /// When the pending full restart may start (the strategy's delay).
+    restart_at: std::time::Instant,
     restarts: Arc<AtomicU64>,
     region_restarts: Arc<Vec<AtomicU64>>,
     last_failure: Arc<Mutex<Option<(std::time::SystemTime, String)>>>,
@@ -340,8 +350,8 @@ pub(crate) struct JobState {
     region_of: Vec<usize>,
     /// Live subtask actors per region.
     region_running: Vec<usize>,
-    /// Regions being restarted, with the failure.
-    regions_recovering: std::collections::BTreeMap<usize, String>,
+    /// Regions being restarted, with the failure and when the restart may start.
+    regions_recovering: std::collections::BTreeMap<usize, (String, std::time::Instant)>,
     tasks: Vec<ActorRef<SubtaskMsg>>,
     task_ids: std::collections::HashMap<ractor::ActorId, usize>,
     killed: std::collections::HashSet<ractor::ActorId>,
@@ -541,13 +551,10 @@ impl JobState {
                 .take_failure()
                 .unwrap_or_else(|| Error::Internal(format!("subtask actor failed: {fallback}")));
             let n = self.restarts.load(Ordering::Relaxed);
-            if n > 0 {
+            if let (Some(reason), true) = (self.gave_up.take(), self.tracker.may_restart()) {
                 Err(Error::RestartsExhausted {
                     restarts: n,
-                    strategy: format!(
-                        "restart-strategy.fixed-delay.attempts = {}",
-                        self.restart.attempts
-                    ),
+                    strategy: reason,
                     cause: Box::new(cause),
                 })
             } else {
@@ -572,29 +579,38 @@ impl JobState {
             *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((std::time::SystemTime::now(), err.clone()));
         }
-        let used = self.restarts.load(Ordering::Relaxed) + self.regions_recovering.len() as u64;
         let region = task.map(|t| self.region_of[t]);
-        if let (true, Some(r)) = (self.restart.region, region) {
+        if let (true, Some(r)) = (self.region_failover, region) {
             if self.regions_recovering.contains_key(&r) {
                 return; // a consequence of the failure being recovered
             }
-            if used < self.restart.attempts {
-                tracing::warn!(job = %self.name, error = %err, region = r, "subtask failed; restarting its region from the latest checkpoint");
-                self.regions_recovering.insert(r, err);
-                for &t in &self.regions[r] {
-                    if let Some(a) = self.tasks.get(t) {
-                        a.stop(Some("region restarting".into()));
-                    }
-                }
-                if let Some(c) = &self.coordinator {
-                    let _ = c.cast(CoordMsg::RegionDown(self.regions[r].clone()));
-                }
-                return;
-            }
         }
-        if used < self.restart.attempts {
-            tracing::warn!(job = %self.name, error = %err, restart = used + 1, "subtask failed; restarting the job from its latest checkpoint");
+        let decision = self.tracker.on_failure(self.epoch.elapsed());
+        let delay = match decision {
+            crate::restart::RestartDecision::Restart { delay } => Some(delay),
+            crate::restart::RestartDecision::GiveUp { reason } => {
+                self.gave_up = Some(reason);
+                None
+            }
+        };
+        if let (true, Some(r), Some(delay)) = (self.region_failover, region, delay) {
+            tracing::warn!(job = %self.name, error = %err, region = r, ?delay, "subtask failed; restarting its region from the latest checkpoint");
+            self.regions_recovering
+                .insert(r, (err, std::time::Instant::now() + delay));
+            for &t in &self.regions[r] {
+                if let Some(a) = self.tasks.get(t) {
+                    a.stop(Some("region restarting".into()));
+                }
+            }
+            if let Some(c) = &self.coordinator {
+                let _ = c.cast(CoordMsg::RegionDown(self.regions[r].clone()));
+            }
+            return;
+        }
+        if let Some(delay) = delay {
+            tracing::warn!(job = %self.name, error = %err, ?delay, "subtask failed; restarting the job from its latest checkpoint");
             self.recovering = Some(err);
+            self.restart_at = std::time::Instant::now() + delay;
             myself.stop_children_except(None);
         } else {
             tracing::error!(job = %self.name, error = %err, "job failed; stopping all subtasks");
@@ -675,7 +691,11 @@ impl Actor for JobMaster {
             channels: args.channels,
             restored_from: args.restored_from,
             checkpoint: args.checkpoint.map(|c| (c.cfg, c.storage, c.stats)),
-            restart: args.restart,
+            region_failover: args.restart.region,
+            tracker: crate::restart::RestartTracker::new(args.restart.strategy, args.restart.seed),
+            epoch: std::time::Instant::now(),
+            gave_up: None,
+            restart_at: std::time::Instant::now(),
             restarts: args.restarts,
             region_restarts: args.region_restarts,
             last_failure: args.last_failure,
@@ -845,13 +865,23 @@ impl Actor for JobMaster {
                     myself.send_after(Duration::from_millis(1), move || JobMsg::RestartRegion(r));
                     return Ok(());
                 }
-                let cause = state.regions_recovering.remove(&r).unwrap_or_default();
+                // The restart strategy's delay, without blocking this mailbox.
+                let at = state.regions_recovering[&r].1;
+                let now = std::time::Instant::now();
+                if at > now {
+                    myself.send_after(at - now, move || JobMsg::RestartRegion(r));
+                    return Ok(());
+                }
+                let cause = state
+                    .regions_recovering
+                    .remove(&r)
+                    .map(|(c, _)| c)
+                    .unwrap_or_default();
                 let _ = state.shared.take_failure();
                 let n = state.restarts.fetch_add(1, Ordering::Relaxed) + 1;
                 if let Some(c) = state.region_restarts.get(r) {
                     c.fetch_add(1, Ordering::Relaxed);
                 }
-                tokio::time::sleep(state.restart.delay).await;
                 tracing::warn!(job = %state.name, region = r, restart = n, cause, "restarting region");
                 if let Err(e) = state.restart_region(&myself, r).await {
                     let text = e.to_string();
@@ -869,10 +899,14 @@ impl Actor for JobMaster {
                     myself.send_after(Duration::from_millis(2), || JobMsg::Restart);
                     return Ok(());
                 }
+                let now = std::time::Instant::now();
+                if state.restart_at > now {
+                    myself.send_after(state.restart_at - now, || JobMsg::Restart);
+                    return Ok(());
+                }
                 let cause = state.recovering.take().unwrap_or_default();
                 let _ = state.shared.take_failure();
                 let n = state.restarts.fetch_add(1, Ordering::Relaxed) + 1;
-                tokio::time::sleep(state.restart.delay).await;
                 let (restore, first_id) = match state.restore_point() {
                     Ok(r) => r,
                     Err(e) => {

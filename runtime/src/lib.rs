@@ -50,6 +50,7 @@ pub mod job;
 pub mod keygroup;
 pub mod operator;
 pub mod record;
+pub mod restart;
 pub mod state;
 pub mod stream;
 pub mod task;

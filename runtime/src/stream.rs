@@ -38,7 +38,7 @@ use crate::checkpoint::{restore, storage, CheckpointConfig};
 use crate::config::{options, Conf};
 use crate::graph::{Edge, JobPlan, Node, NodeKind, OperatorCounters, Ship, StreamGraph};
 use crate::job::{
-    CheckpointSetup, JobArgs, JobHandle, JobMaster, JobResult, OperatorInfo, RestartStrategy,
+    CheckpointSetup, Failover, JobArgs, JobHandle, JobMaster, JobResult, OperatorInfo,
 };
 use crate::operator::{
     ChainOp, Collector, FilterOp, FlatMapOp, KeyedOpenContext, KeyedProcessFunction,
@@ -176,13 +176,9 @@ impl Env {
         } else {
             None
         };
-        let restart = RestartStrategy {
-            attempts: if self.conf.get(&options::RESTART_STRATEGY) == "none" {
-                0
-            } else {
-                self.conf.get(&options::RESTART_ATTEMPTS)
-            },
-            delay: self.conf.get(&options::RESTART_DELAY),
+        let restart = Failover {
+            strategy: crate::restart::RestartStrategy::from_conf(&self.conf),
+            seed: self.conf.get(&options::CHAOS_SEED),
             region: self.conf.get(&options::FAILOVER_STRATEGY) == "region",
         };
         let regions: Vec<Vec<String>> = plan
