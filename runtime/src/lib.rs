@@ -24,6 +24,8 @@
 //! - [`graph`]: the logical graph, chaining, the physical plan.
 //! - [`job`]: the job supervisor actor, `JobHandle`, `JobResult`.
 //! - [`task`]: the subtask actor and its processing loop.
+//! - [`restart`]: restart strategies (fixed-delay, failure-rate,
+//!   exponential-delay) as pure decisions the job supervisor applies.
 //! - [`channel`]: the data plane (bounded queues, partitioners, input gate).
 //! - [`operator`]: the traits users implement (`SourceFunction`,
 //!   `KeyedProcessFunction`, `SinkFunction`) and the operators that run them.
