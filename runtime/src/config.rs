@@ -777,7 +777,7 @@ pub mod options {
         "chaos.kill-interval",
         "off",
         Kind::DurationOrOff,
-        "kill a random subtask this often (failure testing); off disables",
+        "kill a random subtask after each such span of running without a kill or a recovery (failure testing); off disables",
     );
     /// Chaos: seed.
     pub const CHAOS_SEED: ConfigOption<u64> = ConfigOption::new(

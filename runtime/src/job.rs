@@ -55,6 +55,8 @@ pub struct JobResult {
     pub operators: Vec<OperatorMetrics>,
     /// Every checkpoint's statistics (the newest 1000).
     pub checkpoints: Vec<CheckpointStats>,
+    /// How often the job (or one of its regions) was restarted after a failure.
+    pub restarts: u64,
 }
 
 impl JobResult {
@@ -244,6 +246,7 @@ impl JobHandle {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone(),
+                restarts: self.restarts.load(Ordering::Relaxed),
             }),
             Err(e @ Error::Cancelled(_)) => Err(e),
             Err(cause) => Err(Error::JobFailed {
@@ -345,6 +348,11 @@ pub(crate) struct JobState {
     /// `chaos.*`: random state and the candidate subtasks (operator name, subtask).
     chaos_rng: u64,
     chaos_targets: Vec<(String, usize)>,
+    /// `chaos.kill-interval`, and since when the job has run without a kill
+    /// or a recovery: the next kill comes only a whole interval after that,
+    /// so recovery always gets the interval to run (and to checkpoint).
+    chaos_every: Duration,
+    chaos_quiet_since: std::time::Instant,
     /// Subtask indices per pipelined region, and each subtask's region.
     regions: Vec<Vec<usize>>,
     region_of: Vec<usize>,
@@ -373,6 +381,7 @@ impl JobState {
         myself: &ActorRef<JobMsg>,
         restore: Option<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>>,
         first_id: u64,
+        latest: Option<u64>,
     ) -> std::result::Result<(), ActorProcessingErr> {
         let mut link = None;
         if let Some((cfg, storage, stats)) = &self.checkpoint {
@@ -385,6 +394,7 @@ impl JobState {
                     job_name: self.name.clone(),
                     storage: storage.clone(),
                     first_id,
+                    latest,
                     stats: stats.clone(),
                     shared: self.shared.clone(),
                 },
@@ -473,7 +483,18 @@ impl JobState {
         myself: &ActorRef<JobMsg>,
         r: usize,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        let (restore, _) = self.restore_point()?;
+        // The coordinator, not a directory listing, says which checkpoint is
+        // the latest: a `_metadata` write in flight when the region failed
+        // may land after a listing, and its sinks may have committed already.
+        let latest = match &self.coordinator {
+            Some(c) => ractor::call_t!(c, CoordMsg::LatestCompleted, 10_000)
+                .map_err(|e| format!("checkpoint coordinator did not answer: {e}"))?,
+            None => None,
+        };
+        let restore = match latest {
+            Some(id) => Some(self.restore_from(id)?),
+            None => self.restore_point()?.0,
+        };
         let link = match (&self.checkpoint, &self.coordinator) {
             (Some((cfg, storage, _)), Some(c)) => Some(CheckpointLink {
                 coordinator: c.clone(),
@@ -619,13 +640,32 @@ impl JobState {
         }
     }
 
+    /// The subtasks' restore data from checkpoint `id` of this job's directory.
+    fn restore_from(
+        &self,
+        id: u64,
+    ) -> Result<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>> {
+        let Some((_, storage, _)) = &self.checkpoint else {
+            return Err(Error::Internal(format!(
+                "checkpoint {id} without checkpointing"
+            )));
+        };
+        let loaded = crate::checkpoint::storage::load_checkpoint(
+            &storage.job_dir().join(format!("chk-{id}")),
+        )?;
+        crate::checkpoint::restore::assign(&loaded, &self.plan)
+    }
+
     /// Where the next attempt starts: the newest complete checkpoint of this
     /// job, else the checkpoint the job was started from, else the beginning.
+    /// Only for a full restart, when no coordinator is alive that could
+    /// still complete a checkpoint.
     fn restore_point(
         &self,
     ) -> Result<(
         Option<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>>,
         u64,
+        Option<u64>,
     )> {
         let mut next_id = 1;
         if let Some((_, storage, _)) = &self.checkpoint {
@@ -638,6 +678,7 @@ impl JobState {
                 return Ok((
                     Some(assigned),
                     next_id.max(loaded.metadata.checkpoint_id + 1),
+                    Some(loaded.metadata.checkpoint_id),
                 ));
             }
         }
@@ -648,9 +689,10 @@ impl JobState {
                 Ok((
                     Some(assigned),
                     next_id.max(loaded.metadata.checkpoint_id + 1),
+                    None,
                 ))
             }
-            None => Ok((None, next_id)),
+            None => Ok((None, next_id, None)),
         }
     }
 }
@@ -701,6 +743,8 @@ impl Actor for JobMaster {
             last_failure: args.last_failure,
             chaos_rng: 0,
             chaos_targets: Vec::new(),
+            chaos_every: Duration::MAX,
+            chaos_quiet_since: std::time::Instant::now(),
             region_of: Vec::new(),
             region_running: Vec::new(),
             regions_recovering: Default::default(),
@@ -735,7 +779,9 @@ impl Actor for JobMaster {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
-        state.start_attempt(&myself, args.restore, first_id).await?;
+        state
+            .start_attempt(&myself, args.restore, first_id, None)
+            .await?;
         if let Some(every) = state.conf.get(&crate::config::options::CHAOS_KILL_INTERVAL) {
             state.chaos_rng = state.conf.get(&crate::config::options::CHAOS_SEED);
             let targets = state.conf.get(&crate::config::options::CHAOS_TARGETS);
@@ -758,11 +804,16 @@ impl Actor for JobMaster {
                     format!("chaos.targets '{targets}' names no operator of this job").into(),
                 );
             }
+            state.chaos_every = every;
+            state.chaos_quiet_since = std::time::Instant::now();
+            // Ticks four times per interval; the handler decides whether a
+            // whole interval of quiet running has passed.
+            let tick = (every / 4).max(Duration::from_millis(1));
             let me = myself.clone();
             let _ = std::thread::Builder::new()
                 .name("weir-chaos".into())
                 .spawn(move || loop {
-                    std::thread::sleep(every);
+                    std::thread::sleep(tick);
                     if me.cast(JobMsg::ChaosKill).is_err() {
                         break;
                     }
@@ -835,9 +886,14 @@ impl Actor for JobMaster {
                 let _ = reply.send(outcome);
             }
             JobMsg::ChaosKill => {
-                if state.recovering.is_some() || state.chaos_targets.is_empty() {
+                if state.recovering.is_some()
+                    || !state.regions_recovering.is_empty()
+                    || state.chaos_targets.is_empty()
+                    || state.chaos_quiet_since.elapsed() < state.chaos_every
+                {
                     return Ok(());
                 }
+                state.chaos_quiet_since = std::time::Instant::now();
                 // SplitMix64 step: the same seed kills the same sequence of subtasks.
                 state.chaos_rng = state.chaos_rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
                 let mut z = state.chaos_rng;
@@ -883,6 +939,7 @@ impl Actor for JobMaster {
                     c.fetch_add(1, Ordering::Relaxed);
                 }
                 tracing::warn!(job = %state.name, region = r, restart = n, cause, "restarting region");
+                state.chaos_quiet_since = std::time::Instant::now();
                 if let Err(e) = state.restart_region(&myself, r).await {
                     let text = e.to_string();
                     state.failed = Some(format!("cannot restart region {r}: {text}"));
@@ -907,7 +964,7 @@ impl Actor for JobMaster {
                 let cause = state.recovering.take().unwrap_or_default();
                 let _ = state.shared.take_failure();
                 let n = state.restarts.fetch_add(1, Ordering::Relaxed) + 1;
-                let (restore, first_id) = match state.restore_point() {
+                let (restore, first_id, latest) = match state.restore_point() {
                     Ok(r) => r,
                     Err(e) => {
                         state.failed = Some(format!("cannot restore after a failure: {e}"));
@@ -917,7 +974,10 @@ impl Actor for JobMaster {
                     }
                 };
                 tracing::warn!(job = %state.name, restart = n, cause, "restarting");
-                state.start_attempt(&myself, restore, first_id).await?;
+                state.chaos_quiet_since = std::time::Instant::now();
+                state
+                    .start_attempt(&myself, restore, first_id, latest)
+                    .await?;
             }
         }
         Ok(())

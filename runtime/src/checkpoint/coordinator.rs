@@ -77,6 +77,11 @@ pub(crate) enum CoordMsg {
     },
     TaskFinished(usize, ractor::ActorId),
     Timeout(u64),
+    /// The newest checkpoint completed in this job's directory (or the one
+    /// this attempt was restored from). Asked after `RegionDown`: from then
+    /// on nothing completes until the region is up again, so the answer is
+    /// the region's restore point, never older than what sinks committed.
+    LatestCompleted(ractor::RpcReplyPort<Option<u64>>),
     Shutdown(JobEnd),
 }
 
@@ -86,6 +91,8 @@ pub(crate) struct CoordinatorArgs {
     pub job_name: String,
     pub storage: CheckpointStorage,
     pub first_id: u64,
+    /// The checkpoint of this job's directory the attempt was restored from.
+    pub latest: Option<u64>,
     pub stats: Arc<Mutex<Vec<CheckpointStats>>>,
     pub shared: Arc<JobShared>,
 }
@@ -100,6 +107,8 @@ pub(crate) struct CoordState {
     args: CoordinatorArgs,
     tasks: Vec<TaskRef>,
     next_id: u64,
+    /// Newest completed checkpoint (see [`CoordMsg::LatestCompleted`]).
+    latest: Option<u64>,
     pending: BTreeMap<u64, Pending>,
     retained: VecDeque<u64>,
     last_end: Option<Instant>,
@@ -272,6 +281,7 @@ impl CoordState {
         for t in &self.tasks {
             let _ = t.actor.cast(SubtaskMsg::Complete(id));
         }
+        self.latest = Some(id);
         self.retained.push_back(id);
         while self.retained.len() > self.args.cfg.num_retained {
             if let Some(old) = self.retained.pop_front() {
@@ -315,6 +325,7 @@ impl Actor for Coordinator {
     ) -> Result<CoordState, ActorProcessingErr> {
         Ok(CoordState {
             next_id: args.first_id,
+            latest: args.latest,
             args,
             tasks: Vec::new(),
             pending: BTreeMap::new(),
@@ -439,6 +450,9 @@ impl Actor for Coordinator {
                     if state.finished.len() == state.tasks.len() && state.final_id.is_none() {
                         state.trigger(&myself, true);
                     }
+                }
+                CoordMsg::LatestCompleted(reply) => {
+                    let _ = reply.send(state.latest);
                 }
                 CoordMsg::Shutdown(end) => {
                     state.args.storage.release();
