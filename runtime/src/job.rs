@@ -660,13 +660,7 @@ impl JobState {
     /// job, else the checkpoint the job was started from, else the beginning.
     /// Only for a full restart, when no coordinator is alive that could
     /// still complete a checkpoint.
-    fn restore_point(
-        &self,
-    ) -> Result<(
-        Option<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>>,
-        u64,
-        Option<u64>,
-    )> {
+    fn restore_point(&self) -> Result<RestorePoint> {
         let mut next_id = 1;
         if let Some((_, storage, _)) = &self.checkpoint {
             let ids =
@@ -696,6 +690,15 @@ impl JobState {
         }
     }
 }
+
+/// Where an attempt starts: each subtask's restore data (none: from the
+/// beginning), the next checkpoint id, and the id of the checkpoint of this
+/// job's own directory it restores (none when it starts elsewhere).
+type RestorePoint = (
+    Option<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>>,
+    u64,
+    Option<u64>,
+);
 
 trait StopChildren {
     fn stop_children_except(&self, keep: Option<&ActorRef<CoordMsg>>);
