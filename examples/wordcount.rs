@@ -139,6 +139,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     println!("total words: {total}");
     println!("elapsed: {secs:.3} s");
     println!("throughput: {} words", human_rate(total as f64 / secs));
+    println!("restarts: {}", result.restarts);
     if let Some(dir) = &args.output {
         println!("output: {}", dir.display());
     }

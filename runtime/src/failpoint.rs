@@ -1,6 +1,17 @@
 //! Named failure points for tests: code calls [`hit`] at interesting moments
-//! (`after-metadata-write`, `before-ack`, `during-upload`, `sink-commit`, ...)
-//! and a test arms a point to make it fail there.
+//! and a test arms a point to make it fail there. The points, in the order
+//! a checkpoint passes them:
+//!
+//! | point | where |
+//! |---|---|
+//! | `during-alignment` | a subtask has blocked an input at an aligned barrier and waits for the others |
+//! | `sync-snapshot` | a subtask's synchronous snapshot |
+//! | `during-upload` | a subtask's asynchronous upload of its state |
+//! | `before-ack` | after the upload, before the acknowledgement |
+//! | `before-metadata-write` | the coordinator, every acknowledgement in |
+//! | `after-metadata-write` | `_metadata` written, before its rename (the checkpoint is not complete) |
+//! | `before-notify-complete` | the coordinator, checkpoint complete, before the subtasks are told |
+//! | `sink-commit` | the file sink renaming a pending file (two-phase commit) |
 //!
 //! Arm points with [`arm`] in-process, or for a whole process with the
 //! environment variable `WEIR_FAILPOINTS=name=action[@n][,name=action...]`

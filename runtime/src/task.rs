@@ -89,6 +89,22 @@ impl JobShared {
     }
 }
 
+/// Marks a subtask's loop thread as ended when dropped.
+struct LiveGuard(Arc<JobShared>, usize);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0
+            .task_live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+        self.0
+            .live
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Checkpoint control for the loop.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Control {
@@ -196,9 +212,18 @@ impl Actor for SubtaskActor {
             // `spec` (with its channel ends) outlives the failure record, so a
             // neighbour that sees this subtask's channels close finds the root
             // cause already recorded.
-            let outcome = Runner::new(&mut spec, checkpoint, control, main, me)
-                .run()
-                .await;
+            // A panic outside user code (which `guarded` already catches) is
+            // a failure of this subtask like any other, never a silent exit.
+            let run = Runner::new(&mut spec, checkpoint, control, main, me).run();
+            let outcome =
+                match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {
+                    Ok(r) => r,
+                    Err(panic) => Err(Error::Operator {
+                        operator: spec.chain.clone(),
+                        subtask: spec.subtask,
+                        message: format!("panicked: {}", crate::operator::panic_message(&panic)),
+                    }),
+                };
             let msg = match outcome {
                 Ok(()) => Ok(()),
                 Err(e) => {
@@ -223,6 +248,8 @@ impl Actor for SubtaskActor {
                     .collect::<String>()
             ))
             .spawn(move || {
+                // Counted out however the thread ends (even by a panic).
+                let _live = LiveGuard(live, task_index);
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build();
@@ -234,11 +261,6 @@ impl Actor for SubtaskActor {
                         tracing::error!(error = %e, "cannot start a subtask thread's runtime")
                     }
                 }
-                live.task_live
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&task_index);
-                live.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             })
             .map_err(|e| format!("cannot start subtask thread: {e}"))?;
         state.task = Some(LoopHandle {
@@ -956,8 +978,13 @@ impl<'a> Runner<'a> {
             start_delay: delay,
         });
         a.arrived[i] = true;
+        let waiting = a.arrived.iter().any(|x| !x);
         if let Head::Input(gate) = &mut self.head {
             gate.set_blocked(i, true);
+        }
+        if waiting {
+            // Some inputs are blocked, others not yet at the barrier.
+            crate::failpoint::hit("during-alignment")?;
         }
         self.check_aligned().await
     }
@@ -1163,7 +1190,18 @@ impl<'a> Runner<'a> {
             })
             .await
             .unwrap_or_else(|e| Err(Error::Internal(format!("upload panicked: {e}"))))
-            .and_then(|w| crate::failpoint::hit("before-ack").map(|()| w));
+            .and_then(|w| {
+                // A panic here must still decline the checkpoint, or it
+                // would wait for this acknowledgement until its timeout.
+                std::panic::catch_unwind(|| crate::failpoint::hit("before-ack"))
+                    .unwrap_or_else(|p| {
+                        Err(Error::Internal(format!(
+                            "upload panicked: {}",
+                            crate::operator::panic_message(&p)
+                        )))
+                    })
+                    .map(|()| w)
+            });
             match written {
                 Ok((file, size)) => {
                     stats.async_duration = t0.elapsed().as_secs_f64() * 1e3;

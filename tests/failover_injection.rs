@@ -1,0 +1,115 @@
+//! Failures injected at every named point of the checkpoint protocol
+//! (`runtime/src/failpoint.rs`), inside a running job: the subtask (or the
+//! coordinator) panics there, the job fails over in-process from its latest
+//! completed checkpoint, and the committed output is still exactly once.
+//! Unlike `checkpoint_failures.rs`, nothing is restarted by hand: the
+//! restart strategy brings the job back.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+const WORDS: &str = "2000000";
+const VOCABULARY: &str = "3000";
+
+/// The built-in text's reference counts for `WORDS` words.
+fn reference() -> std::collections::BTreeMap<String, u64> {
+    use weir::operators::text::{generate_line, lines_for_words, words_reference, Vocabulary};
+    let vocab = Vocabulary::zipf(VOCABULARY.parse().unwrap(), 42);
+    let mut counts = std::collections::BTreeMap::new();
+    let mut line = String::new();
+    for i in 0..lines_for_words(WORDS.parse().unwrap()) {
+        generate_line(&vocab, 42, i, &mut line);
+        for w in words_reference(&line) {
+            *counts.entry(w).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Runs wordcount at parallelism 2 with `point` armed to panic on its third
+/// hit; checks the run succeeds after a restart with exactly-once output.
+fn inject(point: &str, unaligned: bool, reference: &std::collections::BTreeMap<String, u64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let output = Command::new(example("wordcount"))
+        .args([
+            "--words",
+            WORDS,
+            "--vocabulary",
+            VOCABULARY,
+            "-p",
+            "2",
+            "-q",
+        ])
+        .args(["--output", out.to_str().unwrap()])
+        .args([
+            "-D",
+            &format!(
+                "execution.checkpointing.dir={}",
+                dir.path().join("ckpt").display()
+            ),
+        ])
+        .args(["-D", "execution.checkpointing.interval=20ms"])
+        .args([
+            "-D",
+            &format!("execution.checkpointing.unaligned.enabled={unaligned}"),
+        ])
+        .env("WEIR_FAILPOINTS", format!("{point}=panic@3"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let what = format!("point {point} (unaligned: {unaligned})");
+    assert!(output.status.success(), "{what}: job failed:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("failure injected at '{point}'")),
+        "{what}: the point was never reached:\n{stderr}"
+    );
+    let restarts: u64 = stdout_value(&output, "restarts:").parse().unwrap();
+    assert!(restarts >= 1, "{what}: no restart:\n{stderr}");
+    assert_running_counts(&read_output(&out), reference);
+}
+
+fn inject_all(points: &[&str], unaligned: bool) {
+    let reference = reference();
+    std::thread::scope(|s| {
+        for p in points {
+            let r = &reference;
+            s.spawn(move || inject(p, unaligned, r));
+        }
+    });
+}
+
+#[test]
+fn aligned_failures_at_every_point_keep_exactly_once() {
+    inject_all(
+        &[
+            "during-alignment",
+            "sync-snapshot",
+            "during-upload",
+            "before-ack",
+            "after-metadata-write",
+            "before-notify-complete",
+            "sink-commit",
+        ],
+        false,
+    );
+}
+
+#[test]
+fn unaligned_failures_at_every_point_keep_exactly_once() {
+    inject_all(
+        &[
+            "sync-snapshot",
+            "during-upload",
+            "before-ack",
+            "after-metadata-write",
+            "before-notify-complete",
+            "sink-commit",
+        ],
+        true,
+    );
+}
