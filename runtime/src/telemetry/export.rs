@@ -6,18 +6,21 @@
 //! dropped and counted). One background thread, `weir-otel-export`, owns the
 //! exporter and a single-threaded tokio runtime for it; it sends a batch when
 //! `max-export-batch-size` spans are queued or `schedule-delay` has passed,
-//! each request bounded by the exporter's timeout. Dropped spans and failed
+//! each request bounded by the exporter's timeout and never retried (a failed
+//! batch is dropped; the next one tries again). Dropped spans and failed
 //! exports are counted ([`ExportStats`]) and logged at most once per
 //! `otel.drop-log-interval`. [`Pipeline::shutdown`] exports what is queued
 //! and waits for it at most the given time, so the end of a job is never held
 //! up by a collector that is down or slow.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{
+    Protocol, RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig,
+};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use opentelemetry_sdk::Resource;
 
@@ -47,6 +50,8 @@ struct Shared {
     wake: Condvar,
     done: Condvar,
     max_queue: usize,
+    /// The last export succeeded (or none was tried yet).
+    healthy: AtomicBool,
     dropped: AtomicU64,
     exported: AtomicU64,
     failed: AtomicU64,
@@ -77,6 +82,7 @@ impl Pipeline {
             wake: Condvar::new(),
             done: Condvar::new(),
             max_queue: cfg.max_queue_size,
+            healthy: AtomicBool::new(true),
             dropped: AtomicU64::new(0),
             exported: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -125,12 +131,29 @@ impl Pipeline {
 
     /// Exports what is queued and stops the thread, waiting at most
     /// `timeout`; returns whether everything was handed to the collector in
-    /// time. Later calls return at once.
+    /// time. When the last export failed (the collector is down or too
+    /// slow) the queued spans are dropped at once instead. Later calls
+    /// return at once.
     pub(crate) fn shutdown(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut q = self.shared.lock();
         q.shutdown = true;
         self.shared.wake.notify_one();
+        if !q.finished && !self.shared.healthy.load(Ordering::SeqCst) {
+            let left = q.spans.len();
+            q.spans.clear();
+            drop(q);
+            self.shared
+                .dropped
+                .fetch_add(left as u64, Ordering::Relaxed);
+            if left > 0 {
+                tracing::warn!(
+                    spans = left,
+                    "the trace collector failed the last export; dropping the queued spans at job end"
+                );
+            }
+            return false;
+        }
         while !q.finished {
             let now = Instant::now();
             if now >= deadline {
@@ -213,6 +236,12 @@ impl Worker {
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                 }
+                if q.shutdown && !shared.healthy.load(Ordering::SeqCst) {
+                    // The collector failed the last export: don't keep the end of the job waiting.
+                    let left = q.spans.len() as u64;
+                    q.spans.clear();
+                    shared.dropped.fetch_add(left, Ordering::Relaxed);
+                }
                 let n = q.spans.len().min(self.cfg.max_export_batch_size);
                 let batch: Vec<SpanData> = q.spans.drain(..n).collect();
                 (batch, q.shutdown && q.spans.is_empty())
@@ -228,6 +257,9 @@ impl Worker {
                 let limit = self.cfg.timeout + Duration::from_secs(1);
                 let outcome = rt
                     .block_on(async { tokio::time::timeout(limit, exporter.export(batch)).await });
+                shared
+                    .healthy
+                    .store(matches!(outcome, Ok(Ok(()))), Ordering::SeqCst);
                 match outcome {
                     Ok(Ok(())) => {
                         shared.exported.fetch_add(n, Ordering::Relaxed);
@@ -279,6 +311,7 @@ fn build_exporter(cfg: &TelemetryConfig) -> Result<opentelemetry_otlp::SpanExpor
             .with_protocol(Protocol::Grpc)
             .with_endpoint(cfg.endpoint.clone())
             .with_timeout(cfg.timeout)
+            .with_retry_policy(RetryPolicy::disabled())
             .build(),
         super::OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -286,6 +319,7 @@ fn build_exporter(cfg: &TelemetryConfig) -> Result<opentelemetry_otlp::SpanExpor
             // The standard's rule for the signal-independent endpoint.
             .with_endpoint(format!("{}/v1/traces", cfg.endpoint))
             .with_timeout(cfg.timeout)
+            .with_retry_policy(RetryPolicy::disabled())
             .build(),
     };
     let mut exporter = built.map_err(|e| {

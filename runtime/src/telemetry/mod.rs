@@ -2,7 +2,7 @@
 //!
 //! This module owns every span weir emits, their names and attributes (this
 //! page is the one place they are documented), and their export
-//! ([`export`]: a bounded batch span processor in front of an OTLP exporter,
+//! (`export.rs`: a bounded batch span processor in front of an OTLP exporter,
 //! gRPC or HTTP/protobuf).
 //!
 //! # Turning it on
@@ -583,6 +583,7 @@ impl Telemetry {
     }
 
     /// One subtask's `notify_complete(id)`: `error` when it failed.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn notify(
         &self,
         id: u64,
