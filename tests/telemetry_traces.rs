@@ -29,17 +29,36 @@ fn conf(dir: &Path, pairs: &[(&str, &str)]) -> Conf {
 /// counting subtasks behind a hash exchange (so barriers are aligned over two
 /// inputs).
 fn build(env: &Env, n: u64, rate: f64, out: &Path) {
+    build_slow(env, n, rate, out, Duration::ZERO)
+}
+
+/// [`build`], with `per_record` of busy work after the count: the counting
+/// subtasks fall behind, so their input channels are full (backpressure).
+fn build_slow(env: &Env, n: u64, rate: f64, out: &Path, per_record: Duration) {
     let sink = FileSink::new(out, |(k, c): &(u64, u64), line: &mut String| {
         line.push_str(&format!("{k}\t{c}"))
     })
     .unwrap();
-    env.add_source(GeneratorSource::new(3, Some(n), |i, _| i % 997).with_rate(rate))
+    let counted = env
+        .add_source(GeneratorSource::new(3, Some(n), |i, _| i % 997).with_rate(rate))
         .name("numbers")
         .key_by(|x: &u64| *x)
         .count()
-        .name("count")
-        .add_sink(sink)
-        .name("files");
+        .name("count");
+    let counted = if per_record.is_zero() {
+        counted
+    } else {
+        counted
+            .map(move |kc: (u64, u64)| {
+                let t = Instant::now();
+                while t.elapsed() < per_record {
+                    std::hint::spin_loop();
+                }
+                kc
+            })
+            .name("slow")
+    };
+    counted.add_sink(sink).name("files");
 }
 
 fn reference(n: u64) -> BTreeMap<String, u64> {
@@ -97,9 +116,17 @@ fn check_checkpoint_traces(
         let id = cp.id.to_string();
         let roots: Vec<&Span> = spans
             .iter()
-            .filter(|s| s.name == "checkpoint" && s.attrs.get("weir.checkpoint.id") == Some(&id))
+            .filter(|s| {
+                s.name == "checkpoint"
+                    && s.attrs.get("weir.checkpoint.id") == Some(&id)
+                    && s.status_code == 1
+            })
             .collect();
-        assert_eq!(roots.len(), 1, "one root span for checkpoint {id}");
+        assert_eq!(
+            roots.len(),
+            1,
+            "one completed root span for checkpoint {id}"
+        );
         let root = roots[0];
         assert!(root.parent_span_id.is_empty(), "the root has no parent");
         assert_eq!(root.status_code, 1, "a completed checkpoint's root is OK");
@@ -311,7 +338,9 @@ fn unaligned_checkpoints_are_traced_over_http_protobuf() {
         &[("execution.checkpointing.unaligned.enabled", "true")],
     ))
     .unwrap();
-    build(&env, n, 200_000.0, &out);
+    // The counting subtasks (60k records/s each) fall behind the sources
+    // (200k/s): barriers overtake full channels and capture in-flight data.
+    build_slow(&env, n, 200_000.0, &out, Duration::from_micros(16));
     let result = env.execute("traced-unaligned").unwrap();
     assert_running_counts(&read_output(&out), &reference(n));
     assert_eq!(
@@ -321,10 +350,28 @@ fn unaligned_checkpoints_are_traced_over_http_protobuf() {
     );
     let spans = rx.spans();
     check_checkpoint_traces(&result.job_id, &result.checkpoints, &spans, "unaligned");
+    let with_inflight = result
+        .checkpoints
+        .iter()
+        .filter(|c| c.status == CheckpointStatus::Completed && c.persisted_data > 0)
+        .count();
+    assert!(
+        with_inflight >= 1,
+        "some checkpoint persisted in-flight data"
+    );
 }
 
 #[test]
-fn a_failover_is_traced() {
+fn a_region_failover_is_traced() {
+    failover_is_traced("region");
+}
+
+#[test]
+fn a_full_failover_is_traced() {
+    failover_is_traced("full");
+}
+
+fn failover_is_traced(strategy: &str) {
     let rx = otlp::grpc_receiver(Duration::ZERO);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
@@ -333,7 +380,7 @@ fn a_failover_is_traced() {
         &dir.path().join("ckpt"),
         &rx.endpoint(),
         "grpc",
-        &[],
+        &[("jobmanager.execution.failover-strategy", strategy)],
     ))
     .unwrap();
     build(&env, n, 200_000.0, &out);
@@ -367,10 +414,17 @@ fn a_failover_is_traced() {
         root.status_message
     );
     assert_eq!(root.attr("weir.job.id"), job_id);
-    assert_eq!(root.attr("weir.failover.strategy"), "region");
-    let region: usize = root.attr("weir.failover.region").parse().unwrap();
+    assert_eq!(root.attr("weir.failover.strategy"), strategy);
     let failed = root.attr("weir.failover.failed_subtask");
     assert_eq!(failed, "count -> files (1)");
+    // One region here: the hash exchange connects every subtask.
+    assert_eq!(regions.len(), 1, "{regions:?}");
+    let region = 0;
+    if strategy == "region" {
+        assert_eq!(root.attr("weir.failover.region"), "0");
+    } else {
+        assert!(!root.attrs.contains_key("weir.failover.region"));
+    }
     assert!(
         regions[region].iter().any(|s| s == failed),
         "{failed} is in region {region}: {regions:?}"
@@ -522,4 +576,191 @@ fn a_collector_that_is_down_or_slow_neither_slows_the_job_nor_loses_checkpoints(
         took <= bound,
         "with a slow collector the job took {took:?}, without telemetry {base:?}"
     );
+}
+
+#[test]
+fn an_aborted_checkpoint_has_an_error_root_with_the_reason() {
+    let rx = otlp::grpc_receiver(Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::from_conf(traced(
+        &dir.path().join("ckpt"),
+        &rx.endpoint(),
+        "grpc",
+        &[
+            // Every checkpoint expires before it can complete.
+            ("execution.checkpointing.timeout", "1ms"),
+            (
+                "execution.checkpointing.tolerable-failed-checkpoints",
+                "1000000",
+            ),
+        ],
+    ))
+    .unwrap();
+    env.add_source(GeneratorSource::new(3, None, |i, _| i % 997).with_rate(100_000.0))
+        .name("numbers")
+        .key_by(|x: &u64| *x)
+        .count()
+        .name("count")
+        .add_sink(DiscardSink);
+    let job = env.execute_async("aborting").unwrap();
+    let started = Instant::now();
+    while job
+        .checkpoint_stats()
+        .iter()
+        .filter(|c| c.status == CheckpointStatus::Failed)
+        .count()
+        < 3
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no checkpoint failed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    job.cancel();
+    let checkpoints = job.checkpoint_stats();
+    assert!(job.wait().is_err(), "cancelled");
+    let spans = rx.spans();
+    let mut checked = 0;
+    for cp in checkpoints
+        .iter()
+        .filter(|c| c.status == CheckpointStatus::Failed)
+    {
+        let reason = cp.failure_message.clone().unwrap();
+        let root = spans
+            .iter()
+            .find(|s| {
+                s.name == "checkpoint"
+                    && s.attrs.get("weir.checkpoint.id") == Some(&cp.id.to_string())
+            })
+            .unwrap_or_else(|| panic!("no root span for failed checkpoint {}", cp.id));
+        assert_eq!(
+            root.status_code, 2,
+            "an aborted checkpoint's root is an error"
+        );
+        assert_eq!(root.status_message, reason);
+        assert_eq!(root.attr("weir.checkpoint.failure"), reason);
+        close(
+            root.duration_ms(),
+            cp.end_to_end_duration,
+            "aborted root duration",
+        );
+        if reason.contains("expired") {
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "{checked} expired checkpoints traced");
+}
+
+#[test]
+fn bad_telemetry_configuration_is_rejected_with_clear_errors() {
+    let mut c = Conf::defaults();
+    let err = c
+        .set("otel.exporter.otlp.endpoint", "localhost:4317")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("otel.exporter.otlp.endpoint") && err.contains("http://localhost:4317"),
+        "{err}"
+    );
+    let err = c
+        .set("otel.exporter.otlp.protocol", "http/json")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("one of grpc, http/protobuf"), "{err}");
+    let env = [(
+        "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+        "https://collector:4317".to_string(),
+    )];
+    let err = Conf::load_from(None, &env, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("environment variable OTEL_EXPORTER_OTLP_ENDPOINT") && err.contains("no TLS"),
+        "{err}"
+    );
+    // A cross-option rule is checked when the job starts.
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::from_conf(conf(
+        dir.path(),
+        &[
+            ("otel.exporter.otlp.endpoint", "http://127.0.0.1:4317"),
+            ("otel.bsp.max-queue-size", "100"),
+            ("otel.bsp.max-export-batch-size", "200"),
+        ],
+    ))
+    .unwrap();
+    env.add_source(GeneratorSource::new(3, Some(10), |i, _| i))
+        .add_sink(DiscardSink);
+    let err = env.execute_async("bad-otel").err().unwrap().to_string();
+    assert!(
+        err.contains("otel.bsp.max-export-batch-size")
+            && err.contains("at most otel.bsp.max-queue-size (100)"),
+        "{err}"
+    );
+    // Disabled wins over an endpoint; no endpoint means off.
+    for pairs in [
+        vec![
+            ("otel.exporter.otlp.endpoint", "http://127.0.0.1:4317"),
+            ("otel.sdk.disabled", "true"),
+        ],
+        vec![],
+    ] {
+        let env = Env::from_conf(conf(dir.path(), &pairs)).unwrap();
+        env.add_source(GeneratorSource::new(3, Some(10), |i, _| i))
+            .add_sink(DiscardSink);
+        let job = env.execute_async("no-otel").unwrap();
+        assert!(
+            job.telemetry_stats().is_none(),
+            "telemetry off with {pairs:?}"
+        );
+        job.wait().unwrap();
+    }
+}
+
+#[test]
+fn wordcount_exports_its_checkpoint_traces_when_configured() {
+    let rx = otlp::grpc_receiver(Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(example("wordcount"));
+    cmd.args([
+        "--words",
+        "400000",
+        "-q",
+        "-D",
+        "execution.checkpointing.interval=100ms",
+        "-D",
+        "otel.bsp.schedule-delay=100ms",
+    ])
+    .current_dir(env!("CARGO_MANIFEST_DIR"))
+    .env("WEIR_EXECUTION_CHECKPOINTING_DIR", dir.path())
+    .env("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint())
+    .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    .env("OTEL_SERVICE_NAME", "wordcount-test");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WEIR_") && k != "WEIR_EXECUTION_CHECKPOINTING_DIR" {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "exporting checkpoint and failover traces over OTLP (grpc) to {}",
+            rx.endpoint()
+        )),
+        "{stderr}"
+    );
+    let traces = stdout_value(&out, "traces:");
+    assert!(traces.contains("spans exported"), "{traces}");
+    let spans = rx.spans();
+    let roots: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == "checkpoint" && s.status_code == 1)
+        .collect();
+    assert!(!roots.is_empty(), "no checkpoint trace received");
+    for r in &roots {
+        assert_eq!(r.service, "wordcount-test");
+        assert_eq!(r.attr("weir.job.name"), "wordcount");
+    }
+    assert!(spans.iter().any(|s| s.name == "checkpoint.async_upload"));
 }

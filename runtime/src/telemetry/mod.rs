@@ -290,6 +290,9 @@ struct Inner {
     flush_timeout: Duration,
     failovers: Mutex<Vec<FailoverTrace>>,
     failover_seq: AtomicU64,
+    /// Full restarts so far: a restarted job may take a checkpoint id again
+    /// (one that was aborted and deleted), in another trace.
+    attempt: AtomicU64,
 }
 
 /// A job's telemetry: builds its spans and exports them. Cheap to clone.
@@ -359,6 +362,7 @@ impl Telemetry {
             flush_timeout: cfg.flush_timeout,
             failovers: Mutex::new(Vec::new()),
             failover_seq: AtomicU64::new(0),
+            attempt: AtomicU64::new(0),
         })))
     }
 
@@ -378,15 +382,16 @@ impl Telemetry {
         self.0.pipeline.shutdown(self.0.flush_timeout)
     }
 
-    /// The trace of checkpoint `id`.
+    /// The trace of checkpoint `id` of the job's current attempt.
     pub fn checkpoint_trace_id(&self, id: u64) -> TraceId {
         self.trace_id(1, id)
     }
 
     fn trace_id(&self, kind: u64, n: u64) -> TraceId {
         let (hi, lo) = ((self.0.seed >> 64) as u64, self.0.seed as u64);
-        let a = hash(&[hi, lo, kind, n]);
-        let b = hash(&[lo, hi, kind, n, a]);
+        let attempt = self.0.attempt.load(Ordering::SeqCst);
+        let a = hash(&[hi, lo, kind, n, attempt]);
+        let b = hash(&[lo, hi, kind, n, attempt, a]);
         TraceId::from((u128::from(a) << 64) | u128::from(b))
     }
 
@@ -678,6 +683,10 @@ impl Telemetry {
 
     /// The restart (after the strategy's delay) begins: checkpoint read next.
     pub(crate) fn failover_restoring(&self, region: Option<usize>, restart: u64) {
+        if region.is_none() {
+            // Every subtask and the coordinator of the old attempt have stopped.
+            self.0.attempt.fetch_add(1, Ordering::SeqCst);
+        }
         self.with_failover(region, |t| {
             let now = Instant::now();
             t.stopped.get_or_insert(now);
