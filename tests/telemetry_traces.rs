@@ -93,12 +93,15 @@ fn close(a: f64, b: f64, what: &str) {
 }
 
 /// Checks the trace of every completed checkpoint of `result` against its
-/// statistics; `alignment` is `aligned` or `unaligned`.
+/// statistics; `alignment` is `aligned` or `unaligned`. Checkpoints up to
+/// `notify_optional_upto` may lack `checkpoint.notify` spans (completed just
+/// before a failover: a subtask killed first never commits them).
 fn check_checkpoint_traces(
     job_id: &str,
     checkpoints: &[CheckpointStats],
     spans: &[Span],
     alignment: &str,
+    notify_optional_upto: u64,
 ) {
     let completed: Vec<&CheckpointStats> = checkpoints
         .iter()
@@ -178,8 +181,11 @@ fn check_checkpoint_traces(
             let upload =
                 mine("checkpoint.async_upload").unwrap_or_else(|| panic!("no upload span: {who}"));
             let ack = mine("checkpoint.ack").unwrap_or_else(|| panic!("no ack span: {who}"));
-            let notify =
-                mine("checkpoint.notify").unwrap_or_else(|| panic!("no notify span: {who}"));
+            let notify = mine("checkpoint.notify");
+            assert!(
+                notify.is_some() || cp.id <= notify_optional_upto,
+                "no notify span: {who}"
+            );
             close(
                 sync.duration_ms(),
                 st.sync_duration,
@@ -280,11 +286,13 @@ fn check_checkpoint_traces(
                 cp.end_to_end_duration
             );
             // The commit reacts to the completion.
-            assert_eq!(notify.parent_span_id, root.span_id);
-            assert!(
-                notify.start_ns >= root.end_ns,
-                "notify follows completion: {who}"
-            );
+            if let Some(notify) = notify {
+                assert_eq!(notify.parent_span_id, root.span_id);
+                assert!(
+                    notify.start_ns >= root.end_ns,
+                    "notify follows completion: {who}"
+                );
+            }
         }
     }
     assert!(
@@ -322,7 +330,7 @@ fn aligned_checkpoints_are_traced_over_grpc() {
         result.checkpoints.len(),
         "one root per checkpoint ({completed} completed)"
     );
-    check_checkpoint_traces(&result.job_id, &result.checkpoints, &spans, "aligned");
+    check_checkpoint_traces(&result.job_id, &result.checkpoints, &spans, "aligned", 0);
 }
 
 #[test]
@@ -349,7 +357,7 @@ fn unaligned_checkpoints_are_traced_over_http_protobuf() {
         "every request was a protobuf POST to /v1/traces"
     );
     let spans = rx.spans();
-    check_checkpoint_traces(&result.job_id, &result.checkpoints, &spans, "unaligned");
+    check_checkpoint_traces(&result.job_id, &result.checkpoints, &spans, "unaligned", 0);
     let with_inflight = result
         .checkpoints
         .iter()
@@ -398,6 +406,12 @@ fn failover_is_traced(strategy: &str) {
         assert!(!job.is_done(), "the job ended before its first checkpoint");
         std::thread::sleep(Duration::from_millis(10));
     }
+    let before_kill = job
+        .checkpoint_stats()
+        .iter()
+        .map(|c| c.id)
+        .max()
+        .unwrap_or(0);
     job.kill_subtask("count", 1).unwrap();
     let job_id = job.job_id().to_string();
     let regions = job.regions().to_vec();
@@ -476,7 +490,13 @@ fn failover_is_traced(strategy: &str) {
         "the failover ends when everything runs"
     );
     // The checkpoints after the failover are traced too.
-    check_checkpoint_traces(&result.job_id, &result.checkpoints, &spans, "aligned");
+    check_checkpoint_traces(
+        &result.job_id,
+        &result.checkpoints,
+        &spans,
+        "aligned",
+        before_kill + 1,
+    );
 }
 
 /// Runs the test job with `extra` options; returns its wall time, its
@@ -507,10 +527,17 @@ fn timed_run(
     let result = job.wait().unwrap();
     let took = started.elapsed();
     assert_running_counts(&read_output(&out), &reference(n));
+    // A checkpoint triggered after a bounded source finished is declined by
+    // it, with or without telemetry: not a loss.
     let failed: Vec<_> = result
         .checkpoints
         .iter()
         .filter(|c| c.status != CheckpointStatus::Completed)
+        .filter(|c| {
+            !c.failure_message
+                .as_deref()
+                .is_some_and(|m| m.ends_with("the source has finished"))
+        })
         .map(|c| (c.id, c.failure_message.clone()))
         .collect();
     assert!(
