@@ -48,12 +48,13 @@
 //! | `weir.job.name` | root spans | the job's name |
 //! | `weir.checkpoint.id` | checkpoint spans | the checkpoint id |
 //! | `weir.checkpoint.kind` | checkpoint spans | `checkpoint` or `savepoint` |
-//! | `weir.checkpoint.alignment` | checkpoint spans | `aligned`, `unaligned` or `at_least_once` (the root: `unaligned` when any subtask was) |
+//! | `weir.checkpoint.alignment` | checkpoint spans but `checkpoint.notify` | `aligned`, `unaligned` or `at_least_once` (the root: `unaligned` when any subtask was) |
 //! | `weir.operator` | subtask spans | the subtask's chain, e.g. `Source -> flat_map` |
 //! | `weir.subtask.index` | subtask spans | the subtask index (0-based) |
 //! | `weir.checkpoint.bytes_written` | root, `checkpoint.async_upload` | bytes of state written (the root: over all subtasks) |
 //! | `weir.checkpoint.inflight_bytes` | root, `checkpoint.async_upload`, `checkpoint.unaligned_capture` | in-flight bytes persisted as channel state |
 //! | `weir.checkpoint.failure` | root of an aborted checkpoint | why it was aborted (also the status message) |
+//! | `error.message` | a `checkpoint.notify` that failed | the error (also the status message) |
 //! | `weir.failover.region` | failover spans | the failover region's index; absent when the whole job restarts |
 //! | `weir.failover.strategy` | failover spans | `region` or `full` |
 //! | `weir.failover.failed_subtask` | failover spans | the subtask that failed, e.g. `Source -> map (1)`, when known |
