@@ -15,6 +15,10 @@
 //! `word<TAB>count` (Flink's running count: a word seen N times has the lines
 //! with counts 1..N, in that order) to part files in DIR. The job itself is
 //! [`weir::wordcount::wordcount`]; this file is the command line around it.
+//!
+//! With an OTLP collector configured (`-D otel.exporter.otlp.endpoint=http://localhost:4318`,
+//! or `OTEL_EXPORTER_OTLP_ENDPOINT`; `otel.exporter.otlp.protocol` picks `grpc`
+//! or `http/protobuf`) every checkpoint and failover is exported as a trace.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +29,7 @@ use weir::cli::{human_rate, print_checkpoints, ConfArgs};
 use weir::operators::text::generated_lines;
 use weir::prelude::*;
 use weir::runtime::config::options;
+use weir::runtime::telemetry::{OtlpProtocol, TelemetryConfig};
 use weir::wordcount::{wordcount, words_counted};
 
 // The example's allocator; any allocator works, this one is faster for
@@ -78,6 +83,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(p) = args.parallelism {
         conf.set(options::PARALLELISM_DEFAULT.def.key, p)?;
     }
+    if let Some(otel) = TelemetryConfig::from_conf(&conf)? {
+        eprintln!(
+            "exporting checkpoint and failover traces over OTLP ({}) to {}",
+            match otel.protocol {
+                OtlpProtocol::Grpc => "grpc",
+                OtlpProtocol::HttpProtobuf => "http/protobuf",
+            },
+            otel.endpoint
+        );
+    }
     let env = Env::from_conf(conf)?;
     let lines = match &args.input {
         Some(path) => {
@@ -126,6 +141,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    let traces = job.telemetry_stats();
     let result = job.wait()?;
     if !args.quiet {
         print_checkpoints(&result.checkpoints, checkpoints_seen);
@@ -142,6 +158,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     println!("restarts: {}", result.restarts);
     if let Some(dir) = &args.output {
         println!("output: {}", dir.display());
+    }
+    if let Some(t) = traces {
+        // Counted before the final flush, which the job's end bounds by otel.flush-timeout.
+        println!(
+            "traces: {} spans exported, {} dropped, {} failed exports (before the final flush)",
+            t.exported, t.dropped, t.failed_exports
+        );
     }
     Ok(())
 }

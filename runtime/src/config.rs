@@ -48,6 +48,8 @@ pub enum Kind {
     Text,
     /// A duration, or `off` (also `none`, `disabled`, `0`).
     DurationOrOff,
+    /// Empty (the feature is off), or an `http://` URL such as `http://localhost:4317`.
+    Endpoint,
     /// A decimal number in `min..=max`.
     Float {
         /// Smallest accepted value.
@@ -70,6 +72,7 @@ impl Kind {
             Kind::Text => "any text".into(),
             Kind::DurationOrOff => "off, or a duration such as 500ms, 1s or 10min".into(),
             Kind::Float { min, max } => format!("a number from {min} to {max}"),
+            Kind::Endpoint => "empty (off), or a URL such as http://localhost:4317 (http:// only: this build has no TLS)".into(),
         }
     }
 
@@ -94,6 +97,7 @@ impl Kind {
                 Ok(v) if v >= *min && v <= *max => Ok(()),
                 _ => Err(()),
             },
+            Kind::Endpoint => parse_endpoint(raw).map(|_| ()).ok_or(()),
         }
     }
 }
@@ -310,6 +314,12 @@ impl Conf {
                 conf.set_from(&key, &value, ValueSource::File(path.clone()))?;
             }
         }
+        // OpenTelemetry's standard variables, below weir's own `WEIR_*` ones.
+        for (name, value) in env {
+            if let Some((_, key)) = options::OTEL_ENV.iter().find(|(v, _)| v == name) {
+                conf.set_from(key, value, ValueSource::Env(name.clone()))?;
+            }
+        }
         for (name, value) in env {
             if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
                 if name == CONF_DIR_ENV || name == crate::failpoint::ENV || rest.is_empty() {
@@ -472,6 +482,23 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_millis(n.checked_mul(ms)?))
+}
+
+/// Parses an OTLP endpoint: `Some(None)` when empty (off), `Some(Some(url))`
+/// for `http://host[:port][/path]`, `None` for anything else.
+pub fn parse_endpoint(raw: &str) -> Option<Option<String>> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return Some(None);
+    }
+    let rest = s.strip_prefix("http://")?;
+    let host = rest.split('/').next().unwrap_or("");
+    let valid = !host.is_empty()
+        && !s.chars().any(char::is_whitespace)
+        && host
+            .rsplit_once(':')
+            .is_none_or(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
+    valid.then(|| Some(s.trim_end_matches('/').to_string()))
 }
 
 /// Parses `off`/`none`/`disabled`/`0` as `Some(None)`, a duration as `Some(Some(d))`.
@@ -804,6 +831,99 @@ pub mod options {
         "how often examples print progress (records/s)",
     );
 
+    /// Trace export: `true` turns it off whatever else is set.
+    pub const OTEL_SDK_DISABLED: ConfigOption<bool> = ConfigOption::new(
+        "otel.sdk.disabled",
+        "false",
+        Kind::Bool,
+        "true turns trace export off whatever else is set (OTEL_SDK_DISABLED)",
+    );
+    /// The OTLP collector's base URL; empty: no export.
+    pub const OTEL_ENDPOINT: ConfigOption<String> = ConfigOption::new(
+        "otel.exporter.otlp.endpoint",
+        "",
+        Kind::Endpoint,
+        "OTLP collector URL (grpc: http://localhost:4317, http/protobuf: http://localhost:4318); empty: traces off (OTEL_EXPORTER_OTLP_ENDPOINT)",
+    );
+    /// The OTLP transport.
+    pub const OTEL_PROTOCOL: ConfigOption<String> = ConfigOption::new(
+        "otel.exporter.otlp.protocol",
+        "http/protobuf",
+        Kind::Enum(&["grpc", "http/protobuf"]),
+        "OTLP transport: grpc or http/protobuf (OTEL_EXPORTER_OTLP_PROTOCOL)",
+    );
+    /// Timeout of one export request.
+    pub const OTEL_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
+        "otel.exporter.otlp.timeout",
+        "10s",
+        Kind::Duration,
+        "longest wait for one export request to the collector (OTEL_EXPORTER_OTLP_TIMEOUT)",
+    );
+    /// `service.name` of the exported spans.
+    pub const OTEL_SERVICE_NAME: ConfigOption<String> = ConfigOption::new(
+        "otel.service.name",
+        "weir",
+        Kind::Text,
+        "service.name resource attribute of the exported spans (OTEL_SERVICE_NAME)",
+    );
+    /// Batch span processor: export delay.
+    pub const OTEL_BSP_SCHEDULE_DELAY: ConfigOption<Duration> = ConfigOption::new(
+        "otel.bsp.schedule-delay",
+        "5s",
+        Kind::Duration,
+        "longest time a finished span waits in the queue before it is exported (OTEL_BSP_SCHEDULE_DELAY)",
+    );
+    /// Batch span processor: queue bound.
+    pub const OTEL_BSP_MAX_QUEUE_SIZE: ConfigOption<usize> = ConfigOption::new(
+        "otel.bsp.max-queue-size",
+        "2048",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+        "spans waiting for export; more are dropped and counted, never waited for (OTEL_BSP_MAX_QUEUE_SIZE)",
+    );
+    /// Batch span processor: spans per request.
+    pub const OTEL_BSP_MAX_EXPORT_BATCH_SIZE: ConfigOption<usize> = ConfigOption::new(
+        "otel.bsp.max-export-batch-size",
+        "512",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+        "spans per export request, at most otel.bsp.max-queue-size (OTEL_BSP_MAX_EXPORT_BATCH_SIZE)",
+    );
+    /// How long the end of a job waits for the last spans to be exported.
+    pub const OTEL_FLUSH_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
+        "otel.flush-timeout",
+        "2s",
+        Kind::Duration,
+        "at job end: longest wait for the queued spans to be exported (the job's result never waits longer)",
+    );
+    /// How often dropped spans and failed exports are logged, at most.
+    pub const OTEL_DROP_LOG_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
+        "otel.drop-log-interval",
+        "10s",
+        Kind::Duration,
+        "dropped spans and failed exports are counted and logged at most once per this interval",
+    );
+
+    /// OpenTelemetry's standard environment variables and the options they
+    /// set (weir's own `WEIR_OTEL_*` variables win over them).
+    pub const OTEL_ENV: &[(&str, &str)] = &[
+        ("OTEL_SDK_DISABLED", OTEL_SDK_DISABLED.def.key),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", OTEL_ENDPOINT.def.key),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", OTEL_PROTOCOL.def.key),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", OTEL_TIMEOUT.def.key),
+        ("OTEL_SERVICE_NAME", OTEL_SERVICE_NAME.def.key),
+        ("OTEL_BSP_SCHEDULE_DELAY", OTEL_BSP_SCHEDULE_DELAY.def.key),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", OTEL_BSP_MAX_QUEUE_SIZE.def.key),
+        (
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+            OTEL_BSP_MAX_EXPORT_BATCH_SIZE.def.key,
+        ),
+    ];
+
     /// Every option, in the order `conf/weir.yaml` lists them.
     pub const ALL: &[OptionDef] = &[
         PARALLELISM_DEFAULT.def,
@@ -842,6 +962,16 @@ pub mod options {
         CHAOS_SEED.def,
         CHAOS_TARGETS.def,
         PROGRESS_INTERVAL.def,
+        OTEL_SDK_DISABLED.def,
+        OTEL_ENDPOINT.def,
+        OTEL_PROTOCOL.def,
+        OTEL_TIMEOUT.def,
+        OTEL_SERVICE_NAME.def,
+        OTEL_BSP_SCHEDULE_DELAY.def,
+        OTEL_BSP_MAX_QUEUE_SIZE.def,
+        OTEL_BSP_MAX_EXPORT_BATCH_SIZE.def,
+        OTEL_FLUSH_TIMEOUT.def,
+        OTEL_DROP_LOG_INTERVAL.def,
     ];
 }
 
@@ -875,6 +1005,58 @@ mod tests {
     fn suggestion_for_typo() {
         assert_eq!(suggest("parallelism.defualt"), Some("parallelism.default"));
         assert_eq!(suggest("completely.different.thing"), None);
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(parse_endpoint(""), Some(None));
+        assert_eq!(
+            parse_endpoint("http://localhost:4317/"),
+            Some(Some("http://localhost:4317".into()))
+        );
+        assert_eq!(
+            parse_endpoint("http://collector"),
+            Some(Some("http://collector".into()))
+        );
+        assert_eq!(parse_endpoint("https://collector:4317"), None);
+        assert_eq!(parse_endpoint("localhost:4317"), None);
+        assert_eq!(parse_endpoint("http://localhost:99999"), None);
+        assert_eq!(parse_endpoint("http://"), None);
+    }
+
+    #[test]
+    fn otel_variables_set_otel_options_and_weir_variables_win() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let conf = Conf::load_from(
+            None,
+            &env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_SERVICE_NAME", "svc"),
+                ("WEIR_OTEL_SERVICE_NAME", "mine"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(conf.get(&options::OTEL_ENDPOINT), "http://127.0.0.1:4317");
+        assert_eq!(conf.get(&options::OTEL_PROTOCOL), "grpc");
+        assert_eq!(conf.get(&options::OTEL_SERVICE_NAME), "mine");
+        let err = Conf::load_from(
+            None,
+            &env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && err.contains("grpc, http/protobuf"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -100,6 +100,7 @@ pub struct JobHandle {
     pub(crate) checkpoints: Arc<Mutex<Vec<CheckpointStats>>>,
     pub(crate) restored_from: Option<(std::path::PathBuf, u64)>,
     pub(crate) runtime: Arc<tokio::runtime::Runtime>,
+    pub(crate) telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 impl JobHandle {
@@ -191,6 +192,11 @@ impl JobHandle {
             .len()
     }
 
+    /// What the trace export has done so far; `None` when telemetry is off.
+    pub fn telemetry_stats(&self) -> Option<crate::telemetry::ExportStats> {
+        self.telemetry.as_ref().map(|t| t.stats())
+    }
+
     /// Time since the job started.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
@@ -235,6 +241,10 @@ impl JobHandle {
             }),
         };
         let duration = self.started.elapsed();
+        if let Some(t) = self.telemetry {
+            // Bounded by otel.flush-timeout: a slow collector never holds the result up long.
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+        }
         match outcome {
             Ok(()) => Ok(JobResult {
                 job_id: self.job_id,
@@ -313,6 +323,7 @@ pub(crate) struct JobArgs {
     pub region_restarts: Arc<Vec<AtomicU64>>,
     pub last_failure: Arc<Mutex<Option<(std::time::SystemTime, String)>>>,
     pub done: oneshot::Sender<Result<()>>,
+    pub telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 /// Checkpointing settings, storage and statistics of a job, kept across attempts.
@@ -614,6 +625,16 @@ impl JobState {
                 None
             }
         };
+        if let (Some(t), Some(_)) = (&self.shared.telemetry, delay) {
+            let r = region.filter(|_| self.region_failover);
+            let members: Vec<usize> = match r {
+                Some(r) => self.regions[r].clone(),
+                None => (0..self.plan.num_subtasks()).collect(),
+            };
+            let failed = task.map(|t| self.plan.subtask_name(t));
+            let n = self.restarts.load(Ordering::Relaxed) + 1;
+            t.failover_started(r, &members, failed, &err, n);
+        }
         if let (true, Some(r), Some(delay)) = (self.region_failover, region, delay) {
             tracing::warn!(job = %self.name, error = %err, region = r, ?delay, "subtask failed; restarting its region from the latest checkpoint");
             self.regions_recovering
@@ -760,7 +781,7 @@ impl Actor for JobMaster {
             recovering: None,
             cancelled: false,
             done: Some(args.done),
-            shared: Arc::new(JobShared::default()),
+            shared: Arc::new(JobShared::with_telemetry(args.telemetry)),
             coordinator: None,
             shutting_down: false,
         };
@@ -924,6 +945,9 @@ impl Actor for JobMaster {
                     myself.send_after(Duration::from_millis(1), move || JobMsg::RestartRegion(r));
                     return Ok(());
                 }
+                if let Some(t) = &state.shared.telemetry {
+                    t.failover_stopped(Some(r));
+                }
                 // The restart strategy's delay, without blocking this mailbox.
                 let at = state.regions_recovering[&r].1;
                 let now = std::time::Instant::now();
@@ -943,7 +967,14 @@ impl Actor for JobMaster {
                 }
                 tracing::warn!(job = %state.name, region = r, restart = n, cause, "restarting region");
                 state.chaos_quiet_since = std::time::Instant::now();
-                if let Err(e) = state.restart_region(&myself, r).await {
+                if let Some(t) = &state.shared.telemetry {
+                    t.failover_restoring(Some(r), n);
+                }
+                let restarted = state.restart_region(&myself, r).await;
+                if let (Some(t), true) = (&state.shared.telemetry, restarted.is_ok()) {
+                    t.failover_deployed(Some(r));
+                }
+                if let Err(e) = restarted {
                     let text = e.to_string();
                     state.failed = Some(format!("cannot restart region {r}: {text}"));
                     myself.stop_children_except(state.coordinator.as_ref());
@@ -959,6 +990,9 @@ impl Actor for JobMaster {
                     myself.send_after(Duration::from_millis(2), || JobMsg::Restart);
                     return Ok(());
                 }
+                if let Some(t) = &state.shared.telemetry {
+                    t.failover_stopped(None);
+                }
                 let now = std::time::Instant::now();
                 if state.restart_at > now {
                     myself.send_after(state.restart_at - now, || JobMsg::Restart);
@@ -967,6 +1001,9 @@ impl Actor for JobMaster {
                 let cause = state.recovering.take().unwrap_or_default();
                 let _ = state.shared.take_failure();
                 let n = state.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(t) = &state.shared.telemetry {
+                    t.failover_restoring(None, n);
+                }
                 let (restore, first_id, latest) = match state.restore_point() {
                     Ok(r) => r,
                     Err(e) => {
@@ -981,6 +1018,9 @@ impl Actor for JobMaster {
                 state
                     .start_attempt(&myself, restore, first_id, latest)
                     .await?;
+                if let Some(t) = &state.shared.telemetry {
+                    t.failover_deployed(None);
+                }
             }
         }
         Ok(())

@@ -33,6 +33,7 @@
 //!   operator state, behind a backend enum (heap today).
 //! - [`keygroup`]: key groups, Flink's unit of keyed-state partitioning.
 //! - [`config`]: every option, with Flink's key names, and its validation.
+//! - [`telemetry`]: OpenTelemetry traces of checkpoints and failovers, OTLP export.
 //! - [`error`]: the one error type.
 //!
 //! ## Rules of the data plane
@@ -56,6 +57,7 @@ pub mod restart;
 pub mod state;
 pub mod stream;
 pub mod task;
+pub mod telemetry;
 
 pub use error::{Error, Result};
 

@@ -195,6 +195,7 @@ impl Env {
         let last_failure = Arc::new(std::sync::Mutex::new(None));
         let channels = Arc::new(std::sync::Mutex::new(Vec::new()));
         let restarts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let telemetry = crate::telemetry::Telemetry::from_conf(&self.conf, &job_id, name)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let started = Instant::now();
         let args = JobArgs {
@@ -213,6 +214,7 @@ impl Env {
             region_restarts: region_restarts.clone(),
             last_failure: last_failure.clone(),
             done: tx,
+            telemetry: telemetry.clone(),
         };
         let (master, _) = self
             .runtime
@@ -234,6 +236,7 @@ impl Env {
             checkpoints: stats,
             restored_from,
             runtime: self.runtime.clone(),
+            telemetry,
         })
     }
 }

@@ -44,6 +44,7 @@ use crate::graph::{ChainedOp, Head, SubtaskSpec};
 use crate::operator::{guarded, SourceContext, SourceStatus};
 use crate::record::AnyBatch;
 use crate::state::OperatorStateStore;
+use crate::telemetry::SubtaskPhases;
 use crate::{Error, Result};
 
 /// Shared by all subtasks of one job: the first root-cause failure.
@@ -54,9 +55,18 @@ pub(crate) struct JobShared {
     live: std::sync::atomic::AtomicUsize,
     /// Per subtask: its processing-loop thread is running.
     task_live: Mutex<std::collections::HashSet<usize>>,
+    /// The job's telemetry, when it is on.
+    pub(crate) telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 impl JobShared {
+    pub(crate) fn with_telemetry(telemetry: Option<crate::telemetry::Telemetry>) -> Self {
+        JobShared {
+            telemetry,
+            ..Default::default()
+        }
+    }
+
     /// Records `e` unless a failure is already known; a root cause replaces a
     /// mere disconnection (which is a consequence of another failure).
     pub(crate) fn record_failure(&self, e: Error) {
@@ -214,7 +224,9 @@ impl Actor for SubtaskActor {
             // cause already recorded.
             // A panic outside user code (which `guarded` already catches) is
             // a failure of this subtask like any other, never a silent exit.
-            let run = Runner::new(&mut spec, checkpoint, control, main, me).run();
+            let mut runner = Runner::new(&mut spec, checkpoint, control, main, me);
+            runner.telemetry = shared.telemetry.clone();
+            let run = runner.run();
             let outcome =
                 match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {
                     Ok(r) => r,
@@ -378,6 +390,7 @@ struct UnalignedCapture {
     channel: Vec<Vec<Vec<u8>>>,
     operators: Vec<OperatorSnapshot>,
     stats: SubtaskCheckpointStats,
+    phases: SubtaskPhases,
 }
 
 /// An aligned (or at-least-once) checkpoint waiting for barriers.
@@ -414,6 +427,8 @@ struct Runner<'a> {
     input_wm: Vec<i64>,
     combined_wm: i64,
     output_wm: i64,
+    /// The job's telemetry, when it is on.
+    telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 /// Records per chunk when batches are processed in chunks (unaligned checkpoints).
@@ -452,11 +467,15 @@ impl<'a> Runner<'a> {
             input_wm: Vec::new(),
             combined_wm: i64::MIN,
             output_wm: i64::MIN,
+            telemetry: None,
         }
     }
 
     async fn run(mut self) -> Result<()> {
         self.open().await?;
+        if let Some(t) = &self.telemetry {
+            t.subtask_running(self.spec.task_index);
+        }
         let finished_normally = if matches!(self.head, Head::Source { .. }) {
             self.run_source().await?
         } else {
@@ -799,7 +818,8 @@ impl<'a> Runner<'a> {
     async fn checkpoint_aligned(&mut self, a: Alignment) -> Result<()> {
         let t0 = Instant::now();
         let operators = self.snapshot_operators(a.barrier.id)?;
-        let sync = t0.elapsed();
+        let t1 = Instant::now();
+        let sync = t1 - t0;
         self.forward_barrier(Barrier {
             unaligned: false,
             overtaken: 0,
@@ -812,7 +832,8 @@ impl<'a> Runner<'a> {
             start_delay: a.start_delay,
             ..Default::default()
         };
-        self.upload(a.barrier.id, operators, Vec::new(), stats);
+        let phases = SubtaskPhases::synced(Some(a.first_at), t0, t1);
+        self.upload(a.barrier.id, operators, Vec::new(), stats, phases);
         Ok(())
     }
 
@@ -828,7 +849,8 @@ impl<'a> Runner<'a> {
     ) -> Result<()> {
         let t0 = Instant::now();
         let operators = self.snapshot_operators(b.id)?;
-        let sync = t0.elapsed();
+        let t1 = Instant::now();
+        let sync = t1 - t0;
         let mut channel = channel;
         if let Some((i, rest)) = &self.remainder {
             // Taken from input `i` before the barrier, not processed yet: in-flight data.
@@ -858,6 +880,7 @@ impl<'a> Runner<'a> {
                 unaligned_checkpoint: true,
                 ..Default::default()
             },
+            phases: SubtaskPhases::synced(Some(first_at), t0, t1),
         };
         self.captures.insert(b.id, cap);
         self.finish_captures();
@@ -886,7 +909,8 @@ impl<'a> Runner<'a> {
                     .flat_map(|e| &e.batches)
                     .map(|b| b.len() as u64)
                     .sum();
-                self.upload(id, c.operators, channel, c.stats);
+                c.phases.capture_end = Some(Instant::now());
+                self.upload(id, c.operators, channel, c.stats, c.phases);
             }
         }
     }
@@ -1114,7 +1138,8 @@ impl<'a> Runner<'a> {
                 let unaligned = self.mode == BarrierMode::Unaligned;
                 let t0 = Instant::now();
                 let operators = self.snapshot_operators(b.id)?;
-                let sync = t0.elapsed();
+                let t1 = Instant::now();
+                let sync = t1 - t0;
                 self.forward_barrier(Barrier {
                     unaligned,
                     overtaken: 0,
@@ -1126,21 +1151,43 @@ impl<'a> Runner<'a> {
                     start_delay: now_ms().saturating_sub(b.timestamp_ms) as f64,
                     ..Default::default()
                 };
-                self.upload(b.id, operators, Vec::new(), stats);
+                let phases = SubtaskPhases::synced(None, t0, t1);
+                self.upload(b.id, operators, Vec::new(), stats, phases);
             }
             Control::FinalCheckpoint(b) => {
                 let t0 = Instant::now();
                 let operators = self.snapshot_operators(b.id)?;
+                let t1 = Instant::now();
                 let stats = SubtaskCheckpointStats {
-                    sync_duration: t0.elapsed().as_secs_f64() * 1e3,
+                    sync_duration: (t1 - t0).as_secs_f64() * 1e3,
                     ..Default::default()
                 };
-                self.upload(b.id, operators, Vec::new(), stats);
+                let phases = SubtaskPhases::synced(None, t0, t1);
+                self.upload(b.id, operators, Vec::new(), stats, phases);
             }
             Control::Complete(id) => {
+                let t0 = Instant::now();
+                let mut outcome = Ok(());
                 for op in self.spec.ops.iter_mut() {
-                    guarded(&op.ctx, || op.op.notify_complete(id))?;
+                    outcome = guarded(&op.ctx, || op.op.notify_complete(id));
+                    if outcome.is_err() {
+                        break;
+                    }
                 }
+                if let Some(t) = &self.telemetry {
+                    let error = outcome.as_ref().err().map(|e| e.to_string());
+                    let s = &*self.spec;
+                    t.notify(
+                        id,
+                        s.task_index,
+                        &s.chain,
+                        s.subtask,
+                        t0,
+                        Instant::now(),
+                        error.as_deref(),
+                    );
+                }
+                outcome?;
             }
             Control::Abort(id) => {
                 if self.aligning.as_ref().is_some_and(|a| a.barrier.id == id) {
@@ -1163,6 +1210,7 @@ impl<'a> Runner<'a> {
         operators: Vec<OperatorSnapshot>,
         channel_state: Vec<ChannelStateEntry>,
         mut stats: SubtaskCheckpointStats,
+        mut phases: SubtaskPhases,
     ) {
         let Some(link) = self.link.clone() else {
             return;
@@ -1204,7 +1252,10 @@ impl<'a> Runner<'a> {
             });
             match written {
                 Ok((file, size)) => {
-                    stats.async_duration = t0.elapsed().as_secs_f64() * 1e3;
+                    let t1 = Instant::now();
+                    phases.upload_start = t0;
+                    phases.upload_end = t1;
+                    stats.async_duration = (t1 - t0).as_secs_f64() * 1e3;
                     stats.state_size = size;
                     stats.ack_timestamp = now_ms();
                     let _ = link.coordinator.cast(CoordMsg::Ack(Box::new(Ack {
@@ -1219,6 +1270,7 @@ impl<'a> Runner<'a> {
                             size,
                         },
                         stats,
+                        phases,
                     })));
                 }
                 Err(e) => {

@@ -50,6 +50,8 @@ pub(crate) struct Ack {
     pub from: ractor::ActorId,
     pub handle: StateHandle,
     pub stats: SubtaskCheckpointStats,
+    /// When each phase of the subtask's part happened (for its trace spans).
+    pub phases: crate::telemetry::SubtaskPhases,
 }
 
 /// How the job ended, for the retention policy.
@@ -207,7 +209,9 @@ impl CoordState {
             let _ = t.actor.cast(SubtaskMsg::Abort(id));
         }
         self.args.storage.discard(id);
-        let e2e = p.started.elapsed().as_secs_f64() * 1e3;
+        let ended = Instant::now();
+        let e2e = (ended - p.started).as_secs_f64() * 1e3;
+        self.traced(id, &p, ended, Some(reason));
         self.record(id, |s| {
             s.status = CheckpointStatus::Failed;
             s.end_to_end_duration = e2e;
@@ -259,7 +263,9 @@ impl CoordState {
         let dir = tokio::task::spawn_blocking(move || storage.write_metadata(&meta))
             .await
             .map_err(|e| Error::Internal(format!("metadata writer panicked: {e}")))??;
-        let e2e = p.started.elapsed().as_secs_f64() * 1e3;
+        let ended = Instant::now();
+        let e2e = (ended - p.started).as_secs_f64() * 1e3;
+        self.traced(id, &p, ended, None);
         let subtasks: Vec<SubtaskCheckpointStats> =
             p.acks.values().map(|(_, s)| s.clone()).collect();
         let size: u64 = subtasks.iter().map(|s| s.state_size).sum();
@@ -291,6 +297,21 @@ impl CoordState {
         self.failures = 0;
         self.last_end = Some(Instant::now());
         Ok(())
+    }
+
+    /// The root span of checkpoint `id`, when telemetry is on.
+    fn traced(&self, id: u64, p: &Pending, ended: Instant, failure: Option<&str>) {
+        if let Some(t) = &self.args.shared.telemetry {
+            let acks = p.acks.values().map(|(_, s)| s);
+            let unaligned = acks.clone().any(|s| s.unaligned_checkpoint);
+            let bytes = acks.clone().map(|s| s.state_size).sum();
+            let inflight = acks.map(|s| s.persisted_data).sum();
+            let mode = self.args.cfg.barrier_mode();
+            let alignment = crate::telemetry::alignment_name(mode, unaligned);
+            t.checkpoint_ended(
+                id, false, alignment, p.started, ended, bytes, inflight, failure,
+            );
+        }
     }
 
     /// Whether `from` is the live actor of subtask `task` (not one a restart replaced).
@@ -399,10 +420,22 @@ impl Actor for Coordinator {
                         from,
                         handle,
                         stats,
+                        phases,
                     } = *ack;
                     let current = state.is_current(task, from);
                     match state.pending.get_mut(&id) {
                         Some(p) if current => {
+                            if let Some(t) = &state.args.shared.telemetry {
+                                let mode = state.args.cfg.barrier_mode();
+                                t.subtask_checkpoint(
+                                    id,
+                                    mode,
+                                    task,
+                                    &stats,
+                                    &phases,
+                                    Instant::now(),
+                                );
+                            }
                             p.acks.insert(task, (handle, stats));
                             let n = p.acks.len();
                             state.record(id, |s| s.num_acknowledged_subtasks = n);

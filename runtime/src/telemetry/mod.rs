@@ -1,0 +1,852 @@
+//! Telemetry: OpenTelemetry traces of checkpoints and failovers, exported over OTLP.
+//!
+//! This module owns every span weir emits, their names and attributes (this
+//! page is the one place they are documented), and their export
+//! (`export.rs`: a bounded batch span processor in front of an OTLP exporter,
+//! gRPC or HTTP/protobuf).
+//!
+//! # Turning it on
+//! Off by default. It is on when `otel.exporter.otlp.endpoint` is set (or
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`) and `otel.sdk.disabled` is false (or
+//! `OTEL_SDK_DISABLED`); see the `otel.*` options in [`crate::config::options`]
+//! and `conf/weir.yaml`. When it is off no span is ever built: every hook is
+//! behind an `Option` that is `None`, and hooks run once per checkpoint phase
+//! per subtask, never per record.
+//!
+//! # Traces
+//! **One trace per checkpoint.** Its trace id and root span id are derived
+//! from the job id and the checkpoint id, so every actor and thread that
+//! takes part can attach its spans to the root without carrying a context in
+//! the barrier. Each span is built with the real start and end instants of
+//! its phase (the same instants [`crate::checkpoint::CheckpointStats`]'
+//! durations are computed from), when the phase is over.
+//!
+//! | span | parent | from → to |
+//! |---|---|---|
+//! | `checkpoint` | — (root) | trigger → completion (`_metadata` written; `end_to_end_duration`) or abort (status error with the reason) |
+//! | `checkpoint.alignment` | root | aligned or at-least-once subtask: first barrier → all barriers in (`alignment_duration`); sources and final checkpoints have none |
+//! | `checkpoint.unaligned_capture` | root | unaligned subtask: first barrier → its in-flight data (channel state) is captured |
+//! | `checkpoint.sync_snapshot` | root | synchronous snapshot on the subtask's loop (`sync_duration`) |
+//! | `checkpoint.async_upload` | root | state file written and synced (`async_duration`) |
+//! | `checkpoint.ack` | root | acknowledgement sent → received by the coordinator |
+//! | `checkpoint.notify` | root | `notify_complete` of the subtask's operators (two-phase-commit sinks commit); it follows the root's end, since completion is what it reacts to |
+//!
+//! **One trace per failover**, from a failure to the restarted subtasks running again:
+//!
+//! | span | parent | from → to |
+//! |---|---|---|
+//! | `failover` | — (root) | failure seen by the job supervisor → every restarted subtask is running |
+//! | `failover.cancel_region` | root | failure → every subtask of the region (or job, with `full`) has stopped |
+//! | `failover.restore_state` | root | after the restart strategy's delay: latest completed checkpoint read and assigned, new subtasks deployed |
+//! | `failover.running` | root | deployed → every new subtask has restored its operators and replayed its channel state |
+//!
+//! # Attributes
+//!
+//! | attribute | on | value |
+//! |---|---|---|
+//! | `weir.job.id` | every span | the job id (32 hex characters) |
+//! | `weir.job.name` | root spans | the job's name |
+//! | `weir.checkpoint.id` | checkpoint spans | the checkpoint id |
+//! | `weir.checkpoint.kind` | checkpoint spans | `checkpoint` or `savepoint` |
+//! | `weir.checkpoint.alignment` | checkpoint spans but `checkpoint.notify` | `aligned`, `unaligned` or `at_least_once` (the root: `unaligned` when any subtask was) |
+//! | `weir.operator` | subtask spans | the subtask's chain, e.g. `Source -> flat_map` |
+//! | `weir.subtask.index` | subtask spans | the subtask index (0-based) |
+//! | `weir.checkpoint.bytes_written` | root, `checkpoint.async_upload` | bytes of state written (the root: over all subtasks) |
+//! | `weir.checkpoint.inflight_bytes` | root, `checkpoint.async_upload`, `checkpoint.unaligned_capture` | in-flight bytes persisted as channel state |
+//! | `weir.checkpoint.failure` | root of an aborted checkpoint | why it was aborted (also the status message) |
+//! | `error.message` | a `checkpoint.notify` that failed | the error (also the status message) |
+//! | `weir.failover.region` | failover spans | the failover region's index; absent when the whole job restarts |
+//! | `weir.failover.strategy` | failover spans | `region` or `full` |
+//! | `weir.failover.failed_subtask` | failover spans | the subtask that failed, e.g. `Source -> map (1)`, when known |
+//! | `weir.failover.cause` | failover spans | the failure's message |
+//! | `weir.failover.restart` | root `failover` | the job's restart count after this restart (`numRestarts`) |
+//! | `weir.failover.subtasks` | root `failover` | how many subtasks were restarted |
+//!
+//! Resource: `service.name` (`otel.service.name`), `service.version`.
+//! Instrumentation scope: `weir`.
+
+mod export;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+
+pub use export::ExportStats;
+
+use crate::checkpoint::{BarrierMode, SubtaskCheckpointStats};
+use crate::config::{options, Conf, ConfigError, ValueSource};
+use crate::Result;
+
+/// Span names.
+pub mod span {
+    /// Root of a checkpoint's trace.
+    pub const CHECKPOINT: &str = "checkpoint";
+    /// Barrier alignment of one subtask.
+    pub const ALIGNMENT: &str = "checkpoint.alignment";
+    /// Capture of in-flight data by one subtask (unaligned).
+    pub const UNALIGNED_CAPTURE: &str = "checkpoint.unaligned_capture";
+    /// Synchronous snapshot of one subtask.
+    pub const SYNC_SNAPSHOT: &str = "checkpoint.sync_snapshot";
+    /// Asynchronous upload of one subtask's state.
+    pub const ASYNC_UPLOAD: &str = "checkpoint.async_upload";
+    /// One subtask's acknowledgement on its way to the coordinator.
+    pub const ACK: &str = "checkpoint.ack";
+    /// One subtask's `notify_complete` (commit).
+    pub const NOTIFY: &str = "checkpoint.notify";
+    /// Root of a failover's trace.
+    pub const FAILOVER: &str = "failover";
+    /// Stopping the failed region.
+    pub const CANCEL_REGION: &str = "failover.cancel_region";
+    /// Reading the checkpoint and deploying the new subtasks.
+    pub const RESTORE_STATE: &str = "failover.restore_state";
+    /// From deployment until every new subtask runs.
+    pub const RUNNING: &str = "failover.running";
+}
+
+/// Attribute keys.
+pub mod attr {
+    /// The job id.
+    pub const JOB_ID: &str = "weir.job.id";
+    /// The job's name.
+    pub const JOB_NAME: &str = "weir.job.name";
+    /// The checkpoint id.
+    pub const CHECKPOINT_ID: &str = "weir.checkpoint.id";
+    /// `checkpoint` or `savepoint`.
+    pub const CHECKPOINT_KIND: &str = "weir.checkpoint.kind";
+    /// `aligned`, `unaligned` or `at_least_once`.
+    pub const ALIGNMENT: &str = "weir.checkpoint.alignment";
+    /// The subtask's chain name.
+    pub const OPERATOR: &str = "weir.operator";
+    /// The subtask index.
+    pub const SUBTASK_INDEX: &str = "weir.subtask.index";
+    /// Bytes of state written.
+    pub const BYTES_WRITTEN: &str = "weir.checkpoint.bytes_written";
+    /// In-flight bytes persisted.
+    pub const INFLIGHT_BYTES: &str = "weir.checkpoint.inflight_bytes";
+    /// Why a checkpoint was aborted.
+    pub const FAILURE: &str = "weir.checkpoint.failure";
+    /// The failover region.
+    pub const REGION: &str = "weir.failover.region";
+    /// `region` or `full`.
+    pub const STRATEGY: &str = "weir.failover.strategy";
+    /// The subtask that failed.
+    pub const FAILED_SUBTASK: &str = "weir.failover.failed_subtask";
+    /// The failure's message.
+    pub const CAUSE: &str = "weir.failover.cause";
+    /// Restart count after this restart.
+    pub const RESTART: &str = "weir.failover.restart";
+    /// Subtasks restarted.
+    pub const SUBTASKS: &str = "weir.failover.subtasks";
+}
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (tonic).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies, to `<endpoint>/v1/traces`.
+    HttpProtobuf,
+}
+
+/// The `otel.*` options of a job whose telemetry is on.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// The collector's base URL, without a trailing `/`.
+    pub endpoint: String,
+    /// The transport.
+    pub protocol: OtlpProtocol,
+    /// Timeout of one export request.
+    pub timeout: Duration,
+    /// `service.name`.
+    pub service_name: String,
+    /// Longest time a span waits before it is exported.
+    pub schedule_delay: Duration,
+    /// Spans waiting for export at most; more are dropped.
+    pub max_queue_size: usize,
+    /// Spans per export request.
+    pub max_export_batch_size: usize,
+    /// At job end: longest wait for the queued spans.
+    pub flush_timeout: Duration,
+    /// Drops and failures are logged at most once per this interval.
+    pub drop_log_interval: Duration,
+}
+
+impl TelemetryConfig {
+    /// Reads the `otel.*` options: `None` when telemetry is off (no
+    /// endpoint, or `otel.sdk.disabled`).
+    pub fn from_conf(conf: &Conf) -> Result<Option<TelemetryConfig>, ConfigError> {
+        if conf.get(&options::OTEL_SDK_DISABLED) {
+            return Ok(None);
+        }
+        let raw = conf.get(&options::OTEL_ENDPOINT);
+        let Some(endpoint) = crate::config::parse_endpoint(&raw).flatten() else {
+            return Ok(None);
+        };
+        let max_queue_size = conf.get(&options::OTEL_BSP_MAX_QUEUE_SIZE);
+        let max_export_batch_size = conf.get(&options::OTEL_BSP_MAX_EXPORT_BATCH_SIZE);
+        if max_export_batch_size > max_queue_size {
+            let key = options::OTEL_BSP_MAX_EXPORT_BATCH_SIZE.def.key;
+            let origin = conf
+                .entries()
+                .find(|(k, _, _)| *k == key)
+                .map(|(_, _, s)| s.clone())
+                .unwrap_or(ValueSource::Default);
+            return Err(ConfigError::BadValue {
+                key: key.to_string(),
+                value: max_export_batch_size.to_string(),
+                origin,
+                accepted: format!("at most otel.bsp.max-queue-size ({max_queue_size})"),
+            });
+        }
+        Ok(Some(TelemetryConfig {
+            endpoint,
+            protocol: if conf.get(&options::OTEL_PROTOCOL) == "grpc" {
+                OtlpProtocol::Grpc
+            } else {
+                OtlpProtocol::HttpProtobuf
+            },
+            timeout: conf.get(&options::OTEL_TIMEOUT),
+            service_name: conf.get(&options::OTEL_SERVICE_NAME),
+            schedule_delay: conf.get(&options::OTEL_BSP_SCHEDULE_DELAY),
+            max_queue_size,
+            max_export_batch_size,
+            flush_timeout: conf.get(&options::OTEL_FLUSH_TIMEOUT),
+            drop_log_interval: conf.get(&options::OTEL_DROP_LOG_INTERVAL),
+        }))
+    }
+}
+
+/// The instants of one subtask's part in one checkpoint, carried with its
+/// acknowledgement to the coordinator (which builds the subtask's spans).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SubtaskPhases {
+    /// The first barrier (none for sources and final checkpoints).
+    pub first_barrier: Option<Instant>,
+    pub sync_start: Instant,
+    pub sync_end: Instant,
+    /// Unaligned: when the channel state was complete.
+    pub capture_end: Option<Instant>,
+    pub upload_start: Instant,
+    pub upload_end: Instant,
+}
+
+impl SubtaskPhases {
+    /// Phases up to the synchronous snapshot; the rest is filled in later.
+    pub(crate) fn synced(
+        first_barrier: Option<Instant>,
+        sync_start: Instant,
+        sync_end: Instant,
+    ) -> Self {
+        SubtaskPhases {
+            first_barrier,
+            sync_start,
+            sync_end,
+            capture_end: None,
+            upload_start: sync_end,
+            upload_end: sync_end,
+        }
+    }
+}
+
+/// The `weir.checkpoint.alignment` value of a barrier mode.
+pub(crate) fn alignment_name(mode: BarrierMode, unaligned: bool) -> &'static str {
+    match mode {
+        BarrierMode::AtLeastOnce => "at_least_once",
+        _ if unaligned => "unaligned",
+        BarrierMode::Unaligned => "unaligned",
+        _ => "aligned",
+    }
+}
+
+/// A failover being traced.
+struct FailoverTrace {
+    trace: TraceId,
+    region: Option<usize>,
+    failed: Option<String>,
+    cause: String,
+    started: Instant,
+    stopped: Option<Instant>,
+    restore_start: Option<Instant>,
+    deployed: Option<Instant>,
+    waiting: BTreeSet<usize>,
+    members: usize,
+    last_running: Option<Instant>,
+    restart: u64,
+}
+
+struct Inner {
+    job_id: String,
+    job_name: String,
+    seed: u128,
+    anchor: (Instant, SystemTime),
+    scope: InstrumentationScope,
+    pipeline: export::Pipeline,
+    flush_timeout: Duration,
+    failovers: Mutex<Vec<FailoverTrace>>,
+    failover_seq: AtomicU64,
+    /// Full restarts so far: a restarted job may take a checkpoint id again
+    /// (one that was aborted and deleted), in another trace.
+    attempt: AtomicU64,
+}
+
+/// A job's telemetry: builds its spans and exports them. Cheap to clone.
+#[derive(Clone)]
+pub struct Telemetry(Arc<Inner>);
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("job_id", &self.0.job_id)
+            .finish_non_exhaustive()
+    }
+}
+
+// Phase codes in span ids.
+const P_ALIGN: u64 = 1;
+const P_CAPTURE: u64 = 2;
+const P_SYNC: u64 = 3;
+const P_UPLOAD: u64 = 4;
+const P_ACK: u64 = 5;
+const P_NOTIFY: u64 = 6;
+const P_CANCEL: u64 = 7;
+const P_RESTORE: u64 = 8;
+const P_RUNNING: u64 = 9;
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn hash(parts: &[u64]) -> u64 {
+    let mut h = 0x6A09_E667_F3BC_C908u64;
+    for p in parts {
+        h = mix(h ^ p);
+    }
+    h.max(1)
+}
+
+impl Telemetry {
+    /// The job's telemetry when the configuration turns it on, else `None`.
+    pub fn from_conf(conf: &Conf, job_id: &str, job_name: &str) -> Result<Option<Telemetry>> {
+        match TelemetryConfig::from_conf(conf)? {
+            Some(cfg) => Telemetry::start(&cfg, job_id, job_name).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Starts the export pipeline for one job.
+    pub fn start(cfg: &TelemetryConfig, job_id: &str, job_name: &str) -> Result<Telemetry> {
+        let pipeline = export::Pipeline::start(cfg)?;
+        let seed = u128::from_str_radix(job_id, 16).unwrap_or_else(|_| {
+            let h = job_id.bytes().fold(0u64, |h, b| mix(h ^ u64::from(b)));
+            (u128::from(h) << 64) | u128::from(mix(h))
+        });
+        tracing::info!(endpoint = %cfg.endpoint, protocol = ?cfg.protocol, "exporting checkpoint and failover traces over OTLP");
+        Ok(Telemetry(Arc::new(Inner {
+            job_id: job_id.to_string(),
+            job_name: job_name.to_string(),
+            seed,
+            anchor: (Instant::now(), SystemTime::now()),
+            scope: InstrumentationScope::builder("weir")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+            pipeline,
+            flush_timeout: cfg.flush_timeout,
+            failovers: Mutex::new(Vec::new()),
+            failover_seq: AtomicU64::new(0),
+            attempt: AtomicU64::new(0),
+        })))
+    }
+
+    /// What the export has done so far.
+    pub fn stats(&self) -> ExportStats {
+        self.0.pipeline.stats()
+    }
+
+    /// Ends the job's telemetry: failovers still open are ended with an
+    /// error, then the queued spans are exported, waiting at most
+    /// `otel.flush-timeout`. Returns whether everything was handed over in time.
+    pub fn shutdown(&self) -> bool {
+        let open: Vec<FailoverTrace> = std::mem::take(&mut *self.failovers());
+        for f in open {
+            self.emit_failover(f, Some("the job ended before the failover finished"));
+        }
+        self.0.pipeline.shutdown(self.0.flush_timeout)
+    }
+
+    /// The trace of checkpoint `id` of the job's current attempt.
+    pub fn checkpoint_trace_id(&self, id: u64) -> TraceId {
+        self.trace_id(1, id)
+    }
+
+    fn trace_id(&self, kind: u64, n: u64) -> TraceId {
+        let (hi, lo) = ((self.0.seed >> 64) as u64, self.0.seed as u64);
+        let attempt = self.0.attempt.load(Ordering::SeqCst);
+        let a = hash(&[hi, lo, kind, n, attempt]);
+        let b = hash(&[lo, hi, kind, n, attempt, a]);
+        TraceId::from((u128::from(a) << 64) | u128::from(b))
+    }
+
+    fn span_id(trace: TraceId, phase: u64, task: u64) -> SpanId {
+        let t = u128::from_be_bytes(trace.to_bytes());
+        SpanId::from(hash(&[(t >> 64) as u64, t as u64, phase, task]))
+    }
+
+    fn root_id(trace: TraceId) -> SpanId {
+        Self::span_id(trace, 0, 0)
+    }
+
+    fn wall(&self, at: Instant) -> SystemTime {
+        let (i0, s0) = self.0.anchor;
+        if at >= i0 {
+            s0 + (at - i0)
+        } else {
+            s0 - (i0 - at)
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &self,
+        trace: TraceId,
+        id: SpanId,
+        parent: Option<SpanId>,
+        name: &'static str,
+        start: Instant,
+        end: Instant,
+        mut attributes: Vec<KeyValue>,
+        status: Status,
+    ) {
+        attributes.push(KeyValue::new(attr::JOB_ID, self.0.job_id.clone()));
+        self.0.pipeline.push(SpanData {
+            span_context: SpanContext::new(
+                trace,
+                id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: parent.unwrap_or(SpanId::INVALID),
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: name.into(),
+            start_time: self.wall(start),
+            end_time: self.wall(end.max(start)),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: self.0.scope.clone(),
+        });
+    }
+
+    fn checkpoint_attrs(id: u64, savepoint: bool, alignment: &'static str) -> Vec<KeyValue> {
+        vec![
+            KeyValue::new(attr::CHECKPOINT_ID, id as i64),
+            KeyValue::new(
+                attr::CHECKPOINT_KIND,
+                if savepoint { "savepoint" } else { "checkpoint" },
+            ),
+            KeyValue::new(attr::ALIGNMENT, alignment),
+        ]
+    }
+
+    /// The root span of checkpoint `id`: `failure` is `None` when it completed.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn checkpoint_ended(
+        &self,
+        id: u64,
+        savepoint: bool,
+        alignment: &'static str,
+        started: Instant,
+        ended: Instant,
+        bytes_written: u64,
+        inflight_bytes: u64,
+        failure: Option<&str>,
+    ) {
+        let trace = self.checkpoint_trace_id(id);
+        let mut attrs = Self::checkpoint_attrs(id, savepoint, alignment);
+        attrs.push(KeyValue::new(attr::JOB_NAME, self.0.job_name.clone()));
+        attrs.push(KeyValue::new(attr::BYTES_WRITTEN, bytes_written as i64));
+        attrs.push(KeyValue::new(attr::INFLIGHT_BYTES, inflight_bytes as i64));
+        let status = match failure {
+            Some(reason) => {
+                attrs.push(KeyValue::new(attr::FAILURE, reason.to_string()));
+                Status::error(reason.to_string())
+            }
+            None => Status::Ok,
+        };
+        self.emit(
+            trace,
+            Self::root_id(trace),
+            None,
+            span::CHECKPOINT,
+            started,
+            ended,
+            attrs,
+            status,
+        );
+    }
+
+    /// The spans of one subtask's part in checkpoint `id`, up to its
+    /// acknowledgement (received by the coordinator at `received`).
+    pub(crate) fn subtask_checkpoint(
+        &self,
+        id: u64,
+        mode: BarrierMode,
+        task: usize,
+        stats: &SubtaskCheckpointStats,
+        phases: &SubtaskPhases,
+        received: Instant,
+    ) {
+        let trace = self.checkpoint_trace_id(id);
+        let root = Some(Self::root_id(trace));
+        let alignment = alignment_name(mode, stats.unaligned_checkpoint);
+        let base = {
+            let mut a = Self::checkpoint_attrs(id, false, alignment);
+            a.push(KeyValue::new(attr::OPERATOR, stats.task.clone()));
+            a.push(KeyValue::new(attr::SUBTASK_INDEX, stats.index as i64));
+            a
+        };
+        let t = task as u64;
+        if let Some(first) = phases.first_barrier {
+            if stats.unaligned_checkpoint {
+                let mut a = base.clone();
+                a.push(KeyValue::new(
+                    attr::INFLIGHT_BYTES,
+                    stats.persisted_data as i64,
+                ));
+                let end = phases.capture_end.unwrap_or(phases.sync_end);
+                self.emit(
+                    trace,
+                    Self::span_id(trace, P_CAPTURE, t),
+                    root,
+                    span::UNALIGNED_CAPTURE,
+                    first,
+                    end,
+                    a,
+                    Status::Unset,
+                );
+            } else {
+                self.emit(
+                    trace,
+                    Self::span_id(trace, P_ALIGN, t),
+                    root,
+                    span::ALIGNMENT,
+                    first,
+                    phases.sync_start,
+                    base.clone(),
+                    Status::Unset,
+                );
+            }
+        }
+        self.emit(
+            trace,
+            Self::span_id(trace, P_SYNC, t),
+            root,
+            span::SYNC_SNAPSHOT,
+            phases.sync_start,
+            phases.sync_end,
+            base.clone(),
+            Status::Unset,
+        );
+        let mut a = base.clone();
+        a.push(KeyValue::new(attr::BYTES_WRITTEN, stats.state_size as i64));
+        a.push(KeyValue::new(
+            attr::INFLIGHT_BYTES,
+            stats.persisted_data as i64,
+        ));
+        self.emit(
+            trace,
+            Self::span_id(trace, P_UPLOAD, t),
+            root,
+            span::ASYNC_UPLOAD,
+            phases.upload_start,
+            phases.upload_end,
+            a,
+            Status::Unset,
+        );
+        self.emit(
+            trace,
+            Self::span_id(trace, P_ACK, t),
+            root,
+            span::ACK,
+            phases.upload_end,
+            received,
+            base,
+            Status::Unset,
+        );
+    }
+
+    /// One subtask's `notify_complete(id)`: `error` when it failed.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn notify(
+        &self,
+        id: u64,
+        task: usize,
+        chain: &str,
+        index: usize,
+        start: Instant,
+        end: Instant,
+        error: Option<&str>,
+    ) {
+        let trace = self.checkpoint_trace_id(id);
+        let mut a = vec![
+            KeyValue::new(attr::CHECKPOINT_ID, id as i64),
+            KeyValue::new(attr::CHECKPOINT_KIND, "checkpoint"),
+            KeyValue::new(attr::OPERATOR, chain.to_string()),
+            KeyValue::new(attr::SUBTASK_INDEX, index as i64),
+        ];
+        let status = match error {
+            Some(e) => {
+                a.push(KeyValue::new("error.message", e.to_string()));
+                Status::error(e.to_string())
+            }
+            None => Status::Unset,
+        };
+        self.emit(
+            trace,
+            Self::span_id(trace, P_NOTIFY, task as u64),
+            Some(Self::root_id(trace)),
+            span::NOTIFY,
+            start,
+            end,
+            a,
+            status,
+        );
+    }
+
+    fn failovers(&self) -> std::sync::MutexGuard<'_, Vec<FailoverTrace>> {
+        self.0.failovers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A failure: region `region` (`None`: the whole job) with subtasks
+    /// `members` is about to be cancelled and restarted.
+    pub(crate) fn failover_started(
+        &self,
+        region: Option<usize>,
+        members: &[usize],
+        failed: Option<String>,
+        cause: &str,
+        restart: u64,
+    ) {
+        let n = self.0.failover_seq.fetch_add(1, Ordering::Relaxed);
+        let trace = self.trace_id(2, n);
+        let replaced = {
+            let mut all = self.failovers();
+            let old = all
+                .iter()
+                .position(|f| f.region == region)
+                .map(|i| all.remove(i));
+            all.push(FailoverTrace {
+                trace,
+                region,
+                failed,
+                cause: cause.to_string(),
+                started: Instant::now(),
+                stopped: None,
+                restore_start: None,
+                deployed: None,
+                waiting: members.iter().copied().collect(),
+                members: members.len(),
+                last_running: None,
+                restart,
+            });
+            old
+        };
+        if let Some(old) = replaced {
+            self.emit_failover(old, Some("superseded by another failure"));
+        }
+    }
+
+    fn with_failover(&self, region: Option<usize>, f: impl FnOnce(&mut FailoverTrace)) {
+        if let Some(t) = self.failovers().iter_mut().find(|t| t.region == region) {
+            f(t);
+        }
+    }
+
+    /// Every old subtask of the failover's region has stopped.
+    pub(crate) fn failover_stopped(&self, region: Option<usize>) {
+        self.with_failover(region, |t| {
+            t.stopped.get_or_insert_with(Instant::now);
+        });
+    }
+
+    /// The restart (after the strategy's delay) begins: checkpoint read next.
+    pub(crate) fn failover_restoring(&self, region: Option<usize>, restart: u64) {
+        if region.is_none() {
+            // Every subtask and the coordinator of the old attempt have stopped.
+            self.0.attempt.fetch_add(1, Ordering::SeqCst);
+        }
+        self.with_failover(region, |t| {
+            let now = Instant::now();
+            t.stopped.get_or_insert(now);
+            t.restore_start = Some(now);
+            t.restart = restart;
+        });
+    }
+
+    /// The new subtasks are deployed.
+    pub(crate) fn failover_deployed(&self, region: Option<usize>) {
+        self.with_failover(region, |t| {
+            t.deployed = Some(Instant::now());
+        });
+        self.finish_failovers();
+    }
+
+    /// Subtask `task` has opened (state restored, channel state replayed) and runs.
+    pub(crate) fn subtask_running(&self, task: usize) {
+        {
+            let mut all = self.failovers();
+            if all.is_empty() {
+                return;
+            }
+            for t in all.iter_mut().filter(|t| t.restore_start.is_some()) {
+                if t.waiting.remove(&task) {
+                    t.last_running = Some(Instant::now());
+                }
+            }
+        }
+        self.finish_failovers();
+    }
+
+    fn finish_failovers(&self) {
+        let done: Vec<FailoverTrace> = {
+            let mut all = self.failovers();
+            let (done, open): (Vec<_>, Vec<_>) = std::mem::take(&mut *all)
+                .into_iter()
+                .partition(|t| t.deployed.is_some() && t.waiting.is_empty());
+            *all = open;
+            done
+        };
+        for t in done {
+            self.emit_failover(t, None);
+        }
+    }
+
+    fn emit_failover(&self, t: FailoverTrace, error: Option<&str>) {
+        let now = Instant::now();
+        let stopped = t.stopped.unwrap_or(now);
+        let restore_start = t.restore_start.unwrap_or(stopped);
+        let deployed = t.deployed.unwrap_or(now);
+        let running = t.last_running.unwrap_or(deployed).max(deployed);
+        let end = if error.is_some() { now } else { running };
+        let mut base = vec![
+            KeyValue::new(
+                attr::STRATEGY,
+                if t.region.is_some() { "region" } else { "full" },
+            ),
+            KeyValue::new(attr::CAUSE, t.cause.clone()),
+        ];
+        if let Some(r) = t.region {
+            base.push(KeyValue::new(attr::REGION, r as i64));
+        }
+        if let Some(f) = &t.failed {
+            base.push(KeyValue::new(attr::FAILED_SUBTASK, f.clone()));
+        }
+        let root = Self::root_id(t.trace);
+        let mut attrs = base.clone();
+        attrs.push(KeyValue::new(attr::JOB_NAME, self.0.job_name.clone()));
+        attrs.push(KeyValue::new(attr::RESTART, t.restart as i64));
+        attrs.push(KeyValue::new(attr::SUBTASKS, t.members as i64));
+        let status = error.map_or(Status::Ok, |e| Status::error(e.to_string()));
+        self.emit(
+            t.trace,
+            root,
+            None,
+            span::FAILOVER,
+            t.started,
+            end,
+            attrs,
+            status,
+        );
+        let parent = Some(root);
+        self.emit(
+            t.trace,
+            Self::span_id(t.trace, P_CANCEL, 0),
+            parent,
+            span::CANCEL_REGION,
+            t.started,
+            stopped,
+            base.clone(),
+            Status::Unset,
+        );
+        if t.restore_start.is_some() {
+            self.emit(
+                t.trace,
+                Self::span_id(t.trace, P_RESTORE, 0),
+                parent,
+                span::RESTORE_STATE,
+                restore_start,
+                deployed,
+                base.clone(),
+                Status::Unset,
+            );
+        }
+        if t.deployed.is_some() {
+            self.emit(
+                t.trace,
+                Self::span_id(t.trace, P_RUNNING, 0),
+                parent,
+                span::RUNNING,
+                deployed,
+                running,
+                base,
+                Status::Unset,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let t1 = hash(&[1, 2, 3]);
+        assert_eq!(t1, hash(&[1, 2, 3]));
+        assert_ne!(t1, hash(&[1, 2, 4]));
+        let trace = TraceId::from(0x1234_5678_9abc_def0_1122_3344_5566_7788u128);
+        let ids: BTreeSet<u64> = (0..10)
+            .flat_map(|p| (0..100).map(move |t| (p, t)))
+            .map(|(p, t)| u64::from_be_bytes(Telemetry::span_id(trace, p, t).to_bytes()))
+            .collect();
+        assert_eq!(ids.len(), 1000);
+    }
+
+    #[test]
+    fn off_without_endpoint_or_when_disabled() {
+        let mut conf = Conf::defaults();
+        assert!(TelemetryConfig::from_conf(&conf).unwrap().is_none());
+        conf.set("otel.exporter.otlp.endpoint", "http://127.0.0.1:4317")
+            .unwrap();
+        assert!(TelemetryConfig::from_conf(&conf).unwrap().is_some());
+        conf.set("otel.sdk.disabled", "true").unwrap();
+        assert!(TelemetryConfig::from_conf(&conf).unwrap().is_none());
+    }
+
+    #[test]
+    fn batch_larger_than_queue_is_rejected() {
+        let mut conf = Conf::defaults();
+        conf.set("otel.exporter.otlp.endpoint", "http://127.0.0.1:4317")
+            .unwrap();
+        conf.set("otel.bsp.max-queue-size", 10).unwrap();
+        let err = TelemetryConfig::from_conf(&conf).unwrap_err().to_string();
+        assert!(err.contains("otel.bsp.max-export-batch-size"), "{err}");
+        assert!(
+            err.contains("at most otel.bsp.max-queue-size (10)"),
+            "{err}"
+        );
+    }
+}
