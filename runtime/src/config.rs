@@ -55,6 +55,8 @@ pub enum Kind {
         /// Largest accepted value.
         max: f64,
     },
+    /// An IP address to bind to (`127.0.0.1`, `0.0.0.0`, `::1`) or `localhost`.
+    Address,
 }
 
 impl Kind {
@@ -70,6 +72,9 @@ impl Kind {
             Kind::Text => "any text".into(),
             Kind::DurationOrOff => "off, or a duration such as 500ms, 1s or 10min".into(),
             Kind::Float { min, max } => format!("a number from {min} to {max}"),
+            Kind::Address => {
+                "an IP address such as 127.0.0.1 (loopback), 0.0.0.0 (every interface) or ::1, or localhost".into()
+            }
         }
     }
 
@@ -94,6 +99,14 @@ impl Kind {
                 Ok(v) if v >= *min && v <= *max => Ok(()),
                 _ => Err(()),
             },
+            Kind::Address => {
+                let a = raw.trim();
+                if a.eq_ignore_ascii_case("localhost") || a.parse::<std::net::IpAddr>().is_ok() {
+                    Ok(())
+                } else {
+                    Err(())
+                }
+            }
         }
     }
 }
@@ -796,6 +809,27 @@ pub mod options {
         Kind::Text,
         "operators whose subtasks may be killed: all, or names separated by commas",
     );
+    /// REST API and web UI: on or off.
+    pub const REST_ENABLED: ConfigOption<bool> = ConfigOption::new(
+        "rest.enabled",
+        "false",
+        Kind::Bool,
+        "serve the REST API, the web UI and /metrics while jobs run (wordcount turns it on)",
+    );
+    /// REST API: the address to bind.
+    pub const REST_ADDRESS: ConfigOption<String> = ConfigOption::new(
+        "rest.address",
+        "127.0.0.1",
+        Kind::Address,
+        "address the REST server binds to: 127.0.0.1 serves this machine only, 0.0.0.0 every interface",
+    );
+    /// REST API: the port.
+    pub const REST_PORT: ConfigOption<u64> = ConfigOption::new(
+        "rest.port",
+        "8081",
+        Kind::Int { min: 0, max: 65535 },
+        "port of the REST server and web UI (0: any free port)",
+    );
     /// How often wordcount-style examples print progress.
     pub const PROGRESS_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
         "client.progress-interval",
@@ -841,6 +875,9 @@ pub mod options {
         CHAOS_KILL_INTERVAL.def,
         CHAOS_SEED.def,
         CHAOS_TARGETS.def,
+        REST_ENABLED.def,
+        REST_ADDRESS.def,
+        REST_PORT.def,
         PROGRESS_INTERVAL.def,
     ];
 }

@@ -299,14 +299,10 @@ async fn push(spec: &mut SubtaskSpec, from: usize, batch: AnyBatch) -> Result<()
             in_len,
             out_len,
         } = op;
-        counters
-            .records_in
-            .fetch_add(in_len(&batch) as u64, std::sync::atomic::Ordering::Relaxed);
+        counters.add_in(in_len(&batch));
         match guarded(ctx, || op.process(batch))? {
             Some(out) => {
-                counters
-                    .records_out
-                    .fetch_add(out_len(&out) as u64, std::sync::atomic::Ordering::Relaxed);
+                counters.add_out(out_len(&out));
                 batch = out;
             }
             None => return Ok(()),
@@ -506,9 +502,7 @@ impl<'a> Runner<'a> {
             };
             let (batch, status) = guarded(ctx, || op.poll(self.spec.source_batch_size))?;
             if let Some(b) = batch {
-                counters
-                    .records_out
-                    .fetch_add(out_len(&b) as u64, std::sync::atomic::Ordering::Relaxed);
+                counters.add_out(out_len(&b));
                 push(self.spec, 0, b).await?;
                 self.generated_watermarks().await?;
             }
@@ -1221,10 +1215,7 @@ impl<'a> Runner<'a> {
             };
             if let Some(b) = out {
                 let op = &spec.ops[i];
-                op.counters.records_out.fetch_add(
-                    (op.out_len)(&b) as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                op.counters.add_out((op.out_len)(&b));
                 if i + 1 < spec.ops.len() {
                     Box::pin(push(spec, i + 1, b)).await?;
                 } else {

@@ -76,6 +76,10 @@ pub(crate) enum CoordMsg {
         finished: bool,
     },
     TaskFinished(usize, ractor::ActorId),
+    /// Trigger a checkpoint now (a request, e.g. from the REST API): at once
+    /// when none is in flight, else right after the one in flight ends. The
+    /// reply is the new checkpoint's id.
+    TriggerNow(tokio::sync::oneshot::Sender<Result<u64, String>>),
     Timeout(u64),
     Shutdown(JobEnd),
 }
@@ -87,6 +91,7 @@ pub(crate) struct CoordinatorArgs {
     pub storage: CheckpointStorage,
     pub first_id: u64,
     pub stats: Arc<Mutex<Vec<CheckpointStats>>>,
+    pub counts: Arc<super::CheckpointCounts>,
     pub shared: Arc<JobShared>,
 }
 
@@ -109,6 +114,8 @@ pub(crate) struct CoordState {
     aborted: BTreeSet<u64>,
     /// Subtasks of regions being restarted.
     down: BTreeSet<usize>,
+    /// Requests for a checkpoint now, waiting for the one in flight to end.
+    requested: Vec<tokio::sync::oneshot::Sender<Result<u64, String>>>,
 }
 
 pub(crate) struct Coordinator;
@@ -199,6 +206,10 @@ impl CoordState {
         }
         self.args.storage.discard(id);
         let e2e = p.started.elapsed().as_secs_f64() * 1e3;
+        self.args
+            .counts
+            .failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.record(id, |s| {
             s.status = CheckpointStatus::Failed;
             s.end_to_end_duration = e2e;
@@ -256,6 +267,10 @@ impl CoordState {
         let size: u64 = subtasks.iter().map(|s| s.state_size).sum();
         let persisted: u64 = subtasks.iter().map(|s| s.persisted_data).sum();
         let latest = subtasks.iter().map(|s| s.ack_timestamp).max().unwrap_or(0);
+        self.args
+            .counts
+            .completed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.record(id, |s| {
             s.status = CheckpointStatus::Completed;
             s.end_to_end_duration = e2e;
@@ -289,6 +304,30 @@ impl CoordState {
             .get(task)
             .is_some_and(|t| t.actor.get_id() == from)
             && !self.down.contains(&task)
+    }
+
+    /// Serves the requests for a checkpoint now once nothing is in flight
+    /// (min-pause and max-concurrent do not apply to a request).
+    fn serve_requests(&mut self, myself: &ActorRef<CoordMsg>) {
+        if self.requested.is_empty() || !self.pending.is_empty() {
+            return;
+        }
+        if self.final_id.is_some() || !self.finished.is_empty() {
+            for r in self.requested.drain(..) {
+                let _ = r.send(Err(
+                    "the job is finishing: its final checkpoint is under way".into(),
+                ));
+            }
+            return;
+        }
+        if self.tasks.is_empty() || !self.down.is_empty() {
+            return; // after the restart (RegionUp / Start)
+        }
+        let id = self.next_id;
+        self.trigger(myself, false);
+        for r in self.requested.drain(..) {
+            let _ = r.send(Ok(id));
+        }
     }
 
     fn may_trigger(&self) -> bool {
@@ -325,6 +364,7 @@ impl Actor for Coordinator {
             final_id: None,
             aborted: BTreeSet::new(),
             down: BTreeSet::new(),
+            requested: Vec::new(),
         })
     }
 
@@ -381,6 +421,7 @@ impl Actor for Coordinator {
                         state.trigger(&myself, false);
                     }
                 }
+                CoordMsg::TriggerNow(reply) => state.requested.push(reply),
                 CoordMsg::Ack(ack) => {
                     let Ack {
                         id,
@@ -392,9 +433,16 @@ impl Actor for Coordinator {
                     let current = state.is_current(task, from);
                     match state.pending.get_mut(&id) {
                         Some(p) if current => {
-                            p.acks.insert(task, (handle, stats));
+                            p.acks.insert(task, (handle, stats.clone()));
                             let n = p.acks.len();
-                            state.record(id, |s| s.num_acknowledged_subtasks = n);
+                            // Each acknowledgement is visible at once (the REST
+                            // API's timeline of a checkpoint in progress).
+                            state.record(id, |s| {
+                                s.num_acknowledged_subtasks = n;
+                                s.latest_ack_timestamp =
+                                    s.latest_ack_timestamp.max(stats.ack_timestamp);
+                                s.subtasks.push(stats);
+                            });
                             if n == state.tasks.len() {
                                 state.complete(id).await?;
                             }
@@ -463,6 +511,9 @@ impl Actor for Coordinator {
             Ok(())
         }
         .await;
+        if outcome.is_ok() {
+            state.serve_requests(&myself);
+        }
         if let Err(e) = outcome {
             let text = e.to_string();
             state.args.shared.record_failure(e);
