@@ -23,7 +23,12 @@ use weir::prelude::*;
 
 fn find_chromium() -> Option<String> {
     let path = std::env::var_os("PATH")?;
-    for name in ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"] {
+    for name in [
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ] {
         for dir in std::env::split_paths(&path) {
             let p = dir.join(name);
             if p.is_file() {
@@ -113,7 +118,10 @@ fn base64_decode(s: &str) -> Vec<u8> {
         b'/' => 63,
         _ => panic!("bad base64 byte {c}"),
     };
-    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=' && !c.is_ascii_whitespace()).collect();
+    let bytes: Vec<u8> = s
+        .bytes()
+        .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
+        .collect();
     let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
     for chunk in bytes.chunks(4) {
         let v: Vec<u32> = chunk.iter().map(|c| u32::from(val(*c))).collect();
@@ -169,8 +177,10 @@ fn launch(chromium: &str, profile: &std::path::Path, url: &str) -> (Browser, Cdp
     let targets = wait_for("Chromium's page target", 30, || {
         let (s, body) = common::http("GET", &format!("http://127.0.0.1:{port}/json/list"), None);
         let v: Value = serde_json::from_str(&body).ok()?;
-        (s == 200 && v.as_array().is_some_and(|a| a.iter().any(|t| t["type"] == "page")))
-            .then_some(v)
+        (s == 200
+            && v.as_array()
+                .is_some_and(|a| a.iter().any(|t| t["type"] == "page")))
+        .then_some(v)
     });
     let page = targets
         .as_array()
@@ -220,8 +230,11 @@ fn ui_shows_checkpoints_and_kill_restarts_a_subtask() {
     ] {
         conf.set(k, v).unwrap();
     }
-    conf.set("execution.checkpointing.dir", dir.path().join("ckpt").display())
-        .unwrap();
+    conf.set(
+        "execution.checkpointing.dir",
+        dir.path().join("ckpt").display(),
+    )
+    .unwrap();
     let env = Env::from_conf(conf).unwrap();
     env.add_source(GeneratorSource::new(3, None, |i, _| i % 5000).with_rate(100_000.0))
         .name("numbers")
@@ -255,7 +268,10 @@ fn ui_shows_checkpoints_and_kill_restarts_a_subtask() {
         60,
         "[...document.querySelectorAll('#checkpoints tbody tr .st')].some(e => e.textContent === 'completed')",
     );
-    assert_eq!(cdp.eval("document.querySelectorAll('#graph .vertex').length"), 2);
+    assert_eq!(
+        cdp.eval("document.querySelectorAll('#graph .vertex').length"),
+        2
+    );
     cdp.wait_until(
         "the timeline of a checkpoint",
         30,
@@ -278,7 +294,9 @@ fn ui_shows_checkpoints_and_kill_restarts_a_subtask() {
         10,
         "document.querySelector('#subtasks-title').textContent.includes('count -> sink') && !!document.querySelector('button.kill[data-op=\"count\"][data-index=\"1\"]')",
     );
-    cdp.eval("document.querySelector('button.kill[data-op=\"count\"][data-index=\"1\"]').click(); true");
+    cdp.eval(
+        "document.querySelector('button.kill[data-op=\"count\"][data-index=\"1\"]').click(); true",
+    );
     let after = cdp.wait_until(
         "the restart count to go up",
         60,

@@ -401,6 +401,11 @@ impl Conf {
         self.values.get(key).map(|(v, _)| v.as_str()).unwrap_or("")
     }
 
+    /// Where the value of `key` came from (`None` for an unknown key).
+    pub fn source(&self, key: &str) -> Option<&ValueSource> {
+        self.values.get(key).map(|(_, s)| s)
+    }
+
     /// Every option with its value and where the value came from, in key order.
     pub fn entries(&self) -> impl Iterator<Item = (&'static str, &str, &ValueSource)> {
         self.values.iter().map(|(k, (v, s))| (*k, v.as_str(), s))

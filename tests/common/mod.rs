@@ -36,6 +36,8 @@ pub fn run_example(name: &str, args: &[&str]) -> Output {
         "WEIR_EXECUTION_CHECKPOINTING_DIR",
         std::env::temp_dir().join("weir-test-checkpoints"),
     );
+    // Examples serve the web UI: on any free port, so runs never collide.
+    cmd.env("WEIR_REST_PORT", "0");
     cmd.output().expect("run example")
 }
 
