@@ -471,17 +471,25 @@ pub(crate) struct SubtaskSpec {
     pub source_batch_size: usize,
 }
 
+/// Where subtasks count their records (per operator) and account their
+/// waits (per subtask, by index among all of the job's subtasks).
+#[derive(Clone, Copy)]
+pub(crate) struct Instruments<'a> {
+    pub counters: &'a [Arc<OperatorCounters>],
+    pub io: &'a [Arc<crate::metrics::SubtaskIo>],
+}
+
 /// Builds every subtask of `plan` with its channels.
 pub(crate) fn instantiate(
     graph: &StreamGraph,
     plan: &JobPlan,
     conf: &Conf,
     job_id: &str,
-    counters: &[Arc<OperatorCounters>],
-    io: &[Arc<crate::metrics::SubtaskIo>],
+    metrics: Instruments<'_>,
     watch: &mut Vec<WeakTx>,
     mut restore: Option<Vec<Vec<SubtaskRestore>>>,
 ) -> Result<Vec<SubtaskSpec>> {
+    let Instruments { counters, io } = metrics;
     let checkpointing = crate::checkpoint::CheckpointConfig::from_conf(conf).enabled();
     let max_p = conf.get(&options::MAX_PARALLELISM);
     let batch_size = conf.get(&options::BATCH_SIZE);

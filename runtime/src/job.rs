@@ -706,8 +706,10 @@ impl JobState {
             &self.plan,
             &self.conf,
             &self.job_id,
-            &self.counters,
-            &self.io,
+            crate::graph::Instruments {
+                counters: &self.counters,
+                io: &self.io,
+            },
             &mut channels,
             restore,
         )?;

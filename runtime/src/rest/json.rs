@@ -326,7 +326,7 @@ pub(crate) fn checkpoint(
         "checkpoint_type": if s.is_savepoint { "SAVEPOINT" } else if unaligned { "UNALIGNED_CHECKPOINT" } else { "CHECKPOINT" },
         "tasks": {},
     });
-    let o = v.as_object_mut().map(|o| {
+    if let Some(o) = v.as_object_mut() {
         match s.status {
             CheckpointStatus::Completed => {
                 o.insert(
@@ -344,9 +344,8 @@ pub(crate) fn checkpoint(
             }
             CheckpointStatus::InProgress => {}
         }
-        o
-    });
-    if let (Some(o), true) = (o, with_tasks) {
+    }
+    if let (Some(o), true) = (v.as_object_mut(), with_tasks) {
         let mut tasks = serde_json::Map::new();
         for (c, _) in core.plan.chains.iter().enumerate() {
             tasks.insert(
