@@ -725,3 +725,51 @@ fn a_finished_job_stays_listed_as_finished() {
     let ov = get_json(&format!("{base}/overview"));
     assert!(ov["jobs-finished"].as_u64().unwrap() >= 1);
 }
+
+#[test]
+fn back_pressure_shows_on_the_sender_of_a_slow_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conf = Conf::defaults();
+    for (k, v) in [
+        ("rest.enabled", "true"),
+        ("rest.port", "0"),
+        ("execution.checkpointing.interval", "off"),
+    ] {
+        conf.set(k, v).unwrap();
+    }
+    conf.set("execution.checkpointing.dir", dir.path().display()).unwrap();
+    let env = Env::from_conf(conf).unwrap();
+    env.add_source(GeneratorSource::new(1, None, |i, _| i))
+        .name("fast")
+        .rebalance()
+        .map(|x: u64| {
+            std::thread::sleep(std::time::Duration::from_micros(500));
+            x
+        })
+        .name("slow")
+        .add_sink(DiscardSink)
+        .name("sink");
+    let job = env.execute_async("rest-backpressure").unwrap();
+    let base = format!("http://{}", job.rest_address().unwrap());
+    let id = job.job_id().to_string();
+    // The source waits for space nearly all the time; the slow map never does.
+    let d = wait_for("the source to be back-pressured", 60, || {
+        let d = get_json(&format!("{base}/jobs/{id}"));
+        let s = &d["vertices"][0]["subtasks"][0];
+        (s["backPressuredTimeMsPerSecond"].as_f64().unwrap() > 500.0).then_some(d)
+    });
+    let src = &d["vertices"][0];
+    assert_eq!(src["name"], "fast");
+    assert_eq!(src["backpressure-level"], "high");
+    assert!(src["subtasks"][0]["outPoolUsage"].as_f64().unwrap() >= 0.5, "{src}");
+    assert!(src["metrics"]["accumulated-backpressured-time"].as_u64().unwrap() > 0);
+    let slow = &d["vertices"][1];
+    assert_eq!(slow["name"], "slow -> sink");
+    assert_eq!(slow["backpressure-level"], "ok");
+    assert!(slow["subtasks"][0]["inPoolUsage"].as_f64().unwrap() >= 0.5, "{slow}");
+    assert!(slow["subtasks"][0]["busyTimeMsPerSecond"].as_f64().unwrap() > 500.0, "{slow}");
+    let m = job.metrics_snapshot();
+    assert!(m.tasks[0].subtasks[0].back_pressured_time_ms_per_second > 500.0);
+    job.cancel();
+    let _ = job.wait();
+}
