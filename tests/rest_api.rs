@@ -737,7 +737,8 @@ fn back_pressure_shows_on_the_sender_of_a_slow_operator() {
     ] {
         conf.set(k, v).unwrap();
     }
-    conf.set("execution.checkpointing.dir", dir.path().display()).unwrap();
+    conf.set("execution.checkpointing.dir", dir.path().display())
+        .unwrap();
     let env = Env::from_conf(conf).unwrap();
     env.add_source(GeneratorSource::new(1, None, |i, _| i))
         .name("fast")
@@ -761,13 +762,27 @@ fn back_pressure_shows_on_the_sender_of_a_slow_operator() {
     let src = &d["vertices"][0];
     assert_eq!(src["name"], "fast");
     assert_eq!(src["backpressure-level"], "high");
-    assert!(src["subtasks"][0]["outPoolUsage"].as_f64().unwrap() >= 0.5, "{src}");
-    assert!(src["metrics"]["accumulated-backpressured-time"].as_u64().unwrap() > 0);
+    assert!(
+        src["subtasks"][0]["outPoolUsage"].as_f64().unwrap() >= 0.5,
+        "{src}"
+    );
+    assert!(
+        src["metrics"]["accumulated-backpressured-time"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     let slow = &d["vertices"][1];
     assert_eq!(slow["name"], "slow -> sink");
     assert_eq!(slow["backpressure-level"], "ok");
-    assert!(slow["subtasks"][0]["inPoolUsage"].as_f64().unwrap() >= 0.5, "{slow}");
-    assert!(slow["subtasks"][0]["busyTimeMsPerSecond"].as_f64().unwrap() > 500.0, "{slow}");
+    assert!(
+        slow["subtasks"][0]["inPoolUsage"].as_f64().unwrap() >= 0.5,
+        "{slow}"
+    );
+    assert!(
+        slow["subtasks"][0]["busyTimeMsPerSecond"].as_f64().unwrap() > 500.0,
+        "{slow}"
+    );
     let m = job.metrics_snapshot();
     assert!(m.tasks[0].subtasks[0].back_pressured_time_ms_per_second > 500.0);
     job.cancel();

@@ -11,9 +11,18 @@
 //!   it exists a failure ends the job.)
 //! - a cancel request stops every subtask and the job ends as cancelled.
 //!
-//! Records are counted per operator in [`OperatorCounters`] (one relaxed
-//! atomic add per batch, not per record) so a client can print progress while
-//! the job runs ([`JobHandle::metrics`]).
+//! Records are counted per operator and subtask in [`OperatorCounters`] (one
+//! relaxed atomic add per batch, not per record) so a client can print
+//! progress while the job runs ([`JobHandle::metrics`],
+//! [`JobHandle::metrics_snapshot`], see [`crate::metrics`]).
+//!
+//! What readers share lives in a `JobCore` (the handle, the process's
+//! [`crate::registry`] and the REST server hold it): counters, checkpoint
+//! statistics, and the job's `Lifecycle` (its [`JobStatus`] and when each
+//! status began, its failures and restores), which the supervisor writes.
+//! Requests from outside (kill a subtask, trigger a checkpoint now, cancel)
+//! are messages to the supervisor; a checkpoint request is forwarded to the
+//! coordinator.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -17,6 +17,9 @@ use crate::metrics::JobMetrics;
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Triggered checkpoints whose status a job remembers (the oldest are forgotten).
+const MAX_TRIGGERS: usize = 1000;
+
 pub(super) fn router() -> Router {
     Router::new()
         .route("/", get(ui_index))
@@ -300,10 +303,13 @@ async fn trigger_checkpoint(
     }
     let cid = job.trigger_checkpoint().await.map_err(ApiError::Conflict)?;
     let trigger = trigger_id(&job.job_id, cid);
-    job.triggers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((trigger.clone(), cid));
+    {
+        let mut triggers = job.triggers.lock().unwrap_or_else(|p| p.into_inner());
+        if triggers.len() >= MAX_TRIGGERS {
+            triggers.remove(0);
+        }
+        triggers.push((trigger.clone(), cid));
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "request-id": trigger, "checkpoint-id": cid })),
