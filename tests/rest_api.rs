@@ -788,3 +788,59 @@ fn back_pressure_shows_on_the_sender_of_a_slow_operator() {
     job.cancel();
     let _ = job.wait();
 }
+
+#[test]
+fn unaligned_checkpoints_show_their_type_and_in_flight_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conf = Conf::defaults();
+    for (k, v) in [
+        ("rest.enabled", "true"),
+        ("rest.port", "0"),
+        ("execution.checkpointing.interval", "100ms"),
+        ("execution.checkpointing.unaligned.enabled", "true"),
+    ] {
+        conf.set(k, v).unwrap();
+    }
+    conf.set("execution.checkpointing.dir", dir.path().display())
+        .unwrap();
+    let env = Env::from_conf(conf).unwrap();
+    env.add_source(GeneratorSource::new(1, None, |i, _| i))
+        .name("fast")
+        .rebalance()
+        .map(|x: u64| {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+            x
+        })
+        .name("slow")
+        .add_sink(DiscardSink)
+        .name("sink");
+    let job = env.execute_async("rest-unaligned").unwrap();
+    let base = format!("http://{}", job.rest_address().unwrap());
+    let id = job.job_id().to_string();
+    // Under back pressure the barrier overtakes queued batches: they are persisted.
+    let c = wait_for("an unaligned checkpoint with in-flight data", 60, || {
+        let c = get_json(&format!("{base}/jobs/{id}/checkpoints"));
+        let l = &c["latest"]["completed"];
+        (l["checkpoint_type"] == "UNALIGNED_CHECKPOINT" && l["persisted_data"].as_u64() > Some(0))
+            .then_some(c)
+    });
+    let cid = c["latest"]["completed"]["id"].as_u64().unwrap();
+    assert!(c["summary"]["persisted_data"]["max"].as_u64().unwrap() > 0);
+    let d = get_json(&format!("{base}/jobs/{id}/checkpoints/details/{cid}"));
+    let persisted: u64 = d["tasks"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|t| t["subtasks"].as_array().unwrap().clone())
+        .map(|s| s["alignment"]["persisted"].as_u64().unwrap())
+        .sum();
+    assert_eq!(persisted, d["persisted_data"].as_u64().unwrap());
+    assert!(d["tasks"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|t| t["subtasks"].as_array().unwrap().clone())
+        .any(|s| s["unaligned_checkpoint"] == true));
+    job.cancel();
+    let _ = job.wait();
+}
