@@ -627,9 +627,6 @@ fn kill(job: &str, subtask: &str, remote: &Remote) -> Outcome {
             &json!({"job": id, "operator": name, "subtask": index, "numRestarts": r["numRestarts"]}),
         );
     }
-    println!(
-        "killed {name}[{index}] of job {id}; it restarts from the latest checkpoint (restarts so far: {})",
-        r["numRestarts"]
-    );
+    println!("killed {name}[{index}] of job {id}; the job restarts it from its latest checkpoint");
     Ok(ExitCode::SUCCESS)
 }

@@ -53,6 +53,7 @@ function time(ts) {
 }
 // Milliseconds for an axis: enough decimals to tell ticks apart.
 function axisMs(ms) {
+  if (ms === 0) return "0";
   if (ms >= 1000) return dur(ms);
   if (ms >= 10) return ms.toFixed(0) + " ms";
   if (ms >= 1) return ms.toFixed(1) + " ms";
@@ -336,8 +337,8 @@ async function renderJob() {
 
 async function killSubtask(op, index) {
   try {
-    const r = await api("POST", `/jobs/${state.jobId}/subtasks/${encodeURIComponent(op)}/${index}/kill`);
-    toast(`Killed ${op} (${index}); the job restarts it from the latest checkpoint (restarts so far: ${r.numRestarts}).`);
+    await api("POST", `/jobs/${state.jobId}/subtasks/${encodeURIComponent(op)}/${index}/kill`);
+    toast(`Killed ${op} (${index}): the job restarts it from its latest checkpoint.`);
   } catch (e) { toast("Kill failed: " + e.message, true); }
   tick();
 }
