@@ -772,6 +772,20 @@ fn back_pressure_shows_on_the_sender_of_a_slow_operator() {
             .unwrap()
             > 0
     );
+    let vid = src["id"].as_str().unwrap();
+    let bp = get_json(&format!("{base}/jobs/{id}/vertices/{vid}/backpressure"));
+    assert_eq!(bp["status"], "ok");
+    assert_eq!(bp["backpressure-level"], "high");
+    let sub = &bp["subtasks"][0];
+    assert_eq!(sub["subtask"], 0);
+    assert!(sub["ratio"].as_f64().unwrap() > 0.5, "{bp}");
+    assert!(sub.get("idleRatio").is_some() && sub.get("busyRatio").is_some());
+    let (s, b) = http(
+        "GET",
+        &format!("{base}/jobs/{id}/vertices/nope/backpressure"),
+        None,
+    );
+    error_of(s, &b, 404);
     let slow = &d["vertices"][1];
     assert_eq!(slow["name"], "slow -> sink");
     assert_eq!(slow["backpressure-level"], "ok");

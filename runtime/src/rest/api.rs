@@ -49,6 +49,10 @@ pub(super) fn router() -> Router {
         )
         .route("/jobs/{id}/savepoints", post(savepoint))
         .route("/jobs/{id}/exceptions", get(exceptions))
+        .route(
+            "/jobs/{id}/vertices/{vertex}/backpressure",
+            get(vertex_backpressure),
+        )
         .route("/jobs/{id}/metrics", get(job_metrics))
         .route("/jobs/{id}/regions", get(regions))
         .route("/jobs/{id}/subtasks/{name}/{index}/kill", post(kill))
@@ -370,6 +374,34 @@ async fn savepoint(Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>
     Err(ApiError::NotImplemented(
         "savepoints are not implemented yet: take a checkpoint (POST /jobs/:id/checkpoints) and restore from it with -s".into(),
     ))
+}
+
+async fn vertex_backpressure(Path((id, vertex)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let job = job_of(&id)?;
+    let c = (0..job.plan.chains.len())
+        .find(|c| docs::vertex_id(&job.job_id, *c) == vertex)
+        .ok_or_else(|| ApiError::NotFound(format!("Job {id} has no vertex {vertex}")))?;
+    let m = JobMetrics::of(&job);
+    let task = &m.tasks[c];
+    let subtasks: Vec<Value> = task
+        .subtasks
+        .iter()
+        .map(|s| {
+            json!({
+                "subtask": s.index,
+                "backpressure-level": s.backpressure_level,
+                "ratio": s.back_pressured_time_ms_per_second / 1000.0,
+                "idleRatio": s.idle_time_ms_per_second / 1000.0,
+                "busyRatio": s.busy_time_ms_per_second / 1000.0,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "status": "ok",
+        "backpressure-level": task.backpressure_level,
+        "end-timestamp": crate::checkpoint::now_ms(),
+        "subtasks": subtasks,
+    })))
 }
 
 async fn exceptions(Path(id): Path<String>) -> ApiResult<Json<Value>> {

@@ -27,6 +27,7 @@
 //! | `GET /jobs/:id/checkpoints/details/:cid/subtasks/:vertexid` | one task of one checkpoint, per subtask |
 //! | `POST /jobs/:id/savepoints` | 501: savepoints are not implemented yet |
 //! | `GET /jobs/:id/exceptions` | failures, newest first (`exceptionHistory.entries`) |
+//! | `GET /jobs/:id/vertices/:vertexid/backpressure` | back-pressure level and ratios per subtask (from the back-pressured time, as Flink's) |
 //! | `GET /jobs/:id/metrics[?get=a,b]` | job metrics as `[{"id", "value"}]` |
 //! | `GET /jobs/:id/regions` | ours: failover regions, their subtasks and restarts |
 //! | `POST /jobs/:id/subtasks/:name/:index/kill` | ours: kills a subtask of the operator called `name` (202) |
