@@ -227,6 +227,15 @@ fn every_read_endpoint_has_flinks_fields() {
         let d = get_json(&format!("{base}/jobs/{id}"));
         (d["vertices"][0]["numRecordsOutPerSecond"].as_f64().unwrap() > 0.0).then_some(())
     });
+    // The rate-limited source sleeps between polls: idle time.
+    wait_for("idle time on the rate-limited source", 30, || {
+        let d = get_json(&format!("{base}/jobs/{id}"));
+        (d["vertices"][0]["subtasks"][0]["idleTimeMsPerSecond"]
+            .as_f64()
+            .unwrap()
+            > 0.0)
+            .then_some(())
+    });
     let d = get_json(&format!("{base}/jobs/{id}"));
     assert!(
         d["vertices"][1]["metrics"]["read-records"]

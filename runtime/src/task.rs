@@ -511,10 +511,14 @@ impl<'a> Runner<'a> {
                 SourceStatus::Idle(d) => {
                     flush(self.spec).await?;
                     let control = &mut self.control;
+                    // Nothing to read: idle time (metrics).
+                    let io = self.spec.signals.io.clone();
+                    let idle = io.idle();
                     let woke = tokio::select! {
                         _ = tokio::time::sleep(d) => None,
                         c = control.recv() => c,
                     };
+                    drop(idle);
                     if let Some(c) = woke {
                         self.on_control(c).await?;
                     }
