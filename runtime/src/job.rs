@@ -172,7 +172,10 @@ pub(crate) struct Lifecycle {
 #[derive(Debug)]
 struct LifecycleInner {
     status: JobStatus,
+    /// When the job first reached each status.
     timestamps: Vec<(JobStatus, u64)>,
+    /// When the status last changed.
+    last_change: u64,
     end_ms: Option<u64>,
     failures: std::collections::VecDeque<FailureRecord>,
     failures_dropped: bool,
@@ -190,6 +193,7 @@ impl Lifecycle {
             inner: Mutex::new(LifecycleInner {
                 status: JobStatus::Running,
                 timestamps: vec![(JobStatus::Running, now)],
+                last_change: now,
                 end_ms: None,
                 failures: Default::default(),
                 failures_dropped: false,
@@ -210,7 +214,10 @@ impl Lifecycle {
         }
         let now = crate::checkpoint::now_ms();
         l.status = status;
-        l.timestamps.push((status, now));
+        l.last_change = now;
+        if !l.timestamps.iter().any(|(s, _)| *s == status) {
+            l.timestamps.push((status, now));
+        }
         if status.is_terminal() {
             l.end_ms = Some(now);
         }
@@ -227,13 +234,12 @@ impl Lifecycle {
 
     /// The first time the job reached each status (ms since the epoch).
     pub(crate) fn timestamps(&self) -> Vec<(JobStatus, u64)> {
-        let mut first: Vec<(JobStatus, u64)> = Vec::new();
-        for (s, t) in &self.lock().timestamps {
-            if !first.iter().any(|(f, _)| f == s) {
-                first.push((*s, *t));
-            }
-        }
-        first
+        self.lock().timestamps.clone()
+    }
+
+    /// When the status last changed (ms since the epoch).
+    pub(crate) fn last_change(&self) -> u64 {
+        self.lock().last_change
     }
 
     pub(crate) fn record_failure(&self, f: FailureRecord) {
@@ -1324,5 +1330,52 @@ impl Actor for JobMaster {
         }
         state.end_if_idle(&myself);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_keeps_first_times_and_ends_once() {
+        let l = Lifecycle::new(None);
+        assert_eq!(l.status(), JobStatus::Running);
+        for s in [
+            JobStatus::Restarting,
+            JobStatus::Running,
+            JobStatus::Restarting,
+            JobStatus::Running,
+        ] {
+            l.set_status(s);
+        }
+        assert_eq!(
+            l.timestamps().iter().map(|t| t.0).collect::<Vec<_>>(),
+            vec![JobStatus::Running, JobStatus::Restarting],
+            "one entry per status however often it recurs"
+        );
+        assert_eq!(l.end_ms(), None);
+        l.set_status(JobStatus::Canceled);
+        l.set_status(JobStatus::Running);
+        assert_eq!(l.status(), JobStatus::Canceled, "an ended job stays ended");
+        assert!(l.end_ms().is_some());
+        assert_eq!(l.restores(), (None, 0));
+    }
+
+    #[test]
+    fn failures_are_bounded() {
+        let l = Lifecycle::new(None);
+        for i in 0..MAX_FAILURES + 5 {
+            l.record_failure(FailureRecord {
+                timestamp: i as u64,
+                message: format!("failure {i}"),
+                task: None,
+                action: "full restart".into(),
+            });
+        }
+        let (f, dropped) = l.failures();
+        assert_eq!(f.len(), MAX_FAILURES);
+        assert!(dropped);
+        assert_eq!(f[0].timestamp, 5, "the oldest are dropped");
     }
 }

@@ -52,12 +52,7 @@ fn tasks(core: &JobCore) -> Value {
 }
 
 fn last_modification(core: &JobCore) -> u64 {
-    core.lifecycle
-        .timestamps()
-        .iter()
-        .map(|(_, t)| *t)
-        .max()
-        .unwrap_or(core.start_ms)
+    core.lifecycle.last_change()
 }
 
 /// One entry of `/jobs/overview`.
