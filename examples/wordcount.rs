@@ -19,6 +19,11 @@
 //! With an OTLP collector configured (`-D otel.exporter.otlp.endpoint=http://localhost:4318`,
 //! or `OTEL_EXPORTER_OTLP_ENDPOINT`; `otel.exporter.otlp.protocol` picks `grpc`
 //! or `http/protobuf`) every checkpoint and failover is exported as a trace.
+//!
+//! While it runs it serves the REST API and web UI and prints the UI's URL
+//! (on `rest.port`, 8081 by default, else any free port when 8081 is taken;
+//! off with `--no-ui` or `-D rest.enabled=false`); `--serve` keeps serving
+//! after the input ended, until Ctrl-C.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,7 +33,7 @@ use clap::Parser;
 use weir::cli::{human_rate, print_checkpoints, ConfArgs};
 use weir::operators::text::generated_lines;
 use weir::prelude::*;
-use weir::runtime::config::options;
+use weir::runtime::config::{options, ValueSource};
 use weir::runtime::telemetry::{OtlpProtocol, TelemetryConfig};
 use weir::wordcount::{wordcount, words_counted};
 
@@ -63,6 +68,12 @@ struct Args {
     /// No progress lines.
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// Keep serving the web UI and REST API after the job ended, until Ctrl-C.
+    #[arg(long)]
+    serve: bool,
+    /// No web UI / REST API (same as -D rest.enabled=false).
+    #[arg(long, conflicts_with = "serve")]
+    no_ui: bool,
     #[command(flatten)]
     conf: ConfArgs,
 }
@@ -93,6 +104,31 @@ fn run(args: Args) -> anyhow::Result<()> {
             otel.endpoint
         );
     }
+    // The web UI is on unless --no-ui, or -D / WEIR_REST_ENABLED turned it off.
+    let explicit = matches!(
+        conf.source(options::REST_ENABLED.def.key),
+        Some(ValueSource::Dynamic | ValueSource::Env(_))
+    );
+    if args.no_ui {
+        conf.set(options::REST_ENABLED.def.key, false)?;
+    } else if !explicit {
+        conf.set(options::REST_ENABLED.def.key, true)?;
+    }
+    if args.serve && !conf.get(&options::REST_ENABLED) {
+        anyhow::bail!("--serve needs the REST server: rest.enabled is false");
+    }
+    // The default port may be taken (another wordcount): then any free port.
+    if let Err(e) = weir::runtime::rest::ensure_started(&conf) {
+        if matches!(
+            conf.source(options::REST_PORT.def.key),
+            Some(ValueSource::Dynamic | ValueSource::Env(_) | ValueSource::Code)
+        ) || conf.get(&options::REST_PORT) != 8081
+        {
+            return Err(e.into());
+        }
+        eprintln!("{e}; serving the web UI on another port");
+        conf.set(options::REST_PORT.def.key, 0)?;
+    }
     let env = Env::from_conf(conf)?;
     let lines = match &args.input {
         Some(path) => {
@@ -117,6 +153,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let top = wordcount(&lines, args.output.as_deref())?;
 
     let mut job = env.execute_async("wordcount")?;
+    if let Some(addr) = job.rest_address() {
+        eprintln!("web UI: http://{addr}/#/jobs/{}", job.job_id());
+    }
     if let Some((dir, id)) = job.restored_from() {
         eprintln!("restored from checkpoint {id} ({})", dir.display());
     }
@@ -165,6 +204,16 @@ fn run(args: Args) -> anyhow::Result<()> {
             "traces: {} spans exported, {} dropped, {} failed exports (before the final flush)",
             t.exported, t.dropped, t.failed_exports
         );
+    }
+    if args.serve {
+        if let Some(addr) = weir::runtime::rest::address() {
+            eprintln!("the job ended; still serving the web UI on http://{addr}/ (Ctrl-C stops)");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
     }
     Ok(())
 }

@@ -95,9 +95,20 @@ pub(crate) struct TaskSignals {
     pub urgent: std::sync::atomic::AtomicBool,
     /// Wakes a send blocked on a full channel when `urgent` is raised.
     pub urgent_wake: Notify,
+    /// Time this subtask spent back-pressured (waiting for space on an
+    /// output) and idle (waiting for input): the job's metrics read it.
+    pub io: Arc<crate::metrics::SubtaskIo>,
 }
 
 impl TaskSignals {
+    /// Signals of a subtask whose time is accounted in `io`.
+    pub(crate) fn with_io(io: Arc<crate::metrics::SubtaskIo>) -> Self {
+        TaskSignals {
+            io,
+            ..TaskSignals::default()
+        }
+    }
+
     pub(crate) fn raise_urgent(&self) {
         self.urgent.store(true, std::sync::atomic::Ordering::SeqCst);
         self.urgent_wake.notify_one();
@@ -129,8 +140,28 @@ pub(crate) struct Rx {
     ch: Arc<Channel>,
 }
 
-/// A handle to watch a channel's occupancy without keeping it alive.
-pub(crate) type WeakTx = Weak<Channel>;
+/// A handle to watch a channel's occupancy without keeping it alive, with
+/// the subtasks (indices among all of the job's subtasks) it links.
+#[derive(Clone)]
+pub(crate) struct WeakTx {
+    ch: Weak<Channel>,
+    /// The sending subtask.
+    pub from: usize,
+    /// The receiving subtask.
+    pub to: usize,
+}
+
+impl WeakTx {
+    /// Queued data batches and capacity, while the channel exists.
+    pub(crate) fn occupancy(&self) -> Option<(usize, usize)> {
+        self.ch.upgrade().map(|c| (lock(&c).batches, c.capacity))
+    }
+
+    /// Whether the channel still exists.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.ch.strong_count() > 0
+    }
+}
 
 /// A new channel holding at most `capacity` data batches from `sender` to `receiver`.
 pub(crate) fn channel(
@@ -165,6 +196,8 @@ impl Tx {
     /// Sends a data batch, waiting while the channel is full.
     pub(crate) async fn send_batch(&self, batch: AnyBatch) -> Result<()> {
         let mut batch = Some(batch);
+        // Started at the first wait for space: back-pressured time (metrics).
+        let mut _waiting: Option<crate::metrics::Waiting<'_>> = None;
         loop {
             let space = self.ch.space.notified();
             let urgent = self.ch.sender.urgent_wake.notified();
@@ -185,6 +218,9 @@ impl Tx {
                     self.ch.receiver.gate.notify_one();
                     return Ok(());
                 }
+            }
+            if _waiting.is_none() {
+                _waiting = Some(self.ch.sender.io.back_pressured());
             }
             tokio::select! {
                 _ = &mut space => {}
@@ -247,8 +283,13 @@ impl Tx {
         Ok(())
     }
 
-    pub(crate) fn watch(&self) -> WeakTx {
-        Arc::downgrade(&self.ch)
+    /// A watch on this channel, which links subtask `from` to subtask `to`.
+    pub(crate) fn watch(&self, from: usize, to: usize) -> WeakTx {
+        WeakTx {
+            ch: Arc::downgrade(&self.ch),
+            from,
+            to,
+        }
     }
 }
 
@@ -322,8 +363,8 @@ impl Drop for Rx {
 pub(crate) fn queued(channels: &[WeakTx]) -> usize {
     channels
         .iter()
-        .filter_map(Weak::upgrade)
-        .map(|c| lock(&c).batches)
+        .filter_map(|w| w.occupancy())
+        .map(|(queued, _)| queued)
         .sum()
 }
 
@@ -620,12 +661,17 @@ impl InputGate {
     ) -> Result<Option<(usize, Event)>> {
         tokio::pin!(wake);
         let signals = self.signals.clone();
+        // Started at the first wait for input: idle time (metrics).
+        let mut _waiting: Option<crate::metrics::Waiting<'_>> = None;
         loop {
             let notified = signals.gate.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Some(ev) = self.try_next()? {
                 return Ok(Some(ev));
+            }
+            if _waiting.is_none() {
+                _waiting = Some(signals.io.idle());
             }
             tokio::select! {
                 _ = &mut notified => {}

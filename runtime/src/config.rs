@@ -57,6 +57,8 @@ pub enum Kind {
         /// Largest accepted value.
         max: f64,
     },
+    /// An IP address to bind to (`127.0.0.1`, `0.0.0.0`, `::1`) or `localhost`.
+    Address,
 }
 
 impl Kind {
@@ -73,6 +75,9 @@ impl Kind {
             Kind::DurationOrOff => "off, or a duration such as 500ms, 1s or 10min".into(),
             Kind::Float { min, max } => format!("a number from {min} to {max}"),
             Kind::Endpoint => "empty (off), or a URL such as http://localhost:4317 (http:// only: this build has no TLS)".into(),
+            Kind::Address => {
+                "an IP address such as 127.0.0.1 (loopback), 0.0.0.0 (every interface) or ::1, or localhost".into()
+            }
         }
     }
 
@@ -98,6 +103,14 @@ impl Kind {
                 _ => Err(()),
             },
             Kind::Endpoint => parse_endpoint(raw).map(|_| ()).ok_or(()),
+            Kind::Address => {
+                let a = raw.trim();
+                if a.eq_ignore_ascii_case("localhost") || a.parse::<std::net::IpAddr>().is_ok() {
+                    Ok(())
+                } else {
+                    Err(())
+                }
+            }
         }
     }
 }
@@ -396,6 +409,11 @@ impl Conf {
     /// The value of `key` as written, after validation.
     pub fn raw(&self, key: &str) -> &str {
         self.values.get(key).map(|(v, _)| v.as_str()).unwrap_or("")
+    }
+
+    /// Where the value of `key` came from (`None` for an unknown key).
+    pub fn source(&self, key: &str) -> Option<&ValueSource> {
+        self.values.get(key).map(|(_, s)| s)
     }
 
     /// Every option with its value and where the value came from, in key order.
@@ -823,6 +841,27 @@ pub mod options {
         Kind::Text,
         "operators whose subtasks may be killed: all, or names separated by commas",
     );
+    /// REST API and web UI: on or off.
+    pub const REST_ENABLED: ConfigOption<bool> = ConfigOption::new(
+        "rest.enabled",
+        "false",
+        Kind::Bool,
+        "serve the REST API, the web UI and /metrics while jobs run (wordcount turns it on)",
+    );
+    /// REST API: the address to bind.
+    pub const REST_ADDRESS: ConfigOption<String> = ConfigOption::new(
+        "rest.address",
+        "127.0.0.1",
+        Kind::Address,
+        "address the REST server binds to: 127.0.0.1 serves this machine only, 0.0.0.0 every interface",
+    );
+    /// REST API: the port.
+    pub const REST_PORT: ConfigOption<u64> = ConfigOption::new(
+        "rest.port",
+        "8081",
+        Kind::Int { min: 0, max: 65535 },
+        "port of the REST server and web UI (0: any free port)",
+    );
     /// How often wordcount-style examples print progress.
     pub const PROGRESS_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
         "client.progress-interval",
@@ -961,6 +1000,9 @@ pub mod options {
         CHAOS_KILL_INTERVAL.def,
         CHAOS_SEED.def,
         CHAOS_TARGETS.def,
+        REST_ENABLED.def,
+        REST_ADDRESS.def,
+        REST_PORT.def,
         PROGRESS_INTERVAL.def,
         OTEL_SDK_DISABLED.def,
         OTEL_ENDPOINT.def,

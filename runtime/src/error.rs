@@ -101,6 +101,15 @@ pub enum Error {
     #[error("cannot restore: {0}")]
     Restore(String),
 
+    /// The REST server could not start (e.g. its port is taken).
+    #[error("cannot start the REST server on {address}: {message}")]
+    Rest {
+        /// The address and port it was to bind.
+        address: String,
+        /// What went wrong.
+        message: String,
+    },
+
     /// A failure injected by a test at a named point.
     #[error("failure injected at '{0}'")]
     Injected(String),

@@ -11,9 +11,18 @@
 //!   it exists a failure ends the job.)
 //! - a cancel request stops every subtask and the job ends as cancelled.
 //!
-//! Records are counted per operator in [`OperatorCounters`] (one relaxed
-//! atomic add per batch, not per record) so a client can print progress while
-//! the job runs ([`JobHandle::metrics`]).
+//! Records are counted per operator and subtask in [`OperatorCounters`] (one
+//! relaxed atomic add per batch, not per record) so a client can print
+//! progress while the job runs ([`JobHandle::metrics`],
+//! [`JobHandle::metrics_snapshot`], see [`crate::metrics`]).
+//!
+//! What readers share lives in a `JobCore` (the handle, the process's
+//! [`crate::registry`] and the REST server hold it): counters, checkpoint
+//! statistics, and the job's `Lifecycle` (its [`JobStatus`] and when each
+//! status began, its failures and restores), which the supervisor writes.
+//! Requests from outside (kill a subtask, trigger a checkpoint now, cancel)
+//! are messages to the supervisor; a checkpoint request is forwarded to the
+//! coordinator.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,6 +78,8 @@ impl JobResult {
 pub(crate) struct OperatorInfo {
     pub name: String,
     pub parallelism: usize,
+    /// The chain (job vertex) the operator runs in.
+    pub chain: usize,
     pub counters: Arc<OperatorCounters>,
 }
 
@@ -77,79 +88,248 @@ fn snapshot_metrics(ops: &[OperatorInfo]) -> Vec<OperatorMetrics> {
         .map(|o| OperatorMetrics {
             name: o.name.clone(),
             parallelism: o.parallelism,
-            records_in: o.counters.records_in.load(Ordering::Relaxed),
-            records_out: o.counters.records_out.load(Ordering::Relaxed),
+            records_in: o.counters.records_in(),
+            records_out: o.counters.records_out(),
         })
         .collect()
 }
 
-/// A running job.
-pub struct JobHandle {
-    pub(crate) job_id: String,
-    pub(crate) name: String,
-    pub(crate) started: Instant,
-    pub(crate) operators: Arc<Vec<OperatorInfo>>,
-    pub(crate) master: ActorRef<JobMsg>,
-    pub(crate) done: oneshot::Receiver<Result<()>>,
-    pub(crate) outcome: Option<Result<()>>,
-    pub(crate) channels: Arc<Mutex<Vec<crate::channel::WeakTx>>>,
-    pub(crate) restarts: Arc<AtomicU64>,
-    pub(crate) region_restarts: Arc<Vec<AtomicU64>>,
-    pub(crate) last_failure: Arc<Mutex<Option<(std::time::SystemTime, String)>>>,
-    pub(crate) regions: Vec<Vec<String>>,
-    pub(crate) checkpoints: Arc<Mutex<Vec<CheckpointStats>>>,
-    pub(crate) restored_from: Option<(std::path::PathBuf, u64)>,
-    pub(crate) runtime: Arc<tokio::runtime::Runtime>,
-    pub(crate) telemetry: Option<crate::telemetry::Telemetry>,
+/// The state of a job, Flink's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum JobStatus {
+    /// Subtasks are running (a region may be restarting).
+    Running,
+    /// The whole job is restarting after a failure.
+    Restarting,
+    /// A cancel was requested; subtasks are stopping.
+    Cancelling,
+    /// Every subtask finished its input.
+    Finished,
+    /// The job failed (the restart strategy gave up, or restarts are off).
+    Failed,
+    /// The job was cancelled.
+    Canceled,
 }
 
-impl JobHandle {
-    /// The job's id (32 hex characters).
-    pub fn job_id(&self) -> &str {
-        &self.job_id
+impl JobStatus {
+    /// Flink's name: `RUNNING`, `RESTARTING`, `CANCELLING`, `FINISHED`, `FAILED`, `CANCELED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Running => "RUNNING",
+            JobStatus::Restarting => "RESTARTING",
+            JobStatus::Cancelling => "CANCELLING",
+            JobStatus::Finished => "FINISHED",
+            JobStatus::Failed => "FAILED",
+            JobStatus::Canceled => "CANCELED",
+        }
     }
 
-    /// Current per-operator record counts.
-    pub fn metrics(&self) -> Vec<OperatorMetrics> {
-        snapshot_metrics(&self.operators)
+    /// Whether the job has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Finished | JobStatus::Failed | JobStatus::Canceled
+        )
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One failure of a job and what it caused (Flink's exception history).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureRecord {
+    /// When it happened (ms since the epoch).
+    pub timestamp: u64,
+    /// The error.
+    pub message: String,
+    /// The failed subtask (`chain name (index)`), when one failed.
+    pub task: Option<String>,
+    /// What the failure led to: `region <r> restart`, `full restart` or `job failed`.
+    pub action: String,
+}
+
+/// A restore of the job from a checkpoint (Flink's `latest.restored`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreRecord {
+    /// The checkpoint id.
+    pub id: u64,
+    /// When the restore happened (ms since the epoch).
+    pub timestamp: u64,
+    /// The checkpoint's directory.
+    pub path: std::path::PathBuf,
+}
+
+/// How a job's life went: its status, the time of each transition, its
+/// failures and restores. Shared by the job supervisor (which writes it) and
+/// every reader (handle, REST server).
+#[derive(Debug)]
+pub(crate) struct Lifecycle {
+    inner: Mutex<LifecycleInner>,
+}
+
+#[derive(Debug)]
+struct LifecycleInner {
+    status: JobStatus,
+    /// When the job first reached each status.
+    timestamps: Vec<(JobStatus, u64)>,
+    /// When the status last changed.
+    last_change: u64,
+    end_ms: Option<u64>,
+    failures: std::collections::VecDeque<FailureRecord>,
+    failures_dropped: bool,
+    restored: Option<RestoreRecord>,
+    restores: u64,
+}
+
+/// Failures kept in the history.
+const MAX_FAILURES: usize = 100;
+
+impl Lifecycle {
+    pub(crate) fn new(restored: Option<RestoreRecord>) -> Self {
+        let now = crate::checkpoint::now_ms();
+        Lifecycle {
+            inner: Mutex::new(LifecycleInner {
+                status: JobStatus::Running,
+                timestamps: vec![(JobStatus::Running, now)],
+                last_change: now,
+                end_ms: None,
+                failures: Default::default(),
+                failures_dropped: false,
+                restores: u64::from(restored.is_some()),
+                restored,
+            }),
+        }
     }
 
-    /// Batches queued right now over all of the job's channels. Backpressure
-    /// bounds it by `channels x taskmanager.network.memory.buffers-per-channel`.
-    pub fn queued_batches(&self) -> usize {
-        crate::channel::queued(&self.channels.lock().unwrap_or_else(|p| p.into_inner()))
+    fn lock(&self) -> std::sync::MutexGuard<'_, LifecycleInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// When the last failure happened and what it was.
-    pub fn last_failure(&self) -> Option<(std::time::SystemTime, String)> {
-        self.last_failure
+    pub(crate) fn set_status(&self, status: JobStatus) {
+        let mut l = self.lock();
+        if l.status == status || l.status.is_terminal() {
+            return;
+        }
+        let now = crate::checkpoint::now_ms();
+        l.status = status;
+        l.last_change = now;
+        if !l.timestamps.iter().any(|(s, _)| *s == status) {
+            l.timestamps.push((status, now));
+        }
+        if status.is_terminal() {
+            l.end_ms = Some(now);
+        }
+    }
+
+    pub(crate) fn status(&self) -> JobStatus {
+        self.lock().status
+    }
+
+    /// When the job ended (ms since the epoch).
+    pub(crate) fn end_ms(&self) -> Option<u64> {
+        self.lock().end_ms
+    }
+
+    /// The first time the job reached each status (ms since the epoch).
+    pub(crate) fn timestamps(&self) -> Vec<(JobStatus, u64)> {
+        self.lock().timestamps.clone()
+    }
+
+    /// When the status last changed (ms since the epoch).
+    pub(crate) fn last_change(&self) -> u64 {
+        self.lock().last_change
+    }
+
+    pub(crate) fn record_failure(&self, f: FailureRecord) {
+        let mut l = self.lock();
+        if l.failures.len() == MAX_FAILURES {
+            l.failures.pop_front();
+            l.failures_dropped = true;
+        }
+        l.failures.push_back(f);
+    }
+
+    /// Failures, oldest first, and whether older ones were dropped.
+    pub(crate) fn failures(&self) -> (Vec<FailureRecord>, bool) {
+        let l = self.lock();
+        (l.failures.iter().cloned().collect(), l.failures_dropped)
+    }
+
+    pub(crate) fn record_restore(&self, r: RestoreRecord) {
+        let mut l = self.lock();
+        l.restores += 1;
+        l.restored = Some(r);
+    }
+
+    /// The latest restore and how many there were.
+    pub(crate) fn restores(&self) -> (Option<RestoreRecord>, u64) {
+        let l = self.lock();
+        (l.restored.clone(), l.restores)
+    }
+}
+
+/// Everything readers of a job share: the handle, the process's job
+/// registry ([`crate::registry`]) and the REST server. Readers take
+/// snapshots of atomics and short locks; none of them slows the job.
+pub(crate) struct JobCore {
+    pub job_id: String,
+    pub name: String,
+    pub started: Instant,
+    /// Start time, ms since the epoch.
+    pub start_ms: u64,
+    pub operators: Vec<OperatorInfo>,
+    pub plan: crate::graph::JobPlan,
+    pub master: ActorRef<JobMsg>,
+    pub channels: Arc<Mutex<Vec<crate::channel::WeakTx>>>,
+    /// Time accounting per subtask (index among all subtasks), kept across restarts.
+    pub io: Vec<Arc<crate::metrics::SubtaskIo>>,
+    pub restarts: Arc<AtomicU64>,
+    pub region_restarts: Arc<Vec<AtomicU64>>,
+    pub last_failure: Arc<Mutex<Option<(std::time::SystemTime, String)>>>,
+    pub regions: Vec<Vec<String>>,
+    pub checkpoints: Arc<Mutex<Vec<CheckpointStats>>>,
+    pub counts: Arc<crate::checkpoint::CheckpointCounts>,
+    pub checkpoint_cfg: Option<CheckpointConfig>,
+    pub conf: crate::config::Conf,
+    pub restored_from: Option<(std::path::PathBuf, u64)>,
+    pub lifecycle: Arc<Lifecycle>,
+    /// Rates computed by the metrics sampler once a second.
+    pub rates: Mutex<crate::metrics::Rates>,
+    /// Checkpoints triggered on request: (trigger id, checkpoint id).
+    pub triggers: Mutex<Vec<(String, u64)>>,
+}
+
+impl JobCore {
+    pub(crate) fn checkpoint_stats(&self) -> Vec<CheckpointStats> {
+        self.checkpoints
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// Restarts per failover region, in the order of [`crate::graph::JobPlan::regions`].
-    pub fn region_restarts(&self) -> Vec<u64> {
-        self.region_restarts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect()
+    pub(crate) fn status(&self) -> JobStatus {
+        self.lifecycle.status()
     }
 
-    /// The failover regions: the subtask names of each.
-    pub fn regions(&self) -> &[Vec<String>] {
-        &self.regions
+    /// Triggers a checkpoint now (outside the interval); returns its id once triggered.
+    pub(crate) async fn trigger_checkpoint(&self) -> std::result::Result<u64, String> {
+        let (tx, rx) = oneshot::channel();
+        self.master
+            .cast(JobMsg::TriggerCheckpoint(tx))
+            .map_err(|_| "the job has ended".to_string())?;
+        rx.await.map_err(|_| "the job has ended".to_string())?
     }
 
-    /// How often the job was restarted after a failure (Flink's `numRestarts`).
-    pub fn num_restarts(&self) -> u64 {
-        self.restarts.load(Ordering::Relaxed)
-    }
-
-    /// Kills subtask `index` of the operator called `operator` (its chain's
-    /// actor): a failure on purpose. The job restarts from its latest
-    /// completed checkpoint as the restart strategy allows.
-    pub fn kill_subtask(&self, operator: &str, index: usize) -> Result<()> {
+    /// Kills a subtask (see [`JobHandle::kill_subtask`]).
+    pub(crate) async fn kill_subtask(
+        &self,
+        operator: &str,
+        index: usize,
+    ) -> std::result::Result<(), String> {
         let (tx, rx) = oneshot::channel();
         self.master
             .cast(JobMsg::Kill {
@@ -157,36 +337,143 @@ impl JobHandle {
                 index,
                 reply: tx,
             })
-            .map_err(|_| Error::User("the job has ended".into()))?;
-        let answer = match tokio::runtime::Handle::try_current() {
-            Ok(_) => {
-                return Err(Error::User(
-                    "kill_subtask blocks: call it outside async code".into(),
-                ))
-            }
-            Err(_) => self.runtime.block_on(rx),
-        };
-        answer
-            .map_err(|_| Error::User("the job has ended".into()))?
-            .map_err(Error::User)
+            .map_err(|_| "the job has ended".to_string())?;
+        rx.await.map_err(|_| "the job has ended".to_string())?
     }
 
-    /// Statistics of every checkpoint so far (the newest 1000), oldest first.
-    pub fn checkpoint_stats(&self) -> Vec<CheckpointStats> {
-        self.checkpoints
+    pub(crate) fn cancel(&self) {
+        if !self.status().is_terminal() {
+            self.lifecycle.set_status(JobStatus::Cancelling);
+        }
+        let _ = self.master.cast(JobMsg::Cancel);
+    }
+}
+
+/// A running job.
+pub struct JobHandle {
+    pub(crate) core: Arc<JobCore>,
+    pub(crate) done: oneshot::Receiver<Result<()>>,
+    pub(crate) outcome: Option<Result<()>>,
+    pub(crate) runtime: Arc<tokio::runtime::Runtime>,
+    pub(crate) telemetry: Option<crate::telemetry::Telemetry>,
+    pub(crate) rest: Option<std::net::SocketAddr>,
+}
+
+impl JobHandle {
+    /// The job's id (32 hex characters).
+    pub fn job_id(&self) -> &str {
+        &self.core.job_id
+    }
+
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    /// The job's status now.
+    pub fn status(&self) -> JobStatus {
+        self.core.status()
+    }
+
+    /// Where the process's REST server (and web UI) listens, when
+    /// `rest.enabled` started one.
+    pub fn rest_address(&self) -> Option<std::net::SocketAddr> {
+        self.rest
+    }
+
+    /// Current per-operator record counts.
+    pub fn metrics(&self) -> Vec<OperatorMetrics> {
+        snapshot_metrics(&self.core.operators)
+    }
+
+    /// Every metric of the job now (Flink's names; see [`crate::metrics`]):
+    /// checkpoint counts and sizes, restarts, records and rates per operator
+    /// and subtask, back pressure and channel occupancy per subtask.
+    pub fn metrics_snapshot(&self) -> crate::metrics::JobMetrics {
+        crate::metrics::JobMetrics::of(&self.core)
+    }
+
+    /// Batches queued right now over all of the job's channels. Backpressure
+    /// bounds it by `channels x taskmanager.network.memory.buffers-per-channel`.
+    pub fn queued_batches(&self) -> usize {
+        crate::channel::queued(&self.core.channels.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// When the last failure happened and what it was.
+    pub fn last_failure(&self) -> Option<(std::time::SystemTime, String)> {
+        self.core
+            .last_failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
+    /// Every failure so far (the newest 100), oldest first.
+    pub fn failures(&self) -> Vec<FailureRecord> {
+        self.core.lifecycle.failures().0
+    }
+
+    /// Restarts per failover region, in the order of [`crate::graph::JobPlan::regions`].
+    pub fn region_restarts(&self) -> Vec<u64> {
+        self.core
+            .region_restarts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The failover regions: the subtask names of each.
+    pub fn regions(&self) -> &[Vec<String>] {
+        &self.core.regions
+    }
+
+    /// How often the job was restarted after a failure (Flink's `numRestarts`).
+    pub fn num_restarts(&self) -> u64 {
+        self.core.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Kills subtask `index` of the operator called `operator` (its chain's
+    /// actor): a failure on purpose. The job restarts from its latest
+    /// completed checkpoint as the restart strategy allows.
+    pub fn kill_subtask(&self, operator: &str, index: usize) -> Result<()> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::User(
+                "kill_subtask blocks: call it outside async code".into(),
+            ));
+        }
+        self.runtime
+            .block_on(self.core.kill_subtask(operator, index))
+            .map_err(Error::User)
+    }
+
+    /// Triggers a checkpoint now, outside the interval (after the one in
+    /// flight, if any); returns its id. Follow it in
+    /// [`JobHandle::checkpoint_stats`].
+    pub fn trigger_checkpoint(&self) -> Result<u64> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::User(
+                "trigger_checkpoint blocks: call it outside async code".into(),
+            ));
+        }
+        self.runtime
+            .block_on(self.core.trigger_checkpoint())
+            .map_err(Error::User)
+    }
+
+    /// Statistics of every checkpoint so far (the newest 1000), oldest first.
+    pub fn checkpoint_stats(&self) -> Vec<CheckpointStats> {
+        self.core.checkpoint_stats()
+    }
+
     /// The checkpoint directory and id this job was restored from.
     pub fn restored_from(&self) -> Option<&(std::path::PathBuf, u64)> {
-        self.restored_from.as_ref()
+        self.core.restored_from.as_ref()
     }
 
     /// Number of channels in the job.
     pub fn num_channels(&self) -> usize {
-        self.channels
+        self.core
+            .channels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
@@ -199,12 +486,12 @@ impl JobHandle {
 
     /// Time since the job started.
     pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
+        self.core.started.elapsed()
     }
 
     /// Asks the job to stop; [`JobHandle::wait`] then returns [`Error::Cancelled`].
     pub fn cancel(&self) {
-        let _ = self.master.cast(JobMsg::Cancel);
+        self.core.cancel();
     }
 
     /// Whether the job has ended (finished, failed or cancelled).
@@ -240,27 +527,24 @@ impl JobHandle {
                 ))
             }),
         };
-        let duration = self.started.elapsed();
+        let core = self.core;
+        let duration = core.started.elapsed();
         if let Some(t) = self.telemetry {
             // Bounded by otel.flush-timeout: a slow collector never holds the result up long.
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
         }
         match outcome {
             Ok(()) => Ok(JobResult {
-                job_id: self.job_id,
-                name: self.name,
+                job_id: core.job_id.clone(),
+                name: core.name.clone(),
                 duration,
-                operators: snapshot_metrics(&self.operators),
-                checkpoints: self
-                    .checkpoints
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone(),
-                restarts: self.restarts.load(Ordering::Relaxed),
+                operators: snapshot_metrics(&core.operators),
+                checkpoints: core.checkpoint_stats(),
+                restarts: core.restarts.load(Ordering::Relaxed),
             }),
             Err(e @ Error::Cancelled(_)) => Err(e),
             Err(cause) => Err(Error::JobFailed {
-                job: self.name,
+                job: core.name.clone(),
                 cause: Box::new(cause),
             }),
         }
@@ -282,6 +566,8 @@ pub(crate) enum JobMsg {
     RestartRegion(usize),
     /// `chaos.kill-interval` elapsed: kill a random target subtask.
     ChaosKill,
+    /// Trigger a checkpoint now; the reply is its id once triggered.
+    TriggerCheckpoint(oneshot::Sender<std::result::Result<u64, String>>),
 }
 
 pub(crate) struct JobMaster;
@@ -292,6 +578,7 @@ pub(crate) struct CheckpointSetup {
     pub storage: CheckpointStorage,
     pub first_id: u64,
     pub stats: Arc<Mutex<Vec<CheckpointStats>>>,
+    pub counts: Arc<crate::checkpoint::CheckpointCounts>,
 }
 
 /// How often and when a failed job is restarted (`restart-strategy.*`,
@@ -322,6 +609,8 @@ pub(crate) struct JobArgs {
     pub restarts: Arc<AtomicU64>,
     pub region_restarts: Arc<Vec<AtomicU64>>,
     pub last_failure: Arc<Mutex<Option<(std::time::SystemTime, String)>>>,
+    pub io: Vec<Arc<crate::metrics::SubtaskIo>>,
+    pub lifecycle: Arc<Lifecycle>,
     pub done: oneshot::Sender<Result<()>>,
     pub telemetry: Option<crate::telemetry::Telemetry>,
 }
@@ -343,6 +632,9 @@ pub(crate) struct JobState {
     channels: Arc<Mutex<Vec<crate::channel::WeakTx>>>,
     restored_from: Option<std::path::PathBuf>,
     checkpoint: Option<CheckpointParts>,
+    counts: Option<Arc<crate::checkpoint::CheckpointCounts>>,
+    io: Vec<Arc<crate::metrics::SubtaskIo>>,
+    lifecycle: Arc<Lifecycle>,
     /// Restart only the failed region (else the whole job).
     region_failover: bool,
     /// The restart strategy's decisions so far.
@@ -407,6 +699,7 @@ impl JobState {
                     first_id,
                     latest,
                     stats: stats.clone(),
+                    counts: self.counts.clone().unwrap_or_default(),
                     shared: self.shared.clone(),
                 },
                 myself.get_cell(),
@@ -449,7 +742,10 @@ impl JobState {
             &self.plan,
             &self.conf,
             &self.job_id,
-            &self.counters,
+            crate::graph::Instruments {
+                counters: &self.counters,
+                io: &self.io,
+            },
             &mut channels,
             restore,
         )?;
@@ -515,13 +811,20 @@ impl JobState {
             _ => None,
         };
         // The other regions' specs (and their channels) are dropped unused.
-        let (specs, _) = self.instantiate(restore)?;
+        let (specs, watches) = self.instantiate(restore)?;
         let members = self.regions[r].clone();
-        let mut refs = Vec::new();
-        for spec in specs
+        let specs: Vec<SubtaskSpec> = specs
             .into_iter()
             .filter(|s| members.contains(&s.task_index))
+            .collect();
         {
+            // The region's new channels replace its old ones in the watch list.
+            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            channels.retain(|w| w.is_alive());
+            channels.extend(watches.into_iter().filter(|w| w.is_alive()));
+        }
+        let mut refs = Vec::new();
+        for spec in specs {
             let (index, task) = self.spawn_subtask(myself, spec, &link).await?;
             if let Some(slot) = self.tasks.get_mut(index) {
                 *slot = task.actor.clone();
@@ -597,6 +900,11 @@ impl JobState {
         } else {
             Ok(())
         };
+        self.lifecycle.set_status(match &outcome {
+            Ok(()) => JobStatus::Finished,
+            Err(Error::Cancelled(_)) => JobStatus::Canceled,
+            Err(_) => JobStatus::Failed,
+        });
         if let Some(tx) = self.done.take() {
             let _ = tx.send(outcome);
         }
@@ -635,6 +943,16 @@ impl JobState {
             let n = self.restarts.load(Ordering::Relaxed) + 1;
             t.failover_started(r, &members, failed, &err, n);
         }
+        self.lifecycle.record_failure(FailureRecord {
+            timestamp: crate::checkpoint::now_ms(),
+            message: err.clone(),
+            task: task.map(|t| self.plan.subtask_name(t)),
+            action: match (self.region_failover, region, delay) {
+                (_, _, None) => "job failed".to_string(),
+                (true, Some(r), Some(_)) => format!("region {r} restart"),
+                _ => "full restart".to_string(),
+            },
+        });
         if let (true, Some(r), Some(delay)) = (self.region_failover, region, delay) {
             tracing::warn!(job = %self.name, error = %err, region = r, ?delay, "subtask failed; restarting its region from the latest checkpoint");
             self.regions_recovering
@@ -651,6 +969,7 @@ impl JobState {
         }
         if let Some(delay) = delay {
             tracing::warn!(job = %self.name, error = %err, ?delay, "subtask failed; restarting the job from its latest checkpoint");
+            self.lifecycle.set_status(JobStatus::Restarting);
             self.recovering = Some(err);
             self.restart_at = std::time::Instant::now() + delay;
             myself.stop_children_except(None);
@@ -671,10 +990,15 @@ impl JobState {
                 "checkpoint {id} without checkpointing"
             )));
         };
-        let loaded = crate::checkpoint::storage::load_checkpoint(
-            &storage.job_dir().join(format!("chk-{id}")),
-        )?;
-        crate::checkpoint::restore::assign(&loaded, &self.plan)
+        let dir = storage.job_dir().join(format!("chk-{id}"));
+        let loaded = crate::checkpoint::storage::load_checkpoint(&dir)?;
+        let assigned = crate::checkpoint::restore::assign(&loaded, &self.plan)?;
+        self.lifecycle.record_restore(RestoreRecord {
+            id,
+            timestamp: crate::checkpoint::now_ms(),
+            path: dir,
+        });
+        Ok(assigned)
     }
 
     /// Where the next attempt starts: the newest complete checkpoint of this
@@ -682,6 +1006,28 @@ impl JobState {
     /// Only for a full restart, when no coordinator is alive that could
     /// still complete a checkpoint.
     fn restore_point(&self) -> Result<RestorePoint> {
+        let (assigned, next, from, own) = self.restore_point_from()?;
+        if let Some((id, path)) = from {
+            self.lifecycle.record_restore(RestoreRecord {
+                id,
+                timestamp: crate::checkpoint::now_ms(),
+                path,
+            });
+        }
+        Ok((assigned, next, own))
+    }
+
+    /// [`JobState::restore_point`], with the id and directory of the
+    /// checkpoint used, and its id again when it is of this job's directory.
+    #[allow(clippy::type_complexity)]
+    fn restore_point_from(
+        &self,
+    ) -> Result<(
+        Option<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>>,
+        u64,
+        Option<(u64, std::path::PathBuf)>,
+        Option<u64>,
+    )> {
         let mut next_id = 1;
         if let Some((_, storage, _)) = &self.checkpoint {
             let ids =
@@ -693,6 +1039,7 @@ impl JobState {
                 return Ok((
                     Some(assigned),
                     next_id.max(loaded.metadata.checkpoint_id + 1),
+                    Some((loaded.metadata.checkpoint_id, best.dir.clone())),
                     Some(loaded.metadata.checkpoint_id),
                 ));
             }
@@ -704,10 +1051,11 @@ impl JobState {
                 Ok((
                     Some(assigned),
                     next_id.max(loaded.metadata.checkpoint_id + 1),
+                    Some((loaded.metadata.checkpoint_id, p.clone())),
                     None,
                 ))
             }
-            None => Ok((None, next_id, None)),
+            None => Ok((None, next_id, None, None)),
         }
     }
 }
@@ -756,7 +1104,10 @@ impl Actor for JobMaster {
             counters: args.counters,
             channels: args.channels,
             restored_from: args.restored_from,
+            counts: args.checkpoint.as_ref().map(|c| c.counts.clone()),
             checkpoint: args.checkpoint.map(|c| (c.cfg, c.storage, c.stats)),
+            io: args.io,
+            lifecycle: args.lifecycle,
             region_failover: args.restart.region,
             tracker: crate::restart::RestartTracker::new(args.restart.strategy, args.restart.seed),
             epoch: std::time::Instant::now(),
@@ -865,6 +1216,7 @@ impl Actor for JobMaster {
             JobMsg::Cancel => {
                 if state.failed.is_none() {
                     state.cancelled = true;
+                    state.lifecycle.set_status(JobStatus::Cancelling);
                 }
                 state.recovering = None;
                 myself.stop_children_except(state.coordinator.as_ref());
@@ -908,6 +1260,26 @@ impl Actor for JobMaster {
                     }
                 };
                 let _ = reply.send(outcome);
+            }
+            JobMsg::TriggerCheckpoint(reply) => {
+                let why_not = if state.checkpoint.is_none() {
+                    Some("checkpointing is disabled for this job (execution.checkpointing.interval: off)")
+                } else if state.cancelled || state.failed.is_some() || state.shutting_down {
+                    Some("the job is ending")
+                } else if state.recovering.is_some() || state.coordinator.is_none() {
+                    Some("the job is restarting")
+                } else {
+                    None
+                };
+                match (why_not, &state.coordinator) {
+                    (None, Some(c)) => {
+                        // A coordinator that just stopped drops the reply: "the job has ended".
+                        let _ = c.cast(CoordMsg::TriggerNow(reply));
+                    }
+                    (why, _) => {
+                        let _ = reply.send(Err(why.unwrap_or("the job is restarting").into()));
+                    }
+                }
             }
             JobMsg::ChaosKill => {
                 if state.recovering.is_some()
@@ -1018,6 +1390,7 @@ impl Actor for JobMaster {
                 state
                     .start_attempt(&myself, restore, first_id, latest)
                     .await?;
+                state.lifecycle.set_status(JobStatus::Running);
                 if let Some(t) = &state.shared.telemetry {
                     t.failover_deployed(None);
                 }
@@ -1067,5 +1440,52 @@ impl Actor for JobMaster {
         }
         state.end_if_idle(&myself);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_keeps_first_times_and_ends_once() {
+        let l = Lifecycle::new(None);
+        assert_eq!(l.status(), JobStatus::Running);
+        for s in [
+            JobStatus::Restarting,
+            JobStatus::Running,
+            JobStatus::Restarting,
+            JobStatus::Running,
+        ] {
+            l.set_status(s);
+        }
+        assert_eq!(
+            l.timestamps().iter().map(|t| t.0).collect::<Vec<_>>(),
+            vec![JobStatus::Running, JobStatus::Restarting],
+            "one entry per status however often it recurs"
+        );
+        assert_eq!(l.end_ms(), None);
+        l.set_status(JobStatus::Canceled);
+        l.set_status(JobStatus::Running);
+        assert_eq!(l.status(), JobStatus::Canceled, "an ended job stays ended");
+        assert!(l.end_ms().is_some());
+        assert_eq!(l.restores(), (None, 0));
+    }
+
+    #[test]
+    fn failures_are_bounded() {
+        let l = Lifecycle::new(None);
+        for i in 0..MAX_FAILURES + 5 {
+            l.record_failure(FailureRecord {
+                timestamp: i as u64,
+                message: format!("failure {i}"),
+                task: None,
+                action: "full restart".into(),
+            });
+        }
+        let (f, dropped) = l.failures();
+        assert_eq!(f.len(), MAX_FAILURES);
+        assert!(dropped);
+        assert_eq!(f[0].timestamp, 5, "the oldest are dropped");
     }
 }

@@ -34,6 +34,10 @@
 //! - [`keygroup`]: key groups, Flink's unit of keyed-state partitioning.
 //! - [`config`]: every option, with Flink's key names, and its validation.
 //! - [`telemetry`]: OpenTelemetry traces of checkpoints and failovers, OTLP export.
+//! - [`metrics`]: Flink's metrics (checkpoints, restarts, records, back
+//!   pressure), collected with atomics, and their Prometheus text format.
+//! - [`registry`]: every job of the process, for the REST server.
+//! - [`rest`]: the REST API (Flink's paths), the web UI and `/metrics` (axum).
 //! - [`error`]: the one error type.
 //!
 //! ## Rules of the data plane
@@ -51,8 +55,11 @@ pub mod failpoint;
 pub mod graph;
 pub mod job;
 pub mod keygroup;
+pub mod metrics;
 pub mod operator;
 pub mod record;
+pub mod registry;
+pub mod rest;
 pub mod restart;
 pub mod state;
 pub mod stream;
@@ -64,7 +71,7 @@ pub use error::{Error, Result};
 /// What most programs need.
 pub mod prelude {
     pub use crate::config::{options, Conf};
-    pub use crate::job::{JobHandle, JobResult, OperatorMetrics};
+    pub use crate::job::{JobHandle, JobResult, JobStatus, OperatorMetrics};
     pub use crate::operator::{
         Collector, KeyedOpenContext, KeyedProcessFunction, RuntimeContext, SinkFunction,
         SourceContext, SourceFunction, SourceStatus,

@@ -38,7 +38,8 @@ use crate::checkpoint::{restore, storage, CheckpointConfig};
 use crate::config::{options, Conf};
 use crate::graph::{Edge, JobPlan, Node, NodeKind, OperatorCounters, Ship, StreamGraph};
 use crate::job::{
-    CheckpointSetup, Failover, JobArgs, JobHandle, JobMaster, JobResult, OperatorInfo,
+    CheckpointSetup, Failover, JobArgs, JobCore, JobHandle, JobMaster, JobResult, Lifecycle,
+    OperatorInfo,
 };
 use crate::operator::{
     ChainOp, Collector, FilterOp, FlatMapOp, KeyedOpenContext, KeyedProcessFunction,
@@ -136,19 +137,35 @@ impl Env {
         let graph = std::mem::take(&mut *self.graph.borrow_mut());
         let plan = graph.plan(&self.conf)?;
         let job_id = new_job_id();
-        let counters: Vec<Arc<OperatorCounters>> =
-            graph.nodes.iter().map(|_| Arc::default()).collect();
+        let counters: Vec<Arc<OperatorCounters>> = plan
+            .node_parallelism
+            .iter()
+            .map(|p| Arc::new(OperatorCounters::new(*p)))
+            .collect();
+        let mut chain_of = vec![0; graph.nodes.len()];
+        for c in &plan.chains {
+            for &n in &c.nodes {
+                chain_of[n] = c.id;
+            }
+        }
         let operators: Vec<OperatorInfo> = graph
             .nodes
             .iter()
             .zip(&counters)
             .zip(&plan.node_parallelism)
-            .map(|((n, c), p)| OperatorInfo {
+            .zip(&chain_of)
+            .map(|(((n, c), p), chain)| OperatorInfo {
                 name: n.name.clone(),
                 parallelism: *p,
+                chain: *chain,
                 counters: c.clone(),
             })
             .collect();
+        let io: Vec<Arc<crate::metrics::SubtaskIo>> =
+            (0..plan.num_subtasks()).map(|_| Arc::default()).collect();
+        // The REST server (when configured) is up before the job starts, so
+        // a bind error stops the job before it does anything.
+        let rest = crate::rest::ensure_started(&self.conf)?;
         tracing::info!(job = name, %job_id, "starting job\n{plan}");
         let cfg = CheckpointConfig::from_conf(&self.conf);
         let recovery = self.conf.get(&options::RECOVERY_PATH);
@@ -165,6 +182,8 @@ impl Env {
             )
         };
         let stats = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let counts: Arc<crate::checkpoint::CheckpointCounts> = Arc::default();
+        let checkpoint_cfg = cfg.enabled().then(|| cfg.clone());
         let checkpoint = if cfg.enabled() {
             let storage = storage::CheckpointStorage::create(&cfg.dir, &job_id)?;
             Some(CheckpointSetup {
@@ -172,6 +191,7 @@ impl Env {
                 storage,
                 first_id,
                 stats: stats.clone(),
+                counts: counts.clone(),
             })
         } else {
             None
@@ -196,13 +216,20 @@ impl Env {
         let channels = Arc::new(std::sync::Mutex::new(Vec::new()));
         let restarts = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let telemetry = crate::telemetry::Telemetry::from_conf(&self.conf, &job_id, name)?;
+        let lifecycle = Arc::new(Lifecycle::new(restored_from.as_ref().map(|(path, id)| {
+            crate::job::RestoreRecord {
+                id: *id,
+                timestamp: crate::checkpoint::now_ms(),
+                path: path.clone(),
+            }
+        })));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let started = Instant::now();
         let args = JobArgs {
             name: name.to_string(),
             job_id: job_id.clone(),
             graph,
-            plan,
+            plan: plan.clone(),
             conf: self.conf.clone(),
             counters,
             channels: channels.clone(),
@@ -213,6 +240,8 @@ impl Env {
             restarts: restarts.clone(),
             region_restarts: region_restarts.clone(),
             last_failure: last_failure.clone(),
+            io: io.clone(),
+            lifecycle: lifecycle.clone(),
             done: tx,
             telemetry: telemetry.clone(),
         };
@@ -220,23 +249,41 @@ impl Env {
             .runtime
             .block_on(<JobMaster as ractor::Actor>::spawn(None, JobMaster, args))
             .map_err(|e| Error::Internal(format!("cannot start the job supervisor: {e}")))?;
-        Ok(JobHandle {
+        let core = Arc::new(JobCore {
             job_id,
             name: name.to_string(),
             started,
-            operators: Arc::new(operators),
+            start_ms: crate::checkpoint::now_ms(),
+            operators,
+            plan,
             master,
-            done: rx,
-            outcome: None,
             channels,
+            io,
             restarts,
             region_restarts,
             last_failure,
             regions,
             checkpoints: stats,
+            counts,
+            checkpoint_cfg,
+            conf: self.conf.clone(),
             restored_from,
+            lifecycle,
+            rates: Default::default(),
+            triggers: Default::default(),
+        });
+        crate::metrics::start_sampler(&core);
+        crate::registry::register(core.clone());
+        if let Some(addr) = rest {
+            tracing::info!(job = name, "web UI: http://{addr}/#/jobs/{}", core.job_id);
+        }
+        Ok(JobHandle {
+            core,
+            done: rx,
+            outcome: None,
             runtime: self.runtime.clone(),
             telemetry,
+            rest,
         })
     }
 }

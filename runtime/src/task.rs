@@ -333,14 +333,10 @@ async fn push(spec: &mut SubtaskSpec, from: usize, batch: AnyBatch) -> Result<()
             in_len,
             out_len,
         } = op;
-        counters
-            .records_in
-            .fetch_add(in_len(&batch) as u64, std::sync::atomic::Ordering::Relaxed);
+        counters.add_in(in_len(&batch));
         match guarded(ctx, || op.process(batch))? {
             Some(out) => {
-                counters
-                    .records_out
-                    .fetch_add(out_len(&out) as u64, std::sync::atomic::Ordering::Relaxed);
+                counters.add_out(out_len(&out));
                 batch = out;
             }
             None => return Ok(()),
@@ -547,9 +543,7 @@ impl<'a> Runner<'a> {
             };
             let (batch, status) = guarded(ctx, || op.poll(self.spec.source_batch_size))?;
             if let Some(b) = batch {
-                counters
-                    .records_out
-                    .fetch_add(out_len(&b) as u64, std::sync::atomic::Ordering::Relaxed);
+                counters.add_out(out_len(&b));
                 push(self.spec, 0, b).await?;
                 self.generated_watermarks().await?;
             }
@@ -558,10 +552,14 @@ impl<'a> Runner<'a> {
                 SourceStatus::Idle(d) => {
                     flush(self.spec).await?;
                     let control = &mut self.control;
+                    // Nothing to read: idle time (metrics).
+                    let io = self.spec.signals.io.clone();
+                    let idle = io.idle();
                     let woke = tokio::select! {
                         _ = tokio::time::sleep(d) => None,
                         c = control.recv() => c,
                     };
+                    drop(idle);
                     if let Some(c) = woke {
                         self.on_control(c).await?;
                     }
@@ -1311,10 +1309,7 @@ impl<'a> Runner<'a> {
             };
             if let Some(b) = out {
                 let op = &spec.ops[i];
-                op.counters.records_out.fetch_add(
-                    (op.out_len)(&b) as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                op.counters.add_out((op.out_len)(&b));
                 if i + 1 < spec.ops.len() {
                     Box::pin(push(spec, i + 1, b)).await?;
                 } else {

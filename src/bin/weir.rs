@@ -11,7 +11,18 @@
 //!   (incomplete checkpoints left by a crash, temporary files, unreferenced files); never a
 //!   referenced file, never a directory of a job that is running.
 //!
-//! Every command prints for a person by default and JSON with `--json`.
+//!
+//! Remote commands talk to a running process's REST API (`--url`, default
+//! `http://127.0.0.1:8081`; JOB is a job id, a unique prefix of one, or a job name):
+//! - `weir list`: every job with its state, start time and duration.
+//! - `weir checkpoint JOB`: triggers a checkpoint now and waits until it completed.
+//! - `weir savepoint JOB [--dir DIR]`: triggers a savepoint (not built yet: the server says so).
+//! - `weir cancel JOB [--savepoint [DIR]]`: cancels the job (with a savepoint first).
+//! - `weir kill JOB SUBTASK`: kills a subtask (`name[index]` or `name/index`); the job
+//!   restarts it from its latest checkpoint.
+//!
+//! Every command prints for a person by default and JSON with `--json`; an
+//! error is one line on stderr and exit status 1.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,6 +30,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use weir::cli::ConfArgs;
+use weir::client::Client;
 use weir::runtime::checkpoint::storage::{
     self, job_dirs, job_is_running, list_checkpoints, load_checkpoint, orphans,
 };
@@ -47,6 +59,64 @@ enum Command {
         #[command(subcommand)]
         command: CheckpointsCommand,
     },
+    /// Lists the jobs of a running process (REST API).
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Triggers a checkpoint of a running job now and waits until it completes.
+    Checkpoint {
+        /// Job id, unique prefix of one, or job name.
+        job: String,
+        /// Return once triggered, without waiting for completion.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Triggers a savepoint of a running job.
+    Savepoint {
+        /// Job id, unique prefix of one, or job name.
+        job: String,
+        /// Directory of the savepoint.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Cancels a running job.
+    Cancel {
+        /// Job id, unique prefix of one, or job name.
+        job: String,
+        /// Take a savepoint (into DIR) before cancelling.
+        #[arg(long, value_name = "DIR", num_args = 0..=1)]
+        savepoint: Option<Option<PathBuf>>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Kills a subtask of a running job (a failure on purpose: it restarts from the latest checkpoint).
+    Kill {
+        /// Job id, unique prefix of one, or job name.
+        job: String,
+        /// The subtask: operator name and index, as name[index] or name/index.
+        subtask: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Where the REST API is, and the output format.
+#[derive(clap::Args)]
+struct Remote {
+    /// The REST API of the process running the job.
+    #[arg(long, default_value = weir::client::DEFAULT_URL)]
+    url: String,
+    /// JSON output for scripts.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +172,29 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Config { command } => config(command),
         Command::Checkpoints { command } => checkpoints(command),
+        Command::List { remote } => list(&remote),
+        Command::Checkpoint {
+            job,
+            no_wait,
+            timeout,
+            remote,
+        } => checkpoint(&job, no_wait, timeout, &remote),
+        Command::Savepoint { job, dir, remote } => savepoint(&job, dir, false, &remote),
+        Command::Cancel {
+            job,
+            savepoint: Some(dir),
+            remote,
+        } => savepoint(&job, dir, true, &remote),
+        Command::Cancel {
+            job,
+            savepoint: None,
+            remote,
+        } => cancel(&job, &remote),
+        Command::Kill {
+            job,
+            subtask,
+            remote,
+        } => kill(&job, &subtask, &remote),
     };
     match outcome {
         Ok(code) => code,
@@ -376,5 +469,164 @@ fn inspect(dir: &Path, json: bool) -> Result<ExitCode, Box<dyn std::error::Error
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+type Outcome = Result<ExitCode, Box<dyn std::error::Error>>;
+
+fn print_json(v: &serde_json::Value) -> Outcome {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(remote: &Remote) -> Outcome {
+    let client = Client::new(&remote.url);
+    let jobs = client.jobs()?;
+    if remote.json {
+        return print_json(&json!({ "jobs": jobs }));
+    }
+    if jobs.is_empty() {
+        println!("no jobs at {}", client.base());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<32}  {:<20}  {:<10}  {:<23}  {:>10}",
+        "job id", "name", "state", "started", "duration"
+    );
+    for j in &jobs {
+        println!(
+            "{:<32}  {:<20}  {:<10}  {:<23}  {:>10}",
+            j["jid"].as_str().unwrap_or("?"),
+            j["name"].as_str().unwrap_or("?"),
+            j["state"].as_str().unwrap_or("?"),
+            j["start-time"]
+                .as_u64()
+                .map(utc)
+                .unwrap_or_else(|| "-".into()),
+            human_ms(j["duration"].as_u64().unwrap_or(0)),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_ms(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1000..=59_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        _ => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+    }
+}
+
+fn checkpoint(job: &str, no_wait: bool, timeout: u64, remote: &Remote) -> Outcome {
+    let client = Client::new(&remote.url);
+    let id = client.resolve_job(job)?;
+    let started = std::time::Instant::now();
+    let t = client.request("POST", &format!("/jobs/{id}/checkpoints"), None)?;
+    let trigger = t["request-id"].as_str().unwrap_or_default().to_string();
+    let cid = t["checkpoint-id"].as_u64().unwrap_or(0);
+    if no_wait {
+        if remote.json {
+            return print_json(
+                &json!({"job": id, "checkpoint-id": cid, "request-id": trigger, "status": "IN_PROGRESS"}),
+            );
+        }
+        println!("checkpoint {cid} of job {id} triggered");
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
+        let s = client.request("GET", &format!("/jobs/{id}/checkpoints/{trigger}"), None)?;
+        if s["status"]["id"] == "COMPLETED" {
+            let op = &s["operation"];
+            if let Some(cause) = op.get("failure-cause") {
+                let why = cause["stack-trace"].as_str().unwrap_or("unknown reason");
+                if remote.json {
+                    print_json(
+                        &json!({"job": id, "checkpoint-id": cid, "status": "FAILED", "failure": why}),
+                    )?;
+                } else {
+                    eprintln!("error: checkpoint {cid} of job {id} failed: {why}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            let path = op["external_path"].as_str().unwrap_or("");
+            if remote.json {
+                return print_json(
+                    &json!({"job": id, "checkpoint-id": cid, "status": "COMPLETED", "external_path": path}),
+                );
+            }
+            println!(
+                "checkpoint {cid} of job {id} completed in {}: {path}",
+                human_ms(started.elapsed().as_millis() as u64)
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if started.elapsed() > std::time::Duration::from_secs(timeout) {
+            return Err(format!(
+                "checkpoint {cid} of job {id} did not complete within {timeout} s"
+            )
+            .into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn savepoint(job: &str, dir: Option<PathBuf>, cancel: bool, remote: &Remote) -> Outcome {
+    let client = Client::new(&remote.url);
+    let id = client.resolve_job(job)?;
+    let body = json!({
+        "target-directory": dir.map(|d| d.display().to_string()),
+        "cancel-job": cancel,
+    });
+    let r = client.request("POST", &format!("/jobs/{id}/savepoints"), Some(&body))?;
+    if remote.json {
+        return print_json(&r);
+    }
+    println!(
+        "savepoint of job {id} triggered (request {})",
+        r["request-id"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cancel(job: &str, remote: &Remote) -> Outcome {
+    let client = Client::new(&remote.url);
+    let id = client.resolve_job(job)?;
+    client.request("PATCH", &format!("/jobs/{id}?mode=cancel"), None)?;
+    // Wait (briefly) for the job to end, to report its final state.
+    let started = std::time::Instant::now();
+    let mut state = String::from("CANCELLING");
+    while started.elapsed() < std::time::Duration::from_secs(30) {
+        let d = client.request("GET", &format!("/jobs/{id}"), None)?;
+        state = d["state"].as_str().unwrap_or("?").to_string();
+        if ["CANCELED", "FINISHED", "FAILED"].contains(&state.as_str()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if remote.json {
+        return print_json(&json!({"job": id, "state": state}));
+    }
+    println!("job {id}: {}", state.to_lowercase());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kill(job: &str, subtask: &str, remote: &Remote) -> Outcome {
+    let (name, index) = weir::client::parse_subtask(subtask)?;
+    let client = Client::new(&remote.url);
+    let id = client.resolve_job(job)?;
+    let r = client.request(
+        "POST",
+        &format!(
+            "/jobs/{id}/subtasks/{}/{index}/kill",
+            weir::client::encode_segment(&name)
+        ),
+        None,
+    )?;
+    if remote.json {
+        return print_json(
+            &json!({"job": id, "operator": name, "subtask": index, "numRestarts": r["numRestarts"]}),
+        );
+    }
+    println!("killed {name}[{index}] of job {id}; the job restarts it from its latest checkpoint");
     Ok(ExitCode::SUCCESS)
 }

@@ -36,6 +36,8 @@ pub fn run_example(name: &str, args: &[&str]) -> Output {
         "WEIR_EXECUTION_CHECKPOINTING_DIR",
         std::env::temp_dir().join("weir-test-checkpoints"),
     );
+    // Examples serve the web UI: on any free port, so runs never collide.
+    cmd.env("WEIR_REST_PORT", "0");
     cmd.output().expect("run example")
 }
 
@@ -190,4 +192,53 @@ pub fn at_least_once_report(
             lines.len().saturating_sub(set.len()) + set.iter().filter(|c| **c > *n).count();
     }
     (missing, duplicates)
+}
+
+/// One HTTP request to a test server: (status, body). Never fails on an
+/// error status; panics only when the server cannot be reached.
+pub fn http(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .into();
+    let resp = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        ("DELETE", _) => agent.delete(url).call(),
+        ("POST", Some(b)) => agent
+            .post(url)
+            .header("Content-Type", "application/json")
+            .send(b),
+        ("POST", None) => agent.post(url).send_empty(),
+        ("PATCH", Some(b)) => agent.patch(url).send(b),
+        ("PATCH", None) => agent.patch(url).send_empty(),
+        ("PUT", _) => agent.put(url).send_empty(),
+        _ => panic!("unsupported method {method}"),
+    };
+    let mut resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, text)
+}
+
+/// GET `url` and parse the JSON body; asserts status 200.
+pub fn get_json(url: &str) -> serde_json::Value {
+    let (status, body) = http("GET", url, None);
+    assert_eq!(status, 200, "GET {url}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {body}"))
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `secs` seconds.
+pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -78,6 +78,10 @@ pub(crate) enum CoordMsg {
         finished: bool,
     },
     TaskFinished(usize, ractor::ActorId),
+    /// Trigger a checkpoint now (a request, e.g. from the REST API): at once
+    /// when none is in flight, else right after the one in flight ends. The
+    /// reply is the new checkpoint's id.
+    TriggerNow(tokio::sync::oneshot::Sender<Result<u64, String>>),
     Timeout(u64),
     /// The newest checkpoint completed in this job's directory (or the one
     /// this attempt was restored from). Asked after `RegionDown`: from then
@@ -96,6 +100,7 @@ pub(crate) struct CoordinatorArgs {
     /// The checkpoint of this job's directory the attempt was restored from.
     pub latest: Option<u64>,
     pub stats: Arc<Mutex<Vec<CheckpointStats>>>,
+    pub counts: Arc<super::CheckpointCounts>,
     pub shared: Arc<JobShared>,
 }
 
@@ -120,6 +125,8 @@ pub(crate) struct CoordState {
     aborted: BTreeSet<u64>,
     /// Subtasks of regions being restarted.
     down: BTreeSet<usize>,
+    /// Requests for a checkpoint now, waiting for the one in flight to end.
+    requested: Vec<tokio::sync::oneshot::Sender<Result<u64, String>>>,
 }
 
 pub(crate) struct Coordinator;
@@ -212,6 +219,10 @@ impl CoordState {
         let ended = Instant::now();
         let e2e = (ended - p.started).as_secs_f64() * 1e3;
         self.traced(id, &p, ended, Some(reason));
+        self.args
+            .counts
+            .failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.record(id, |s| {
             s.status = CheckpointStatus::Failed;
             s.end_to_end_duration = e2e;
@@ -271,6 +282,10 @@ impl CoordState {
         let size: u64 = subtasks.iter().map(|s| s.state_size).sum();
         let persisted: u64 = subtasks.iter().map(|s| s.persisted_data).sum();
         let latest = subtasks.iter().map(|s| s.ack_timestamp).max().unwrap_or(0);
+        self.args
+            .counts
+            .completed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.record(id, |s| {
             s.status = CheckpointStatus::Completed;
             s.end_to_end_duration = e2e;
@@ -322,6 +337,30 @@ impl CoordState {
             && !self.down.contains(&task)
     }
 
+    /// Serves the requests for a checkpoint now once nothing is in flight
+    /// (min-pause and max-concurrent do not apply to a request).
+    fn serve_requests(&mut self, myself: &ActorRef<CoordMsg>) {
+        if self.requested.is_empty() || !self.pending.is_empty() {
+            return;
+        }
+        if self.final_id.is_some() || !self.finished.is_empty() {
+            for r in self.requested.drain(..) {
+                let _ = r.send(Err(
+                    "the job is finishing: its final checkpoint is under way".into(),
+                ));
+            }
+            return;
+        }
+        if self.tasks.is_empty() || !self.down.is_empty() {
+            return; // after the restart (RegionUp / Start)
+        }
+        let id = self.next_id;
+        self.trigger(myself, false);
+        for r in self.requested.drain(..) {
+            let _ = r.send(Ok(id));
+        }
+    }
+
     fn may_trigger(&self) -> bool {
         !self.tasks.is_empty()
             && self.down.is_empty()
@@ -357,6 +396,7 @@ impl Actor for Coordinator {
             final_id: None,
             aborted: BTreeSet::new(),
             down: BTreeSet::new(),
+            requested: Vec::new(),
         })
     }
 
@@ -413,6 +453,7 @@ impl Actor for Coordinator {
                         state.trigger(&myself, false);
                     }
                 }
+                CoordMsg::TriggerNow(reply) => state.requested.push(reply),
                 CoordMsg::Ack(ack) => {
                     let Ack {
                         id,
@@ -436,9 +477,16 @@ impl Actor for Coordinator {
                                     Instant::now(),
                                 );
                             }
-                            p.acks.insert(task, (handle, stats));
+                            p.acks.insert(task, (handle, stats.clone()));
                             let n = p.acks.len();
-                            state.record(id, |s| s.num_acknowledged_subtasks = n);
+                            // Each acknowledgement is visible at once (the REST
+                            // API's timeline of a checkpoint in progress).
+                            state.record(id, |s| {
+                                s.num_acknowledged_subtasks = n;
+                                s.latest_ack_timestamp =
+                                    s.latest_ack_timestamp.max(stats.ack_timestamp);
+                                s.subtasks.push(stats);
+                            });
                             if n == state.tasks.len() {
                                 state.complete(id).await?;
                             }
@@ -510,6 +558,9 @@ impl Actor for Coordinator {
             Ok(())
         }
         .await;
+        if outcome.is_ok() {
+            state.serve_requests(&myself);
+        }
         if let Err(e) = outcome {
             let text = e.to_string();
             state.args.shared.record_failure(e);

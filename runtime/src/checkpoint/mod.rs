@@ -263,6 +263,14 @@ pub struct CheckpointStats {
     pub subtasks: Vec<SubtaskCheckpointStats>,
 }
 
+/// Checkpoints completed and failed since the job started (the statistics
+/// list keeps only the newest 1000), updated by the coordinator.
+#[derive(Debug, Default)]
+pub(crate) struct CheckpointCounts {
+    pub completed: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+}
+
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,0 +1,495 @@
+//! The routes and handlers of the REST API and the embedded web UI.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery};
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::{json as docs, ApiError};
+use crate::checkpoint::CheckpointStatus;
+use crate::job::JobCore;
+use crate::metrics::JobMetrics;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Triggered checkpoints whose status a job remembers (the oldest are forgotten).
+const MAX_TRIGGERS: usize = 1000;
+
+pub(super) fn router() -> Router {
+    Router::new()
+        .route("/", get(ui_index))
+        .route("/index.html", get(ui_index))
+        .route("/app.js", get(ui_js))
+        .route("/style.css", get(ui_css))
+        .route("/openapi.json", get(openapi))
+        .route("/metrics", get(prometheus))
+        .route("/overview", get(overview))
+        .route("/config", get(dashboard_config))
+        .route("/jobs", get(jobs))
+        .route("/jobs/overview", get(jobs_overview))
+        .route("/jobs/{id}", get(job).patch(terminate))
+        .route(
+            "/jobs/{id}/checkpoints",
+            get(checkpoints).post(trigger_checkpoint),
+        )
+        .route("/jobs/{id}/checkpoints/config", get(checkpoint_config))
+        .route("/jobs/{id}/checkpoints/{trigger}", get(trigger_status))
+        .route(
+            "/jobs/{id}/checkpoints/details/{cid}",
+            get(checkpoint_details),
+        )
+        .route(
+            "/jobs/{id}/checkpoints/details/{cid}/subtasks/{vertex}",
+            get(checkpoint_subtasks),
+        )
+        .route("/jobs/{id}/savepoints", post(savepoint))
+        .route("/jobs/{id}/exceptions", get(exceptions))
+        .route(
+            "/jobs/{id}/vertices/{vertex}/backpressure",
+            get(vertex_backpressure),
+        )
+        .route("/jobs/{id}/metrics", get(job_metrics))
+        .route("/jobs/{id}/regions", get(regions))
+        .route("/jobs/{id}/subtasks/{name}/{index}/kill", post(kill))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("Not found: {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("method {method} is not allowed on {}", uri.path()))
+}
+
+fn job_of(id: &str) -> ApiResult<Arc<JobCore>> {
+    crate::registry::get(id).ok_or_else(|| ApiError::NotFound(format!("Job {id} not found")))
+}
+
+/// The value of `key` in a query string (no percent-decoding: our values are words).
+fn query_value<'a>(query: &'a Option<String>, key: &str) -> Option<&'a str> {
+    query.as_deref().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    })
+}
+
+/// A JSON object body, or none (empty body): anything else is a 400.
+fn object_body(body: &Bytes) -> ApiResult<serde_json::Map<String, Value>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err(ApiError::BadRequest(
+            "Request body must be a JSON object".into(),
+        )),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "Request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn ui_index() -> Response {
+    static_file("text/html; charset=utf-8", include_str!("ui/index.html"))
+}
+
+async fn ui_js() -> Response {
+    static_file(
+        "application/javascript; charset=utf-8",
+        include_str!("ui/app.js"),
+    )
+}
+
+async fn ui_css() -> Response {
+    static_file("text/css; charset=utf-8", include_str!("ui/style.css"))
+}
+
+async fn openapi() -> Response {
+    static_file("application/json", include_str!("openapi.json"))
+}
+
+async fn prometheus() -> Response {
+    let snapshots: Vec<JobMetrics> = crate::registry::all()
+        .iter()
+        .map(|j| JobMetrics::of(j))
+        .collect();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::prometheus_text(&snapshots),
+    )
+        .into_response()
+}
+
+async fn overview() -> Json<Value> {
+    let jobs = crate::registry::all();
+    let count =
+        |f: &dyn Fn(crate::job::JobStatus) -> bool| jobs.iter().filter(|j| f(j.status())).count();
+    let running: Vec<&Arc<JobCore>> = jobs.iter().filter(|j| !j.status().is_terminal()).collect();
+    let slots: usize = running.iter().map(|j| j.plan.num_subtasks()).sum();
+    use crate::job::JobStatus as S;
+    Json(json!({
+        "taskmanagers": 1,
+        "slots-total": slots,
+        "slots-available": 0,
+        "jobs-running": running.len(),
+        "jobs-finished": count(&|s| s == S::Finished),
+        "jobs-cancelled": count(&|s| s == S::Canceled),
+        "jobs-failed": count(&|s| s == S::Failed),
+        "weir-version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn dashboard_config() -> Json<Value> {
+    Json(json!({
+        "refresh-interval": 1000,
+        "timezone-name": "UTC",
+        "timezone-offset": 0,
+        "weir-version": env!("CARGO_PKG_VERSION"),
+        "features": { "web-submit": false, "web-cancel": true, "web-rescale": false },
+    }))
+}
+
+async fn jobs() -> Json<Value> {
+    let jobs: Vec<Value> = crate::registry::all()
+        .iter()
+        .map(|j| json!({"id": j.job_id, "status": j.status().as_str()}))
+        .collect();
+    Json(json!({ "jobs": jobs }))
+}
+
+async fn jobs_overview() -> Json<Value> {
+    let jobs: Vec<Value> = crate::registry::all()
+        .iter()
+        .rev()
+        .map(|j| docs::job_overview(j))
+        .collect();
+    Json(json!({ "jobs": jobs }))
+}
+
+async fn job(Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(docs::job_details(&*job_of(&id)?)))
+}
+
+async fn terminate(
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let job = job_of(&id)?;
+    match query_value(&query, "mode").map(str::to_ascii_lowercase) {
+        None => {}
+        Some(m) if m == "cancel" => {}
+        Some(m) => {
+            return Err(ApiError::BadRequest(format!(
+                "mode '{m}' is not supported: the only supported mode is cancel"
+            )))
+        }
+    }
+    if job.status().is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "Job {id} has already ended ({})",
+            job.status()
+        )));
+    }
+    job.cancel();
+    Ok((StatusCode::ACCEPTED, Json(json!({}))))
+}
+
+async fn checkpoints(Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(docs::checkpoints(&*job_of(&id)?)))
+}
+
+async fn checkpoint_config(Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let job = job_of(&id)?;
+    let cfg = job
+        .checkpoint_cfg
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound(format!("Checkpointing is not enabled for job {id}")))?;
+    Ok(Json(docs::checkpoint_config(&job, cfg)))
+}
+
+fn parse_checkpoint_id(cid: &str) -> ApiResult<u64> {
+    cid.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "checkpoint id '{cid}' is not a number (a checkpoint id is a positive integer)"
+        ))
+    })
+}
+
+fn find_checkpoint(job: &JobCore, cid: u64) -> ApiResult<crate::checkpoint::CheckpointStats> {
+    job.checkpoint_stats()
+        .into_iter()
+        .rev()
+        .find(|s| s.id == cid)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "Could not find checkpointing statistics for checkpoint {cid} of job {}",
+                job.job_id
+            ))
+        })
+}
+
+async fn checkpoint_details(Path((id, cid)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let job = job_of(&id)?;
+    let cid = parse_checkpoint_id(&cid)?;
+    let s = find_checkpoint(&job, cid)?;
+    Ok(Json(docs::checkpoint(&job, &s, false, true)))
+}
+
+async fn checkpoint_subtasks(
+    Path((id, cid, vertex)): Path<(String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    let job = job_of(&id)?;
+    let cid = parse_checkpoint_id(&cid)?;
+    let s = find_checkpoint(&job, cid)?;
+    let c = (0..job.plan.chains.len())
+        .find(|c| docs::vertex_id(&job.job_id, *c) == vertex)
+        .ok_or_else(|| ApiError::NotFound(format!("Job {id} has no vertex {vertex}")))?;
+    Ok(Json(docs::task_checkpoint(&job, &s, c, true)))
+}
+
+/// A new trigger id: 32 hex characters.
+fn trigger_id(job: &str, checkpoint: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::hash::RandomState::new().build_hasher();
+    h.write(job.as_bytes());
+    h.write_u64(checkpoint);
+    format!("{:016x}{:016x}", h.finish(), checkpoint)
+}
+
+async fn trigger_checkpoint(
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let job = job_of(&id)?;
+    let body = object_body(&body)?;
+    match body.get("checkpointType") {
+        None => {}
+        Some(Value::String(t)) if ["CONFIGURED", "FULL"].contains(&t.as_str()) => {}
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "checkpointType {other} is not supported: CONFIGURED or FULL (weir's checkpoints are full)"
+            )))
+        }
+    }
+    if job.checkpoint_cfg.is_none() {
+        return Err(ApiError::Conflict(format!(
+            "Checkpointing is disabled for job {id} (execution.checkpointing.interval: off)"
+        )));
+    }
+    if job.status().is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "Job {id} has already ended ({})",
+            job.status()
+        )));
+    }
+    let cid = job.trigger_checkpoint().await.map_err(ApiError::Conflict)?;
+    let trigger = trigger_id(&job.job_id, cid);
+    {
+        let mut triggers = job.triggers.lock().unwrap_or_else(|p| p.into_inner());
+        if triggers.len() >= MAX_TRIGGERS {
+            triggers.remove(0);
+        }
+        triggers.push((trigger.clone(), cid));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "request-id": trigger, "checkpoint-id": cid })),
+    ))
+}
+
+async fn trigger_status(Path((id, trigger)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let job = job_of(&id)?;
+    let cid = job
+        .triggers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(t, _)| *t == trigger)
+        .map(|(_, c)| *c)
+        .ok_or_else(|| ApiError::NotFound(format!("Operation {trigger} not found for job {id}")))?;
+    let s = find_checkpoint(&job, cid)?;
+    Ok(Json(match s.status {
+        CheckpointStatus::InProgress => json!({ "status": { "id": "IN_PROGRESS" } }),
+        CheckpointStatus::Completed => json!({
+            "status": { "id": "COMPLETED" },
+            "operation": {
+                "checkpointId": cid,
+                "external_path": s.external_path.as_ref().map(|p| p.display().to_string()),
+            },
+        }),
+        CheckpointStatus::Failed => json!({
+            "status": { "id": "COMPLETED" },
+            "operation": {
+                "checkpointId": cid,
+                "failure-cause": {
+                    "class": "CheckpointException",
+                    "stack-trace": s.failure_message,
+                    "serialized-throwable": Value::Null,
+                },
+            },
+        }),
+    }))
+}
+
+async fn savepoint(Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+    let _job = job_of(&id)?;
+    let body = object_body(&body)?;
+    if let Some(d) = body.get("target-directory") {
+        if !d.is_string() && !d.is_null() {
+            return Err(ApiError::BadRequest(
+                "target-directory must be a string".into(),
+            ));
+        }
+    }
+    if let Some(c) = body.get("cancel-job") {
+        if !c.is_boolean() {
+            return Err(ApiError::BadRequest(
+                "cancel-job must be true or false".into(),
+            ));
+        }
+    }
+    Err(ApiError::NotImplemented(
+        "savepoints are not implemented yet: take a checkpoint (POST /jobs/:id/checkpoints) and restore from it with -s".into(),
+    ))
+}
+
+async fn vertex_backpressure(Path((id, vertex)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let job = job_of(&id)?;
+    let c = (0..job.plan.chains.len())
+        .find(|c| docs::vertex_id(&job.job_id, *c) == vertex)
+        .ok_or_else(|| ApiError::NotFound(format!("Job {id} has no vertex {vertex}")))?;
+    let m = JobMetrics::of(&job);
+    let task = &m.tasks[c];
+    let subtasks: Vec<Value> = task
+        .subtasks
+        .iter()
+        .map(|s| {
+            json!({
+                "subtask": s.index,
+                "backpressure-level": s.backpressure_level,
+                "ratio": s.back_pressured_time_ms_per_second / 1000.0,
+                "idleRatio": s.idle_time_ms_per_second / 1000.0,
+                "busyRatio": s.busy_time_ms_per_second / 1000.0,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "status": "ok",
+        "backpressure-level": task.backpressure_level,
+        "end-timestamp": crate::checkpoint::now_ms(),
+        "subtasks": subtasks,
+    })))
+}
+
+async fn exceptions(Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(docs::exceptions(&*job_of(&id)?)))
+}
+
+async fn regions(Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(docs::regions(&*job_of(&id)?)))
+}
+
+async fn job_metrics(Path(id): Path<String>, RawQuery(query): RawQuery) -> ApiResult<Json<Value>> {
+    let job = job_of(&id)?;
+    let m = JobMetrics::of(&job);
+    let all = docs::job_metrics(&m);
+    let wanted: Option<Vec<&str>> =
+        query_value(&query, "get").map(|g| g.split(',').map(str::trim).collect());
+    let list: Vec<Value> = match wanted {
+        None => all.iter().map(|(k, _)| json!({ "id": k })).collect(),
+        Some(w) => all
+            .iter()
+            .filter(|(k, _)| w.contains(k))
+            .map(|(k, v)| json!({ "id": k, "value": v }))
+            .collect(),
+    };
+    Ok(Json(Value::Array(list)))
+}
+
+async fn kill(
+    Path((id, name, index)): Path<(String, String, String)>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let job = job_of(&id)?;
+    let index: usize = index.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "subtask index '{index}' is not a number (0 to parallelism - 1)"
+        ))
+    })?;
+    if job.status().is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "Job {id} has already ended ({})",
+            job.status()
+        )));
+    }
+    let op = job
+        .operators
+        .iter()
+        .find(|o| o.name == name)
+        .ok_or_else(|| ApiError::NotFound(format!("Job {id} has no operator named '{name}'")))?;
+    if index >= op.parallelism {
+        return Err(ApiError::NotFound(format!(
+            "operator '{name}' has parallelism {}: no subtask {index}",
+            op.parallelism
+        )));
+    }
+    job.kill_subtask(&name, index)
+        .await
+        .map_err(ApiError::Conflict)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            json!({ "operator": name, "subtask": index, "numRestarts": job.restarts.load(std::sync::atomic::Ordering::Relaxed) }),
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values() {
+        let q = Some("mode=cancel&x".to_string());
+        assert_eq!(query_value(&q, "mode"), Some("cancel"));
+        assert_eq!(query_value(&q, "x"), Some(""));
+        assert_eq!(query_value(&q, "y"), None);
+        assert_eq!(query_value(&None, "mode"), None);
+    }
+
+    #[test]
+    fn bodies() {
+        assert!(object_body(&Bytes::from_static(b"")).unwrap().is_empty());
+        assert!(object_body(&Bytes::from_static(b"{\"a\":1}")).is_ok());
+        assert!(matches!(
+            object_body(&Bytes::from_static(b"[1]")),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            object_body(&Bytes::from_static(b"{nope")),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+}

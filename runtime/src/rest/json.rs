@@ -1,0 +1,651 @@
+//! The JSON documents of the REST API, built from a job's shared state.
+//! Field names are Flink's (`jid`, `start-time`, `checkpointed_size`, ...);
+//! additions of ours use Flink's metric names (`numRecordsInPerSecond`,
+//! `backPressuredTimeMsPerSecond`, ...) or say what they are.
+//! Durations are milliseconds and timestamps milliseconds since the epoch,
+//! as integers like Flink's; `durations_us` adds microseconds where
+//! sub-millisecond phases matter (the checkpoint timeline).
+
+use std::sync::atomic::Ordering;
+
+use serde_json::{json, Value};
+
+use crate::checkpoint::{CheckpointStats, CheckpointStatus, SubtaskCheckpointStats};
+use crate::job::{JobCore, JobStatus};
+use crate::metrics::JobMetrics;
+
+/// Checkpoints listed in `history`, newest first (Flink's `web.checkpoints.history` is 10).
+pub(crate) const HISTORY: usize = 20;
+
+/// A job vertex's (operator chain's) id: 32 hex characters, stable per job.
+pub(crate) fn vertex_id(job_id: &str, chain: usize) -> String {
+    format!("{}{:08x}", &job_id[..job_id.len().min(24)], chain)
+}
+
+fn end_time(core: &JobCore) -> i64 {
+    core.lifecycle.end_ms().map_or(-1, |e| e as i64)
+}
+
+fn duration(core: &JobCore) -> u64 {
+    match core.lifecycle.end_ms() {
+        Some(end) => end.saturating_sub(core.start_ms),
+        None => core.started.elapsed().as_millis() as u64,
+    }
+}
+
+/// Flink's task state counts for a job whose subtasks all share `status`.
+fn tasks(core: &JobCore) -> Value {
+    let n = core.plan.num_subtasks();
+    let (running, finished, canceling, canceled, failed, deploying) = match core.status() {
+        JobStatus::Running => (n, 0, 0, 0, 0, 0),
+        JobStatus::Restarting => (0, 0, 0, 0, 0, n),
+        JobStatus::Cancelling => (0, 0, n, 0, 0, 0),
+        JobStatus::Finished => (0, n, 0, 0, 0, 0),
+        JobStatus::Canceled => (0, 0, 0, n, 0, 0),
+        JobStatus::Failed => (0, 0, 0, 0, n, 0),
+    };
+    json!({
+        "total": n, "created": 0, "scheduled": 0, "deploying": deploying, "running": running,
+        "finished": finished, "canceling": canceling, "canceled": canceled, "failed": failed,
+        "reconciling": 0, "initializing": 0,
+    })
+}
+
+fn last_modification(core: &JobCore) -> u64 {
+    core.lifecycle.last_change()
+}
+
+/// One entry of `/jobs/overview`.
+pub(crate) fn job_overview(core: &JobCore) -> Value {
+    json!({
+        "jid": core.job_id,
+        "name": core.name,
+        "state": core.status().as_str(),
+        "start-time": core.start_ms,
+        "end-time": end_time(core),
+        "duration": duration(core),
+        "last-modification": last_modification(core),
+        "tasks": tasks(core),
+    })
+}
+
+/// `/jobs/:id`: Flink's job details plus live metrics per operator and subtask.
+pub(crate) fn job_details(core: &JobCore) -> Value {
+    let m = JobMetrics::of(core);
+    let status = core.status();
+    let max_p = core.conf.get(&crate::config::options::MAX_PARALLELISM);
+    let mut offset = 0;
+    let mut vertices = Vec::new();
+    for (c, chain) in core.plan.chains.iter().enumerate() {
+        let ops: Vec<&crate::metrics::OperatorMetricsSnapshot> =
+            m.operators.iter().filter(|o| o.task == c).collect();
+        let head = ops.first();
+        let tail = ops.last();
+        let task = m.tasks.get(c);
+        let io =
+            &core.io[offset.min(core.io.len())..(offset + chain.parallelism).min(core.io.len())];
+        offset += chain.parallelism;
+        let bp_ms: u64 = io.iter().map(|i| i.back_pressured_ns() / 1_000_000).sum();
+        let idle_ms: u64 = io.iter().map(|i| i.idle_ns() / 1_000_000).sum();
+        let busy_ms = (duration(core) * chain.parallelism as u64).saturating_sub(bp_ms + idle_ms);
+        // Records into the chain: its head's input (a source reads none).
+        let is_source = core.plan.channels.iter().all(|e| e.to_chain != c);
+        let read = if is_source {
+            0
+        } else {
+            head.map_or(0, |h| h.num_records_in)
+        };
+        let written = tail.map_or(0, |t| t.num_records_out);
+        let subtasks: Vec<Value> = task
+            .map(|t| {
+                t.subtasks
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "subtask": s.index,
+                            "status": vertex_state(status),
+                            "backPressuredTimeMsPerSecond": s.back_pressured_time_ms_per_second,
+                            "idleTimeMsPerSecond": s.idle_time_ms_per_second,
+                            "busyTimeMsPerSecond": s.busy_time_ms_per_second,
+                            "isBackPressured": s.is_back_pressured,
+                            "backpressure-level": s.backpressure_level,
+                            "outPoolUsage": s.out_pool_usage,
+                            "inPoolUsage": s.in_pool_usage,
+                            "checkpointAlignmentTime": s.checkpoint_alignment_time,
+                            "numRecordsInPerSecond": head.and_then(|h| h.subtasks.get(s.index)).map_or(0.0, |x| if is_source { 0.0 } else { x.num_records_in_per_second }),
+                            "numRecordsOutPerSecond": tail.and_then(|h| h.subtasks.get(s.index)).map_or(0.0, |x| x.num_records_out_per_second),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let operators: Vec<Value> = ops
+            .iter()
+            .map(|o| {
+                json!({
+                    "name": o.name,
+                    "parallelism": o.parallelism,
+                    "numRecordsIn": o.num_records_in,
+                    "numRecordsOut": o.num_records_out,
+                    "numRecordsInPerSecond": o.num_records_in_per_second,
+                    "numRecordsOutPerSecond": o.num_records_out_per_second,
+                    "subtasks": o.subtasks.iter().map(|s| json!({
+                        "subtask": s.index,
+                        "numRecordsIn": s.num_records_in,
+                        "numRecordsOut": s.num_records_out,
+                        "numRecordsInPerSecond": s.num_records_in_per_second,
+                        "numRecordsOutPerSecond": s.num_records_out_per_second,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        vertices.push(json!({
+            "id": vertex_id(&core.job_id, c),
+            "index": c,
+            "name": chain.name(),
+            "maxParallelism": max_p,
+            "parallelism": chain.parallelism,
+            "status": vertex_state(status),
+            "start-time": core.start_ms,
+            "end-time": end_time(core),
+            "duration": duration(core),
+            "tasks": tasks_of(status, chain.parallelism),
+            "metrics": {
+                "read-bytes": 0, "read-bytes-complete": false,
+                "write-bytes": 0, "write-bytes-complete": false,
+                "read-records": read, "read-records-complete": true,
+                "write-records": written, "write-records-complete": true,
+                "accumulated-backpressured-time": bp_ms,
+                "accumulated-idle-time": idle_ms,
+                "accumulated-busy-time": busy_ms,
+            },
+            "numRecordsInPerSecond": if is_source { 0.0 } else { head.map_or(0.0, |h| h.num_records_in_per_second) },
+            "numRecordsOutPerSecond": tail.map_or(0.0, |t| t.num_records_out_per_second),
+            "backpressure-level": task.map_or("ok", |t| t.backpressure_level),
+            "operators": operators,
+            "subtasks": subtasks,
+        }));
+    }
+    let nodes: Vec<Value> = core
+        .plan
+        .chains
+        .iter()
+        .enumerate()
+        .map(|(c, chain)| {
+            let inputs: Vec<Value> = core
+                .plan
+                .channels
+                .iter()
+                .filter(|e| e.to_chain == c)
+                .enumerate()
+                .map(|(num, e)| {
+                    json!({
+                        "num": num,
+                        "id": vertex_id(&core.job_id, e.from_chain),
+                        "ship_strategy": e.ship.to_string(),
+                        "exchange": "pipelined_bounded",
+                    })
+                })
+                .collect();
+            json!({
+                "id": vertex_id(&core.job_id, c),
+                "parallelism": chain.parallelism,
+                "operator": "",
+                "operator_strategy": "",
+                "description": chain.name(),
+                "inputs": inputs,
+                "optimizer_properties": {},
+            })
+        })
+        .collect();
+    let timestamps: serde_json::Map<String, Value> = core
+        .lifecycle
+        .timestamps()
+        .into_iter()
+        .map(|(s, t)| (s.as_str().to_string(), json!(t)))
+        .collect();
+    let mut counts = serde_json::Map::new();
+    counts.insert(
+        vertex_state(status).to_string(),
+        json!(core.plan.chains.len()),
+    );
+    json!({
+        "jid": core.job_id,
+        "name": core.name,
+        "isStoppable": false,
+        "state": status.as_str(),
+        "job-type": "STREAMING",
+        "start-time": core.start_ms,
+        "end-time": end_time(core),
+        "duration": duration(core),
+        "maxParallelism": max_p,
+        "now": crate::checkpoint::now_ms(),
+        "timestamps": timestamps,
+        "vertices": vertices,
+        "status-counts": counts,
+        "plan": { "jid": core.job_id, "name": core.name, "type": "STREAMING", "nodes": nodes },
+        "numRestarts": m.num_restarts,
+        "checkpointing": core.checkpoint_cfg.is_some(),
+    })
+}
+
+/// A vertex's (and its subtasks') state for a job in `status`.
+fn vertex_state(status: JobStatus) -> &'static str {
+    match status {
+        JobStatus::Running => "RUNNING",
+        JobStatus::Restarting => "DEPLOYING",
+        JobStatus::Cancelling => "CANCELING",
+        JobStatus::Finished => "FINISHED",
+        JobStatus::Canceled => "CANCELED",
+        JobStatus::Failed => "FAILED",
+    }
+}
+
+fn tasks_of(status: JobStatus, n: usize) -> Value {
+    let mut t = serde_json::Map::new();
+    for s in [
+        "CREATED",
+        "SCHEDULED",
+        "DEPLOYING",
+        "RUNNING",
+        "FINISHED",
+        "CANCELING",
+        "CANCELED",
+        "FAILED",
+        "RECONCILING",
+        "INITIALIZING",
+    ] {
+        t.insert(
+            s.to_string(),
+            json!(if s == vertex_state(status) { n } else { 0 }),
+        );
+    }
+    Value::Object(t)
+}
+
+fn status_str(s: CheckpointStatus) -> &'static str {
+    match s {
+        CheckpointStatus::InProgress => "IN_PROGRESS",
+        CheckpointStatus::Completed => "COMPLETED",
+        CheckpointStatus::Failed => "FAILED",
+    }
+}
+
+fn ms(v: f64) -> u64 {
+    v.max(0.0).round() as u64
+}
+
+fn us(v: f64) -> u64 {
+    (v.max(0.0) * 1000.0).round() as u64
+}
+
+/// End to end duration of a checkpoint: its final value, or the time since
+/// the trigger while it is in progress.
+fn e2e(s: &CheckpointStats) -> u64 {
+    match s.status {
+        CheckpointStatus::InProgress => {
+            crate::checkpoint::now_ms().saturating_sub(s.trigger_timestamp)
+        }
+        _ => ms(s.end_to_end_duration),
+    }
+}
+
+/// One checkpoint, Flink's `CheckpointStatistics` (with `tasks` when `tasks` is given).
+pub(crate) fn checkpoint(
+    core: &JobCore,
+    s: &CheckpointStats,
+    discarded: bool,
+    with_tasks: bool,
+) -> Value {
+    let unaligned = s.subtasks.iter().any(|t| t.unaligned_checkpoint);
+    let mut v = json!({
+        "className": match s.status {
+            CheckpointStatus::InProgress => "in_progress",
+            CheckpointStatus::Completed => "completed",
+            CheckpointStatus::Failed => "failed",
+        },
+        "id": s.id,
+        "status": status_str(s.status),
+        "is_savepoint": s.is_savepoint,
+        "savepointFormat": Value::Null,
+        "trigger_timestamp": s.trigger_timestamp,
+        "latest_ack_timestamp": s.latest_ack_timestamp.max(s.subtasks.iter().map(|t| t.ack_timestamp).max().unwrap_or(0)),
+        "checkpointed_size": s.checkpointed_size,
+        "state_size": s.state_size,
+        "end_to_end_duration": e2e(s),
+        "alignment_buffered": 0,
+        "processed_data": 0,
+        "persisted_data": s.persisted_data,
+        "num_subtasks": s.num_subtasks,
+        "num_acknowledged_subtasks": s.num_acknowledged_subtasks,
+        "checkpoint_type": if s.is_savepoint { "SAVEPOINT" } else if unaligned { "UNALIGNED_CHECKPOINT" } else { "CHECKPOINT" },
+        "tasks": {},
+    });
+    if let Some(o) = v.as_object_mut() {
+        match s.status {
+            CheckpointStatus::Completed => {
+                o.insert(
+                    "external_path".into(),
+                    json!(s.external_path.as_ref().map(|p| p.display().to_string())),
+                );
+                o.insert("discarded".into(), json!(discarded));
+            }
+            CheckpointStatus::Failed => {
+                o.insert(
+                    "failure_timestamp".into(),
+                    json!(s.trigger_timestamp + ms(s.end_to_end_duration)),
+                );
+                o.insert("failure_message".into(), json!(s.failure_message));
+            }
+            CheckpointStatus::InProgress => {}
+        }
+    }
+    if let (Some(o), true) = (v.as_object_mut(), with_tasks) {
+        let mut tasks = serde_json::Map::new();
+        for (c, _) in core.plan.chains.iter().enumerate() {
+            tasks.insert(
+                vertex_id(&core.job_id, c),
+                task_checkpoint(core, s, c, false),
+            );
+        }
+        o.insert("tasks".into(), Value::Object(tasks));
+    }
+    v
+}
+
+/// One task (chain) of one checkpoint, with its subtasks' phases
+/// (`subtasks` always; Flink's per-task `summary` when `summary` is set).
+pub(crate) fn task_checkpoint(
+    core: &JobCore,
+    s: &CheckpointStats,
+    c: usize,
+    summary: bool,
+) -> Value {
+    let Some(chain) = core.plan.chains.get(c) else {
+        return Value::Null;
+    };
+    let name = chain.name();
+    let acks: Vec<&SubtaskCheckpointStats> = s.subtasks.iter().filter(|t| t.task == name).collect();
+    let latest = acks.iter().map(|a| a.ack_timestamp).max().unwrap_or(0);
+    let size: u64 = acks.iter().map(|a| a.state_size).sum();
+    let persisted: u64 = acks.iter().map(|a| a.persisted_data).sum();
+    let subtasks: Vec<Value> = (0..chain.parallelism)
+        .map(|i| match acks.iter().find(|a| a.index == i) {
+            Some(a) => json!({
+                "index": i,
+                "status": "completed",
+                "ack_timestamp": a.ack_timestamp,
+                "end_to_end_duration": a.ack_timestamp.saturating_sub(s.trigger_timestamp),
+                "state_size": a.state_size,
+                "checkpointed_size": a.state_size,
+                "checkpoint": { "sync": ms(a.sync_duration), "async": ms(a.async_duration) },
+                "alignment": { "buffered": 0, "processed": 0, "persisted": a.persisted_data, "duration": ms(a.alignment_duration) },
+                "start_delay": ms(a.start_delay),
+                "unaligned_checkpoint": a.unaligned_checkpoint,
+                "aborted": false,
+                "durations_us": {
+                    "start_delay": us(a.start_delay),
+                    "alignment": us(a.alignment_duration),
+                    "sync": us(a.sync_duration),
+                    "async": us(a.async_duration),
+                    "end_to_end": a.ack_timestamp.saturating_sub(s.trigger_timestamp) * 1000,
+                },
+            }),
+            None => json!({ "index": i, "status": "pending_or_failed" }),
+        })
+        .collect();
+    let mut v = json!({
+        "id": s.id,
+        "vertex": vertex_id(&core.job_id, c),
+        "name": name,
+        "status": status_str(s.status),
+        "latest_ack_timestamp": latest,
+        "checkpointed_size": size,
+        "state_size": size,
+        "end_to_end_duration": latest.saturating_sub(s.trigger_timestamp),
+        "alignment_buffered": 0,
+        "processed_data": 0,
+        "persisted_data": persisted,
+        "num_subtasks": chain.parallelism,
+        "num_acknowledged_subtasks": acks.len(),
+        "subtasks": subtasks,
+    });
+    if summary {
+        let stat = |f: &dyn Fn(&SubtaskCheckpointStats) -> f64| {
+            stats_summary(&acks.iter().map(|a| f(a)).collect::<Vec<_>>())
+        };
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "summary".into(),
+                json!({
+                    "state_size": stat(&|a| a.state_size as f64),
+                    "checkpointed_size": stat(&|a| a.state_size as f64),
+                    "end_to_end_duration": stat(&|a| a.ack_timestamp.saturating_sub(s.trigger_timestamp) as f64),
+                    "checkpoint_duration": { "sync": stat(&|a| a.sync_duration), "async": stat(&|a| a.async_duration) },
+                    "alignment": { "buffered": stats_summary(&[]), "processed": stats_summary(&[]), "persisted": stat(&|a| a.persisted_data as f64), "duration": stat(&|a| a.alignment_duration) },
+                    "start_delay": stat(&|a| a.start_delay),
+                }),
+            );
+        }
+    }
+    v
+}
+
+/// Flink's `StatsSummaryDto`: min, max, avg and percentiles of `values`
+/// (all zero for none).
+pub(crate) fn stats_summary(values: &[f64]) -> Value {
+    if values.is_empty() {
+        return json!({"min": 0, "max": 0, "avg": 0, "p50": 0.0, "p90": 0.0, "p95": 0.0, "p99": 0.0, "p999": 0.0});
+    }
+    let mut v: Vec<f64> = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| {
+        let rank = (p * v.len() as f64).ceil() as usize;
+        v[rank.clamp(1, v.len()) - 1]
+    };
+    let avg = v.iter().sum::<f64>() / v.len() as f64;
+    json!({
+        "min": v[0].round() as u64,
+        "max": v[v.len() - 1].round() as u64,
+        "avg": avg.round() as u64,
+        "p50": q(0.5), "p90": q(0.9), "p95": q(0.95), "p99": q(0.99), "p999": q(0.999),
+    })
+}
+
+/// `/jobs/:id/checkpoints`: counts, summary, latest, history.
+pub(crate) fn checkpoints(core: &JobCore) -> Value {
+    let stats = core.checkpoint_stats();
+    let completed = core.counts.completed.load(Ordering::Relaxed);
+    let failed = core.counts.failed.load(Ordering::Relaxed);
+    let in_progress = stats
+        .iter()
+        .filter(|s| s.status == CheckpointStatus::InProgress)
+        .count() as u64;
+    let (restored, restores) = core.lifecycle.restores();
+    let retained = core.checkpoint_cfg.as_ref().map_or(1, |c| c.num_retained);
+    let done: Vec<&CheckpointStats> = stats
+        .iter()
+        .filter(|s| s.status == CheckpointStatus::Completed)
+        .collect();
+    let discarded = |s: &CheckpointStats| {
+        s.status == CheckpointStatus::Completed
+            && done.iter().filter(|d| d.id > s.id).count() >= retained
+    };
+    let field = |f: &dyn Fn(&CheckpointStats) -> f64| {
+        stats_summary(&done.iter().map(|s| f(s)).collect::<Vec<_>>())
+    };
+    let latest_completed = done.last().map(|s| checkpoint(core, s, false, false));
+    let latest_failed = stats
+        .iter()
+        .rev()
+        .find(|s| s.status == CheckpointStatus::Failed)
+        .map(|s| checkpoint(core, s, false, false));
+    let history: Vec<Value> = stats
+        .iter()
+        .rev()
+        .take(HISTORY)
+        .map(|s| checkpoint(core, s, discarded(s), false))
+        .collect();
+    json!({
+        "counts": {
+            "restored": restores,
+            "total": completed + failed + in_progress,
+            "in_progress": in_progress,
+            "completed": completed,
+            "failed": failed,
+        },
+        "summary": {
+            "checkpointed_size": field(&|s| s.checkpointed_size as f64),
+            "state_size": field(&|s| s.state_size as f64),
+            "end_to_end_duration": field(&|s| s.end_to_end_duration),
+            "alignment_buffered": stats_summary(&[]),
+            "processed_data": stats_summary(&[]),
+            "persisted_data": field(&|s| s.persisted_data as f64),
+        },
+        "latest": {
+            "completed": latest_completed,
+            "savepoint": Value::Null,
+            "failed": latest_failed,
+            "restored": restored.map(|r| json!({
+                "id": r.id,
+                "restore_timestamp": r.timestamp,
+                "is_savepoint": false,
+                "external_path": r.path.display().to_string(),
+            })),
+        },
+        "history": history,
+    })
+}
+
+/// `/jobs/:id/checkpoints/config` (the job has checkpointing on).
+pub(crate) fn checkpoint_config(
+    core: &JobCore,
+    cfg: &crate::checkpoint::CheckpointConfig,
+) -> Value {
+    let millis = |d: std::time::Duration| d.as_millis() as u64;
+    json!({
+        "mode": if cfg.exactly_once { "exactly_once" } else { "at_least_once" },
+        "interval": cfg.interval.map_or(0, millis),
+        "timeout": millis(cfg.timeout),
+        "min_pause": millis(cfg.min_pause),
+        "max_concurrent": cfg.max_concurrent,
+        "externalization": { "enabled": true, "delete_on_cancellation": !cfg.retain_on_cancel },
+        "state_backend": core.conf.get(&crate::config::options::STATE_BACKEND),
+        "checkpoint_storage": "filesystem",
+        "checkpoint_dir": cfg.dir.join(&core.job_id).display().to_string(),
+        "unaligned_checkpoints": cfg.unaligned,
+        "tolerable_failed_checkpoints": cfg.tolerable_failures,
+        "aligned_checkpoint_timeout": millis(cfg.aligned_timeout),
+        "checkpoints_after_tasks_finish": true,
+        "num_retained": cfg.num_retained,
+    })
+}
+
+/// `/jobs/:id/exceptions`: Flink's exception history, newest first.
+pub(crate) fn exceptions(core: &JobCore) -> Value {
+    let (failures, truncated) = core.lifecycle.failures();
+    let latest = failures.last();
+    let entries: Vec<Value> = failures
+        .iter()
+        .rev()
+        .map(|f| {
+            json!({
+                "exceptionName": "SubtaskFailure",
+                "stacktrace": f.message,
+                "timestamp": f.timestamp,
+                "taskName": f.task,
+                "location": Value::Null,
+                "failureLabels": {},
+                "concurrentExceptions": [],
+                "action": f.action,
+            })
+        })
+        .collect();
+    json!({
+        "root-exception": latest.map(|f| f.message.clone()),
+        "timestamp": latest.map(|f| f.timestamp),
+        "all-exceptions": [],
+        "truncated": truncated,
+        "exceptionHistory": { "entries": entries, "truncated": truncated },
+    })
+}
+
+/// `/jobs/:id/regions`: failover regions, their subtasks and restarts.
+pub(crate) fn regions(core: &JobCore) -> Value {
+    let regions: Vec<Value> = core
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(r, members)| {
+            json!({
+                "index": r,
+                "subtasks": members,
+                "restarts": core.region_restarts.get(r).map_or(0, |c| c.load(Ordering::Relaxed)),
+            })
+        })
+        .collect();
+    json!({
+        "failover-strategy": core.conf.get(&crate::config::options::FAILOVER_STRATEGY),
+        "numRestarts": core.restarts.load(Ordering::Relaxed),
+        "regions": regions,
+    })
+}
+
+/// `/jobs/:id/metrics`: the job's metrics as Flink's `[{"id", "value"}]`.
+pub(crate) fn job_metrics(m: &JobMetrics) -> Vec<(&'static str, String)> {
+    let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
+    vec![
+        ("uptime", m.uptime_ms.to_string()),
+        ("numRestarts", m.num_restarts.to_string()),
+        ("lastCheckpointDuration", opt(m.last_checkpoint_duration)),
+        ("lastCheckpointSize", opt(m.last_checkpoint_size)),
+        ("lastCheckpointFullSize", opt(m.last_checkpoint_full_size)),
+        (
+            "lastCompletedCheckpointId",
+            opt(m.last_completed_checkpoint_id),
+        ),
+        (
+            "lastCheckpointRestoreTimestamp",
+            opt(m.last_checkpoint_restore_timestamp),
+        ),
+        (
+            "numberOfCompletedCheckpoints",
+            m.number_of_completed_checkpoints.to_string(),
+        ),
+        (
+            "numberOfFailedCheckpoints",
+            m.number_of_failed_checkpoints.to_string(),
+        ),
+        (
+            "numberOfInProgressCheckpoints",
+            m.number_of_in_progress_checkpoints.to_string(),
+        ),
+        (
+            "totalNumberOfCheckpoints",
+            m.total_number_of_checkpoints.to_string(),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_of_values() {
+        let s = stats_summary(&[3.0, 1.0, 2.0, 10.0]);
+        assert_eq!(s["min"], 1);
+        assert_eq!(s["max"], 10);
+        assert_eq!(s["avg"], 4);
+        assert_eq!(s["p50"], 2.0);
+        assert_eq!(s["p99"], 10.0);
+        assert_eq!(stats_summary(&[])["max"], 0);
+    }
+
+    #[test]
+    fn vertex_ids_are_32_hex() {
+        let id = vertex_id("0123456789abcdef0123456789abcdef", 3);
+        assert_eq!(id.len(), 32);
+        assert!(id.ends_with("00000003"));
+    }
+}

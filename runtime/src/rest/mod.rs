@@ -1,0 +1,156 @@
+//! The REST API and web UI server (axum), Flink's paths and field names where
+//! Flink has them.
+//!
+//! One server per process serves every job of the process's
+//! [`crate::registry`]. `Env::execute_async` starts it with the first job
+//! whose configuration has `rest.enabled: true`, bound to `rest.address`
+//! (loopback by default) and `rest.port` (`0` picks a free port; the bound
+//! address is [`crate::job::JobHandle::rest_address`]); later jobs reuse it.
+//! It runs on a thread of its own with a single-threaded tokio runtime, so
+//! it never takes a worker from a job, and every request reads snapshots
+//! (atomics, short locks): it never slows a job down.
+//!
+//! # Endpoints
+//! | method and path | what |
+//! |---|---|
+//! | `GET /overview` | counts of jobs per state (Flink's cluster overview) |
+//! | `GET /config` | the UI's configuration (refresh interval, version) |
+//! | `GET /jobs` | `{"jobs": [{"id", "status"}]}` |
+//! | `GET /jobs/overview` | `{"jobs": [{"jid", "name", "state", "start-time", "end-time", "duration", "last-modification", "tasks"}]}` |
+//! | `GET /jobs/:id` | job details: `vertices` (operator chains) with metrics, `plan`, `timestamps`; ours: per operator and subtask rates and back pressure |
+//! | `PATCH /jobs/:id?mode=cancel` | cancels the job (202) |
+//! | `GET /jobs/:id/checkpoints` | `counts`, `summary` (min/max/avg/percentiles), `latest` (`completed`, `failed`, `savepoint`, `restored`), `history` (newest first) |
+//! | `POST /jobs/:id/checkpoints` | triggers a checkpoint now: 202 `{"request-id", "checkpoint-id"}` |
+//! | `GET /jobs/:id/checkpoints/:triggerid` | status of a triggered checkpoint (`status.id`, `operation.checkpointId` or `operation.failure-cause`) |
+//! | `GET /jobs/:id/checkpoints/config` | checkpointing configuration |
+//! | `GET /jobs/:id/checkpoints/details/:cid` | one checkpoint, per task (`tasks`), each with its subtasks' phases |
+//! | `GET /jobs/:id/checkpoints/details/:cid/subtasks/:vertexid` | one task of one checkpoint, per subtask |
+//! | `POST /jobs/:id/savepoints` | 501: savepoints are not implemented yet |
+//! | `GET /jobs/:id/exceptions` | failures, newest first (`exceptionHistory.entries`) |
+//! | `GET /jobs/:id/vertices/:vertexid/backpressure` | back-pressure level and ratios per subtask (from the back-pressured time, as Flink's) |
+//! | `GET /jobs/:id/metrics[?get=a,b]` | job metrics as `[{"id", "value"}]` |
+//! | `GET /jobs/:id/regions` | ours: failover regions, their subtasks and restarts |
+//! | `POST /jobs/:id/subtasks/:name/:index/kill` | ours: kills a subtask of the operator called `name` (202) |
+//! | `GET /metrics` | every job's metrics, Prometheus text format |
+//! | `GET /openapi.json` | the OpenAPI 3 description of this API |
+//! | `GET /` | the web UI |
+//!
+//! Errors are JSON `{"errors": ["..."]}` (Flink's shape): 404 for an unknown
+//! job, checkpoint, trigger, operator, subtask or path, 400 for a bad body or
+//! parameter, 405 for a wrong method, 409 when the job's state forbids the
+//! request, 501 for what is not built yet.
+
+mod api;
+mod json;
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::config::{options, Conf};
+use crate::{Error, Result};
+
+/// An error answered to a client, as Flink answers: `{"errors": [message]}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 404: no such job, checkpoint, operator, subtask or path.
+    #[error("{0}")]
+    NotFound(String),
+    /// 400: a malformed body or parameter.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 405: the path exists, the method does not.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 409: the job's state does not allow the request now.
+    #[error("{0}")]
+    Conflict(String),
+    /// 501: not built yet.
+    #[error("{0}")]
+    NotImplemented(String),
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "errors": [self.to_string()] });
+        (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+/// The address of this process's server, once started.
+static SERVER: Mutex<Option<SocketAddr>> = Mutex::new(None);
+
+/// Starts the process's server if `conf` enables it and none runs yet;
+/// returns where it listens (`None` when `rest.enabled` is false).
+pub fn ensure_started(conf: &Conf) -> Result<Option<SocketAddr>> {
+    if !conf.get(&options::REST_ENABLED) {
+        return Ok(None);
+    }
+    let mut server = SERVER.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(addr) = *server {
+        return Ok(Some(addr));
+    }
+    let address = conf.get(&options::REST_ADDRESS);
+    let port = conf.get(&options::REST_PORT);
+    let addr = start(&address, port as u16)?;
+    tracing::info!("REST API and web UI on http://{addr}/");
+    *server = Some(addr);
+    Ok(Some(addr))
+}
+
+/// The address of the process's server, if one was started.
+pub fn address() -> Option<SocketAddr> {
+    *SERVER.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Binds `address:port` and serves the API and UI on a thread of its own.
+fn start(address: &str, port: u16) -> Result<SocketAddr> {
+    let rest_err = |message: String| Error::Rest {
+        address: format!("{address}:{port}"),
+        message,
+    };
+    let listener = std::net::TcpListener::bind((address, port)).map_err(|e| {
+        rest_err(format!(
+            "{e} (set rest.port to a free port, 0 picks one, or rest.enabled: false)"
+        ))
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| rest_err(e.to_string()))?;
+    let local = listener.local_addr().map_err(|e| rest_err(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| rest_err(format!("cannot start its runtime: {e}")))?;
+    std::thread::Builder::new()
+        .name("weir-rest".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        if let Err(e) = axum::serve(l, api::router()).await {
+                            tracing::error!(error = %e, "the REST server stopped");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "the REST server cannot listen"),
+                }
+            })
+        })
+        .map_err(|e| rest_err(format!("cannot start its thread: {e}")))?;
+    Ok(local)
+}
