@@ -49,26 +49,15 @@ fn assert_ok(o: &Output) -> String {
 #[test]
 fn cli_controls_a_running_job() {
     let dir = tempfile::tempdir().unwrap();
-    let mut conf = Conf::defaults();
-    for (k, v) in [
-        ("rest.enabled", "true"),
-        ("rest.port", "0"),
-        ("execution.checkpointing.interval", "1h"),
-        ("restart-strategy.fixed-delay.attempts", "1000"),
-        ("parallelism.default", "2"),
-    ] {
-        conf.set(k, v).unwrap();
-    }
-    conf.set("execution.checkpointing.dir", dir.path().display())
-        .unwrap();
-    let env = Env::from_conf(conf).unwrap();
-    env.add_source(GeneratorSource::new(5, None, |i, _| i % 100).with_rate(20_000.0))
-        .name("numbers")
-        .key_by(|x: &u64| *x)
-        .count()
-        .name("count")
-        .add_sink(DiscardSink)
-        .name("sink");
+    let env = common::rest_env(
+        dir.path(),
+        &[
+            ("execution.checkpointing.interval", "1h"),
+            ("restart-strategy.fixed-delay.attempts", "1000"),
+            ("parallelism.default", "2"),
+        ],
+    );
+    common::numbers_count_job(&env, 5, 100, 20_000.0);
     let job = env.execute_async("cli-job").unwrap();
     let url = format!("http://{}", job.rest_address().unwrap());
     let id = job.job_id().to_string();

@@ -17,32 +17,14 @@ struct Running {
 
 fn start(name: &str, extra: &[(&str, &str)]) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let mut conf = Conf::defaults();
-    for (k, v) in [
-        ("rest.enabled", "true"),
-        ("rest.port", "0"),
+    let mut settings = vec![
         ("execution.checkpointing.interval", "100ms"),
         ("restart-strategy.fixed-delay.attempts", "1000"),
         ("parallelism.default", "2"),
-    ] {
-        conf.set(k, v).unwrap();
-    }
-    conf.set(
-        "execution.checkpointing.dir",
-        dir.path().join("ckpt").display(),
-    )
-    .unwrap();
-    for (k, v) in extra {
-        conf.set(k, v).unwrap();
-    }
-    let env = Env::from_conf(conf).unwrap();
-    env.add_source(GeneratorSource::new(7, None, |i, _| i % 1000).with_rate(50_000.0))
-        .name("numbers")
-        .key_by(|x: &u64| *x)
-        .count()
-        .name("count")
-        .add_sink(DiscardSink)
-        .name("sink");
+    ];
+    settings.extend_from_slice(extra);
+    let env = common::rest_env(&dir.path().join("ckpt"), &settings);
+    common::numbers_count_job(&env, 7, 1000, 50_000.0);
     let job = env.execute_async(name).unwrap();
     let addr = job.rest_address().expect("rest.enabled starts the server");
     assert!(
@@ -738,27 +720,8 @@ fn a_finished_job_stays_listed_as_finished() {
 #[test]
 fn back_pressure_shows_on_the_sender_of_a_slow_operator() {
     let dir = tempfile::tempdir().unwrap();
-    let mut conf = Conf::defaults();
-    for (k, v) in [
-        ("rest.enabled", "true"),
-        ("rest.port", "0"),
-        ("execution.checkpointing.interval", "off"),
-    ] {
-        conf.set(k, v).unwrap();
-    }
-    conf.set("execution.checkpointing.dir", dir.path().display())
-        .unwrap();
-    let env = Env::from_conf(conf).unwrap();
-    env.add_source(GeneratorSource::new(1, None, |i, _| i))
-        .name("fast")
-        .rebalance()
-        .map(|x: u64| {
-            std::thread::sleep(std::time::Duration::from_micros(500));
-            x
-        })
-        .name("slow")
-        .add_sink(DiscardSink)
-        .name("sink");
+    let env = common::rest_env(dir.path(), &[("execution.checkpointing.interval", "off")]);
+    common::slow_operator_job(&env, 500);
     let job = env.execute_async("rest-backpressure").unwrap();
     let base = format!("http://{}", job.rest_address().unwrap());
     let id = job.job_id().to_string();
@@ -815,28 +778,14 @@ fn back_pressure_shows_on_the_sender_of_a_slow_operator() {
 #[test]
 fn unaligned_checkpoints_show_their_type_and_in_flight_data() {
     let dir = tempfile::tempdir().unwrap();
-    let mut conf = Conf::defaults();
-    for (k, v) in [
-        ("rest.enabled", "true"),
-        ("rest.port", "0"),
-        ("execution.checkpointing.interval", "100ms"),
-        ("execution.checkpointing.unaligned.enabled", "true"),
-    ] {
-        conf.set(k, v).unwrap();
-    }
-    conf.set("execution.checkpointing.dir", dir.path().display())
-        .unwrap();
-    let env = Env::from_conf(conf).unwrap();
-    env.add_source(GeneratorSource::new(1, None, |i, _| i))
-        .name("fast")
-        .rebalance()
-        .map(|x: u64| {
-            std::thread::sleep(std::time::Duration::from_micros(100));
-            x
-        })
-        .name("slow")
-        .add_sink(DiscardSink)
-        .name("sink");
+    let env = common::rest_env(
+        dir.path(),
+        &[
+            ("execution.checkpointing.interval", "100ms"),
+            ("execution.checkpointing.unaligned.enabled", "true"),
+        ],
+    );
+    common::slow_operator_job(&env, 100);
     let job = env.execute_async("rest-unaligned").unwrap();
     let base = format!("http://{}", job.rest_address().unwrap());
     let id = job.job_id().to_string();

@@ -220,29 +220,15 @@ fn ui_shows_checkpoints_and_kill_restarts_a_subtask() {
         );
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut conf = Conf::defaults();
-    for (k, v) in [
-        ("rest.enabled", "true"),
-        ("rest.port", "0"),
-        ("execution.checkpointing.interval", "200ms"),
-        ("restart-strategy.fixed-delay.attempts", "1000"),
-        ("parallelism.default", "2"),
-    ] {
-        conf.set(k, v).unwrap();
-    }
-    conf.set(
-        "execution.checkpointing.dir",
-        dir.path().join("ckpt").display(),
-    )
-    .unwrap();
-    let env = Env::from_conf(conf).unwrap();
-    env.add_source(GeneratorSource::new(3, None, |i, _| i % 5000).with_rate(100_000.0))
-        .name("numbers")
-        .key_by(|x: &u64| *x)
-        .count()
-        .name("count")
-        .add_sink(DiscardSink)
-        .name("sink");
+    let env = common::rest_env(
+        &dir.path().join("ckpt"),
+        &[
+            ("execution.checkpointing.interval", "200ms"),
+            ("restart-strategy.fixed-delay.attempts", "1000"),
+            ("parallelism.default", "2"),
+        ],
+    );
+    common::numbers_count_job(&env, 3, 5000, 100_000.0);
     let job = env.execute_async("ui-browser").unwrap();
     let base = format!("http://{}", job.rest_address().unwrap());
     let id = job.job_id().to_string();

@@ -242,3 +242,47 @@ pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// An environment with the REST server on a free loopback port, checkpoints
+/// into `ckpt_dir`, and `settings` (applied last, so they override).
+pub fn rest_env(ckpt_dir: &Path, settings: &[(&str, &str)]) -> weir::prelude::Env {
+    use weir::prelude::{Conf, Env};
+    let mut conf = Conf::defaults();
+    conf.set("rest.enabled", "true").unwrap();
+    conf.set("rest.port", "0").unwrap();
+    conf.set("execution.checkpointing.dir", ckpt_dir.display())
+        .unwrap();
+    for (k, v) in settings {
+        conf.set(k, v).unwrap();
+    }
+    Env::from_conf(conf).unwrap()
+}
+
+/// The usual job of the control tests: `numbers` (a rate-limited generator
+/// of `i % keys`) -> `key_by` -> `count` -> a discarding `sink`.
+pub fn numbers_count_job(env: &weir::prelude::Env, seed: u64, keys: u64, rate: f64) {
+    use weir::prelude::{DiscardSink, GeneratorSource};
+    env.add_source(GeneratorSource::new(seed, None, move |i, _| i % keys).with_rate(rate))
+        .name("numbers")
+        .key_by(|x: &u64| *x)
+        .count()
+        .name("count")
+        .add_sink(DiscardSink)
+        .name("sink");
+}
+
+/// A job whose `slow` map sleeps `micros` per record behind a `fast`
+/// unbounded generator, so the generator is back-pressured.
+pub fn slow_operator_job(env: &weir::prelude::Env, micros: u64) {
+    use weir::prelude::{DiscardSink, GeneratorSource};
+    env.add_source(GeneratorSource::new(1, None, |i, _| i))
+        .name("fast")
+        .rebalance()
+        .map(move |x: u64| {
+            std::thread::sleep(std::time::Duration::from_micros(micros));
+            x
+        })
+        .name("slow")
+        .add_sink(DiscardSink)
+        .name("sink");
+}
