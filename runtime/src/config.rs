@@ -875,14 +875,14 @@ pub mod options {
         "otel.sdk.disabled",
         "false",
         Kind::Bool,
-        "true turns trace export off whatever else is set (OTEL_SDK_DISABLED)",
+        "true turns trace and metric export off whatever else is set (OTEL_SDK_DISABLED)",
     );
     /// The OTLP collector's base URL; empty: no export.
     pub const OTEL_ENDPOINT: ConfigOption<String> = ConfigOption::new(
         "otel.exporter.otlp.endpoint",
         "",
         Kind::Endpoint,
-        "OTLP collector URL (grpc: http://localhost:4317, http/protobuf: http://localhost:4318); empty: traces off (OTEL_EXPORTER_OTLP_ENDPOINT)",
+        "OTLP collector URL (grpc: http://localhost:4317, http/protobuf: http://localhost:4318); empty: traces and metrics off (OTEL_EXPORTER_OTLP_ENDPOINT)",
     );
     /// The OTLP transport.
     pub const OTEL_PROTOCOL: ConfigOption<String> = ConfigOption::new(
@@ -903,7 +903,7 @@ pub mod options {
         "otel.service.name",
         "weir",
         Kind::Text,
-        "service.name resource attribute of the exported spans (OTEL_SERVICE_NAME)",
+        "service.name resource attribute of the exported spans and metrics (OTEL_SERVICE_NAME)",
     );
     /// Batch span processor: export delay.
     pub const OTEL_BSP_SCHEDULE_DELAY: ConfigOption<Duration> = ConfigOption::new(
@@ -932,12 +932,19 @@ pub mod options {
         },
         "spans per export request, at most otel.bsp.max-queue-size (OTEL_BSP_MAX_EXPORT_BATCH_SIZE)",
     );
+    /// How often the job's metrics are exported over OTLP.
+    pub const OTEL_METRIC_EXPORT_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
+        "otel.metric.export-interval",
+        "10s",
+        Kind::Duration,
+        "how often the job's metrics are exported over OTLP, more than 0 (OTEL_METRIC_EXPORT_INTERVAL, ms)",
+    );
     /// How long the end of a job waits for the last spans to be exported.
     pub const OTEL_FLUSH_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
         "otel.flush-timeout",
         "2s",
         Kind::Duration,
-        "at job end: longest wait for the queued spans to be exported (the job's result never waits longer)",
+        "at job end: longest wait for the queued spans and the last metrics to be exported (the job's result never waits longer)",
     );
     /// How often dropped spans and failed exports are logged, at most.
     pub const OTEL_DROP_LOG_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
@@ -960,6 +967,10 @@ pub mod options {
         (
             "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
             OTEL_BSP_MAX_EXPORT_BATCH_SIZE.def.key,
+        ),
+        (
+            "OTEL_METRIC_EXPORT_INTERVAL",
+            OTEL_METRIC_EXPORT_INTERVAL.def.key,
         ),
     ];
 
@@ -1012,6 +1023,7 @@ pub mod options {
         OTEL_BSP_SCHEDULE_DELAY.def,
         OTEL_BSP_MAX_QUEUE_SIZE.def,
         OTEL_BSP_MAX_EXPORT_BATCH_SIZE.def,
+        OTEL_METRIC_EXPORT_INTERVAL.def,
         OTEL_FLUSH_TIMEOUT.def,
         OTEL_DROP_LOG_INTERVAL.def,
     ];
