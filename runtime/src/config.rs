@@ -1093,11 +1093,17 @@ mod tests {
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
                 ("OTEL_SERVICE_NAME", "svc"),
                 ("WEIR_OTEL_SERVICE_NAME", "mine"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "2500"),
             ]),
             &[],
         )
         .unwrap();
         assert_eq!(conf.get(&options::OTEL_ENDPOINT), "http://127.0.0.1:4317");
+        // The standard's unit: milliseconds.
+        assert_eq!(
+            conf.get(&options::OTEL_METRIC_EXPORT_INTERVAL),
+            Duration::from_millis(2500)
+        );
         assert_eq!(conf.get(&options::OTEL_PROTOCOL), "grpc");
         assert_eq!(conf.get(&options::OTEL_SERVICE_NAME), "mine");
         let err = Conf::load_from(

@@ -408,11 +408,9 @@ fn register(meter: &Meter, latest: &Latest, job: &[KeyValue; 2]) {
     type OpU64 = fn(&crate::metrics::OperatorSubtaskMetrics) -> u64;
     type OpF64 = fn(&crate::metrics::OperatorSubtaskMetrics) -> f64;
     let op_sums: [(&'static str, &'static str, OpU64); 2] = [
-        (
-            "numRecordsIn",
-            "records that entered the operator",
-            |s| s.num_records_in,
-        ),
+        ("numRecordsIn", "records that entered the operator", |s| {
+            s.num_records_in
+        }),
         ("numRecordsOut", "records the operator emitted", |s| {
             s.num_records_out
         }),

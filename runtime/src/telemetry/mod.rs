@@ -933,6 +933,19 @@ mod tests {
     }
 
     #[test]
+    fn metric_export_interval_must_be_positive() {
+        let mut conf = Conf::defaults();
+        conf.set("otel.exporter.otlp.endpoint", "http://127.0.0.1:4317")
+            .unwrap();
+        let cfg = TelemetryConfig::from_conf(&conf).unwrap().unwrap();
+        assert_eq!(cfg.metric_export_interval, Duration::from_secs(10));
+        conf.set("otel.metric.export-interval", "0").unwrap();
+        let err = TelemetryConfig::from_conf(&conf).unwrap_err().to_string();
+        assert!(err.contains("otel.metric.export-interval"), "{err}");
+        assert!(err.contains("more than 0"), "{err}");
+    }
+
+    #[test]
     fn batch_larger_than_queue_is_rejected() {
         let mut conf = Conf::defaults();
         conf.set("otel.exporter.otlp.endpoint", "http://127.0.0.1:4317")
