@@ -6,7 +6,6 @@
 
 mod common;
 #[path = "common/otlp.rs"]
-#[allow(dead_code)] // the trace half is for tests/telemetry_traces.rs
 mod otlp;
 
 use std::collections::{BTreeMap, BTreeSet};

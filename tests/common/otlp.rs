@@ -4,6 +4,9 @@
 //! on 127.0.0.1 with a port of their own. Each records every span and metric
 //! data point it receives, flattened, and can answer late (a slow collector).
 
+// Each test file uses its half (traces or metrics).
+#![allow(dead_code)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
