@@ -40,6 +40,8 @@ pub enum Kind {
     },
     /// A duration: a number and a unit (`ms`, `s`, `min`, `h`, `d`); a bare number is milliseconds.
     Duration,
+    /// A [`Kind::Duration`] of more than zero (a period).
+    PositiveDuration,
     /// `true` or `false`.
     Bool,
     /// One of the listed words (case-insensitive).
@@ -69,6 +71,10 @@ impl Kind {
             Kind::Duration => {
                 "a duration such as 500ms, 1s, 10min or 1h (a bare number is milliseconds)".into()
             }
+            Kind::PositiveDuration => {
+                "a duration of more than 0 such as 500ms, 1s or 10s (a bare number is milliseconds)"
+                    .into()
+            }
             Kind::Bool => "true or false".into(),
             Kind::Enum(words) => format!("one of {}", words.join(", ")),
             Kind::Text => "any text".into(),
@@ -88,6 +94,10 @@ impl Kind {
                 _ => Err(()),
             },
             Kind::Duration => parse_duration(raw).map(|_| ()).ok_or(()),
+            Kind::PositiveDuration => match parse_duration(raw) {
+                Some(d) if !d.is_zero() => Ok(()),
+                _ => Err(()),
+            },
             Kind::Bool => parse_bool(raw).map(|_| ()).ok_or(()),
             Kind::Enum(words) => {
                 if words.iter().any(|w| w.eq_ignore_ascii_case(raw.trim())) {
@@ -936,7 +946,7 @@ pub mod options {
     pub const OTEL_METRIC_EXPORT_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
         "otel.metric.export-interval",
         "10s",
-        Kind::Duration,
+        Kind::PositiveDuration,
         "how often the job's metrics are exported over OTLP, more than 0 (OTEL_METRIC_EXPORT_INTERVAL, ms)",
     );
     /// How long the end of a job waits for the last spans to be exported.

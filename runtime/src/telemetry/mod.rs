@@ -229,22 +229,8 @@ impl TelemetryConfig {
         let Some(endpoint) = crate::config::parse_endpoint(&raw).flatten() else {
             return Ok(None);
         };
-        let origin_of = |key: &str| {
-            conf.entries()
-                .find(|(k, _, _)| *k == key)
-                .map(|(_, _, s)| s.clone())
-                .unwrap_or(ValueSource::Default)
-        };
+        // Never zero: `Kind::PositiveDuration` rejects it when it is set.
         let metric_export_interval = conf.get(&options::OTEL_METRIC_EXPORT_INTERVAL);
-        if metric_export_interval.is_zero() {
-            let key = options::OTEL_METRIC_EXPORT_INTERVAL.def.key;
-            return Err(ConfigError::BadValue {
-                key: key.to_string(),
-                value: "0".to_string(),
-                origin: origin_of(key),
-                accepted: "a duration of more than 0, e.g. 10s".to_string(),
-            });
-        }
         let max_queue_size = conf.get(&options::OTEL_BSP_MAX_QUEUE_SIZE);
         let max_export_batch_size = conf.get(&options::OTEL_BSP_MAX_EXPORT_BATCH_SIZE);
         if max_export_batch_size > max_queue_size {
@@ -252,7 +238,11 @@ impl TelemetryConfig {
             return Err(ConfigError::BadValue {
                 key: key.to_string(),
                 value: max_export_batch_size.to_string(),
-                origin: origin_of(key),
+                origin: conf
+                    .entries()
+                    .find(|(k, _, _)| *k == key)
+                    .map(|(_, _, s)| s.clone())
+                    .unwrap_or(ValueSource::Default),
                 accepted: format!("at most otel.bsp.max-queue-size ({max_queue_size})"),
             });
         }
@@ -939,10 +929,17 @@ mod tests {
             .unwrap();
         let cfg = TelemetryConfig::from_conf(&conf).unwrap().unwrap();
         assert_eq!(cfg.metric_export_interval, Duration::from_secs(10));
-        conf.set("otel.metric.export-interval", "0").unwrap();
-        let err = TelemetryConfig::from_conf(&conf).unwrap_err().to_string();
-        assert!(err.contains("otel.metric.export-interval"), "{err}");
-        assert!(err.contains("more than 0"), "{err}");
+        for bad in ["0", "0s", "soon"] {
+            let err = conf
+                .set("otel.metric.export-interval", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("otel.metric.export-interval"), "{err}");
+            assert!(err.contains("more than 0"), "{err}");
+        }
+        conf.set("otel.metric.export-interval", "250").unwrap();
+        let cfg = TelemetryConfig::from_conf(&conf).unwrap().unwrap();
+        assert_eq!(cfg.metric_export_interval, Duration::from_millis(250));
     }
 
     #[test]
