@@ -13,7 +13,7 @@
 //! `OTEL_SDK_DISABLED`); see the `otel.*` options in [`crate::config::options`]
 //! and `conf/weir.yaml`. When it is off no span is ever built: every hook is
 //! behind an `Option` that is `None`, and hooks run once per checkpoint phase
-//! per subtask, never per record.
+//! per subtask, never per record; no metric export thread is started either.
 //!
 //! # Traces
 //! **One trace per checkpoint.** Its trace id and root span id are derived
