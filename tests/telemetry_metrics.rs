@@ -300,7 +300,7 @@ fn timed_run(extra: &[(&str, &str)]) -> (Duration, Option<weir::runtime::telemet
 }
 
 #[test]
-fn a_collector_that_is_down_neither_slows_nor_fails_the_job() {
+fn a_collector_that_is_down_or_slow_neither_slows_nor_fails_the_job() {
     let (base, none) = timed_run(&[]);
     assert!(none.is_none(), "telemetry is off without an endpoint");
     let bound = base * 3 + Duration::from_secs(2);
@@ -322,4 +322,28 @@ fn a_collector_that_is_down_neither_slows_nor_fails_the_job() {
             "with the collector down the job took {took:?}, without telemetry {base:?}"
         );
     }
+
+    // Slow: answers after 3 s; requests time out after 300 ms.
+    let rx = otlp::http_receiver(Duration::from_secs(3));
+    let (took, stats) = timed_run(&[
+        ("otel.exporter.otlp.endpoint", &rx.endpoint()),
+        ("otel.exporter.otlp.protocol", "http/protobuf"),
+        ("otel.exporter.otlp.timeout", "300ms"),
+        ("otel.metric.export-interval", "50ms"),
+        ("otel.flush-timeout", "500ms"),
+    ]);
+    let stats = stats.expect("telemetry is on");
+    eprintln!(
+        "slow: {took:?} (without telemetry {base:?}); {stats:?}; {} metric requests",
+        rx.metric_requests()
+    );
+    assert!(rx.metric_requests() >= 1, "the slow collector was asked");
+    assert!(
+        stats.failed_metric_exports >= 1 && stats.metric_exports == 0,
+        "exports that time out fail: {stats:?}"
+    );
+    assert!(
+        took <= bound,
+        "with a slow collector the job took {took:?}, without telemetry {base:?}"
+    );
 }
