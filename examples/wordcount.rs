@@ -204,6 +204,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             "traces: {} spans exported, {} dropped, {} failed exports (before the final flush)",
             t.exported, t.dropped, t.failed_exports
         );
+        println!(
+            "metrics: {} OTLP exports, {} failed (before the final one)",
+            t.metric_exports, t.failed_metric_exports
+        );
     }
     if args.serve {
         if let Some(addr) = weir::runtime::rest::address() {

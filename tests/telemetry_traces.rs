@@ -354,7 +354,7 @@ fn unaligned_checkpoints_are_traced_over_http_protobuf() {
     assert_eq!(
         rx.bad_requests(),
         0,
-        "every request was a protobuf POST to /v1/traces"
+        "every request was a protobuf POST to /v1/traces or /v1/metrics"
     );
     let spans = rx.spans();
     check_checkpoint_traces(&result.job_id, &result.checkpoints, &spans, "unaligned", 0);

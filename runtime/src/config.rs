@@ -40,6 +40,8 @@ pub enum Kind {
     },
     /// A duration: a number and a unit (`ms`, `s`, `min`, `h`, `d`); a bare number is milliseconds.
     Duration,
+    /// A [`Kind::Duration`] of more than zero (a period).
+    PositiveDuration,
     /// `true` or `false`.
     Bool,
     /// One of the listed words (case-insensitive).
@@ -69,6 +71,10 @@ impl Kind {
             Kind::Duration => {
                 "a duration such as 500ms, 1s, 10min or 1h (a bare number is milliseconds)".into()
             }
+            Kind::PositiveDuration => {
+                "a duration of more than 0 such as 500ms, 1s or 10s (a bare number is milliseconds)"
+                    .into()
+            }
             Kind::Bool => "true or false".into(),
             Kind::Enum(words) => format!("one of {}", words.join(", ")),
             Kind::Text => "any text".into(),
@@ -88,6 +94,10 @@ impl Kind {
                 _ => Err(()),
             },
             Kind::Duration => parse_duration(raw).map(|_| ()).ok_or(()),
+            Kind::PositiveDuration => match parse_duration(raw) {
+                Some(d) if !d.is_zero() => Ok(()),
+                _ => Err(()),
+            },
             Kind::Bool => parse_bool(raw).map(|_| ()).ok_or(()),
             Kind::Enum(words) => {
                 if words.iter().any(|w| w.eq_ignore_ascii_case(raw.trim())) {
@@ -875,14 +885,14 @@ pub mod options {
         "otel.sdk.disabled",
         "false",
         Kind::Bool,
-        "true turns trace export off whatever else is set (OTEL_SDK_DISABLED)",
+        "true turns trace and metric export off whatever else is set (OTEL_SDK_DISABLED)",
     );
     /// The OTLP collector's base URL; empty: no export.
     pub const OTEL_ENDPOINT: ConfigOption<String> = ConfigOption::new(
         "otel.exporter.otlp.endpoint",
         "",
         Kind::Endpoint,
-        "OTLP collector URL (grpc: http://localhost:4317, http/protobuf: http://localhost:4318); empty: traces off (OTEL_EXPORTER_OTLP_ENDPOINT)",
+        "OTLP collector URL (grpc: http://localhost:4317, http/protobuf: http://localhost:4318); empty: traces and metrics off (OTEL_EXPORTER_OTLP_ENDPOINT)",
     );
     /// The OTLP transport.
     pub const OTEL_PROTOCOL: ConfigOption<String> = ConfigOption::new(
@@ -903,7 +913,7 @@ pub mod options {
         "otel.service.name",
         "weir",
         Kind::Text,
-        "service.name resource attribute of the exported spans (OTEL_SERVICE_NAME)",
+        "service.name resource attribute of the exported spans and metrics (OTEL_SERVICE_NAME)",
     );
     /// Batch span processor: export delay.
     pub const OTEL_BSP_SCHEDULE_DELAY: ConfigOption<Duration> = ConfigOption::new(
@@ -932,12 +942,19 @@ pub mod options {
         },
         "spans per export request, at most otel.bsp.max-queue-size (OTEL_BSP_MAX_EXPORT_BATCH_SIZE)",
     );
+    /// How often the job's metrics are exported over OTLP.
+    pub const OTEL_METRIC_EXPORT_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
+        "otel.metric.export-interval",
+        "10s",
+        Kind::PositiveDuration,
+        "how often the job's metrics are exported over OTLP, more than 0 (OTEL_METRIC_EXPORT_INTERVAL, ms)",
+    );
     /// How long the end of a job waits for the last spans to be exported.
     pub const OTEL_FLUSH_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
         "otel.flush-timeout",
         "2s",
         Kind::Duration,
-        "at job end: longest wait for the queued spans to be exported (the job's result never waits longer)",
+        "at job end: longest wait for the queued spans and the last metrics to be exported (the job's result never waits longer)",
     );
     /// How often dropped spans and failed exports are logged, at most.
     pub const OTEL_DROP_LOG_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
@@ -960,6 +977,10 @@ pub mod options {
         (
             "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
             OTEL_BSP_MAX_EXPORT_BATCH_SIZE.def.key,
+        ),
+        (
+            "OTEL_METRIC_EXPORT_INTERVAL",
+            OTEL_METRIC_EXPORT_INTERVAL.def.key,
         ),
     ];
 
@@ -1012,6 +1033,7 @@ pub mod options {
         OTEL_BSP_SCHEDULE_DELAY.def,
         OTEL_BSP_MAX_QUEUE_SIZE.def,
         OTEL_BSP_MAX_EXPORT_BATCH_SIZE.def,
+        OTEL_METRIC_EXPORT_INTERVAL.def,
         OTEL_FLUSH_TIMEOUT.def,
         OTEL_DROP_LOG_INTERVAL.def,
     ];
@@ -1081,11 +1103,17 @@ mod tests {
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
                 ("OTEL_SERVICE_NAME", "svc"),
                 ("WEIR_OTEL_SERVICE_NAME", "mine"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "2500"),
             ]),
             &[],
         )
         .unwrap();
         assert_eq!(conf.get(&options::OTEL_ENDPOINT), "http://127.0.0.1:4317");
+        // The standard's unit: milliseconds.
+        assert_eq!(
+            conf.get(&options::OTEL_METRIC_EXPORT_INTERVAL),
+            Duration::from_millis(2500)
+        );
         assert_eq!(conf.get(&options::OTEL_PROTOCOL), "grpc");
         assert_eq!(conf.get(&options::OTEL_SERVICE_NAME), "mine");
         let err = Conf::load_from(

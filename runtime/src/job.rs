@@ -479,7 +479,7 @@ impl JobHandle {
             .len()
     }
 
-    /// What the trace export has done so far; `None` when telemetry is off.
+    /// What the trace and metric export have done so far; `None` when telemetry is off.
     pub fn telemetry_stats(&self) -> Option<crate::telemetry::ExportStats> {
         self.telemetry.as_ref().map(|t| t.stats())
     }

@@ -273,6 +273,13 @@ impl Env {
             triggers: Default::default(),
         });
         crate::metrics::start_sampler(&core);
+        if let Some(t) = &telemetry {
+            let job = Arc::downgrade(&core);
+            t.export_metrics(move || {
+                job.upgrade()
+                    .map(|core| crate::metrics::JobMetrics::of(&core))
+            });
+        }
         crate::registry::register(core.clone());
         if let Some(addr) = rest {
             tracing::info!(job = name, "web UI: http://{addr}/#/jobs/{}", core.job_id);

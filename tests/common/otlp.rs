@@ -1,8 +1,11 @@
-//! In-process OTLP trace receivers for the telemetry tests: a gRPC
-//! `TraceService` (tonic, from `opentelemetry-proto`) and an HTTP/protobuf
-//! endpoint (`POST /v1/traces`, hyper), both on 127.0.0.1 with a port of
-//! their own. Each records every span it receives, flattened, and can answer
-//! late (a slow collector).
+//! In-process OTLP receivers for the telemetry tests: gRPC `TraceService`
+//! and `MetricsService` (tonic, from `opentelemetry-proto`) and an
+//! HTTP/protobuf endpoint (`POST /v1/traces` and `/v1/metrics`, hyper), both
+//! on 127.0.0.1 with a port of their own. Each records every span and metric
+//! data point it receives, flattened, and can answer late (a slow collector).
+
+// Each test file uses its half (traces or metrics).
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,6 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -52,10 +61,42 @@ impl Span {
     }
 }
 
+/// One received metric data point (gauges and sums of numbers).
+#[derive(Debug, Clone)]
+pub struct Point {
+    /// The metric's name.
+    pub name: String,
+    /// `gauge` or `sum`.
+    pub kind: &'static str,
+    /// Sums: monotonic, and cumulative (temporality 2).
+    pub monotonic: bool,
+    pub cumulative: bool,
+    pub value: f64,
+    pub attrs: BTreeMap<String, String>,
+    pub time_ns: u64,
+    /// The resource's `service.name`.
+    pub service: String,
+    /// The export request it came in (0, 1, ... in order of arrival).
+    pub request: usize,
+}
+
+impl Point {
+    pub fn attr(&self, key: &str) -> &str {
+        self.attrs.get(key).map(String::as_str).unwrap_or_else(|| {
+            panic!(
+                "data point of {} has no attribute {key}: {:?}",
+                self.name, self.attrs
+            )
+        })
+    }
+}
+
 #[derive(Clone, Default)]
 struct Sink {
     spans: Arc<Mutex<Vec<Span>>>,
+    points: Arc<Mutex<Vec<Point>>>,
     requests: Arc<AtomicUsize>,
+    metric_requests: Arc<AtomicUsize>,
     bad_requests: Arc<AtomicUsize>,
     delay: Duration,
 }
@@ -105,6 +146,68 @@ impl Sink {
     }
 }
 
+impl Sink {
+    fn record_metrics(&self, req: ExportMetricsServiceRequest) {
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as N;
+        let mut out = self.points.lock().unwrap();
+        let request = out.last().map_or(0, |p| p.request + 1);
+        for rm in req.resource_metrics {
+            let service = rm
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref())
+                .map(|v| text(&v.value))
+                .unwrap_or_default();
+            for sm in rm.scope_metrics {
+                for m in sm.metrics {
+                    let (kind, monotonic, cumulative, points) = match m.data {
+                        Some(Data::Gauge(g)) => ("gauge", false, false, g.data_points),
+                        Some(Data::Sum(s)) => (
+                            "sum",
+                            s.is_monotonic,
+                            s.aggregation_temporality == 2,
+                            s.data_points,
+                        ),
+                        other => panic!("unexpected metric data of {}: {other:?}", m.name),
+                    };
+                    for p in points {
+                        out.push(Point {
+                            name: m.name.clone(),
+                            kind,
+                            monotonic,
+                            cumulative,
+                            value: match p.value {
+                                Some(N::AsDouble(d)) => d,
+                                Some(N::AsInt(i)) => i as f64,
+                                None => f64::NAN,
+                            },
+                            attrs: p
+                                .attributes
+                                .iter()
+                                .map(|kv| {
+                                    (
+                                        kv.key.clone(),
+                                        kv.value
+                                            .as_ref()
+                                            .map(|v| text(&v.value))
+                                            .unwrap_or_default(),
+                                    )
+                                })
+                                .collect(),
+                            time_ns: p.time_unix_nano,
+                            service: service.clone(),
+                            request,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn text(v: &Option<Value>) -> String {
     match v {
         Some(Value::StringValue(s)) => s.clone(),
@@ -133,9 +236,19 @@ impl Receiver {
         self.sink.spans.lock().unwrap().clone()
     }
 
-    /// Export requests received (counted on arrival, before any delay).
+    /// Every metric data point received so far, in order of arrival.
+    pub fn points(&self) -> Vec<Point> {
+        self.sink.points.lock().unwrap().clone()
+    }
+
+    /// Trace export requests received (counted on arrival, before any delay).
     pub fn requests(&self) -> usize {
         self.sink.requests.load(Ordering::SeqCst)
+    }
+
+    /// Metric export requests received (counted on arrival, before any delay).
+    pub fn metric_requests(&self) -> usize {
+        self.sink.metric_requests.load(Ordering::SeqCst)
     }
 
     /// HTTP requests to another path or with another content type.
@@ -169,6 +282,23 @@ impl TraceService for Sink {
     }
 }
 
+#[tonic::async_trait]
+impl MetricsService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.metric_requests.fetch_add(1, Ordering::SeqCst);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.record_metrics(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
 /// An OTLP/gRPC receiver that answers each export after `delay`.
 pub fn grpc_receiver(delay: Duration) -> Receiver {
     let rt = runtime();
@@ -184,6 +314,7 @@ pub fn grpc_receiver(delay: Duration) -> Receiver {
     rt.spawn(
         tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(MetricsServiceServer::new(sink.clone()))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
     Receiver {
@@ -193,8 +324,8 @@ pub fn grpc_receiver(delay: Duration) -> Receiver {
     }
 }
 
-/// An OTLP/HTTP receiver (`POST /v1/traces`, `application/x-protobuf`) that
-/// answers each export after `delay`.
+/// An OTLP/HTTP receiver (`POST /v1/traces` and `/v1/metrics`,
+/// `application/x-protobuf`) that answers each export after `delay`.
 pub fn http_receiver(delay: Duration) -> Receiver {
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
@@ -220,13 +351,18 @@ pub fn http_receiver(delay: Duration) -> Receiver {
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         let s = s.clone();
                         async move {
-                            s.requests.fetch_add(1, Ordering::SeqCst);
+                            let metrics = req.uri().path() == "/v1/metrics";
+                            if metrics {
+                                s.metric_requests.fetch_add(1, Ordering::SeqCst);
+                            } else {
+                                s.requests.fetch_add(1, Ordering::SeqCst);
+                            }
                             let proto = req
                                 .headers()
                                 .get(hyper::header::CONTENT_TYPE)
                                 .is_some_and(|v| v == "application/x-protobuf");
                             if req.method() != hyper::Method::POST
-                                || req.uri().path() != "/v1/traces"
+                                || !(req.uri().path() == "/v1/traces" || metrics)
                                 || !proto
                             {
                                 s.bad_requests.fetch_add(1, Ordering::SeqCst);
@@ -241,8 +377,14 @@ pub fn http_receiver(delay: Duration) -> Receiver {
                             if !s.delay.is_zero() {
                                 tokio::time::sleep(s.delay).await;
                             }
-                            match ExportTraceServiceRequest::decode(body) {
-                                Ok(msg) => s.record(msg),
+                            let decoded = if metrics {
+                                ExportMetricsServiceRequest::decode(body)
+                                    .map(|msg| s.record_metrics(msg))
+                            } else {
+                                ExportTraceServiceRequest::decode(body).map(|msg| s.record(msg))
+                            };
+                            match decoded {
+                                Ok(()) => {}
                                 Err(_) => {
                                     s.bad_requests.fetch_add(1, Ordering::SeqCst);
                                     return Ok(hyper::Response::builder()
@@ -251,10 +393,17 @@ pub fn http_receiver(delay: Duration) -> Receiver {
                                         .unwrap());
                                 }
                             }
-                            let answer = ExportTraceServiceResponse {
-                                partial_success: None,
-                            }
-                            .encode_to_vec();
+                            let answer = if metrics {
+                                ExportMetricsServiceResponse {
+                                    partial_success: None,
+                                }
+                                .encode_to_vec()
+                            } else {
+                                ExportTraceServiceResponse {
+                                    partial_success: None,
+                                }
+                                .encode_to_vec()
+                            };
                             Ok(hyper::Response::builder()
                                 .status(200)
                                 .header(hyper::header::CONTENT_TYPE, "application/x-protobuf")

@@ -35,8 +35,13 @@ pub struct ExportStats {
     /// Spans dropped: the queue was full, an export failed, or they were
     /// still queued when the job's flush timed out.
     pub dropped: u64,
-    /// Export requests that failed (collector down, slow or refusing).
+    /// Span export requests that failed (collector down, slow or refusing).
     pub failed_exports: u64,
+    /// Metric export requests the collector accepted.
+    pub metric_exports: u64,
+    /// Metric export requests that failed (their values were dropped; the
+    /// next export carries newer ones).
+    pub failed_metric_exports: u64,
 }
 
 struct Queue {
@@ -126,6 +131,7 @@ impl Pipeline {
             exported: self.shared.exported.load(Ordering::Relaxed),
             dropped: self.shared.dropped.load(Ordering::Relaxed),
             failed_exports: self.shared.failed.load(Ordering::Relaxed),
+            ..ExportStats::default()
         }
     }
 
@@ -328,14 +334,18 @@ fn build_exporter(cfg: &TelemetryConfig) -> Result<opentelemetry_otlp::SpanExpor
             cfg.endpoint
         ))
     })?;
-    let resource = Resource::builder_empty()
+    exporter.set_resource(&resource(cfg));
+    Ok(exporter)
+}
+
+/// The resource of every span and metric: `service.name`, `service.version`.
+pub(super) fn resource(cfg: &TelemetryConfig) -> Resource {
+    Resource::builder_empty()
         .with_service_name(cfg.service_name.clone())
         .with_attributes([
             opentelemetry::KeyValue::new("telemetry.sdk.language", "rust"),
             opentelemetry::KeyValue::new("telemetry.sdk.name", "opentelemetry"),
             opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
         ])
-        .build();
-    exporter.set_resource(&resource);
-    Ok(exporter)
+        .build()
 }

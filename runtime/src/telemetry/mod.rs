@@ -1,9 +1,11 @@
-//! Telemetry: OpenTelemetry traces of checkpoints and failovers, exported over OTLP.
+//! Telemetry: OpenTelemetry traces of checkpoints and failovers, and the
+//! job's metrics, exported over OTLP.
 //!
 //! This module owns every span weir emits, their names and attributes (this
 //! page is the one place they are documented), and their export
 //! (`export.rs`: a bounded batch span processor in front of an OTLP exporter,
-//! gRPC or HTTP/protobuf).
+//! gRPC or HTTP/protobuf), and the OTLP export of the job's metrics
+//! (`metrics_export.rs`, see [Metrics](#metrics)).
 //!
 //! # Turning it on
 //! Off by default. It is on when `otel.exporter.otlp.endpoint` is set (or
@@ -11,7 +13,7 @@
 //! `OTEL_SDK_DISABLED`); see the `otel.*` options in [`crate::config::options`]
 //! and `conf/weir.yaml`. When it is off no span is ever built: every hook is
 //! behind an `Option` that is `None`, and hooks run once per checkpoint phase
-//! per subtask, never per record.
+//! per subtask, never per record; no metric export thread is started either.
 //!
 //! # Traces
 //! **One trace per checkpoint.** Its trace id and root span id are derived
@@ -64,8 +66,44 @@
 //!
 //! Resource: `service.name` (`otel.service.name`), `service.version`.
 //! Instrumentation scope: `weir`.
+//!
+//! # Metrics
+//! The metrics of [`crate::metrics`] (Flink's names, the same values as
+//! [`crate::job::JobHandle::metrics_snapshot`] and the Prometheus endpoint)
+//! are exported every `otel.metric.export-interval` (10 s;
+//! `OTEL_METRIC_EXPORT_INTERVAL` in ms) by one thread per job, and once more
+//! when the job ends (bounded by `otel.flush-timeout`), to the same endpoint
+//! (HTTP/protobuf: `<endpoint>/v1/metrics`). Each request is bounded by
+//! `otel.exporter.otlp.timeout` and never retried; a failed one is counted
+//! ([`ExportStats::failed_metric_exports`]) and logged at most once per
+//! `otel.drop-log-interval`: the next export carries newer values. Sums are
+//! cumulative and monotonic. Same resource and scope as the spans.
+//!
+//! | metric | type | attributes | unit |
+//! |---|---|---|---|
+//! | `uptime` | gauge | job | ms |
+//! | `numRestarts` | sum | job | |
+//! | `lastCheckpointDuration` | gauge | job | ms |
+//! | `lastCheckpointSize`, `lastCheckpointFullSize` | gauge | job | bytes |
+//! | `lastCompletedCheckpointId` | gauge | job | |
+//! | `lastCheckpointRestoreTimestamp` | gauge | job | ms since the epoch |
+//! | `numberOfCompletedCheckpoints`, `numberOfFailedCheckpoints`, `totalNumberOfCheckpoints` | sum | job | |
+//! | `numberOfInProgressCheckpoints` | gauge | job | |
+//! | `numRecordsIn`, `numRecordsOut` | sum | operator subtask | |
+//! | `numRecordsInPerSecond`, `numRecordsOutPerSecond` | gauge | operator subtask | records/s |
+//! | `backPressuredTimeMsPerSecond`, `idleTimeMsPerSecond`, `busyTimeMsPerSecond` | gauge | task subtask | ms/s |
+//! | `isBackPressured` | gauge | task subtask | 0 or 1 |
+//! | `outPoolUsage`, `inPoolUsage` | gauge | task subtask | 0 to 1 |
+//! | `checkpointAlignmentTime` | gauge | task subtask | ns |
+//!
+//! Attributes: job: `weir.job.id`, `weir.job.name`; operator subtask: those
+//! and `weir.operator` (the operator's name) and `weir.subtask.index`; task
+//! subtask: the same with `weir.operator` the chain's name (`A -> B`), as on
+//! subtask spans. The `last*` gauges have no data point until a checkpoint
+//! completed (or the job restored).
 
 mod export;
+mod metrics_export;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,6 +214,8 @@ pub struct TelemetryConfig {
     pub flush_timeout: Duration,
     /// Drops and failures are logged at most once per this interval.
     pub drop_log_interval: Duration,
+    /// How often the job's metrics are exported.
+    pub metric_export_interval: Duration,
 }
 
 impl TelemetryConfig {
@@ -189,19 +229,20 @@ impl TelemetryConfig {
         let Some(endpoint) = crate::config::parse_endpoint(&raw).flatten() else {
             return Ok(None);
         };
+        // Never zero: `Kind::PositiveDuration` rejects it when it is set.
+        let metric_export_interval = conf.get(&options::OTEL_METRIC_EXPORT_INTERVAL);
         let max_queue_size = conf.get(&options::OTEL_BSP_MAX_QUEUE_SIZE);
         let max_export_batch_size = conf.get(&options::OTEL_BSP_MAX_EXPORT_BATCH_SIZE);
         if max_export_batch_size > max_queue_size {
             let key = options::OTEL_BSP_MAX_EXPORT_BATCH_SIZE.def.key;
-            let origin = conf
-                .entries()
-                .find(|(k, _, _)| *k == key)
-                .map(|(_, _, s)| s.clone())
-                .unwrap_or(ValueSource::Default);
             return Err(ConfigError::BadValue {
                 key: key.to_string(),
                 value: max_export_batch_size.to_string(),
-                origin,
+                origin: conf
+                    .entries()
+                    .find(|(k, _, _)| *k == key)
+                    .map(|(_, _, s)| s.clone())
+                    .unwrap_or(ValueSource::Default),
                 accepted: format!("at most otel.bsp.max-queue-size ({max_queue_size})"),
             });
         }
@@ -219,6 +260,7 @@ impl TelemetryConfig {
             max_export_batch_size,
             flush_timeout: conf.get(&options::OTEL_FLUSH_TIMEOUT),
             drop_log_interval: conf.get(&options::OTEL_DROP_LOG_INTERVAL),
+            metric_export_interval,
         }))
     }
 }
@@ -288,6 +330,9 @@ struct Inner {
     anchor: (Instant, SystemTime),
     scope: InstrumentationScope,
     pipeline: export::Pipeline,
+    /// The export thread of the job's metrics, once the job runs.
+    metrics: Mutex<Option<Arc<metrics_export::MetricsExport>>>,
+    cfg: TelemetryConfig,
     flush_timeout: Duration,
     failovers: Mutex<Vec<FailoverTrace>>,
     failover_seq: AtomicU64,
@@ -360,6 +405,8 @@ impl Telemetry {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
             pipeline,
+            metrics: Mutex::new(None),
+            cfg: cfg.clone(),
             flush_timeout: cfg.flush_timeout,
             failovers: Mutex::new(Vec::new()),
             failover_seq: AtomicU64::new(0),
@@ -369,18 +416,57 @@ impl Telemetry {
 
     /// What the export has done so far.
     pub fn stats(&self) -> ExportStats {
-        self.0.pipeline.stats()
+        let mut stats = self.0.pipeline.stats();
+        if let Some(m) = self.metrics_export() {
+            (stats.metric_exports, stats.failed_metric_exports) = m.stats();
+        }
+        stats
+    }
+
+    fn metrics_export(&self) -> Option<Arc<metrics_export::MetricsExport>> {
+        self.0
+            .metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Starts the periodic OTLP export of the job's metrics, read from
+    /// `source` (`None` once the job is gone). A metric exporter that cannot
+    /// be built is logged, never fatal: the job runs already.
+    pub(crate) fn export_metrics(
+        &self,
+        source: impl Fn() -> Option<crate::metrics::JobMetrics> + Send + 'static,
+    ) {
+        match metrics_export::MetricsExport::start(
+            &self.0.cfg,
+            &self.0.job_id,
+            &self.0.job_name,
+            Box::new(source),
+        ) {
+            Ok(m) => *self.0.metrics.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(m)),
+            Err(e) => tracing::warn!(error = %e, "cannot export the job's metrics over OTLP"),
+        }
     }
 
     /// Ends the job's telemetry: failovers still open are ended with an
-    /// error, then the queued spans are exported, waiting at most
-    /// `otel.flush-timeout`. Returns whether everything was handed over in time.
+    /// error, then the queued spans and the final metrics are exported,
+    /// waiting at most `otel.flush-timeout` for both together. Returns
+    /// whether everything was handed over in time.
     pub fn shutdown(&self) -> bool {
         let open: Vec<FailoverTrace> = std::mem::take(&mut *self.failovers());
         for f in open {
             self.emit_failover(f, Some("the job ended before the failover finished"));
         }
-        self.0.pipeline.shutdown(self.0.flush_timeout)
+        let deadline = Instant::now() + self.0.flush_timeout;
+        let metrics = self.metrics_export();
+        if let Some(m) = &metrics {
+            // Spans and metrics are exported at the same time.
+            m.request_shutdown();
+        }
+        let spans = self.0.pipeline.shutdown(self.0.flush_timeout);
+        let metrics = metrics.is_none_or(|m| m.shutdown(deadline));
+        spans && metrics
     }
 
     /// The trace of checkpoint `id` of the job's current attempt.
@@ -834,6 +920,26 @@ mod tests {
         assert!(TelemetryConfig::from_conf(&conf).unwrap().is_some());
         conf.set("otel.sdk.disabled", "true").unwrap();
         assert!(TelemetryConfig::from_conf(&conf).unwrap().is_none());
+    }
+
+    #[test]
+    fn metric_export_interval_must_be_positive() {
+        let mut conf = Conf::defaults();
+        conf.set("otel.exporter.otlp.endpoint", "http://127.0.0.1:4317")
+            .unwrap();
+        let cfg = TelemetryConfig::from_conf(&conf).unwrap().unwrap();
+        assert_eq!(cfg.metric_export_interval, Duration::from_secs(10));
+        for bad in ["0", "0s", "soon"] {
+            let err = conf
+                .set("otel.metric.export-interval", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("otel.metric.export-interval"), "{err}");
+            assert!(err.contains("more than 0"), "{err}");
+        }
+        conf.set("otel.metric.export-interval", "250").unwrap();
+        let cfg = TelemetryConfig::from_conf(&conf).unwrap().unwrap();
+        assert_eq!(cfg.metric_export_interval, Duration::from_millis(250));
     }
 
     #[test]
