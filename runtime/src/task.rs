@@ -43,7 +43,7 @@ use crate::checkpoint::{
 use crate::graph::{ChainedOp, Head, SubtaskSpec};
 use crate::operator::{guarded, SourceContext, SourceStatus};
 use crate::record::AnyBatch;
-use crate::state::OperatorStateStore;
+use crate::state::{OperatorStateStore, PendingKeyedSnapshot, UploadTarget};
 use crate::{Error, Result};
 
 /// Shared by all subtasks of one job: the first root-cause failure.
@@ -354,8 +354,16 @@ enum Capture {
 struct UnalignedCapture {
     inputs: Vec<Capture>,
     channel: Vec<Vec<Vec<u8>>>,
-    operators: Vec<OperatorSnapshot>,
+    operators: Vec<PendingOperator>,
     stats: SubtaskCheckpointStats,
+}
+
+/// One operator's snapshot after the synchronous part: its keyed state is
+/// uploaded or encoded by the asynchronous part.
+pub(crate) struct PendingOperator {
+    name: String,
+    keyed: Option<PendingKeyedSnapshot>,
+    operator: OperatorStateStore,
 }
 
 /// An aligned (or at-least-once) checkpoint waiting for barriers.
@@ -743,12 +751,12 @@ impl<'a> Runner<'a> {
     }
 
     /// Synchronous part of a snapshot: the source position and every operator's state.
-    fn snapshot_operators(&mut self, id: u64) -> Result<Vec<OperatorSnapshot>> {
+    fn snapshot_operators(&mut self, id: u64) -> Result<Vec<PendingOperator>> {
         crate::failpoint::hit("sync-snapshot")?;
         let mut out = Vec::with_capacity(self.spec.ops.len() + 1);
         if let Head::Source { op, ctx, .. } = &mut self.head {
             let st = guarded(ctx, || op.snapshot())?;
-            out.push(OperatorSnapshot {
+            out.push(PendingOperator {
                 name: ctx.operator.clone(),
                 keyed: None,
                 operator: st,
@@ -756,7 +764,7 @@ impl<'a> Runner<'a> {
         }
         for op in self.spec.ops.iter_mut() {
             let (keyed, st) = guarded(&op.ctx, || op.op.snapshot(id))?;
-            out.push(OperatorSnapshot {
+            out.push(PendingOperator {
                 name: op.ctx.operator.clone(),
                 keyed,
                 operator: st,
@@ -1129,45 +1137,76 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    /// Starts the asynchronous part: write the state file, then acknowledge.
+    /// Starts the asynchronous part: encode or upload keyed state, write the
+    /// state file, then acknowledge.
     fn upload(
         &self,
         id: u64,
-        operators: Vec<OperatorSnapshot>,
+        operators: Vec<PendingOperator>,
         channel_state: Vec<ChannelStateEntry>,
         mut stats: SubtaskCheckpointStats,
     ) {
         let Some(link) = self.link.clone() else {
             return;
         };
-        let state = SubtaskState {
-            chain: self.spec.chain.clone(),
-            chain_index: self.spec.chain_index,
-            subtask: self.spec.subtask,
-            parallelism: self.spec.parallelism,
-            operators,
-            channel_state,
-        };
+        let (chain, chain_index, subtask, parallelism) = (
+            self.spec.chain.clone(),
+            self.spec.chain_index,
+            self.spec.subtask,
+            self.spec.parallelism,
+        );
         let task = self.spec.task_index;
         let me = self.me;
         stats.task = self.spec.chain.clone();
         stats.index = self.spec.subtask;
         self.main.spawn(async move {
             let t0 = Instant::now();
-            let (chain, chain_index, subtask) =
-                (state.chain.clone(), state.chain_index, state.subtask);
             let storage = link.storage.clone();
+            let chain_name = chain.clone();
             let written = tokio::task::spawn_blocking(move || {
                 crate::failpoint::hit("during-upload")?;
-                storage.write_state(id, chain_index, subtask, &state)
+                let target = UploadTarget {
+                    storage: &storage,
+                    checkpoint_id: id,
+                };
+                let (mut files, mut uploaded, mut full) = (Vec::new(), 0u64, 0u64);
+                let mut snapshots = Vec::with_capacity(operators.len());
+                for p in operators {
+                    let keyed = match p.keyed {
+                        Some(k) => {
+                            let u = k.upload(&target)?;
+                            files.extend(u.files);
+                            uploaded += u.uploaded;
+                            full += u.full_size;
+                            Some(u.handle)
+                        }
+                        None => None,
+                    };
+                    snapshots.push(OperatorSnapshot {
+                        name: p.name,
+                        keyed,
+                        operator: p.operator,
+                    });
+                }
+                let state = SubtaskState {
+                    chain: chain_name,
+                    chain_index,
+                    subtask,
+                    parallelism,
+                    operators: snapshots,
+                    channel_state,
+                };
+                let (file, size) = storage.write_state(id, chain_index, subtask, &state)?;
+                Ok((file, size, files, uploaded, full))
             })
             .await
             .unwrap_or_else(|e| Err(Error::Internal(format!("upload panicked: {e}"))))
             .and_then(|w| crate::failpoint::hit("before-ack").map(|()| w));
             match written {
-                Ok((file, size)) => {
+                Ok((file, size, files, uploaded, full)) => {
                     stats.async_duration = t0.elapsed().as_secs_f64() * 1e3;
-                    stats.state_size = size;
+                    stats.state_size = size + full;
+                    stats.checkpointed_size = size + uploaded;
                     stats.ack_timestamp = now_ms();
                     let _ = link.coordinator.cast(CoordMsg::Ack(Box::new(Ack {
                         id,
@@ -1179,6 +1218,7 @@ impl<'a> Runner<'a> {
                             subtask,
                             file,
                             size,
+                            files,
                         },
                         stats,
                     })));
