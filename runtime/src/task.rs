@@ -395,12 +395,17 @@ struct Runner<'a> {
     remainder: Option<(usize, Vec<AnyBatch>)>,
     /// This subtask's actor: the coordinator ignores messages of replaced actors.
     me: ractor::ActorId,
+    /// Queue of this subtask's uploads, run one at a time in snapshot order.
+    uploads: UnboundedSender<UploadJob>,
     /// Latest watermark per input, the chain's input watermark (their
     /// minimum over open inputs) and the last watermark emitted downstream.
     input_wm: Vec<i64>,
     combined_wm: i64,
     output_wm: i64,
 }
+
+/// The asynchronous part of one snapshot (upload, then acknowledgement).
+type UploadJob = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Records per chunk when batches are processed in chunks (unaligned checkpoints).
 const CHUNK: usize = 64;
@@ -421,6 +426,12 @@ impl<'a> Runner<'a> {
             )),
         );
         let mode = link.as_ref().map_or(BarrierMode::Aligned, |l| l.mode);
+        let (uploads, mut queue) = unbounded_channel::<UploadJob>();
+        main.spawn(async move {
+            while let Some(job) = queue.recv().await {
+                job.await;
+            }
+        });
         Runner {
             spec,
             head,
@@ -434,6 +445,7 @@ impl<'a> Runner<'a> {
             batches_since_yield: 0,
             main,
             me,
+            uploads,
             remainder: None,
             input_wm: Vec::new(),
             combined_wm: i64::MIN,
@@ -1159,7 +1171,11 @@ impl<'a> Runner<'a> {
         let me = self.me;
         stats.task = self.spec.chain.clone();
         stats.index = self.spec.subtask;
-        self.main.spawn(async move {
+        // One upload at a time per subtask, in snapshot order (a queue to one
+        // worker task): acknowledgements arrive in checkpoint order, so a
+        // checkpoint is never subsumed by a later one of the same subtask
+        // while its files are still being written.
+        let job = Box::pin(async move {
             let t0 = Instant::now();
             let storage = link.storage.clone();
             let chain_name = chain.clone();
@@ -1234,6 +1250,10 @@ impl<'a> Runner<'a> {
                 }
             }
         });
+        if let Err(e) = self.uploads.send(job) {
+            // The worker is gone only when the runtime shuts down: run it anyway.
+            self.main.spawn(e.0);
+        }
     }
 
     /// End of input: finish each operator in chain order, passing what it

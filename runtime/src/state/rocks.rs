@@ -1184,6 +1184,7 @@ impl RocksPending {
                         let (size, crc32) = target.storage.copy_in(&src, &rel, true)?;
                         if !existed {
                             uploaded += size;
+                            crate::failpoint::hit("rocksdb-upload-file")?;
                         }
                         StateFile {
                             path: rel,
@@ -1197,6 +1198,7 @@ impl RocksPending {
                 let rel = format!("chk-{}/{}-{name}", target.checkpoint_id, self.instance);
                 let (size, crc32) = target.storage.copy_in(&src, &rel, false)?;
                 uploaded += size;
+                crate::failpoint::hit("rocksdb-upload-file")?;
                 StateFile {
                     path: rel,
                     local: name.clone(),
@@ -1204,7 +1206,6 @@ impl RocksPending {
                     crc32,
                 }
             };
-            crate::failpoint::hit("rocksdb-upload-file")?;
             if is_sst && self.incremental {
                 shared.insert(name, file.clone());
             }
