@@ -210,13 +210,24 @@ impl CoordState {
     /// Starts reference counting with the complete checkpoints already in
     /// the job directory (a restarted attempt keeps and counts them).
     fn adopt_existing(&mut self) {
-        let Ok(list) = super::storage::list_checkpoints(self.args.storage.job_dir()) else {
+        // Only the `_metadata` files are read: they list every referenced file.
+        let Ok(rd) = std::fs::read_dir(self.args.storage.job_dir()) else {
             return;
         };
-        for c in list.into_iter().filter(|c| c.status == "complete") {
-            if let Ok(m) = super::storage::read_metadata(&c.dir) {
-                self.retain(c.id, &m.subtasks);
-                self.latest_completed = self.latest_completed.max(c.id);
+        let mut ids: Vec<u64> = rd
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_prefix("chk-")
+                    .and_then(|n| n.parse().ok())
+            })
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Ok(m) = super::storage::read_metadata(&self.args.storage.checkpoint_dir(id)) {
+                self.retain(id, &m.subtasks);
+                self.latest_completed = self.latest_completed.max(id);
             }
         }
         self.apply_retention();

@@ -56,7 +56,7 @@ use crate::config::{options, Conf};
 use crate::keygroup::{key_group_for, KeyGroupRange};
 use crate::operator::RuntimeContext;
 use crate::record::{Data, Key};
-use crate::{Error, Result};
+use crate::Result;
 
 pub use heap::HeapKeyedStateBackend;
 #[cfg(feature = "rocksdb")]
@@ -217,14 +217,14 @@ impl<K: Key> KeyedStateBackend<K> {
                 RocksKeyedStateBackend::open(ctx)?,
             ))),
             #[cfg(not(feature = "rocksdb"))]
-            BackendKind::RocksDb => {
-                Err(Error::Config(crate::config::ConfigError::FeatureMissing {
+            BackendKind::RocksDb => Err(crate::Error::Config(
+                crate::config::ConfigError::FeatureMissing {
                     key: options::STATE_BACKEND.def.key.to_string(),
                     value: "rocksdb".into(),
                     origin: crate::config::ValueSource::Code,
                     feature: "rocksdb",
-                }))
-            }
+                },
+            )),
         }
     }
 
@@ -342,7 +342,7 @@ fn rocks_to_canonical(
     #[cfg(not(feature = "rocksdb"))]
     {
         let _ = (h, range);
-        Err(Error::Restore(format!(
+        Err(crate::Error::Restore(format!(
             "the checkpoint in {} holds RocksDB state, and this build of weir has no RocksDB support: rebuild with `--features rocksdb`",
             job_dir.display()
         )))

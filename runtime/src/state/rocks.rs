@@ -535,7 +535,13 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         }
     }
 
-    fn db_put<T: Serialize>(&self, cf: &str, kg: u16, key: &K, value: Option<&T>) -> Result<()> {
+    fn db_put<T: Serialize + ?Sized>(
+        &self,
+        cf: &str,
+        kg: u16,
+        key: &K,
+        value: Option<&T>,
+    ) -> Result<()> {
         let db = db_of(&self.db)?;
         let cf = cf_of(db, cf)?;
         let mut buf = self.buf.borrow_mut();
@@ -572,8 +578,8 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         value: Option<T>,
     ) -> Result<()> {
         if self.cache_entries == 0 {
-            let cf = self.state(id)?.cf.clone();
-            return self.db_put(&cf, kg, key, value.as_ref());
+            let cf = &self.state(id)?.cf;
+            return self.db_put(cf, kg, key, value.as_ref());
         }
         let col = self
             .states
@@ -690,10 +696,10 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         key: &K,
         value: T,
     ) -> Result<()> {
-        let cf = self.state(id)?.cf.clone();
-        let mut list: Vec<T> = self.db_get(&cf, kg, key)?.unwrap_or_default();
+        let cf = &self.state(id)?.cf;
+        let mut list: Vec<T> = self.db_get(cf, kg, key)?.unwrap_or_default();
         list.push(value);
-        self.db_put(&cf, kg, key, Some(&list))
+        self.db_put(cf, kg, key, Some(&list))
     }
 
     pub(crate) fn list_put<T: Data>(
@@ -701,10 +707,10 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         id: usize,
         kg: u16,
         key: &K,
-        values: &Vec<T>,
+        values: &[T],
     ) -> Result<()> {
-        let cf = self.state(id)?.cf.clone();
-        self.db_put(&cf, kg, key, (!values.is_empty()).then_some(values))
+        let cf = &self.state(id)?.cf;
+        self.db_put(cf, kg, key, (!values.is_empty()).then_some(values))
     }
 
     // -- map state ----------------------------------------------------------
@@ -923,7 +929,7 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         self.restores += 1;
         let tmp = self.root.join(format!("restore-{}", self.restores));
         let old = download(job_dir, h, &tmp)?;
-        let result = (|| {
+        let result = (|| -> Result<()> {
             let db = db_of(&self.db)?;
             let lo = self.range.start.max(h.key_groups.start);
             let hi = self.range.end.min(h.key_groups.end);
