@@ -163,7 +163,7 @@ fn snapshots_restore_across_backends_and_parallelism() {
         let mut restored = RestoredKeyed::default();
         for sub in 0..2 {
             let mut b = rocks(2, sub, 16, incremental);
-            let s = register(&mut b);
+            register(&mut b);
             // Every subtask writes only the keys of its own key groups.
             let range = KeyGroupRange::for_subtask(MAX, 2, sub);
             let mut full =

@@ -4,7 +4,7 @@
 //!
 //! # Copy-on-write snapshots (DESIGN.md invariant 2: the synchronous part is cheap)
 //! Each key group's map sits behind an [`Arc`]. The synchronous part of a
-//! snapshot ([`HeapKeyedStateBackend::snapshot_async`]) only clones those
+//! snapshot (`HeapKeyedStateBackend::snapshot_async`) only clones those
 //! `Arc`s: O(number of key groups), independent of the number of keys. The
 //! returned job serializes the frozen maps later, in the asynchronous upload,
 //! off the processing loop. A write after a snapshot goes through

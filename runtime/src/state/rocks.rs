@@ -25,10 +25,10 @@
 //! RocksDB `get`/`put`. List and map state always go to RocksDB.
 //!
 //! # Snapshots (DESIGN.md invariants 2 and 6)
-//! Synchronous part ([`RocksKeyedStateBackend::snapshot_async`], on the
+//! Synchronous part (`RocksKeyedStateBackend::snapshot_async`, on the
 //! processing loop): write back the value cache, then create a RocksDB
 //! checkpoint (flush of the memtables plus hard links of the live SST files)
-//! in the working directory. Asynchronous part ([`RocksPending::upload`], in
+//! in the working directory. Asynchronous part (`RocksPending::upload`, in
 //! the subtask's upload task): copy its files to checkpoint storage with their
 //! CRC-32 and fsync them, then delete the local checkpoint. With
 //! `execution.checkpointing.incremental: true` SST files go to
@@ -43,7 +43,7 @@
 //! (CRC-32 checked), opened read-only, and the key range of the overlapping
 //! key groups of every column family is copied into this instance. From the
 //! canonical form (a heap checkpoint): entries are decoded with the state's
-//! types and written. [`to_canonical`] turns RocksDB files into the canonical
+//! types and written. `to_canonical` turns RocksDB files into the canonical
 //! form for the heap backend.
 
 use std::any::Any;
