@@ -194,7 +194,7 @@ fn peer_run(words: u64, pairs: &[(&str, &str)]) -> f64 {
     use weir::operators::rng::splitmix64;
     let (env, dir) = env_with(2, pairs);
     env.add_source(GeneratorSource::new(0, Some(words), |i, _| {
-        Word::new(&format!("w{}", splitmix64(i) % VOCAB as u64))
+        word_of(splitmix64(i) % VOCAB as u64)
     }))
     .name("words")
     .key_by(|w: &Word| w.clone())
@@ -205,6 +205,23 @@ fn peer_run(words: u64, pairs: &[(&str, &str)]) -> f64 {
     let r = env.execute("peer-job").expect("run");
     let _ = std::fs::remove_dir_all(&dir);
     words as f64 / r.duration.as_secs_f64()
+}
+
+/// `"w" + n` without a formatter (as `benches/wordcount.rs` does).
+fn word_of(mut n: u64) -> Word {
+    let mut buf = [0u8; 21];
+    let mut k = buf.len();
+    loop {
+        k -= 1;
+        buf[k] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    k -= 1;
+    buf[k] = b'w';
+    Word::new(std::str::from_utf8(&buf[k..]).unwrap_or("w"))
 }
 
 fn throughput(words: u64, runs: usize) {

@@ -346,7 +346,11 @@ pub struct RocksKeyedStateBackend<K> {
     cache_entries: usize,
     states: Vec<Registered<K>>,
     write_opts: WriteOptions,
+    read_opts: ReadOptions,
+    cache: rocksdb::Cache,
+    /// Key and value encoding buffers, reused across records.
     buf: RefCell<Vec<u8>>,
+    vbuf: RefCell<Vec<u8>>,
     tracker: Arc<Mutex<Tracker>>,
     restores: usize,
 }
@@ -380,6 +384,19 @@ fn db_options() -> Options {
     o.set_max_background_jobs(2);
     // The memtable is flushed by every snapshot's synchronous part: keep it moderate.
     o.set_write_buffer_size(32 << 20);
+    o
+}
+
+/// Options of the live instance: `db_options` plus bloom filters (every
+/// checkpoint flushes a small L0 file; point lookups must not read them all)
+/// and a block cache shared by the instance's column families.
+fn live_options(cache: &rocksdb::Cache) -> Options {
+    let mut o = db_options();
+    let mut t = rocksdb::BlockBasedOptions::default();
+    t.set_bloom_filter(10.0, false);
+    t.set_block_cache(cache);
+    t.set_cache_index_and_filter_blocks(true);
+    o.set_block_based_table_factory(&t);
     o
 }
 
@@ -421,7 +438,8 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         let root = base.join(format!("weir-rocksdb-{}-{instance}", std::process::id()));
         std::fs::create_dir_all(&root)
             .map_err(|e| Error::io("cannot create the RocksDB working directory", &root, e))?;
-        let db = DB::open(&db_options(), root.join("db")).map_err(db_err)?;
+        let cache = rocksdb::Cache::new_lru_cache(64 << 20);
+        let db = DB::open(&live_options(&cache), root.join("db")).map_err(db_err)?;
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(true);
         Ok(RocksKeyedStateBackend {
@@ -434,7 +452,10 @@ impl<K: Key> RocksKeyedStateBackend<K> {
             cache_entries: cfg.value_cache_entries,
             states: Vec::new(),
             write_opts,
+            read_opts: ReadOptions::default(),
+            cache,
             buf: RefCell::new(Vec::with_capacity(64)),
+            vbuf: RefCell::new(Vec::with_capacity(64)),
             tracker: Arc::new(Mutex::new(Tracker::default())),
             restores: 0,
         })
@@ -470,7 +491,7 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         self.db
             .as_mut()
             .ok_or_else(|| Error::Internal("RocksDB instance already closed".into()))?
-            .create_cf(&cf, &db_options())
+            .create_cf(&cf, &live_options(&self.cache))
             .map_err(db_err)?;
         self.states.push(Registered {
             name: name.to_string(),
@@ -529,7 +550,10 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         let db = db_of(&self.db)?;
         let mut buf = self.buf.borrow_mut();
         encode_key(&mut buf, kg, key)?;
-        match db.get_pinned_cf(cf_of(db, cf)?, &*buf).map_err(db_err)? {
+        match db
+            .get_pinned_cf_opt(cf_of(db, cf)?, &*buf, &self.read_opts)
+            .map_err(db_err)?
+        {
             Some(v) => Ok(Some(decode(&v)?)),
             None => Ok(None),
         }
@@ -548,9 +572,10 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         encode_key(&mut buf, kg, key)?;
         match value {
             Some(v) => {
-                let mut val = Vec::new();
+                let mut val = self.vbuf.borrow_mut();
+                val.clear();
                 append(&mut val, v)?;
-                db.put_cf_opt(cf, &*buf, &val, &self.write_opts)
+                db.put_cf_opt(cf, &*buf, &*val, &self.write_opts)
             }
             None => db.delete_cf_opt(cf, &*buf, &self.write_opts),
         }
@@ -731,7 +756,10 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         let cf = cf_of(db, &self.state(id)?.cf)?;
         let mut buf = self.buf.borrow_mut();
         Self::map_key(&mut buf, kg, key, user_key)?;
-        match db.get_pinned_cf(cf, &*buf).map_err(db_err)? {
+        match db
+            .get_pinned_cf_opt(cf, &*buf, &self.read_opts)
+            .map_err(db_err)?
+        {
             Some(v) => Ok(Some(decode(&v)?)),
             None => Ok(None),
         }
