@@ -339,7 +339,9 @@ fn upload_growth(records: u64) {
         "{:>4}  {:>16}  {:>16}  {:>20}  {:>20}",
         "chk", "full: uploaded", "full: state", "incremental: uploaded", "incremental: state"
     );
-    for i in 0..full.len().max(inc.len()) {
+    let rows = full.len().max(inc.len());
+    let step = rows.div_ceil(25).max(1);
+    for i in (0..rows).filter(|i| i % step == 0 || i + 1 == rows) {
         let f = full.get(i);
         let n = inc.get(i);
         println!(
