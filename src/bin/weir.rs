@@ -381,11 +381,11 @@ fn inspect(dir: &Path, json: bool) -> Result<ExitCode, Box<dyn std::error::Error
             if !o["keyed_state"].is_null() {
                 let k = &o["keyed_state"];
                 print!(
-                    ": keyed state ({}) in {} key groups [{}..{}]",
-                    k["backend"].as_str().unwrap_or(""),
+                    ": keyed state in {} key groups [{}..{}] ({})",
                     k["key_groups"],
                     k["key_group_min"],
-                    k["key_group_max"]
+                    k["key_group_max"],
+                    k["backend"].as_str().unwrap_or("")
                 );
             }
             println!();
