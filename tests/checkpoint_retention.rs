@@ -150,7 +150,11 @@ fn exactly_the_retained_files(pairs: &[(&str, &str)]) {
         .collect();
     assert!(
         extra.is_empty() && missing.is_empty(),
-        "{pairs:?}: files no retained checkpoint references: {extra:?}; referenced but missing: {missing:?}"
+        "{pairs:?}: {} files no retained checkpoint references (e.g. {:?}); {} referenced but missing (e.g. {:?})",
+        extra.len(),
+        &extra[..extra.len().min(5)],
+        missing.len(),
+        &missing[..missing.len().min(5)]
     );
     assert_eq!(actual.len(), expected.len());
     assert_eq!(
