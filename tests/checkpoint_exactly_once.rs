@@ -3,8 +3,9 @@
 //! restarted from its latest complete checkpoint with `-s`, until it
 //! finishes. For every word the committed output must be exactly the lines
 //! with counts 1..N in order, N its true count: for aligned, unaligned,
-//! aligned-with-timeout and three concurrent checkpoints. At-least-once may
-//! duplicate but never lose.
+//! aligned-with-timeout and three concurrent checkpoints, and with the
+//! RocksDB backend (feature `rocksdb`) in full and incremental mode.
+//! At-least-once may duplicate but never lose.
 
 mod common;
 
@@ -198,6 +199,38 @@ fn three_concurrent_unaligned_checkpoints_survive_kills() {
             "execution.checkpointing.unaligned.enabled=true",
         ],
         &[9],
+    );
+}
+
+#[cfg(feature = "rocksdb")]
+#[test]
+fn rocksdb_full_survives_kills() {
+    exactly_once(
+        "rocksdb-full",
+        &[
+            "-D",
+            "state.backend.type=rocksdb",
+            "-D",
+            "state.backend.rocksdb.value-cache.entries=1024",
+        ],
+        &[13, 14],
+    );
+}
+
+#[cfg(feature = "rocksdb")]
+#[test]
+fn rocksdb_incremental_survives_kills() {
+    exactly_once(
+        "rocksdb-incremental",
+        &[
+            "-D",
+            "state.backend.type=rocksdb",
+            "-D",
+            "execution.checkpointing.incremental=true",
+            "-D",
+            "state.backend.rocksdb.value-cache.entries=1024",
+        ],
+        &[15, 16],
     );
 }
 

@@ -5,11 +5,46 @@
 # The web UI test (tests/ui_browser.rs) drives headless Chromium: Debian's
 # `chromium` package is installed here when missing (as root); when it cannot
 # be, that test is skipped with a loud message (WEIR_SKIP_BROWSER=1).
+# The `rocksdb` feature compiles RocksDB from C++ sources: it needs a C++
+# compiler and libclang (for bindgen). What is missing is installed with
+# apt-get when running as root; otherwise the exact command is printed and
+# the script exits non-zero. (`cargo run --release --example wordcount`
+# needs none of this: rocksdb is not a default feature.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is not installed: see https://rustup.rs" >&2
   exit 1
+fi
+
+have_libclang() {
+  if [ -n "${LIBCLANG_PATH:-}" ] && ls "$LIBCLANG_PATH"/libclang*.so* >/dev/null 2>&1; then
+    return 0
+  fi
+  if command -v ldconfig >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then
+    return 0
+  fi
+  ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* \
+    /usr/lib64/libclang*.so* /usr/local/lib/libclang*.so* >/dev/null 2>&1
+}
+have_cxx() {
+  command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || command -v clang++ >/dev/null 2>&1
+}
+
+missing=()
+have_libclang || missing+=(libclang-dev)
+have_cxx || missing+=(g++)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${missing[*]} (needed by the rocksdb feature)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "the rocksdb feature needs ${missing[*]}, which is not installed; run:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
 fi
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -272,6 +272,18 @@ pub enum ConfigError {
         /// What is accepted.
         accepted: String,
     },
+    /// The value needs a cargo feature this build does not have.
+    #[error("configuration key '{key}' is '{value}' (from {origin}), but this build of weir has no {feature} support: rebuild with `--features {feature}` (e.g. `cargo run --release --features {feature} --example wordcount`; RocksDB's build needs libclang, see tests/run.sh)")]
+    FeatureMissing {
+        /// The option's key.
+        key: String,
+        /// The value as written.
+        value: String,
+        /// Where it was written.
+        origin: ValueSource,
+        /// The cargo feature that enables it.
+        feature: &'static str,
+    },
     /// A `-D` argument without `=`.
     #[error("malformed dynamic property '{0}': expected -D key=value")]
     Malformed(String),
@@ -393,6 +405,17 @@ impl Conf {
             origin: source.clone(),
             accepted: def.kind.accepted(),
         })?;
+        if def.key == options::STATE_BACKEND.def.key
+            && value.trim().eq_ignore_ascii_case("rocksdb")
+            && !cfg!(feature = "rocksdb")
+        {
+            return Err(ConfigError::FeatureMissing {
+                key: key.to_string(),
+                value: value.to_string(),
+                origin: source,
+                feature: "rocksdb",
+            });
+        }
         let value = match def.kind {
             Kind::Enum(words) => words
                 .iter()
@@ -621,8 +644,32 @@ pub mod options {
     pub const STATE_BACKEND: ConfigOption<String> = ConfigOption::new(
         "state.backend.type",
         "hashmap",
-        Kind::Enum(&["hashmap"]),
-        "keyed state backend: hashmap (in memory)",
+        Kind::Enum(&["hashmap", "rocksdb"]),
+        "keyed state backend: hashmap (in memory, copy-on-write snapshots) or rocksdb (on local disk; needs a build with --features rocksdb)",
+    );
+    /// Incremental checkpoints.
+    pub const CHECKPOINTING_INCREMENTAL: ConfigOption<bool> = ConfigOption::new(
+        "execution.checkpointing.incremental",
+        "false",
+        Kind::Bool,
+        "rocksdb: upload only SST files no earlier checkpoint uploaded (to <job-dir>/shared/, reference-counted); false uploads a full copy each time",
+    );
+    /// RocksDB working directory.
+    pub const ROCKSDB_LOCALDIR: ConfigOption<String> = ConfigOption::new(
+        "state.backend.rocksdb.localdir",
+        "",
+        Kind::Text,
+        "rocksdb: where each stateful subtask keeps its database (deleted when the subtask ends); empty: the system's temporary directory",
+    );
+    /// RocksDB write cache of value states.
+    pub const ROCKSDB_CACHE_ENTRIES: ConfigOption<usize> = ConfigOption::new(
+        "state.backend.rocksdb.value-cache.entries",
+        "65536",
+        Kind::Int {
+            min: 0,
+            max: 100_000_000,
+        },
+        "rocksdb: value-state entries per state and subtask kept deserialized in memory and written back in batches (at snapshots and when full); 0: every access goes to RocksDB",
     );
     /// Checkpoint interval.
     pub const CHECKPOINTING_INTERVAL: ConfigOption<Option<Duration>> = ConfigOption::new(
@@ -993,6 +1040,8 @@ pub mod options {
         BUFFERS_PER_CHANNEL.def,
         WORKER_THREADS.def,
         STATE_BACKEND.def,
+        ROCKSDB_LOCALDIR.def,
+        ROCKSDB_CACHE_ENTRIES.def,
         CHECKPOINTING_INTERVAL.def,
         CHECKPOINTING_MODE.def,
         CHECKPOINTING_TIMEOUT.def,
@@ -1004,6 +1053,7 @@ pub mod options {
         CHECKPOINTING_DIR.def,
         CHECKPOINTING_NUM_RETAINED.def,
         CHECKPOINTING_RETENTION.def,
+        CHECKPOINTING_INCREMENTAL.def,
         RECOVERY_PATH.def,
         FAILOVER_STRATEGY.def,
         RESTART_STRATEGY.def,
@@ -1127,6 +1177,26 @@ mod tests {
             err.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && err.contains("grpc, http/protobuf"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rocksdb_backend_needs_the_feature() {
+        let r = Conf::defaults()
+            .set("state.backend.type", "RocksDB")
+            .map(|_| ());
+        if cfg!(feature = "rocksdb") {
+            assert!(r.is_ok());
+        } else {
+            let msg = r.unwrap_err().to_string();
+            assert!(msg.contains("--features rocksdb"), "{msg}");
+            assert!(msg.contains("state.backend.type"), "{msg}");
+        }
+        let bad = Conf::defaults()
+            .set("state.backend.type", "memory")
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("hashmap, rocksdb"), "{bad}");
     }
 
     #[test]

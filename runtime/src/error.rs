@@ -97,6 +97,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// The state backend (RocksDB) reported an error.
+    #[error("state backend: {0}")]
+    StateBackend(String),
+
     /// A restore is not possible with this job (e.g. unknown operator names).
     #[error("cannot restore: {0}")]
     Restore(String),

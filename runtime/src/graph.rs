@@ -491,6 +491,7 @@ pub(crate) fn instantiate(
 ) -> Result<Vec<SubtaskSpec>> {
     let Instruments { counters, io } = metrics;
     let checkpointing = crate::checkpoint::CheckpointConfig::from_conf(conf).enabled();
+    let state_backend = crate::state::StateBackendConfig::from_conf(conf);
     let max_p = conf.get(&options::MAX_PARALLELISM);
     let batch_size = conf.get(&options::BATCH_SIZE);
     let capacity = conf.get(&options::BUFFERS_PER_CHANNEL);
@@ -501,6 +502,7 @@ pub(crate) fn instantiate(
         parallelism: plan.node_parallelism[node],
         max_parallelism: max_p,
         checkpointing,
+        state_backend: state_backend.clone(),
     };
     // Channels first: inputs[chain][subtask], outputs[chain][subtask].
     let mut inputs: Vec<Vec<Vec<Rx>>> = plan

@@ -30,7 +30,7 @@
 //! - [`operator`]: the traits users implement (`SourceFunction`,
 //!   `KeyedProcessFunction`, `SinkFunction`) and the operators that run them.
 //! - [`state`]: keyed state (`ValueState`, `ListState`, `MapState`) and
-//!   operator state, behind a backend enum (heap today).
+//!   operator state, behind a backend enum (heap, RocksDB with the `rocksdb` feature).
 //! - [`keygroup`]: key groups, Flink's unit of keyed-state partitioning.
 //! - [`config`]: every option, with Flink's key names, and its validation.
 //! - [`telemetry`]: OpenTelemetry traces of checkpoints and failovers, OTLP export.

@@ -23,8 +23,9 @@ use std::time::Duration;
 use crate::keygroup::KeyGroupRange;
 use crate::record::{downcast, AnyBatch, Data, Key};
 use crate::state::{
-    KeyedContext, KeyedStateBackend, KeyedStateSnapshot, ListState, ListStateDescriptor, MapState,
-    MapStateDescriptor, OperatorStateStore, ValueState, ValueStateDescriptor,
+    KeyedContext, KeyedStateBackend, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
+    OperatorStateStore, PendingKeyedSnapshot, RestoredKeyed, StateBackendConfig, ValueState,
+    ValueStateDescriptor,
 };
 use crate::{Error, Result};
 
@@ -44,6 +45,8 @@ pub struct RuntimeContext {
     /// Whether the job takes checkpoints (two-phase-commit sinks commit on
     /// checkpoint completion then; without checkpoints they commit at the end of input).
     pub checkpointing: bool,
+    /// The keyed state backend keyed operators use (`state.backend.*`).
+    pub state_backend: StateBackendConfig,
 }
 
 impl RuntimeContext {
@@ -214,20 +217,16 @@ pub(crate) trait ChainOp: Send {
     fn take_watermark(&mut self) -> Option<i64> {
         None
     }
-    /// Synchronous part of a snapshot: keyed and operator state.
+    /// Synchronous part of a snapshot: keyed state (to be uploaded) and operator state.
     fn snapshot(
         &mut self,
         checkpoint_id: u64,
-    ) -> Result<(Option<KeyedStateSnapshot>, OperatorStateStore)> {
+    ) -> Result<(Option<PendingKeyedSnapshot>, OperatorStateStore)> {
         let _ = checkpoint_id;
         Ok((None, OperatorStateStore::new()))
     }
     /// Restores from a snapshot; called after `open`.
-    fn restore(
-        &mut self,
-        keyed: Option<&KeyedStateSnapshot>,
-        state: &OperatorStateStore,
-    ) -> Result<()> {
+    fn restore(&mut self, keyed: Option<&RestoredKeyed>, state: &OperatorStateStore) -> Result<()> {
         let _ = (keyed, state);
         Ok(())
     }
@@ -399,16 +398,12 @@ impl<T: Data, S: SinkFunction<T>> ChainOp for SinkOp<T, S> {
     fn snapshot(
         &mut self,
         checkpoint_id: u64,
-    ) -> Result<(Option<KeyedStateSnapshot>, OperatorStateStore)> {
+    ) -> Result<(Option<PendingKeyedSnapshot>, OperatorStateStore)> {
         let mut st = OperatorStateStore::new();
         self.sink.snapshot_state(checkpoint_id, &mut st)?;
         Ok((None, st))
     }
-    fn restore(
-        &mut self,
-        _: Option<&KeyedStateSnapshot>,
-        state: &OperatorStateStore,
-    ) -> Result<()> {
+    fn restore(&mut self, _: Option<&RestoredKeyed>, state: &OperatorStateStore) -> Result<()> {
         self.sink.restore_state(state)
     }
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<()> {
@@ -438,7 +433,7 @@ where
 {
     fn open(&mut self, ctx: &RuntimeContext) -> Result<()> {
         self.max_parallelism = ctx.max_parallelism;
-        let mut backend = KeyedStateBackend::heap(ctx.key_group_range(), ctx.max_parallelism);
+        let mut backend = KeyedStateBackend::for_subtask(ctx)?;
         self.function.open(&mut KeyedOpenContext {
             runtime: ctx,
             backend: &mut backend,
@@ -464,6 +459,7 @@ where
             };
             self.function.process_element(v, &mut ctx, &mut c)?;
         }
+        backend.end_batch()?;
         Ok(non_empty(out))
     }
     fn on_watermark(&mut self, wm: i64) -> Result<Option<i64>> {
@@ -473,20 +469,34 @@ where
     fn finish(&mut self) -> Result<Option<AnyBatch>> {
         Ok(None)
     }
-    fn snapshot(&mut self, _: u64) -> Result<(Option<KeyedStateSnapshot>, OperatorStateStore)> {
+    fn snapshot(
+        &mut self,
+        checkpoint_id: u64,
+    ) -> Result<(Option<PendingKeyedSnapshot>, OperatorStateStore)> {
         let backend = self
             .backend
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| Error::Internal("keyed operator snapshot before open".into()))?;
-        Ok((Some(backend.snapshot()?), OperatorStateStore::new()))
+        Ok((
+            Some(backend.snapshot_async(checkpoint_id)?),
+            OperatorStateStore::new(),
+        ))
     }
-    fn restore(
-        &mut self,
-        keyed: Option<&KeyedStateSnapshot>,
-        _: &OperatorStateStore,
-    ) -> Result<()> {
+    fn restore(&mut self, keyed: Option<&RestoredKeyed>, _: &OperatorStateStore) -> Result<()> {
         if let (Some(snap), Some(backend)) = (keyed, self.backend.as_mut()) {
-            backend.restore(snap)?;
+            backend.restore_from(snap)?;
+        }
+        Ok(())
+    }
+    fn notify_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        if let Some(b) = self.backend.as_mut() {
+            b.notify_complete(checkpoint_id);
+        }
+        Ok(())
+    }
+    fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        if let Some(b) = self.backend.as_mut() {
+            b.notify_aborted(checkpoint_id);
         }
         Ok(())
     }

@@ -8,11 +8,14 @@ use serde::Serialize;
 
 /// A record type: anything serde can write and read that can move between threads.
 ///
+/// `Sync` because keyed state values are shared, frozen, with the asynchronous
+/// part of a snapshot (copy-on-write heap snapshots) while processing goes on.
+///
 /// Records are serialized only where they must leave memory (checkpointed
 /// channel state, savepoints, fan-out to several consumers); on the hot path
 /// they are moved, in batches, never serialized.
-pub trait Data: Serialize + DeserializeOwned + Send + 'static {}
-impl<T: Serialize + DeserializeOwned + Send + 'static> Data for T {}
+pub trait Data: Serialize + DeserializeOwned + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Data for T {}
 
 /// A key for `key_by`: a record type that can be hashed (with
 /// [`crate::keygroup::StableHasher`] for key groups), compared and cloned.

@@ -43,7 +43,7 @@ use crate::checkpoint::{
 use crate::graph::{ChainedOp, Head, SubtaskSpec};
 use crate::operator::{guarded, SourceContext, SourceStatus};
 use crate::record::AnyBatch;
-use crate::state::OperatorStateStore;
+use crate::state::{OperatorStateStore, PendingKeyedSnapshot, UploadTarget};
 use crate::telemetry::SubtaskPhases;
 use crate::{Error, Result};
 
@@ -384,9 +384,17 @@ enum Capture {
 struct UnalignedCapture {
     inputs: Vec<Capture>,
     channel: Vec<Vec<Vec<u8>>>,
-    operators: Vec<OperatorSnapshot>,
+    operators: Vec<PendingOperator>,
     stats: SubtaskCheckpointStats,
     phases: SubtaskPhases,
+}
+
+/// One operator's snapshot after the synchronous part: its keyed state is
+/// uploaded or encoded by the asynchronous part.
+pub(crate) struct PendingOperator {
+    name: String,
+    keyed: Option<PendingKeyedSnapshot>,
+    operator: OperatorStateStore,
 }
 
 /// An aligned (or at-least-once) checkpoint waiting for barriers.
@@ -418,6 +426,8 @@ struct Runner<'a> {
     remainder: Option<(usize, Vec<AnyBatch>)>,
     /// This subtask's actor: the coordinator ignores messages of replaced actors.
     me: ractor::ActorId,
+    /// Queue of this subtask's uploads, run one at a time in snapshot order.
+    uploads: UnboundedSender<UploadJob>,
     /// Latest watermark per input, the chain's input watermark (their
     /// minimum over open inputs) and the last watermark emitted downstream.
     input_wm: Vec<i64>,
@@ -426,6 +436,9 @@ struct Runner<'a> {
     /// The job's telemetry, when it is on.
     telemetry: Option<crate::telemetry::Telemetry>,
 }
+
+/// The asynchronous part of one snapshot (upload, then acknowledgement).
+type UploadJob = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Records per chunk when batches are processed in chunks (unaligned checkpoints).
 const CHUNK: usize = 64;
@@ -446,6 +459,12 @@ impl<'a> Runner<'a> {
             )),
         );
         let mode = link.as_ref().map_or(BarrierMode::Aligned, |l| l.mode);
+        let (uploads, mut queue) = unbounded_channel::<UploadJob>();
+        main.spawn(async move {
+            while let Some(job) = queue.recv().await {
+                job.await;
+            }
+        });
         Runner {
             spec,
             head,
@@ -459,6 +478,7 @@ impl<'a> Runner<'a> {
             batches_since_yield: 0,
             main,
             me,
+            uploads,
             remainder: None,
             input_wm: Vec::new(),
             combined_wm: i64::MIN,
@@ -782,12 +802,12 @@ impl<'a> Runner<'a> {
     }
 
     /// Synchronous part of a snapshot: the source position and every operator's state.
-    fn snapshot_operators(&mut self, id: u64) -> Result<Vec<OperatorSnapshot>> {
+    fn snapshot_operators(&mut self, id: u64) -> Result<Vec<PendingOperator>> {
         crate::failpoint::hit("sync-snapshot")?;
         let mut out = Vec::with_capacity(self.spec.ops.len() + 1);
         if let Head::Source { op, ctx, .. } = &mut self.head {
             let st = guarded(ctx, || op.snapshot())?;
-            out.push(OperatorSnapshot {
+            out.push(PendingOperator {
                 name: ctx.operator.clone(),
                 keyed: None,
                 operator: st,
@@ -795,7 +815,7 @@ impl<'a> Runner<'a> {
         }
         for op in self.spec.ops.iter_mut() {
             let (keyed, st) = guarded(&op.ctx, || op.op.snapshot(id))?;
-            out.push(OperatorSnapshot {
+            out.push(PendingOperator {
                 name: op.ctx.operator.clone(),
                 keyed,
                 operator: st,
@@ -1201,11 +1221,12 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    /// Starts the asynchronous part: write the state file, then acknowledge.
+    /// Starts the asynchronous part: encode or upload keyed state, write the
+    /// state file, then acknowledge.
     fn upload(
         &self,
         id: u64,
-        operators: Vec<OperatorSnapshot>,
+        operators: Vec<PendingOperator>,
         channel_state: Vec<ChannelStateEntry>,
         mut stats: SubtaskCheckpointStats,
         mut phases: SubtaskPhases,
@@ -1213,26 +1234,59 @@ impl<'a> Runner<'a> {
         let Some(link) = self.link.clone() else {
             return;
         };
-        let state = SubtaskState {
-            chain: self.spec.chain.clone(),
-            chain_index: self.spec.chain_index,
-            subtask: self.spec.subtask,
-            parallelism: self.spec.parallelism,
-            operators,
-            channel_state,
-        };
+        let (chain, chain_index, subtask, parallelism) = (
+            self.spec.chain.clone(),
+            self.spec.chain_index,
+            self.spec.subtask,
+            self.spec.parallelism,
+        );
         let task = self.spec.task_index;
         let me = self.me;
         stats.task = self.spec.chain.clone();
         stats.index = self.spec.subtask;
-        self.main.spawn(async move {
+        // One upload at a time per subtask, in snapshot order (a queue to one
+        // worker task): acknowledgements arrive in checkpoint order, so a
+        // checkpoint is never subsumed by a later one of the same subtask
+        // while its files are still being written.
+        let job = Box::pin(async move {
             let t0 = Instant::now();
-            let (chain, chain_index, subtask) =
-                (state.chain.clone(), state.chain_index, state.subtask);
             let storage = link.storage.clone();
+            let chain_name = chain.clone();
             let written = tokio::task::spawn_blocking(move || {
                 crate::failpoint::hit("during-upload")?;
-                storage.write_state(id, chain_index, subtask, &state)
+                let target = UploadTarget {
+                    storage: &storage,
+                    checkpoint_id: id,
+                };
+                let (mut files, mut uploaded, mut full) = (Vec::new(), 0u64, 0u64);
+                let mut snapshots = Vec::with_capacity(operators.len());
+                for p in operators {
+                    let keyed = match p.keyed {
+                        Some(k) => {
+                            let u = k.upload(&target)?;
+                            files.extend(u.files);
+                            uploaded += u.uploaded;
+                            full += u.full_size;
+                            Some(u.handle)
+                        }
+                        None => None,
+                    };
+                    snapshots.push(OperatorSnapshot {
+                        name: p.name,
+                        keyed,
+                        operator: p.operator,
+                    });
+                }
+                let state = SubtaskState {
+                    chain: chain_name,
+                    chain_index,
+                    subtask,
+                    parallelism,
+                    operators: snapshots,
+                    channel_state,
+                };
+                let (file, size) = storage.write_state(id, chain_index, subtask, &state)?;
+                Ok((file, size, files, uploaded, full))
             })
             .await
             .unwrap_or_else(|e| Err(Error::Internal(format!("upload panicked: {e}"))))
@@ -1249,12 +1303,13 @@ impl<'a> Runner<'a> {
                     .map(|()| w)
             });
             match written {
-                Ok((file, size)) => {
+                Ok((file, size, files, uploaded, full)) => {
                     let t1 = Instant::now();
                     phases.upload_start = t0;
                     phases.upload_end = t1;
                     stats.async_duration = (t1 - t0).as_secs_f64() * 1e3;
-                    stats.state_size = size;
+                    stats.state_size = size + full;
+                    stats.checkpointed_size = size + uploaded;
                     stats.ack_timestamp = now_ms();
                     let _ = link.coordinator.cast(CoordMsg::Ack(Box::new(Ack {
                         id,
@@ -1266,6 +1321,7 @@ impl<'a> Runner<'a> {
                             subtask,
                             file,
                             size,
+                            files,
                         },
                         stats,
                         phases,
@@ -1282,6 +1338,10 @@ impl<'a> Runner<'a> {
                 }
             }
         });
+        if let Err(e) = self.uploads.send(job) {
+            // The worker is gone only when the runtime shuts down: run it anyway.
+            self.main.spawn(e.0);
+        }
     }
 
     /// End of input: finish each operator in chain order, passing what it

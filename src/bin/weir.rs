@@ -5,11 +5,13 @@
 //!   id, completion time, size, type and status (complete, incomplete, corrupt).
 //! - `weir checkpoints inspect CHK`: one checkpoint: subtasks, files, operators, key groups,
 //!   operator state (source positions) and in-flight data.
-//! - `weir checkpoints verify DIR`: checks every file's checksum and every reference; exit
-//!   status 1 if a checkpoint is corrupt.
+//! - `weir checkpoints verify DIR`: checks every file's checksum and every reference (framed
+//!   files, and the size and CRC-32 of the RocksDB files a checkpoint references, in its own
+//!   directory or in `shared/`); exit status 1 if a checkpoint is corrupt.
 //! - `weir checkpoints gc DIR [--dry-run]`: deletes what no complete checkpoint references
-//!   (incomplete checkpoints left by a crash, temporary files, unreferenced files); never a
-//!   referenced file, never a directory of a job that is running.
+//!   (incomplete checkpoints left by a crash, temporary files, unreferenced files, shared
+//!   files no checkpoint references); never a referenced file, never a directory of a job
+//!   that is running.
 //!
 //!
 //! Remote commands talk to a running process's REST API (`--url`, default
@@ -34,6 +36,7 @@ use weir::client::Client;
 use weir::runtime::checkpoint::storage::{
     self, job_dirs, job_is_running, list_checkpoints, load_checkpoint, orphans,
 };
+use weir::runtime::checkpoint::KeyedStateHandle;
 use weir::runtime::config::options;
 
 #[derive(Parser)]
@@ -306,7 +309,17 @@ fn checkpoints(command: CheckpointsCommand) -> Result<ExitCode, Box<dyn std::err
             let mut bad = 0;
             let mut rows = Vec::new();
             for job in job_dirs(&dir)? {
-                for c in list_checkpoints(&job)? {
+                for mut c in list_checkpoints(&job)? {
+                    // Complete checkpoints: also the CRC-32 of every raw
+                    // (RocksDB) file they reference, shared ones included.
+                    if c.status == "complete" {
+                        if let Err(e) =
+                            load_checkpoint(&c.dir).and_then(|l| storage::verify_checkpoint(&l))
+                        {
+                            c.status = "corrupt";
+                            c.problem = Some(e.to_string());
+                        }
+                    }
                     if c.status == "corrupt" {
                         bad += 1;
                     }
@@ -395,15 +408,28 @@ fn inspect(dir: &Path, json: bool) -> Result<ExitCode, Box<dyn std::error::Error
             .operators
             .iter()
             .map(|o| {
-                let keyed = o.keyed.as_ref().map(|k| {
-                    let groups: std::collections::BTreeSet<u16> =
-                        k.states.values().flat_map(|s| s.key_groups.keys().copied()).collect();
-                    json!({
-                        "states": k.states.iter().map(|(n, s)| json!({"name": n, "kind": format!("{:?}", s.kind), "bytes": s.key_groups.values().map(Vec::len).sum::<usize>()})).collect::<Vec<_>>(),
-                        "key_groups": groups.len(),
-                        "key_group_min": groups.first(),
-                        "key_group_max": groups.last(),
-                    })
+                let keyed = o.keyed.as_ref().map(|k| match k {
+                    KeyedStateHandle::Canonical(k) => {
+                        let groups: std::collections::BTreeSet<u16> =
+                            k.states.values().flat_map(|s| s.key_groups.keys().copied()).collect();
+                        json!({
+                            "backend": "hashmap",
+                            "states": k.states.iter().map(|(n, s)| json!({"name": n, "kind": format!("{:?}", s.kind), "bytes": s.key_groups.values().map(Vec::len).sum::<usize>()})).collect::<Vec<_>>(),
+                            "key_groups": groups.len(),
+                            "key_group_min": groups.first(),
+                            "key_group_max": groups.last(),
+                        })
+                    }
+                    KeyedStateHandle::Rocks(h) => json!({
+                        "backend": "rocksdb",
+                        "instance": h.instance,
+                        "states": h.states.iter().map(|(n, k)| json!({"name": n, "kind": format!("{k:?}")})).collect::<Vec<_>>(),
+                        "key_groups": h.key_groups.len(),
+                        "key_group_min": h.key_groups.start,
+                        "key_group_max": h.key_groups.end,
+                        "bytes": h.size(),
+                        "files": h.files.iter().map(|f| json!({"path": f.path, "local": f.local, "bytes": f.size, "crc32": format!("{:08x}", f.crc32), "shared": f.path.starts_with("shared/")})).collect::<Vec<_>>(),
+                    }),
                 });
                 let lists: Vec<_> = o.operator.summary().into_iter().map(|(n, e, b)| json!({"name": n, "elements": e, "bytes": b})).collect();
                 json!({"operator": o.name, "keyed_state": keyed, "operator_state": lists})
@@ -448,11 +474,27 @@ fn inspect(dir: &Path, json: bool) -> Result<ExitCode, Box<dyn std::error::Error
             if !o["keyed_state"].is_null() {
                 let k = &o["keyed_state"];
                 print!(
-                    ": keyed state in {} key groups [{}..{}]",
-                    k["key_groups"], k["key_group_min"], k["key_group_max"]
+                    ": keyed state in {} key groups [{}..{}] ({})",
+                    k["key_groups"],
+                    k["key_group_min"],
+                    k["key_group_max"],
+                    k["backend"].as_str().unwrap_or("")
                 );
             }
             println!();
+            for f in o["keyed_state"]["files"].as_array().into_iter().flatten() {
+                println!(
+                    "      {} file {} ({} bytes, crc32 {})",
+                    if f["shared"].as_bool().unwrap_or(false) {
+                        "shared"
+                    } else {
+                        "owned"
+                    },
+                    f["path"].as_str().unwrap_or(""),
+                    f["bytes"],
+                    f["crc32"].as_str().unwrap_or("")
+                );
+            }
             for l in o["operator_state"].as_array().into_iter().flatten() {
                 println!(
                     "      operator state '{}': {} elements, {} bytes",

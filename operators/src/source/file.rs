@@ -251,6 +251,7 @@ mod tests {
             parallelism,
             max_parallelism: 128,
             checkpointing: false,
+            state_backend: Default::default(),
         }
     }
 

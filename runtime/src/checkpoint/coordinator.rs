@@ -5,7 +5,10 @@
 //! passed since the last one ended), collects one acknowledgement per subtask,
 //! and completes `n` when all are in: `_metadata` is written (atomically,
 //! see [`super::storage`]), then every subtask is told `complete(n)`, then
-//! checkpoints beyond `num-retained` are deleted. A checkpoint that times out
+//! checkpoints beyond `num-retained` are deleted, and with them the shared
+//! files (incremental RocksDB checkpoints) whose reference count, kept here
+//! over the retained checkpoints, drops to zero. A new attempt of the job
+//! adopts and counts the complete checkpoints already in the job directory. A checkpoint that times out
 //! or that a subtask declines is aborted: every subtask is told, its files are
 //! deleted, and it counts towards `tolerable-failed-checkpoints`; exceeding
 //! that fails the job. When `m` completes, pending checkpoints `n < m` are
@@ -33,6 +36,19 @@ use super::{
 use crate::channel::Barrier;
 use crate::task::{JobShared, SubtaskMsg};
 use crate::Error;
+
+/// The shared files (`shared/...`) the handles reference.
+fn shared_files(handles: &[StateHandle]) -> Vec<String> {
+    let mut v: Vec<String> = handles
+        .iter()
+        .flat_map(|h| h.files.iter())
+        .filter(|f| f.starts_with("shared/"))
+        .cloned()
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
 
 /// A subtask as the coordinator knows it.
 #[derive(Clone)]
@@ -117,7 +133,15 @@ pub(crate) struct CoordState {
     /// Newest completed checkpoint (see [`CoordMsg::LatestCompleted`]).
     latest: Option<u64>,
     pending: BTreeMap<u64, Pending>,
-    retained: VecDeque<u64>,
+    /// Completed checkpoints kept, oldest first, with the shared files each references.
+    retained: VecDeque<(u64, Vec<String>)>,
+    /// Shared file -> number of retained checkpoints that reference it.
+    shared_refs: BTreeMap<String, usize>,
+    /// Shared files acknowledged for checkpoints that were aborted, by
+    /// checkpoint id: deleted once a later checkpoint completes without them.
+    aborted_shared: BTreeMap<u64, Vec<String>>,
+    /// The latest completed checkpoint.
+    latest_completed: u64,
     last_end: Option<Instant>,
     failures: usize,
     finished: BTreeSet<usize>,
@@ -201,6 +225,89 @@ impl CoordState {
         });
     }
 
+    /// Starts reference counting with the complete checkpoints already in
+    /// the job directory (a restarted attempt keeps and counts them).
+    fn adopt_existing(&mut self) {
+        // Only the `_metadata` files are read: they list every referenced file.
+        let Ok(rd) = std::fs::read_dir(self.args.storage.job_dir()) else {
+            return;
+        };
+        let mut ids: Vec<u64> = rd
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_prefix("chk-")
+                    .and_then(|n| n.parse().ok())
+            })
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Ok(m) = super::storage::read_metadata(&self.args.storage.checkpoint_dir(id)) {
+                self.retain(id, &m.subtasks);
+                self.latest_completed = self.latest_completed.max(id);
+            }
+        }
+        self.apply_retention();
+    }
+
+    /// Counts the shared files of completed checkpoint `id`.
+    fn retain(&mut self, id: u64, handles: &[StateHandle]) {
+        let shared: Vec<String> = shared_files(handles);
+        for f in &shared {
+            *self.shared_refs.entry(f.clone()).or_insert(0) += 1;
+        }
+        self.retained.push_back((id, shared));
+    }
+
+    /// Deletes the checkpoints beyond `num-retained`, oldest first, then the
+    /// shared files no retained checkpoint references (order: see storage).
+    fn apply_retention(&mut self) {
+        let mut unreferenced = Vec::new();
+        while self.retained.len() > self.args.cfg.num_retained {
+            if let Some((old, shared)) = self.retained.pop_front() {
+                self.args.storage.discard(old);
+                for f in shared {
+                    if let Some(n) = self.shared_refs.get_mut(&f) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.shared_refs.remove(&f);
+                            unreferenced.push(f);
+                        }
+                    }
+                }
+            }
+        }
+        // Shared files of aborted checkpoints older than the latest completed
+        // one: a checkpoint in flight that needs one of them also made the
+        // latest completed one reference it (see storage), so unreferenced means unused.
+        let done: Vec<u64> = self
+            .aborted_shared
+            .range(..self.latest_completed)
+            .map(|(k, _)| *k)
+            .collect();
+        for id in done {
+            if let Some(files) = self.aborted_shared.remove(&id) {
+                unreferenced.extend(
+                    files
+                        .into_iter()
+                        .filter(|f| !self.shared_refs.contains_key(f)),
+                );
+            }
+        }
+        unreferenced.sort();
+        unreferenced.dedup();
+        self.args.storage.delete_unreferenced(&unreferenced);
+    }
+
+    /// Remembers the shared files an acknowledgement of aborted checkpoint `id` listed.
+    fn note_aborted_shared(&mut self, id: u64, handles: &[StateHandle]) {
+        let files = shared_files(handles);
+        if !files.is_empty() {
+            self.aborted_shared.entry(id).or_default().extend(files);
+        }
+    }
+
     /// Aborts `id`; returns an error when the failure tolerance is exceeded.
     fn abort(&mut self, id: u64, reason: &str, counts: bool) -> Result<(), Error> {
         let Some(p) = self.pending.remove(&id) else {
@@ -212,6 +319,8 @@ impl CoordState {
         };
         tracing::warn!(id, reason, "checkpoint aborted");
         self.aborted.insert(id);
+        let acked: Vec<StateHandle> = p.acks.values().map(|(h, _)| h.clone()).collect();
+        self.note_aborted_shared(id, &acked);
         for t in &self.tasks {
             let _ = t.actor.cast(SubtaskMsg::Abort(id));
         }
@@ -260,6 +369,7 @@ impl CoordState {
         };
         let mut handles: Vec<StateHandle> = p.acks.values().map(|(h, _)| h.clone()).collect();
         handles.sort_by_key(|h| (h.chain_index, h.subtask));
+        let kept = handles.clone();
         let meta = CheckpointMetadata {
             job_id: self.args.job_id.clone(),
             job_name: self.args.job_name.clone(),
@@ -280,6 +390,7 @@ impl CoordState {
         let subtasks: Vec<SubtaskCheckpointStats> =
             p.acks.values().map(|(_, s)| s.clone()).collect();
         let size: u64 = subtasks.iter().map(|s| s.state_size).sum();
+        let uploaded: u64 = subtasks.iter().map(|s| s.checkpointed_size).sum();
         let persisted: u64 = subtasks.iter().map(|s| s.persisted_data).sum();
         let latest = subtasks.iter().map(|s| s.ack_timestamp).max().unwrap_or(0);
         self.args
@@ -289,7 +400,7 @@ impl CoordState {
         self.record(id, |s| {
             s.status = CheckpointStatus::Completed;
             s.end_to_end_duration = e2e;
-            s.checkpointed_size = size;
+            s.checkpointed_size = uploaded;
             s.state_size = size;
             s.persisted_data = persisted;
             s.latest_ack_timestamp = latest;
@@ -303,12 +414,9 @@ impl CoordState {
             let _ = t.actor.cast(SubtaskMsg::Complete(id));
         }
         self.latest = Some(id);
-        self.retained.push_back(id);
-        while self.retained.len() > self.args.cfg.num_retained {
-            if let Some(old) = self.retained.pop_front() {
-                self.args.storage.discard(old);
-            }
-        }
+        self.retain(id, &kept);
+        self.latest_completed = self.latest_completed.max(id);
+        self.apply_retention();
         self.failures = 0;
         self.last_end = Some(Instant::now());
         Ok(())
@@ -383,13 +491,16 @@ impl Actor for Coordinator {
         _: ActorRef<CoordMsg>,
         args: CoordinatorArgs,
     ) -> Result<CoordState, ActorProcessingErr> {
-        Ok(CoordState {
+        let mut state = CoordState {
             next_id: args.first_id,
             latest: args.latest,
             args,
             tasks: Vec::new(),
             pending: BTreeMap::new(),
             retained: VecDeque::new(),
+            shared_refs: BTreeMap::new(),
+            aborted_shared: BTreeMap::new(),
+            latest_completed: 0,
             last_end: None,
             failures: 0,
             finished: BTreeSet::new(),
@@ -397,7 +508,9 @@ impl Actor for Coordinator {
             aborted: BTreeSet::new(),
             down: BTreeSet::new(),
             requested: Vec::new(),
-        })
+        };
+        state.adopt_existing();
+        Ok(state)
     }
 
     async fn handle(
@@ -491,7 +604,11 @@ impl Actor for Coordinator {
                                 state.complete(id).await?;
                             }
                         }
-                        _ if state.aborted.contains(&id) => state.args.storage.discard(id),
+                        _ if state.aborted.contains(&id) => {
+                            state.args.storage.discard(id);
+                            state.note_aborted_shared(id, std::slice::from_ref(&handle));
+                            state.apply_retention();
+                        }
                         _ => {}
                     }
                 }

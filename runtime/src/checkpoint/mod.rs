@@ -30,7 +30,10 @@
 //!    announced to every subtask. Checkpoints complete in id order: when `m`
 //!    completes, pending `n < m` are subsumed (aborted).
 //! 6. **Storage** ([`storage`]): Flink's layout, framed files with a version
-//!    and a CRC-32; corrupt or incomplete checkpoints are detected and skipped.
+//!    and a CRC-32 (raw RocksDB files: size and CRC-32 recorded in the framed
+//!    state file); corrupt or incomplete checkpoints are detected and skipped.
+//!    Shared files (incremental RocksDB checkpoints) are reference-counted by
+//!    the coordinator and deleted only when no retained checkpoint references them.
 //!
 //! Bounded jobs end with a **final checkpoint**: when every subtask has
 //! finished its input, the coordinator checkpoints all of them directly (no
@@ -47,7 +50,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{options, Conf};
-use crate::state::{KeyedStateSnapshot, OperatorStateStore};
+use crate::state::{KeyedStateSnapshot, OperatorStateStore, StateKind};
 
 /// The checkpointing settings of a job.
 #[derive(Debug, Clone)]
@@ -127,10 +130,59 @@ pub(crate) enum BarrierMode {
 pub struct OperatorSnapshot {
     /// The operator's name (operators are matched by name on restore).
     pub name: String,
-    /// Its keyed state, per key group.
-    pub keyed: Option<KeyedStateSnapshot>,
+    /// Its keyed state.
+    pub keyed: Option<KeyedStateHandle>,
     /// Its operator state.
     pub operator: OperatorStateStore,
+}
+
+/// The keyed state of one operator of one subtask in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum KeyedStateHandle {
+    /// The canonical form, inline in the subtask's state file (heap backend).
+    Canonical(KeyedStateSnapshot),
+    /// The files of a RocksDB instance (RocksDB backend).
+    Rocks(RocksStateHandle),
+}
+
+/// A RocksDB instance in a checkpoint: the files that make up a RocksDB
+/// checkpoint of it, stored in checkpoint storage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RocksStateHandle {
+    /// The backend instance (unique per subtask attempt; part of shared file names).
+    pub instance: String,
+    /// The key groups the instance held (its keys start with one of them, big-endian u16).
+    pub key_groups: crate::keygroup::KeyGroupRange,
+    /// Every state (column family) with its kind.
+    pub states: Vec<(String, StateKind)>,
+    /// The files: SST files, the MANIFEST, CURRENT and OPTIONS.
+    pub files: Vec<StateFile>,
+}
+
+impl RocksStateHandle {
+    /// Whether the instance holds any key group of `range`.
+    pub fn overlaps(&self, range: crate::keygroup::KeyGroupRange) -> bool {
+        self.key_groups.start <= range.end && range.start <= self.key_groups.end
+    }
+
+    /// Total bytes of its files.
+    pub fn size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+/// One raw file of a checkpoint (not framed: its size and CRC-32 are recorded here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateFile {
+    /// Where it is, relative to the job directory: `shared/<name>` (incremental,
+    /// reference-counted) or `chk-<n>/<name>` (owned by checkpoint n).
+    pub path: String,
+    /// Its name in the RocksDB directory (`000012.sst`, `MANIFEST-000005`, `CURRENT`, ...).
+    pub local: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// CRC-32 of the content.
+    pub crc32: u32,
 }
 
 /// In-flight batches of one input channel captured by an unaligned checkpoint.
@@ -172,6 +224,9 @@ pub struct StateHandle {
     pub file: String,
     /// Its size in bytes.
     pub size: u64,
+    /// Other files the state references (RocksDB files), relative to the job
+    /// directory; `shared/...` ones are reference-counted across checkpoints.
+    pub files: Vec<String>,
 }
 
 /// The `_metadata` of a completed checkpoint.
@@ -214,8 +269,11 @@ pub struct SubtaskCheckpointStats {
     pub index: usize,
     /// When the acknowledgement was sent (ms since the epoch).
     pub ack_timestamp: u64,
-    /// Bytes written for this subtask.
+    /// Size of this subtask's state (all files it references).
     pub state_size: u64,
+    /// Bytes uploaded by this checkpoint for this subtask (less than
+    /// `state_size` when incremental checkpoints reuse shared files).
+    pub checkpointed_size: u64,
     /// Synchronous part of the snapshot.
     pub sync_duration: f64,
     /// Asynchronous part (upload).
@@ -245,9 +303,9 @@ pub struct CheckpointStats {
     pub latest_ack_timestamp: u64,
     /// Trigger to completion (or failure), ms.
     pub end_to_end_duration: f64,
-    /// Bytes of state written.
+    /// Bytes of state uploaded by this checkpoint.
     pub checkpointed_size: u64,
-    /// Bytes of state written (full size; equal to `checkpointed_size` without incremental checkpoints).
+    /// Bytes of state the checkpoint references (full size; equal to `checkpointed_size` without incremental checkpoints).
     pub state_size: u64,
     /// In-flight bytes persisted (unaligned).
     pub persisted_data: u64,

@@ -6,8 +6,11 @@
 //! without `allowNonRestoredState`.
 //!
 //! - Keyed state: the snapshots of all old subtasks are merged per operator
-//!   (they hold disjoint key groups); each new subtask keeps the key groups of
-//!   its own range. So a different parallelism works (rescaling).
+//!   (they hold disjoint key groups): canonical (heap) snapshots into one,
+//!   RocksDB instances listed with the job directory their files are in; each
+//!   new subtask keeps the key groups of its own range
+//!   ([`crate::state::KeyedStateBackend::restore_from`]). So a different
+//!   parallelism works (rescaling), and either backend restores either form.
 //! - Operator state: the list elements of all old subtasks are dealt
 //!   round-robin to the new subtasks (Flink's even-split redistribution).
 //! - Channel state (unaligned checkpoints): goes back to the same subtask of
@@ -17,16 +20,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::storage::LoadedCheckpoint;
-use super::ChannelStateEntry;
+use super::{ChannelStateEntry, KeyedStateHandle};
 use crate::graph::JobPlan;
-use crate::state::{KeyedStateSnapshot, OperatorStateStore};
+use crate::state::{OperatorStateStore, RestoredKeyed};
 use crate::{Error, Result};
 
 /// What one new subtask restores.
 #[derive(Default)]
 pub(crate) struct SubtaskRestore {
     /// Operator name -> (keyed state of all key groups, this subtask's operator state).
-    pub operators: HashMap<String, (Option<Arc<KeyedStateSnapshot>>, OperatorStateStore)>,
+    pub operators: HashMap<String, (Option<Arc<RestoredKeyed>>, OperatorStateStore)>,
     pub channel_state: Vec<ChannelStateEntry>,
 }
 
@@ -54,24 +57,30 @@ pub(crate) fn assign(cp: &LoadedCheckpoint, plan: &JobPlan) -> Result<Vec<Vec<Su
                 .push((st.subtask, op));
         }
     }
-    let mut merged_keyed: HashMap<&str, Arc<KeyedStateSnapshot>> = HashMap::new();
+    let mut merged_keyed: HashMap<&str, Arc<RestoredKeyed>> = HashMap::new();
     let mut op_stores: HashMap<&str, Vec<OperatorStateStore>> = HashMap::new();
+    // RocksDB file paths are relative to the job directory of the checkpoint.
+    let job_dir = cp.dir.parent().unwrap_or(&cp.dir).to_path_buf();
     for (name, mut snaps) in by_op {
         snaps.sort_by_key(|(i, _)| *i);
         if snaps.iter().any(|(_, s)| s.keyed.is_some()) {
-            let mut m = KeyedStateSnapshot::default();
+            let mut m = RestoredKeyed::default();
             for (_, s) in &snaps {
-                if let Some(k) = &s.keyed {
-                    for (state, ss) in &k.states {
-                        let e = m.states.entry(state.clone()).or_insert_with(|| {
-                            crate::state::StateSnapshot {
-                                kind: ss.kind,
-                                key_groups: BTreeMap::new(),
-                            }
-                        });
-                        e.key_groups
-                            .extend(ss.key_groups.iter().map(|(g, b)| (*g, b.clone())));
+                match &s.keyed {
+                    Some(KeyedStateHandle::Canonical(k)) => {
+                        for (state, ss) in &k.states {
+                            let e = m.canonical.states.entry(state.clone()).or_insert_with(|| {
+                                crate::state::StateSnapshot {
+                                    kind: ss.kind,
+                                    key_groups: BTreeMap::new(),
+                                }
+                            });
+                            e.key_groups
+                                .extend(ss.key_groups.iter().map(|(g, b)| (*g, b.clone())));
+                        }
                     }
+                    Some(KeyedStateHandle::Rocks(h)) => m.rocks.push((job_dir.clone(), h.clone())),
+                    None => {}
                 }
             }
             merged_keyed.insert(name, Arc::new(m));

@@ -4,7 +4,9 @@
 //! <execution.checkpointing.dir>/<job-id>/
 //!     chk-<n>/_metadata                 the checkpoint: which files hold which subtask's state
 //!     chk-<n>/<chain>-<subtask>.state   one file per subtask (operator, keyed and channel state)
-//!     shared/                           files referenced by several checkpoints (incremental state)
+//!     chk-<n>/<instance>-<file>         RocksDB files of a full (non-incremental) checkpoint
+//!     shared/<instance>-<sst>           RocksDB SST files of incremental checkpoints,
+//!                                       referenced by every checkpoint that needs them
 //!     taskowned/                        files owned by tasks, not by a checkpoint
 //! ```
 //!
@@ -12,19 +14,47 @@
 //! Every file weir writes here is framed: the magic `WEIR`, a kind byte, a
 //! format version (u16), the payload length (u64), the payload's CRC-32, then
 //! the payload (postcard). [`read_framed`] checks all of it, so a truncated or
-//! bit-flipped file is reported, never loaded.
+//! bit-flipped file is reported, never loaded. RocksDB's own files are copied
+//! as they are; the framed state file that references one records its size
+//! and CRC-32 ([`super::StateFile`]): [`load_checkpoint`] checks that every
+//! referenced file exists with its size, [`verify_checkpoint`] (and every
+//! restore, while it copies) checks the CRC-32.
 //!
 //! # Atomicity
-//! State files are written and fsynced by the subtasks before they
-//! acknowledge. `_metadata` is written last by the coordinator, only when
-//! every subtask has acknowledged: to `_metadata.inprogress`, fsynced, then
-//! renamed, and the directory fsynced. A checkpoint directory without a valid
-//! `_metadata` is incomplete and is never restored.
+//! State files and RocksDB files are written and fsynced by the subtasks
+//! before they acknowledge (a shared file is written to a temporary name and
+//! renamed, so a shared name never holds a partial file). `_metadata` is
+//! written last by the coordinator, only when every subtask has acknowledged:
+//! to `_metadata.inprogress`, fsynced, then renamed, and the directory
+//! fsynced. A checkpoint directory without a valid `_metadata` is incomplete
+//! and is never restored. `_metadata` lists, per subtask, every file outside
+//! the state file that the subtask's state references (`StateHandle::files`).
 //!
-//! # Deletion
-//! A subsumed checkpoint is deleted `_metadata` first: from that moment it is
-//! no longer a restore candidate, so a crash half-way through deleting leaves
-//! an incomplete directory, never a checkpoint that points to missing files.
+//! # Reference counting of shared files
+//! A shared file's name is fixed by the RocksDB instance and the SST file
+//! number, and SST files never change, so uploading one twice writes the same
+//! bytes under the same name. The coordinator counts, per shared file, the
+//! retained checkpoints whose `_metadata` lists it; a file is deleted only
+//! when that count drops to zero (DESIGN.md invariant 6). A subtask reuses a
+//! shared file only if the latest checkpoint it knows to be complete
+//! referenced it and the file is still live in its database; SST files live
+//! for one interval of time, so such a file is also referenced by the
+//! coordinator's latest completed checkpoint, which is always retained: no
+//! checkpoint in flight can reference a file whose count dropped to zero.
+//!
+//! # Deletion, crash-safe
+//! A subsumed checkpoint is deleted in this order: (1) its `_metadata` (and
+//! the directory is fsynced): from that moment it is no longer a restore
+//! candidate and references nothing; (2) the rest of its directory (its state
+//! files and full-checkpoint RocksDB files); (3) the shared files whose
+//! reference count dropped to zero. A crash at any point in between leaves
+//! only files that no complete checkpoint references: an incomplete
+//! directory, or unreferenced shared files. The orphan sweep ([`orphans`],
+//! run when a job starts on its own directory and by `weir checkpoints gc`)
+//! removes exactly those, and never a file a complete checkpoint references.
+//! Shared files uploaded for a checkpoint that was then aborted are deleted
+//! by the coordinator once a later checkpoint completes without them (or by
+//! the sweep after a crash).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -36,8 +66,9 @@ use serde::Serialize;
 use super::{CheckpointMetadata, SubtaskState};
 use crate::{Error, Result};
 
-/// Format version of the framed files written by this build.
-pub const FORMAT_VERSION: u16 = 1;
+/// Format version of the framed files written by this build (2: RocksDB
+/// handles in state files, referenced files listed in `_metadata`).
+pub const FORMAT_VERSION: u16 = 2;
 const MAGIC: &[u8; 4] = b"WEIR";
 const HEADER: usize = 4 + 1 + 2 + 8 + 4;
 
@@ -133,6 +164,15 @@ impl CheckpointStorage {
             fs::create_dir_all(&d)
                 .map_err(|e| Error::io("cannot create checkpoint directory", &d, e))?;
         }
+        // Start-up sweep of this job's own directory (never another job's):
+        // leftovers of a crash of an earlier run with this id.
+        match sweep(&job_dir) {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(dir = %job_dir.display(), n = removed.len(), "removed orphaned checkpoint files")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(dir = %job_dir.display(), error = %e, "orphan sweep failed"),
+        }
         // Marks the directory as in use, for `weir checkpoints gc`.
         let lock = job_dir.join(LOCK_FILE);
         fs::write(&lock, std::process::id().to_string())
@@ -187,11 +227,54 @@ impl CheckpointStorage {
         Ok(dir)
     }
 
-    /// Deletes checkpoint `id`: `_metadata` first, then the rest.
+    /// Copies `src` to `rel` (relative to the job directory) through a
+    /// temporary name, fsynced, computing its CRC-32; returns (size, CRC-32).
+    /// With `skip_existing`, an existing file is not written again (shared
+    /// files: same name, same bytes) and its CRC-32 is computed from `src`.
+    pub fn copy_in(&self, src: &Path, rel: &str, skip_existing: bool) -> Result<(u64, u32)> {
+        let dest = self.job_dir.join(rel);
+        if skip_existing && dest.exists() {
+            return file_crc(src);
+        }
+        let parent = dest.parent().unwrap_or(&self.job_dir).to_path_buf();
+        fs::create_dir_all(&parent)
+            .map_err(|e| Error::io("cannot create checkpoint directory", &parent, e))?;
+        let tmp = parent.join(format!(
+            ".{}.inprogress",
+            dest.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        let (size, crc) = copy_crc(src, &tmp)?;
+        fs::rename(&tmp, &dest)
+            .map_err(|e| Error::io("cannot publish checkpoint file", &dest, e))?;
+        Ok((size, crc))
+    }
+
+    /// Deletes shared files (relative to the job directory) that no retained
+    /// checkpoint references any more.
+    pub fn delete_unreferenced(&self, files: &[String]) {
+        for f in files {
+            if crate::failpoint::hit("delete-shared-file").is_err() {
+                return;
+            }
+            let p = self.job_dir.join(f);
+            if let Err(e) = fs::remove_file(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(file = %p.display(), error = %e, "cannot delete shared checkpoint file");
+                }
+            }
+        }
+    }
+
+    /// Deletes checkpoint `id`: `_metadata` first, then the rest (see the module doc).
     pub fn discard(&self, id: u64) {
         let dir = self.checkpoint_dir(id);
         let _ = fs::remove_file(dir.join("_metadata"));
         sync_dir(&dir);
+        if crate::failpoint::hit("discard-after-metadata").is_err() {
+            return;
+        }
         if let Err(e) = fs::remove_dir_all(&dir) {
             // A late upload may still be writing into an aborted checkpoint; its
             // acknowledgement or decline deletes the directory again.
@@ -222,8 +305,8 @@ pub struct LoadedCheckpoint {
     pub states: Vec<SubtaskState>,
 }
 
-/// Loads and verifies the checkpoint in `dir` (a `chk-<n>` directory).
-pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
+/// Reads and checks the `_metadata` of the checkpoint in `dir`.
+pub fn read_metadata(dir: &Path) -> Result<CheckpointMetadata> {
     let meta_path = dir.join("_metadata");
     if !meta_path.exists() {
         return Err(Error::CorruptCheckpoint {
@@ -231,18 +314,131 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
             reason: "no _metadata: the checkpoint is incomplete".into(),
         });
     }
-    let metadata: CheckpointMetadata = read_framed(FileKind::Metadata, &meta_path)?;
+    read_framed(FileKind::Metadata, &meta_path)
+}
+
+/// Loads and verifies the checkpoint in `dir` (a `chk-<n>` directory): the
+/// framed files completely, the RocksDB files it references by presence and
+/// size (their CRC-32 is checked by [`verify_checkpoint`] and on restore).
+pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
+    let metadata = read_metadata(dir)?;
     let mut states = Vec::with_capacity(metadata.subtasks.len());
     for h in &metadata.subtasks {
         let path = dir.join(&h.file);
         let st: SubtaskState = read_framed(FileKind::State, &path)?;
         states.push(st);
     }
-    Ok(LoadedCheckpoint {
+    let c = LoadedCheckpoint {
         dir: dir.to_path_buf(),
         metadata,
         states,
-    })
+    };
+    let job_dir = c.job_dir();
+    for f in c.raw_files() {
+        let p = job_dir.join(&f.path);
+        match fs::metadata(&p) {
+            Ok(m) if m.len() == f.size => {}
+            Ok(m) => {
+                return Err(Error::CorruptCheckpoint {
+                    path: p,
+                    reason: format!("{} bytes, the checkpoint recorded {}", m.len(), f.size),
+                })
+            }
+            Err(_) => {
+                return Err(Error::CorruptCheckpoint {
+                    path: p,
+                    reason: "a file the checkpoint references is missing".into(),
+                })
+            }
+        }
+    }
+    Ok(c)
+}
+
+impl LoadedCheckpoint {
+    /// The job directory the checkpoint's relative paths start from.
+    pub fn job_dir(&self) -> PathBuf {
+        self.dir.parent().unwrap_or(&self.dir).to_path_buf()
+    }
+
+    /// Every raw (RocksDB) file its states reference.
+    pub fn raw_files(&self) -> Vec<&super::StateFile> {
+        self.states
+            .iter()
+            .flat_map(|s| &s.operators)
+            .filter_map(|o| match &o.keyed {
+                Some(super::KeyedStateHandle::Rocks(h)) => Some(h.files.iter()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+}
+
+/// Checks the CRC-32 of every raw file `c` references (the framed files were
+/// checked when it was loaded).
+pub fn verify_checkpoint(c: &LoadedCheckpoint) -> Result<()> {
+    let job_dir = c.job_dir();
+    for f in c.raw_files() {
+        let p = job_dir.join(&f.path);
+        let (size, crc) = file_crc(&p)?;
+        if size != f.size || crc != f.crc32 {
+            return Err(Error::CorruptCheckpoint {
+                path: p,
+                reason: format!(
+                    "checksum mismatch ({size} bytes, CRC-32 {crc:08x}; recorded {} bytes, {:08x})",
+                    f.size, f.crc32
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Size and CRC-32 of a file.
+pub fn file_crc(path: &Path) -> Result<(u64, u32)> {
+    use std::io::Read;
+    let mut f = File::open(path).map_err(|e| Error::io("cannot read checkpoint file", path, e))?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io("cannot read checkpoint file", path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, h.finalize()))
+}
+
+/// Copies `src` to `dest` (created, fsynced), returning (size, CRC-32).
+pub fn copy_crc(src: &Path, dest: &Path) -> Result<(u64, u32)> {
+    use std::io::Read;
+    let mut f = File::open(src).map_err(|e| Error::io("cannot read state file", src, e))?;
+    let mut out =
+        File::create(dest).map_err(|e| Error::io("cannot create checkpoint file", dest, e))?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io("cannot read state file", src, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io("cannot write checkpoint file", dest, e))?;
+        size += n as u64;
+    }
+    out.sync_all()
+        .map_err(|e| Error::io("cannot sync checkpoint file", dest, e))?;
+    Ok((size, h.finalize()))
 }
 
 /// The checkpoint to restore from `path`: a `chk-<n>` directory (it must be
@@ -297,8 +493,10 @@ pub struct CheckpointInfo {
     pub status: &'static str,
     /// Why it is corrupt.
     pub problem: Option<String>,
-    /// Total bytes of its files.
+    /// Total bytes of the files in its directory.
     pub size: u64,
+    /// Bytes of the shared files it references (incremental checkpoints).
+    pub shared_size: u64,
     /// Completion time (ms since the epoch), when complete.
     pub completed_timestamp: Option<u64>,
     /// Whether it is a savepoint.
@@ -361,6 +559,12 @@ pub fn list_checkpoints(job_dir: &Path) -> Result<Vec<CheckpointInfo>> {
         let info = match load_checkpoint(&dir) {
             Ok(c) => CheckpointInfo {
                 id,
+                shared_size: c
+                    .raw_files()
+                    .iter()
+                    .filter(|f| f.path.starts_with("shared/"))
+                    .map(|f| f.size)
+                    .sum(),
                 dir,
                 status: "complete",
                 problem: None,
@@ -378,6 +582,7 @@ pub fn list_checkpoints(job_dir: &Path) -> Result<Vec<CheckpointInfo>> {
                 id,
                 dir,
                 size,
+                shared_size: 0,
                 completed_timestamp: None,
                 is_savepoint: false,
             },
@@ -401,34 +606,93 @@ pub fn job_is_running(job_dir: &Path) -> bool {
 
 /// Files and directories of `job_dir` that no complete checkpoint references:
 /// incomplete `chk-<n>` directories (a crash mid-checkpoint), temporary
-/// `_metadata.inprogress` files, and files inside complete checkpoints that
-/// their `_metadata` does not list. Referenced files are never included.
-/// Corrupt checkpoints are reported by `verify`, not collected.
+/// `_metadata.inprogress` files, files inside complete checkpoints that no
+/// state of theirs references, and files in `shared/` that no checkpoint
+/// references (left by a crash between the deletion of a checkpoint and of
+/// its shared files, or mid-upload). Referenced files are never included.
+/// Corrupt checkpoints are reported by `verify`, not collected; while one has
+/// an unreadable `_metadata`, no shared file is collected (it might be one of
+/// its references).
 pub fn orphans(job_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
+    let mut shared_refs: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut shared_unknown = false;
     for info in list_checkpoints(job_dir)? {
         match info.status {
             "incomplete" => out.push(info.dir),
             "complete" => {
                 let c = load_checkpoint(&info.dir)?;
-                let referenced: Vec<&str> = c
+                let chk = info
+                    .dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let mut referenced: std::collections::BTreeSet<String> = c
                     .metadata
                     .subtasks
                     .iter()
-                    .map(|h| h.file.as_str())
+                    .map(|h| format!("{chk}/{}", h.file))
                     .collect();
+                for f in c.raw_files() {
+                    referenced.insert(f.path.clone());
+                }
+                for h in &c.metadata.subtasks {
+                    referenced.extend(h.files.iter().cloned());
+                }
                 for e in fs::read_dir(&info.dir)
                     .map_err(|e| Error::io("cannot read checkpoint directory", &info.dir, e))?
                     .flatten()
                 {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    if name != "_metadata" && !referenced.contains(&name.as_str()) {
+                    if name != "_metadata" && !referenced.contains(&format!("{chk}/{name}")) {
                         out.push(e.path());
                     }
                 }
+                shared_refs.extend(referenced);
             }
-            _ => {}
+            _ => match read_metadata(&info.dir) {
+                // Corrupt but with readable metadata: its references are known and kept.
+                Ok(m) => {
+                    for h in &m.subtasks {
+                        shared_refs.extend(h.files.iter().cloned());
+                    }
+                }
+                Err(_) => shared_unknown = true,
+            },
+        }
+    }
+    let shared = job_dir.join("shared");
+    if !shared_unknown && shared.is_dir() {
+        for e in fs::read_dir(&shared)
+            .map_err(|e| Error::io("cannot read checkpoint directory", &shared, e))?
+            .flatten()
+        {
+            let rel = format!("shared/{}", e.file_name().to_string_lossy());
+            if !shared_refs.contains(&rel) {
+                out.push(e.path());
+            }
         }
     }
     Ok(out)
+}
+
+/// Deletes what [`orphans`] finds in `job_dir`; returns what was deleted.
+pub fn sweep(job_dir: &Path) -> Result<Vec<PathBuf>> {
+    if !job_dir.exists() {
+        return Ok(Vec::new());
+    }
+    let found = orphans(job_dir)?;
+    for p in &found {
+        let r = if p.is_dir() {
+            fs::remove_dir_all(p)
+        } else {
+            fs::remove_file(p)
+        };
+        if let Err(e) = r {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(Error::io("cannot delete orphaned checkpoint file", p, e));
+            }
+        }
+    }
+    Ok(found)
 }

@@ -1,74 +1,165 @@
-//! The heap keyed-state backend (`state.backend.type: hashmap`): one typed
-//! `HashMap<Key, Value>` per registered state, in the subtask's memory.
+//! The heap keyed-state backend (`state.backend.type: hashmap`): per
+//! registered state, one typed hash map **per key group**, in the subtask's
+//! memory.
 //!
-//! Access costs one hash lookup and one type check per call; nothing is
-//! serialized until `HeapKeyedStateBackend::snapshot`, which writes each
-//! state grouped by key group (the canonical [`KeyedStateSnapshot`] form).
-//! `HeapKeyedStateBackend::restore` keeps only the key groups of this
-//! subtask's range, which is what rescaling needs.
+//! # Copy-on-write snapshots (DESIGN.md invariant 2: the synchronous part is cheap)
+//! Each key group's map sits behind an [`Arc`]. The synchronous part of a
+//! snapshot (`HeapKeyedStateBackend::snapshot_async`) only clones those
+//! `Arc`s: O(number of key groups), independent of the number of keys. The
+//! returned job serializes the frozen maps later, in the asynchronous upload,
+//! off the processing loop. A write after a snapshot goes through
+//! [`Arc::make_mut`]: the first write to a key group whose frozen copy is
+//! still being serialized clones that one key group's map (Flink's
+//! copy-on-write state table does the same per entry); once the upload has
+//! dropped its references, writes are in place again. So processing never
+//! stalls for the whole state: at most one key group is copied at a time,
+//! and only while an upload still holds it.
+//!
+//! Access costs one key-group lookup (the key group is computed from the key,
+//! as routing did) plus one hash lookup and one type check per call. The
+//! canonical form ([`KeyedStateSnapshot`]: per state, per key group, the
+//! postcard-encoded `Vec<(K, V)>`) is what is serialized, so snapshots split
+//! by key-group range when a job is rescaled, and a RocksDB snapshot can be
+//! restored here (and the other way round).
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
+use serde::Serialize;
 
 use super::{KeyedStateSnapshot, StateKind, StateSnapshot};
-use crate::keygroup::{key_group_for, KeyGroupRange};
+use crate::keygroup::KeyGroupRange;
 use crate::record::{Data, Key};
 use crate::{Error, Result};
+
+/// Serializes frozen state later (in the asynchronous part of a snapshot).
+pub(crate) type SerializeJob = Box<dyn FnOnce() -> Result<BTreeMap<u16, Vec<u8>>> + Send>;
+
+/// A map per key group of a range, each behind an `Arc` for copy-on-write snapshots.
+pub(crate) struct KgMap<K, V> {
+    first: u16,
+    shards: Vec<Arc<FxHashMap<K, V>>>,
+}
+
+impl<K: Key, V: Clone + Send + Sync + 'static> KgMap<K, V> {
+    fn new(range: KeyGroupRange) -> Self {
+        KgMap {
+            first: range.start,
+            shards: (0..range.len())
+                .map(|_| Arc::new(FxHashMap::default()))
+                .collect(),
+        }
+    }
+
+    #[inline]
+    fn index(&self, kg: u16) -> Result<usize> {
+        let i = kg.wrapping_sub(self.first) as usize;
+        if i < self.shards.len() {
+            Ok(i)
+        } else {
+            Err(Error::Internal(format!(
+                "key group {kg} is not in this subtask's range (starts at {}, {} groups)",
+                self.first,
+                self.shards.len()
+            )))
+        }
+    }
+
+    /// The value of `key` (in key group `kg`).
+    #[inline]
+    pub(crate) fn get(&self, kg: u16, key: &K) -> Result<Option<&V>> {
+        Ok(self.shards[self.index(kg)?].get(key))
+    }
+
+    /// The map of key group `kg`, for writing (copied first if a snapshot still holds it).
+    #[inline]
+    pub(crate) fn shard_mut(&mut self, kg: u16) -> Result<&mut FxHashMap<K, V>> {
+        let i = self.index(kg)?;
+        Ok(Arc::make_mut(&mut self.shards[i]))
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+
+    /// O(key groups): the current maps, shared with the live state.
+    fn freeze(&self) -> Vec<(u16, Arc<FxHashMap<K, V>>)> {
+        self.shards
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(i, s)| (self.first + i as u16, s.clone()))
+            .collect()
+    }
+}
+
+/// Serializes a map as the sequence of its `(key, value)` pairs: the same
+/// bytes as a `Vec<(K, V)>`, without building the vector.
+struct Entries<'a, K, V>(&'a FxHashMap<K, V>);
+
+impl<K: Serialize, V: Serialize> Serialize for Entries<'_, K, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
+}
 
 /// One registered state's storage.
 pub(crate) trait Table: Send + 'static {
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn len(&self) -> usize;
-    /// Entries grouped by key group, each group postcard-encoded.
-    fn snapshot(&self, max_parallelism: usize) -> Result<BTreeMap<u16, Vec<u8>>>;
-    /// Adds the entries of one key group.
-    fn restore(&mut self, bytes: &[u8]) -> Result<()>;
+    /// Freezes the current contents (O(key groups)); the job encodes them per key group.
+    fn freeze(&self) -> SerializeJob;
+    /// Adds the entries of key group `kg` (canonical bytes).
+    fn restore(&mut self, kg: u16, bytes: &[u8]) -> Result<()>;
 }
 
 /// Constructs an empty table of a given type (so `register` can be generic).
 pub(crate) trait NewTable: Table + Sized {
-    fn empty() -> Self;
+    fn empty(range: KeyGroupRange) -> Self;
 }
 
 macro_rules! table {
     ($name:ident, [$($p:ident: $b:path),*], $val:ty) => {
         pub(crate) struct $name<K, $($p),*> {
-            pub(crate) map: FxHashMap<K, $val>,
+            pub(crate) map: KgMap<K, $val>,
         }
         impl<K: Key, $($p: $b),*> NewTable for $name<K, $($p),*> {
-            fn empty() -> Self {
-                $name { map: FxHashMap::default() }
+            fn empty(range: KeyGroupRange) -> Self {
+                $name { map: KgMap::new(range) }
             }
         }
         impl<K: Key, $($p: $b),*> Table for $name<K, $($p),*> {
             fn as_any(&self) -> &dyn Any { self }
             fn as_any_mut(&mut self) -> &mut dyn Any { self }
             fn len(&self) -> usize { self.map.len() }
-            fn snapshot(&self, max_parallelism: usize) -> Result<BTreeMap<u16, Vec<u8>>> {
-                let mut groups: BTreeMap<u16, Vec<(&K, &$val)>> = BTreeMap::new();
-                for (k, v) in &self.map {
-                    groups.entry(key_group_for(k, max_parallelism)).or_default().push((k, v));
-                }
-                groups
-                    .into_iter()
-                    .map(|(g, entries)| Ok((g, postcard::to_allocvec(&entries)?)))
-                    .collect()
+            fn freeze(&self) -> SerializeJob {
+                let frozen = self.map.freeze();
+                Box::new(move || {
+                    frozen
+                        .iter()
+                        .map(|(g, m)| Ok((*g, postcard::to_allocvec(&Entries(m))?)))
+                        .collect()
+                })
             }
-            fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+            fn restore(&mut self, kg: u16, bytes: &[u8]) -> Result<()> {
                 let entries: Vec<(K, $val)> = postcard::from_bytes(bytes)?;
-                self.map.extend(entries);
+                self.map.shard_mut(kg)?.extend(entries);
                 Ok(())
             }
         }
     };
 }
 
-table!(ValueTable, [T: Data], T);
-table!(ListTable, [T: Data], Vec<T>);
-table!(MapTable, [UK: Key, UV: Data], FxHashMap<UK, UV>);
+/// Bounds of values in heap tables (`Sync` comes with [`Data`]).
+pub(crate) trait Val: Data + Clone {}
+impl<T: Data + Clone> Val for T {}
+
+table!(ValueTable, [T: Val], T);
+table!(ListTable, [T: Val], Vec<T>);
+table!(MapTable, [UK: Key, UV: Val], FxHashMap<UK, UV>);
 
 struct Registered {
     name: String,
@@ -79,17 +170,38 @@ struct Registered {
 /// In-memory keyed state of one subtask.
 pub struct HeapKeyedStateBackend<K> {
     pub(crate) range: KeyGroupRange,
-    max_parallelism: usize,
     states: Vec<Registered>,
     _k: std::marker::PhantomData<fn() -> K>,
+}
+
+/// The synchronous part of a heap snapshot: the frozen maps of every state.
+pub(crate) struct HeapPending {
+    states: Vec<(String, StateKind, SerializeJob)>,
+}
+
+impl HeapPending {
+    /// Serializes the frozen maps into the canonical form (asynchronous part).
+    pub(crate) fn encode(self) -> Result<KeyedStateSnapshot> {
+        let mut out = KeyedStateSnapshot::default();
+        for (name, kind, job) in self.states {
+            out.states.insert(
+                name,
+                StateSnapshot {
+                    kind,
+                    key_groups: job()?,
+                },
+            );
+        }
+        Ok(out)
+    }
 }
 
 impl<K: Key> HeapKeyedStateBackend<K> {
     /// An empty backend for `range`.
     pub fn new(range: KeyGroupRange, max_parallelism: usize) -> Self {
+        let _ = max_parallelism;
         HeapKeyedStateBackend {
             range,
-            max_parallelism,
             states: Vec::new(),
             _k: std::marker::PhantomData,
         }
@@ -109,7 +221,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         self.states.push(Registered {
             name: name.to_string(),
             kind,
-            table: Box::new(T::empty()),
+            table: Box::new(T::empty(self.range)),
         });
         Ok(self.states.len() - 1)
     }
@@ -142,18 +254,19 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         self.states.iter().map(|s| s.table.len()).sum()
     }
 
-    pub(crate) fn snapshot(&self) -> Result<KeyedStateSnapshot> {
-        let mut out = KeyedStateSnapshot::default();
-        for s in &self.states {
-            out.states.insert(
-                s.name.clone(),
-                StateSnapshot {
-                    kind: s.kind,
-                    key_groups: s.table.snapshot(self.max_parallelism)?,
-                },
-            );
+    /// Synchronous part of a snapshot: O(states x key groups), no serialization.
+    pub(crate) fn snapshot_async(&self) -> HeapPending {
+        HeapPending {
+            states: self
+                .states
+                .iter()
+                .map(|s| (s.name.clone(), s.kind, s.table.freeze()))
+                .collect(),
         }
-        Ok(out)
+    }
+
+    pub(crate) fn snapshot(&self) -> Result<KeyedStateSnapshot> {
+        self.snapshot_async().encode()
     }
 
     pub(crate) fn restore(&mut self, snap: &KeyedStateSnapshot) -> Result<()> {
@@ -175,7 +288,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
             }
             for (g, bytes) in &st.key_groups {
                 if self.range.contains(*g) {
-                    s.table.restore(bytes)?;
+                    s.table.restore(*g, bytes)?;
                 }
             }
         }
@@ -186,6 +299,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
 #[cfg(test)]
 mod tests {
     use super::super::*;
+    use crate::keygroup::key_group_for;
 
     #[test]
     fn values_are_per_key_and_snapshot_splits_by_key_group() {
@@ -227,17 +341,50 @@ mod tests {
                 .unwrap();
             part.restore(&snap).unwrap();
             for (j, k) in keys.iter().enumerate() {
-                let ctx = KeyedContext::new(k, &mut part, max);
-                let v = c.value(&ctx).unwrap();
-                if range.contains(key_group_for(k, max)) {
-                    assert_eq!(v, Some(j as u64));
-                    total += 1;
-                } else {
-                    assert_eq!(v, None);
+                if !range.contains(key_group_for(k, max)) {
+                    continue;
                 }
+                let ctx = KeyedContext::new(k, &mut part, max);
+                assert_eq!(c.value(&ctx).unwrap(), Some(j as u64));
+                total += 1;
             }
         }
         assert_eq!(total, keys.len());
+    }
+
+    #[test]
+    fn snapshot_is_copy_on_write() {
+        let max = 8;
+        let mut b = KeyedStateBackend::<u32>::heap(KeyGroupRange::for_subtask(max, 1, 0), max);
+        let v = b
+            .value_state(&ValueStateDescriptor::<u64>::new("v"))
+            .unwrap();
+        for k in 0..1000u32 {
+            let mut ctx = KeyedContext::new(&k, &mut b, max);
+            v.update(&mut ctx, 1).unwrap();
+        }
+        let pending = match &b {
+            KeyedStateBackend::Heap(h) => h.snapshot_async(),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!(),
+        };
+        // Writes after the synchronous part are not in the snapshot.
+        for k in 0..2000u32 {
+            let mut ctx = KeyedContext::new(&k, &mut b, max);
+            v.update(&mut ctx, 2).unwrap();
+        }
+        let snap = pending.encode().unwrap();
+        let mut r = KeyedStateBackend::<u32>::heap(KeyGroupRange::for_subtask(max, 1, 0), max);
+        let rv = r
+            .value_state(&ValueStateDescriptor::<u64>::new("v"))
+            .unwrap();
+        r.restore(&snap).unwrap();
+        assert_eq!(r.num_entries(), 1000);
+        for k in 0..1000u32 {
+            let ctx = KeyedContext::new(&k, &mut r, max);
+            assert_eq!(rv.value(&ctx).unwrap(), Some(1));
+        }
+        assert_eq!(b.num_entries(), 2000);
     }
 
     #[test]

@@ -9,12 +9,34 @@
 //! written is always the **current key's**. Handles hold no data and no
 //! borrow: state lives in the subtask's [`KeyedStateBackend`].
 //!
-//! # Backends
+//! # Backends (`state.backend.type`)
 //! [`KeyedStateBackend`] is an enum over the backends; operator code only sees
-//! the handles, so adding a backend (RocksDB) changes no operator. The heap
-//! backend ([`heap`]) keeps one typed hash map per state and serializes only
-//! when a snapshot is taken, per key group ([`crate::keygroup`]), so a snapshot
-//! can be split by key-group range when a job is rescaled.
+//! the handles, so a backend changes no operator.
+//! - `hashmap` ([`heap`], the default): typed hash maps per key group in
+//!   memory, copy-on-write snapshots.
+//! - `rocksdb` (`rocks`, cargo feature `rocksdb`): one RocksDB instance per
+//!   stateful subtask on local disk, a column family per state, keys prefixed
+//!   by their key group (big-endian `u16`) so key-group ranges are contiguous
+//!   key ranges; snapshots are RocksDB checkpoints whose SST files are uploaded
+//!   asynchronously, in full or incrementally.
+//!
+//! # Snapshots (DESIGN.md invariant 2)
+//! A snapshot has two parts. [`KeyedStateBackend::snapshot_async`] is the
+//! synchronous part, on the processing loop: it must be cheap (heap: freeze the
+//! per-key-group maps, O(key groups); RocksDB: flush and hard-link a RocksDB
+//! checkpoint). It returns a [`PendingKeyedSnapshot`] that the subtask's
+//! upload task turns into a [`KeyedStateHandle`] off the loop (heap: encode
+//! the canonical form; RocksDB: copy the SST files to checkpoint storage).
+//!
+//! # Canonical form and restore
+//! [`KeyedStateSnapshot`] (per state, per key group, postcard `Vec<(K, V)>`)
+//! is backend-independent. A restore ([`KeyedStateBackend::restore_from`])
+//! takes the handles of every old subtask and keeps the key groups of this
+//! subtask's range, whatever the old parallelism (rescaling): the heap backend
+//! reads canonical snapshots and converts RocksDB files to the canonical form;
+//! the RocksDB backend ingests canonical snapshots and copies the key-group
+//! key ranges of old RocksDB instances. So a checkpoint of either backend
+//! restores on the other.
 //!
 //! # Operator state
 //! Non-keyed state of a subtask (a source's split positions) is an
@@ -22,15 +44,63 @@
 //! the operator when a snapshot is taken and handed back when it is restored.
 
 pub mod heap;
+#[cfg(feature = "rocksdb")]
+pub mod rocks;
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
+use std::path::PathBuf;
 
+use crate::checkpoint::{KeyedStateHandle, RocksStateHandle};
+use crate::config::{options, Conf};
 use crate::keygroup::{key_group_for, KeyGroupRange};
+use crate::operator::RuntimeContext;
 use crate::record::{Data, Key};
 use crate::Result;
 
 pub use heap::HeapKeyedStateBackend;
+#[cfg(feature = "rocksdb")]
+pub use rocks::RocksKeyedStateBackend;
+
+/// Which keyed state backend a job uses (`state.backend.type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackendKind {
+    /// `hashmap`: in memory.
+    #[default]
+    Heap,
+    /// `rocksdb`: RocksDB on local disk (cargo feature `rocksdb`).
+    RocksDb,
+}
+
+/// The state backend settings of a job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateBackendConfig {
+    /// The backend.
+    pub kind: BackendKind,
+    /// `execution.checkpointing.incremental`.
+    pub incremental: bool,
+    /// `state.backend.rocksdb.localdir` (`None`: the system's temporary directory).
+    pub local_dir: Option<PathBuf>,
+    /// `state.backend.rocksdb.value-cache.entries`.
+    pub value_cache_entries: usize,
+}
+
+impl StateBackendConfig {
+    /// Reads the `state.backend.*` options.
+    pub fn from_conf(conf: &Conf) -> Self {
+        let dir = conf.get(&options::ROCKSDB_LOCALDIR);
+        StateBackendConfig {
+            kind: if conf.get(&options::STATE_BACKEND) == "rocksdb" {
+                BackendKind::RocksDb
+            } else {
+                BackendKind::Heap
+            },
+            incremental: conf.get(&options::CHECKPOINTING_INCREMENTAL),
+            local_dir: (!dir.trim().is_empty()).then(|| PathBuf::from(dir)),
+            value_cache_entries: conf.get(&options::ROCKSDB_CACHE_ENTRIES),
+        }
+    }
+}
 
 /// The kind of a registered state, for error messages and snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -116,12 +186,46 @@ handle!(
 pub enum KeyedStateBackend<K: Key> {
     /// In-memory hash maps (`state.backend.type: hashmap`).
     Heap(HeapKeyedStateBackend<K>),
+    /// RocksDB (`state.backend.type: rocksdb`).
+    #[cfg(feature = "rocksdb")]
+    Rocks(Box<RocksKeyedStateBackend<K>>),
+}
+
+/// Dispatches `$body` over the backends with `$b` bound to the backend.
+macro_rules! dispatch {
+    ($self:expr, $b:ident => $heap:expr, $rocks:expr) => {
+        match $self {
+            KeyedStateBackend::Heap($b) => $heap,
+            #[cfg(feature = "rocksdb")]
+            KeyedStateBackend::Rocks($b) => $rocks,
+        }
+    };
 }
 
 impl<K: Key> KeyedStateBackend<K> {
-    /// A backend for the subtask that owns `range` of `max_parallelism` key groups.
+    /// A heap backend for the subtask that owns `range` of `max_parallelism` key groups.
     pub fn heap(range: KeyGroupRange, max_parallelism: usize) -> Self {
         KeyedStateBackend::Heap(HeapKeyedStateBackend::new(range, max_parallelism))
+    }
+
+    /// The backend `ctx.state_backend` asks for, for the subtask `ctx` describes.
+    pub fn for_subtask(ctx: &RuntimeContext) -> Result<Self> {
+        match ctx.state_backend.kind {
+            BackendKind::Heap => Ok(Self::heap(ctx.key_group_range(), ctx.max_parallelism)),
+            #[cfg(feature = "rocksdb")]
+            BackendKind::RocksDb => Ok(KeyedStateBackend::Rocks(Box::new(
+                RocksKeyedStateBackend::open(ctx)?,
+            ))),
+            #[cfg(not(feature = "rocksdb"))]
+            BackendKind::RocksDb => Err(crate::Error::Config(
+                crate::config::ConfigError::FeatureMissing {
+                    key: options::STATE_BACKEND.def.key.to_string(),
+                    value: "rocksdb".into(),
+                    origin: crate::config::ValueSource::Code,
+                    feature: "rocksdb",
+                },
+            )),
+        }
     }
 
     /// Registers (or looks up) a value state.
@@ -129,11 +233,10 @@ impl<K: Key> KeyedStateBackend<K> {
         &mut self,
         d: &ValueStateDescriptor<T>,
     ) -> Result<ValueState<T>> {
-        match self {
-            KeyedStateBackend::Heap(h) => h
-                .register::<heap::ValueTable<K, T>>(d.name(), StateKind::Value)
-                .map(ValueState::from_id),
-        }
+        dispatch!(self, b => b
+            .register::<heap::ValueTable<K, T>>(d.name(), StateKind::Value)
+            .map(ValueState::from_id),
+            b.register_value::<T>(d.name()).map(ValueState::from_id))
     }
 
     /// Registers (or looks up) a list state.
@@ -141,11 +244,10 @@ impl<K: Key> KeyedStateBackend<K> {
         &mut self,
         d: &ListStateDescriptor<T>,
     ) -> Result<ListState<T>> {
-        match self {
-            KeyedStateBackend::Heap(h) => h
-                .register::<heap::ListTable<K, T>>(d.name(), StateKind::List)
-                .map(ListState::from_id),
-        }
+        dispatch!(self, b => b
+            .register::<heap::ListTable<K, T>>(d.name(), StateKind::List)
+            .map(ListState::from_id),
+            b.register_list::<T>(d.name()).map(ListState::from_id))
     }
 
     /// Registers (or looks up) a map state.
@@ -153,39 +255,156 @@ impl<K: Key> KeyedStateBackend<K> {
         &mut self,
         d: &MapStateDescriptor<UK, UV>,
     ) -> Result<MapState<UK, UV>> {
-        match self {
-            KeyedStateBackend::Heap(h) => h
-                .register::<heap::MapTable<K, UK, UV>>(d.name(), StateKind::Map)
-                .map(MapState::from_id),
-        }
+        dispatch!(self, b => b
+            .register::<heap::MapTable<K, UK, UV>>(d.name(), StateKind::Map)
+            .map(MapState::from_id),
+            b.register_map::<UK, UV>(d.name()).map(MapState::from_id))
     }
 
     /// The key groups this backend holds.
     pub fn key_group_range(&self) -> KeyGroupRange {
-        match self {
-            KeyedStateBackend::Heap(h) => h.range,
-        }
+        dispatch!(self, b => b.range, b.range())
     }
 
-    /// Number of (state, key) entries, over all states.
+    /// Number of (state, key) entries, over all states (RocksDB: an estimate).
     pub fn num_entries(&self) -> usize {
-        match self {
-            KeyedStateBackend::Heap(h) => h.num_entries(),
-        }
+        dispatch!(self, b => b.num_entries(), b.num_entries())
     }
 
     /// Serializes the state of every key, grouped by key group: the canonical,
-    /// backend-independent form that snapshots are made of.
-    pub fn snapshot(&self) -> Result<KeyedStateSnapshot> {
-        match self {
-            KeyedStateBackend::Heap(h) => h.snapshot(),
-        }
+    /// backend-independent form (synchronously; checkpoints use
+    /// [`snapshot_async`](Self::snapshot_async)).
+    pub fn snapshot(&mut self) -> Result<KeyedStateSnapshot> {
+        dispatch!(self, b => b.snapshot(), b.canonical_snapshot())
+    }
+
+    /// The synchronous part of a checkpoint's snapshot: cheap and consistent;
+    /// the returned job does the expensive part off the processing loop.
+    pub fn snapshot_async(&mut self, checkpoint_id: u64) -> Result<PendingKeyedSnapshot> {
+        let _ = checkpoint_id;
+        dispatch!(self, b => Ok(PendingKeyedSnapshot(Pending::Heap(b.snapshot_async()))),
+            Ok(PendingKeyedSnapshot(Pending::Rocks(Box::new(b.snapshot_async(checkpoint_id)?)))))
     }
 
     /// Loads the entries of `snap` whose key group this backend owns.
     pub fn restore(&mut self, snap: &KeyedStateSnapshot) -> Result<()> {
-        match self {
-            KeyedStateBackend::Heap(h) => h.restore(snap),
+        dispatch!(self, b => b.restore(snap), b.restore_canonical(snap))
+    }
+
+    /// Loads the key groups of this backend's range from the state of every
+    /// old subtask of a checkpoint (either backend, any old parallelism).
+    pub fn restore_from(&mut self, restored: &RestoredKeyed) -> Result<()> {
+        let range = self.key_group_range();
+        self.restore(&restored.canonical)?;
+        for (job_dir, h) in &restored.rocks {
+            if !h.overlaps(range) {
+                continue;
+            }
+            match self {
+                KeyedStateBackend::Heap(b) => {
+                    let snap = rocks_to_canonical(job_dir, h, range)?;
+                    b.restore(&snap)?;
+                }
+                #[cfg(feature = "rocksdb")]
+                KeyedStateBackend::Rocks(b) => b.restore_rocks(job_dir, h)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A batch of records has been processed (lets RocksDB write back its cache).
+    #[inline]
+    pub fn end_batch(&mut self) -> Result<()> {
+        dispatch!(self, b => { let _ = b; Ok(()) }, b.end_batch())
+    }
+
+    /// Checkpoint `checkpoint_id` is complete (incremental snapshots may reuse its files).
+    pub fn notify_complete(&mut self, checkpoint_id: u64) {
+        dispatch!(self, b => { let _ = (b, checkpoint_id); }, b.notify_complete(checkpoint_id))
+    }
+
+    /// Checkpoint `checkpoint_id` was aborted.
+    pub fn notify_aborted(&mut self, checkpoint_id: u64) {
+        dispatch!(self, b => { let _ = (b, checkpoint_id); }, b.notify_aborted(checkpoint_id))
+    }
+}
+
+/// Converts RocksDB files to the canonical form (for the heap backend).
+fn rocks_to_canonical(
+    job_dir: &std::path::Path,
+    h: &RocksStateHandle,
+    range: KeyGroupRange,
+) -> Result<KeyedStateSnapshot> {
+    #[cfg(feature = "rocksdb")]
+    {
+        rocks::to_canonical(job_dir, h, range)
+    }
+    #[cfg(not(feature = "rocksdb"))]
+    {
+        let _ = (h, range);
+        Err(crate::Error::Restore(format!(
+            "the checkpoint in {} holds RocksDB state, and this build of weir has no RocksDB support: rebuild with `--features rocksdb`",
+            job_dir.display()
+        )))
+    }
+}
+
+/// Where the keyed state of one operator comes from on restore: the state of
+/// every old subtask, in either backend's form.
+#[derive(Debug, Default, Clone)]
+pub struct RestoredKeyed {
+    /// The canonical snapshots of the old subtasks, merged (disjoint key groups).
+    pub canonical: KeyedStateSnapshot,
+    /// The RocksDB instances of the old subtasks, with the job directory their paths are relative to.
+    pub rocks: Vec<(PathBuf, RocksStateHandle)>,
+}
+
+enum Pending {
+    Heap(heap::HeapPending),
+    #[cfg(feature = "rocksdb")]
+    Rocks(Box<rocks::RocksPending>),
+}
+
+/// The synchronous part of a keyed snapshot, waiting for its asynchronous part.
+pub struct PendingKeyedSnapshot(Pending);
+
+/// Where the asynchronous part of a snapshot writes.
+pub struct UploadTarget<'a> {
+    /// The job's checkpoint storage.
+    pub storage: &'a crate::checkpoint::storage::CheckpointStorage,
+    /// The checkpoint id.
+    pub checkpoint_id: u64,
+}
+
+/// The result of a snapshot's asynchronous part.
+pub struct UploadedKeyed {
+    /// What the subtask's state file records.
+    pub handle: KeyedStateHandle,
+    /// Files outside the state file this handle references, relative to the job directory.
+    pub files: Vec<String>,
+    /// Bytes written by this upload outside the subtask's state file (less
+    /// than `full_size` when incremental).
+    pub uploaded: u64,
+    /// Bytes of the files outside the state file the handle references.
+    pub full_size: u64,
+}
+
+impl PendingKeyedSnapshot {
+    /// The asynchronous part: encode or upload (call off the processing loop).
+    pub fn upload(self, target: &UploadTarget<'_>) -> Result<UploadedKeyed> {
+        match self.0 {
+            Pending::Heap(h) => {
+                let _ = target;
+                // Inline in the state file: no bytes outside it.
+                Ok(UploadedKeyed {
+                    handle: KeyedStateHandle::Canonical(h.encode()?),
+                    files: Vec::new(),
+                    uploaded: 0,
+                    full_size: 0,
+                })
+            }
+            #[cfg(feature = "rocksdb")]
+            Pending::Rocks(r) => r.upload(target),
         }
     }
 }
@@ -238,6 +457,7 @@ impl<'a, K: Key> KeyedContext<'a, K> {
     }
 
     /// The key group of the current key.
+    #[inline]
     pub fn key_group(&self) -> u16 {
         key_group_for(self.key, self.max_parallelism)
     }
@@ -246,29 +466,29 @@ impl<'a, K: Key> KeyedContext<'a, K> {
 impl<T: Data + Clone> ValueState<T> {
     /// The current key's value, or `None` if it has none.
     pub fn value<K: Key>(&self, ctx: &KeyedContext<'_, K>) -> Result<Option<T>> {
-        match &*ctx.backend {
-            KeyedStateBackend::Heap(h) => Ok(h
+        let kg = ctx.key_group();
+        dispatch!(&*ctx.backend, h => Ok(h
                 .table::<heap::ValueTable<K, T>>(self.id)?
                 .map
-                .get(ctx.key)
+                .get(kg, ctx.key)?
                 .cloned()),
-        }
+            h.value_get::<T>(self.id, kg, ctx.key))
     }
 
     /// Sets the current key's value.
     pub fn update<K: Key>(&self, ctx: &mut KeyedContext<'_, K>, value: T) -> Result<()> {
-        match &mut *ctx.backend {
-            KeyedStateBackend::Heap(h) => {
-                let t = h.table_mut::<heap::ValueTable<K, T>>(self.id)?;
-                match t.map.get_mut(ctx.key) {
+        let kg = ctx.key_group();
+        dispatch!(&mut *ctx.backend, h => {
+                let m = h.table_mut::<heap::ValueTable<K, T>>(self.id)?.map.shard_mut(kg)?;
+                match m.get_mut(ctx.key) {
                     Some(v) => *v = value,
                     None => {
-                        t.map.insert(ctx.key.clone(), value);
+                        m.insert(ctx.key.clone(), value);
                     }
                 }
                 Ok(())
-            }
-        }
+            },
+            h.value_put::<T>(self.id, kg, ctx.key, Some(value)))
     }
 
     /// Replaces the current key's value with `f(old)` in one lookup and returns the new value.
@@ -278,79 +498,80 @@ impl<T: Data + Clone> ValueState<T> {
         ctx: &mut KeyedContext<'_, K>,
         f: impl FnOnce(Option<&T>) -> T,
     ) -> Result<T> {
-        match &mut *ctx.backend {
-            KeyedStateBackend::Heap(h) => {
-                let t = h.table_mut::<heap::ValueTable<K, T>>(self.id)?;
-                match t.map.get_mut(ctx.key) {
+        let kg = ctx.key_group();
+        dispatch!(&mut *ctx.backend, h => {
+                let m = h.table_mut::<heap::ValueTable<K, T>>(self.id)?.map.shard_mut(kg)?;
+                match m.get_mut(ctx.key) {
                     Some(v) => {
                         *v = f(Some(&*v));
                         Ok(v.clone())
                     }
                     None => {
                         let v = f(None);
-                        t.map.insert(ctx.key.clone(), v.clone());
+                        m.insert(ctx.key.clone(), v.clone());
                         Ok(v)
                     }
                 }
-            }
-        }
+            },
+            h.value_update_with::<T>(self.id, kg, ctx.key, f))
     }
 
     /// Removes the current key's value.
     pub fn clear<K: Key>(&self, ctx: &mut KeyedContext<'_, K>) -> Result<()> {
-        match &mut *ctx.backend {
-            KeyedStateBackend::Heap(h) => {
+        let kg = ctx.key_group();
+        dispatch!(&mut *ctx.backend, h => {
                 h.table_mut::<heap::ValueTable<K, T>>(self.id)?
                     .map
+                    .shard_mut(kg)?
                     .remove(ctx.key);
                 Ok(())
-            }
-        }
+            },
+            h.value_put::<T>(self.id, kg, ctx.key, None))
     }
 }
 
 impl<T: Data + Clone> ListState<T> {
     /// The current key's list (empty if none).
     pub fn get<K: Key>(&self, ctx: &KeyedContext<'_, K>) -> Result<Vec<T>> {
-        match &*ctx.backend {
-            KeyedStateBackend::Heap(h) => Ok(h
+        let kg = ctx.key_group();
+        dispatch!(&*ctx.backend, h => Ok(h
                 .table::<heap::ListTable<K, T>>(self.id)?
                 .map
-                .get(ctx.key)
+                .get(kg, ctx.key)?
                 .cloned()
                 .unwrap_or_default()),
-        }
+            h.list_get::<T>(self.id, kg, ctx.key))
     }
 
     /// Appends to the current key's list.
     pub fn add<K: Key>(&self, ctx: &mut KeyedContext<'_, K>, value: T) -> Result<()> {
-        match &mut *ctx.backend {
-            KeyedStateBackend::Heap(h) => {
-                let t = h.table_mut::<heap::ListTable<K, T>>(self.id)?;
-                match t.map.get_mut(ctx.key) {
+        let kg = ctx.key_group();
+        dispatch!(&mut *ctx.backend, h => {
+                let m = h.table_mut::<heap::ListTable<K, T>>(self.id)?.map.shard_mut(kg)?;
+                match m.get_mut(ctx.key) {
                     Some(l) => l.push(value),
                     None => {
-                        t.map.insert(ctx.key.clone(), vec![value]);
+                        m.insert(ctx.key.clone(), vec![value]);
                     }
                 }
                 Ok(())
-            }
-        }
+            },
+            h.list_add::<T>(self.id, kg, ctx.key, value))
     }
 
     /// Replaces the current key's list.
     pub fn update<K: Key>(&self, ctx: &mut KeyedContext<'_, K>, values: Vec<T>) -> Result<()> {
-        match &mut *ctx.backend {
-            KeyedStateBackend::Heap(h) => {
-                let t = h.table_mut::<heap::ListTable<K, T>>(self.id)?;
+        let kg = ctx.key_group();
+        dispatch!(&mut *ctx.backend, h => {
+                let m = h.table_mut::<heap::ListTable<K, T>>(self.id)?.map.shard_mut(kg)?;
                 if values.is_empty() {
-                    t.map.remove(ctx.key);
+                    m.remove(ctx.key);
                 } else {
-                    t.map.insert(ctx.key.clone(), values);
+                    m.insert(ctx.key.clone(), values);
                 }
                 Ok(())
-            }
-        }
+            },
+            h.list_put::<T>(self.id, kg, ctx.key, &values))
     }
 
     /// Removes the current key's list.
@@ -362,14 +583,14 @@ impl<T: Data + Clone> ListState<T> {
 impl<UK: Key, UV: Data + Clone> MapState<UK, UV> {
     /// The value under `user_key` in the current key's map.
     pub fn get<K: Key>(&self, ctx: &KeyedContext<'_, K>, user_key: &UK) -> Result<Option<UV>> {
-        match &*ctx.backend {
-            KeyedStateBackend::Heap(h) => Ok(h
+        let kg = ctx.key_group();
+        dispatch!(&*ctx.backend, h => Ok(h
                 .table::<heap::MapTable<K, UK, UV>>(self.id)?
                 .map
-                .get(ctx.key)
+                .get(kg, ctx.key)?
                 .and_then(|m| m.get(user_key))
                 .cloned()),
-        }
+            h.map_get::<UK, UV>(self.id, kg, ctx.key, user_key))
     }
 
     /// Puts `value` under `user_key` in the current key's map.
@@ -379,56 +600,58 @@ impl<UK: Key, UV: Data + Clone> MapState<UK, UV> {
         user_key: UK,
         value: UV,
     ) -> Result<()> {
-        match &mut *ctx.backend {
-            KeyedStateBackend::Heap(h) => {
-                let t = h.table_mut::<heap::MapTable<K, UK, UV>>(self.id)?;
-                t.map
+        let kg = ctx.key_group();
+        dispatch!(&mut *ctx.backend, h => {
+                h.table_mut::<heap::MapTable<K, UK, UV>>(self.id)?
+                    .map
+                    .shard_mut(kg)?
                     .entry(ctx.key.clone())
                     .or_default()
                     .insert(user_key, value);
                 Ok(())
-            }
-        }
+            },
+            h.map_put::<UK, UV>(self.id, kg, ctx.key, &user_key, Some(&value)))
     }
 
     /// Removes `user_key` from the current key's map.
     pub fn remove<K: Key>(&self, ctx: &mut KeyedContext<'_, K>, user_key: &UK) -> Result<()> {
-        match &mut *ctx.backend {
-            KeyedStateBackend::Heap(h) => {
-                let t = h.table_mut::<heap::MapTable<K, UK, UV>>(self.id)?;
-                if let Some(m) = t.map.get_mut(ctx.key) {
+        let kg = ctx.key_group();
+        dispatch!(&mut *ctx.backend, h => {
+                let t = h.table_mut::<heap::MapTable<K, UK, UV>>(self.id)?.map.shard_mut(kg)?;
+                if let Some(m) = t.get_mut(ctx.key) {
                     m.remove(user_key);
                     if m.is_empty() {
-                        t.map.remove(ctx.key);
+                        t.remove(ctx.key);
                     }
                 }
                 Ok(())
-            }
-        }
+            },
+            h.map_put::<UK, UV>(self.id, kg, ctx.key, user_key, None))
     }
 
     /// All entries of the current key's map, in no particular order.
     pub fn entries<K: Key>(&self, ctx: &KeyedContext<'_, K>) -> Result<Vec<(UK, UV)>> {
-        match &*ctx.backend {
-            KeyedStateBackend::Heap(h) => Ok(h
+        let kg = ctx.key_group();
+        dispatch!(&*ctx.backend, h => Ok(h
                 .table::<heap::MapTable<K, UK, UV>>(self.id)?
                 .map
-                .get(ctx.key)
+                .get(kg, ctx.key)?
                 .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                 .unwrap_or_default()),
-        }
+            h.map_entries::<UK, UV>(self.id, kg, ctx.key))
     }
 
     /// Removes the current key's whole map.
     pub fn clear<K: Key>(&self, ctx: &mut KeyedContext<'_, K>) -> Result<()> {
-        match &mut *ctx.backend {
-            KeyedStateBackend::Heap(h) => {
+        let kg = ctx.key_group();
+        dispatch!(&mut *ctx.backend, h => {
                 h.table_mut::<heap::MapTable<K, UK, UV>>(self.id)?
                     .map
+                    .shard_mut(kg)?
                     .remove(ctx.key);
                 Ok(())
-            }
-        }
+            },
+            h.map_clear(self.id, kg, ctx.key))
     }
 }
 

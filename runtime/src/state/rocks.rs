@@ -1,0 +1,1294 @@
+//! The RocksDB keyed-state backend (`state.backend.type: rocksdb`, cargo
+//! feature `rocksdb`).
+//!
+//! # Layout
+//! One RocksDB instance per stateful subtask, in a working directory of its
+//! own under `state.backend.rocksdb.localdir` (default: the system's
+//! temporary directory), `weir-rocksdb-<pid>-<instance>/`, deleted when the
+//! subtask's operator is dropped; directories of processes that no longer
+//! exist are removed when a new instance opens. One column family per
+//! registered state (`s:<name>`). Keys are the key group (big-endian `u16`)
+//! followed by the postcard-encoded key, so the keys of a key-group range are
+//! one contiguous key range (rescaling copies ranges); map state appends the
+//! postcard-encoded user key after a varint length of the key. Values are
+//! postcard-encoded (`ListState`: the whole `Vec<T>`). Writes skip RocksDB's
+//! write-ahead log: durability comes from checkpoints, and a crashed subtask
+//! restores from one.
+//!
+//! # Per-record cost
+//! Key and value bytes are encoded into buffers reused across records.
+//! `ValueState` (which `count()`, `sum()` and friends use) keeps up to
+//! `state.backend.rocksdb.value-cache.entries` entries per state deserialized
+//! in memory; changed entries are written back in one `WriteBatch` when the
+//! cache is full (at the end of a batch of records) and before every
+//! snapshot, so a snapshot always sees every write. With 0 every access is a
+//! RocksDB `get`/`put`. List and map state always go to RocksDB.
+//!
+//! # Snapshots (DESIGN.md invariants 2 and 6)
+//! Synchronous part (`RocksKeyedStateBackend::snapshot_async`, on the
+//! processing loop): write back the value cache, then create a RocksDB
+//! checkpoint (flush of the memtables plus hard links of the live SST files)
+//! in the working directory. Asynchronous part (`RocksPending::upload`, in
+//! the subtask's upload task): copy its files to checkpoint storage with their
+//! CRC-32 and fsync them, then delete the local checkpoint. With
+//! `execution.checkpointing.incremental: true` SST files go to
+//! `<job-dir>/shared/<instance>-<file>`; a file the latest checkpoint known
+//! to be complete already uploaded is not copied again, only referenced (the
+//! coordinator counts references; see [`crate::checkpoint::storage`]).
+//! Without it every file goes into the checkpoint's own directory.
+//!
+//! # Restore
+//! From RocksDB files (any old parallelism): each old instance whose key
+//! groups overlap this subtask's range is copied to a temporary directory
+//! (CRC-32 checked), opened read-only, and the key range of the overlapping
+//! key groups of every column family is copied into this instance. From the
+//! canonical form (a heap checkpoint): entries are decoded with the state's
+//! types and written. `to_canonical` turns RocksDB files into the canonical
+//! form for the heap backend.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rocksdb::{ColumnFamily, Options, ReadOptions, WriteBatch, WriteOptions, DB};
+use rustc_hash::FxHashMap;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{KeyedStateSnapshot, StateKind, StateSnapshot, UploadTarget, UploadedKeyed};
+use crate::checkpoint::storage::copy_crc;
+use crate::checkpoint::{KeyedStateHandle, RocksStateHandle, StateFile};
+use crate::keygroup::{key_group_for, KeyGroupRange};
+use crate::operator::RuntimeContext;
+use crate::record::{Data, Key};
+use crate::{Error, Result};
+
+fn db_err(e: rocksdb::Error) -> Error {
+    Error::StateBackend(format!("RocksDB: {e}"))
+}
+
+/// Column family name of a state.
+fn cf_name(state: &str) -> String {
+    format!("s:{state}")
+}
+
+// ---------------------------------------------------------------------------
+// Encoding.
+
+#[inline]
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+#[inline]
+fn get_varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// Appends the postcard encoding of `v` to `buf`.
+#[inline]
+fn append<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<()> {
+    let taken = std::mem::take(buf);
+    *buf = postcard::to_extend(v, taken)?;
+    Ok(())
+}
+
+/// `kg ++ postcard(key)` into `buf`.
+#[inline]
+fn encode_key<K: Serialize>(buf: &mut Vec<u8>, kg: u16, key: &K) -> Result<()> {
+    buf.clear();
+    buf.extend_from_slice(&kg.to_be_bytes());
+    append(buf, key)
+}
+
+/// `kg ++ varint(len) ++ postcard(key)` (the prefix of a key's map entries) into `buf`.
+fn encode_map_prefix<K: Serialize>(buf: &mut Vec<u8>, kg: u16, key: &K) -> Result<()> {
+    let mut k = Vec::new();
+    append(&mut k, key)?;
+    buf.clear();
+    buf.extend_from_slice(&kg.to_be_bytes());
+    put_varint(buf, k.len() as u64);
+    buf.extend_from_slice(&k);
+    Ok(())
+}
+
+/// The smallest key greater than every key starting with `prefix` (`None`: no bound).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(Into::into)
+}
+
+// ---------------------------------------------------------------------------
+// Columns: one per registered state, typed.
+
+trait Column<K>: Send {
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Writes changed cached values into `batch`; they stay cached, clean.
+    fn write_back(
+        &mut self,
+        cf: &ColumnFamily,
+        batch: &mut WriteBatch,
+        buf: &mut Vec<u8>,
+    ) -> Result<()>;
+    fn cached(&self) -> usize;
+    fn drop_cache(&mut self);
+    /// Writes the canonical entries of key group `kg` into `batch`.
+    fn restore_canonical(
+        &self,
+        cf: &ColumnFamily,
+        kg: u16,
+        bytes: &[u8],
+        batch: &mut WriteBatch,
+        buf: &mut Vec<u8>,
+    ) -> Result<()>;
+}
+
+struct Slot<T> {
+    value: Option<T>,
+    dirty: bool,
+}
+
+struct ValueColumn<K, T> {
+    cache: FxHashMap<K, Slot<T>>,
+    max_parallelism: usize,
+}
+
+impl<K: Key, T: Data + Clone> Column<K> for ValueColumn<K, T> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn write_back(
+        &mut self,
+        cf: &ColumnFamily,
+        batch: &mut WriteBatch,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let mut val = Vec::new();
+        for (k, slot) in self.cache.iter_mut().filter(|(_, s)| s.dirty) {
+            encode_key(buf, key_group_for(k, self.max_parallelism), k)?;
+            match &slot.value {
+                Some(v) => {
+                    val.clear();
+                    append(&mut val, v)?;
+                    batch.put_cf(cf, &*buf, &val);
+                }
+                None => batch.delete_cf(cf, &*buf),
+            }
+            slot.dirty = false;
+        }
+        Ok(())
+    }
+    fn cached(&self) -> usize {
+        self.cache.len()
+    }
+    fn drop_cache(&mut self) {
+        self.cache.clear();
+    }
+    fn restore_canonical(
+        &self,
+        cf: &ColumnFamily,
+        kg: u16,
+        bytes: &[u8],
+        batch: &mut WriteBatch,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let entries: Vec<(K, T)> = decode(bytes)?;
+        let mut val = Vec::new();
+        for (k, v) in entries {
+            encode_key(buf, kg, &k)?;
+            val.clear();
+            append(&mut val, &v)?;
+            batch.put_cf(cf, &*buf, &val);
+        }
+        Ok(())
+    }
+}
+
+/// List and map states: no cache; the types are needed to decode canonical snapshots.
+struct PlainColumn<K, V> {
+    map: bool,
+    _t: std::marker::PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Key, T: Data> Column<K> for PlainColumn<K, Vec<T>> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn write_back(&mut self, _: &ColumnFamily, _: &mut WriteBatch, _: &mut Vec<u8>) -> Result<()> {
+        Ok(())
+    }
+    fn cached(&self) -> usize {
+        0
+    }
+    fn drop_cache(&mut self) {}
+    fn restore_canonical(
+        &self,
+        cf: &ColumnFamily,
+        kg: u16,
+        bytes: &[u8],
+        batch: &mut WriteBatch,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let entries: Vec<(K, Vec<T>)> = decode(bytes)?;
+        let mut val = Vec::new();
+        for (k, v) in entries {
+            encode_key(buf, kg, &k)?;
+            val.clear();
+            append(&mut val, &v)?;
+            batch.put_cf(cf, &*buf, &val);
+        }
+        Ok(())
+    }
+}
+
+/// Map state column (the `V` parameter is `(UK, UV)`).
+impl<K: Key, UK: Key, UV: Data> Column<K> for PlainColumn<K, (UK, UV)> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn write_back(&mut self, _: &ColumnFamily, _: &mut WriteBatch, _: &mut Vec<u8>) -> Result<()> {
+        Ok(())
+    }
+    fn cached(&self) -> usize {
+        0
+    }
+    fn drop_cache(&mut self) {}
+    fn restore_canonical(
+        &self,
+        cf: &ColumnFamily,
+        kg: u16,
+        bytes: &[u8],
+        batch: &mut WriteBatch,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        debug_assert!(self.map);
+        let entries: Vec<(K, FxHashMap<UK, UV>)> = decode(bytes)?;
+        let mut val = Vec::new();
+        for (k, m) in entries {
+            encode_map_prefix(buf, kg, &k)?;
+            let prefix_len = buf.len();
+            for (uk, uv) in m {
+                buf.truncate(prefix_len);
+                append(buf, &uk)?;
+                val.clear();
+                append(&mut val, &uv)?;
+                batch.put_cf(cf, &*buf, &val);
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Registered<K> {
+    name: String,
+    cf: String,
+    kind: StateKind,
+    column: Box<dyn Column<K>>,
+}
+
+// ---------------------------------------------------------------------------
+// Upload tracking (incremental checkpoints).
+
+/// Which SST files were uploaded to `shared/`, per checkpoint, and which of
+/// them the latest checkpoint known to be complete references.
+#[derive(Default)]
+struct Tracker {
+    pending: BTreeMap<u64, HashMap<String, StateFile>>,
+    confirmed: HashMap<String, StateFile>,
+}
+
+// ---------------------------------------------------------------------------
+// The backend.
+
+/// RocksDB keyed state of one subtask.
+pub struct RocksKeyedStateBackend<K> {
+    range: KeyGroupRange,
+    max_parallelism: usize,
+    db: Option<DB>,
+    /// The instance's working directory (database, local checkpoints, restores).
+    root: PathBuf,
+    instance: String,
+    incremental: bool,
+    cache_entries: usize,
+    states: Vec<Registered<K>>,
+    write_opts: WriteOptions,
+    read_opts: ReadOptions,
+    cache: rocksdb::Cache,
+    /// Key and value encoding buffers, reused across records.
+    buf: RefCell<Vec<u8>>,
+    vbuf: RefCell<Vec<u8>>,
+    tracker: Arc<Mutex<Tracker>>,
+    restores: usize,
+}
+
+fn db_of(db: &Option<DB>) -> Result<&DB> {
+    db.as_ref()
+        .ok_or_else(|| Error::Internal("RocksDB instance already closed".into()))
+}
+
+fn cf_of<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily> {
+    db.cf_handle(name)
+        .ok_or_else(|| Error::Internal(format!("no column family '{name}'")))
+}
+
+fn random_hex() -> String {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+fn db_options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    o.set_max_background_jobs(2);
+    // The memtable is flushed by every snapshot's synchronous part: keep it moderate.
+    o.set_write_buffer_size(32 << 20);
+    o
+}
+
+/// Options of the live instance: `db_options` plus bloom filters (every
+/// checkpoint flushes a small L0 file; point lookups must not read them all)
+/// and a block cache shared by the instance's column families.
+fn live_options(cache: &rocksdb::Cache) -> Options {
+    let mut o = db_options();
+    let mut t = rocksdb::BlockBasedOptions::default();
+    t.set_bloom_filter(10.0, false);
+    t.set_block_cache(cache);
+    t.set_cache_index_and_filter_blocks(true);
+    o.set_block_based_table_factory(&t);
+    o
+}
+
+/// Removes working directories left by processes that no longer run.
+fn sweep_stale(root: &Path) {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("weir-rocksdb-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+impl<K: Key> RocksKeyedStateBackend<K> {
+    /// Opens a fresh instance for the subtask `ctx` describes.
+    pub fn open(ctx: &RuntimeContext) -> Result<Self> {
+        let cfg = &ctx.state_backend;
+        let base = cfg.local_dir.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&base)
+            .map_err(|e| Error::io("cannot create the RocksDB working directory", &base, e))?;
+        sweep_stale(&base);
+        let op: String = ctx
+            .operator
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(24)
+            .collect();
+        let instance = format!("{op}-{}-{}", ctx.subtask, random_hex());
+        let root = base.join(format!("weir-rocksdb-{}-{instance}", std::process::id()));
+        std::fs::create_dir_all(&root)
+            .map_err(|e| Error::io("cannot create the RocksDB working directory", &root, e))?;
+        let cache = rocksdb::Cache::new_lru_cache(64 << 20);
+        let db = DB::open(&live_options(&cache), root.join("db")).map_err(db_err)?;
+        let mut write_opts = WriteOptions::default();
+        write_opts.disable_wal(true);
+        Ok(RocksKeyedStateBackend {
+            range: ctx.key_group_range(),
+            max_parallelism: ctx.max_parallelism,
+            db: Some(db),
+            root,
+            instance,
+            incremental: cfg.incremental,
+            cache_entries: cfg.value_cache_entries,
+            states: Vec::new(),
+            write_opts,
+            read_opts: ReadOptions::default(),
+            cache,
+            buf: RefCell::new(Vec::with_capacity(64)),
+            vbuf: RefCell::new(Vec::with_capacity(64)),
+            tracker: Arc::new(Mutex::new(Tracker::default())),
+            restores: 0,
+        })
+    }
+
+    /// The key groups this instance holds.
+    pub fn range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    /// The instance's working directory.
+    pub fn working_dir(&self) -> &Path {
+        &self.root
+    }
+
+    fn register<C: Column<K> + 'static>(
+        &mut self,
+        name: &str,
+        kind: StateKind,
+        make: impl FnOnce() -> C,
+    ) -> Result<usize> {
+        if let Some(i) = self.states.iter().position(|s| s.name == name) {
+            let s = &self.states[i];
+            if s.kind != kind || !s.column.as_any().is::<C>() {
+                return Err(Error::User(format!(
+                    "state '{name}' is already registered as a {:?} state of another type",
+                    s.kind
+                )));
+            }
+            return Ok(i);
+        }
+        let cf = cf_name(name);
+        self.db
+            .as_mut()
+            .ok_or_else(|| Error::Internal("RocksDB instance already closed".into()))?
+            .create_cf(&cf, &live_options(&self.cache))
+            .map_err(db_err)?;
+        self.states.push(Registered {
+            name: name.to_string(),
+            cf,
+            kind,
+            column: Box::new(make()),
+        });
+        Ok(self.states.len() - 1)
+    }
+
+    pub(crate) fn register_value<T: Data + Clone>(&mut self, name: &str) -> Result<usize> {
+        let max_parallelism = self.max_parallelism_hint();
+        self.register(name, StateKind::Value, || ValueColumn::<K, T> {
+            cache: FxHashMap::default(),
+            max_parallelism,
+        })
+    }
+
+    pub(crate) fn register_list<T: Data + Clone>(&mut self, name: &str) -> Result<usize> {
+        self.register(name, StateKind::List, || PlainColumn::<K, Vec<T>> {
+            map: false,
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    pub(crate) fn register_map<UK: Key, UV: Data + Clone>(&mut self, name: &str) -> Result<usize> {
+        self.register(name, StateKind::Map, || PlainColumn::<K, (UK, UV)> {
+            map: true,
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    fn max_parallelism_hint(&self) -> usize {
+        self.max_parallelism
+    }
+
+    fn state(&self, id: usize) -> Result<&Registered<K>> {
+        self.states.get(id).ok_or_else(|| {
+            Error::Internal(format!(
+                "state handle {id} does not belong to this operator"
+            ))
+        })
+    }
+
+    fn value_column<T: Data + Clone>(&self, id: usize) -> Result<&ValueColumn<K, T>> {
+        self.state(id)?
+            .column
+            .as_any()
+            .downcast_ref()
+            .ok_or_else(|| Error::Internal(format!("state handle {id} has another type")))
+    }
+
+    // -- value state --------------------------------------------------------
+
+    fn db_get<T: DeserializeOwned>(&self, cf: &str, kg: u16, key: &K) -> Result<Option<T>> {
+        let db = db_of(&self.db)?;
+        let mut buf = self.buf.borrow_mut();
+        encode_key(&mut buf, kg, key)?;
+        match db
+            .get_pinned_cf_opt(cf_of(db, cf)?, &*buf, &self.read_opts)
+            .map_err(db_err)?
+        {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn db_put<T: Serialize + ?Sized>(
+        &self,
+        cf: &str,
+        kg: u16,
+        key: &K,
+        value: Option<&T>,
+    ) -> Result<()> {
+        let db = db_of(&self.db)?;
+        let cf = cf_of(db, cf)?;
+        let mut buf = self.buf.borrow_mut();
+        encode_key(&mut buf, kg, key)?;
+        match value {
+            Some(v) => {
+                let mut val = self.vbuf.borrow_mut();
+                val.clear();
+                append(&mut val, v)?;
+                db.put_cf_opt(cf, &*buf, &*val, &self.write_opts)
+            }
+            None => db.delete_cf_opt(cf, &*buf, &self.write_opts),
+        }
+        .map_err(db_err)
+    }
+
+    pub(crate) fn value_get<T: Data + Clone>(
+        &self,
+        id: usize,
+        kg: u16,
+        key: &K,
+    ) -> Result<Option<T>> {
+        let col = self.value_column::<T>(id)?;
+        if let Some(slot) = col.cache.get(key) {
+            return Ok(slot.value.clone());
+        }
+        self.db_get(&self.states[id].cf, kg, key)
+    }
+
+    pub(crate) fn value_put<T: Data + Clone>(
+        &mut self,
+        id: usize,
+        kg: u16,
+        key: &K,
+        value: Option<T>,
+    ) -> Result<()> {
+        if self.cache_entries == 0 {
+            let cf = &self.state(id)?.cf;
+            return self.db_put(cf, kg, key, value.as_ref());
+        }
+        let col = self
+            .states
+            .get_mut(id)
+            .and_then(|s| s.column.as_any_mut().downcast_mut::<ValueColumn<K, T>>())
+            .ok_or_else(|| Error::Internal(format!("state handle {id} has another type")))?;
+        match col.cache.get_mut(key) {
+            Some(slot) => {
+                slot.value = value;
+                slot.dirty = true;
+            }
+            None => {
+                col.cache.insert(key.clone(), Slot { value, dirty: true });
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn value_update_with<T: Data + Clone>(
+        &mut self,
+        id: usize,
+        kg: u16,
+        key: &K,
+        f: impl FnOnce(Option<&T>) -> T,
+    ) -> Result<T> {
+        if self.cache_entries == 0 {
+            let cf = &self.state(id)?.cf;
+            let old: Option<T> = self.db_get(cf, kg, key)?;
+            let new = f(old.as_ref());
+            self.db_put(cf, kg, key, Some(&new))?;
+            return Ok(new);
+        }
+        let loaded: Option<Option<T>> = if self.value_column::<T>(id)?.cache.contains_key(key) {
+            None
+        } else {
+            Some(self.db_get(&self.states[id].cf, kg, key)?)
+        };
+        let col = self
+            .states
+            .get_mut(id)
+            .and_then(|s| s.column.as_any_mut().downcast_mut::<ValueColumn<K, T>>())
+            .ok_or_else(|| Error::Internal(format!("state handle {id} has another type")))?;
+        match loaded {
+            None => match col.cache.get_mut(key) {
+                Some(slot) => {
+                    let new = f(slot.value.as_ref());
+                    slot.value = Some(new.clone());
+                    slot.dirty = true;
+                    Ok(new)
+                }
+                None => Err(Error::Internal("value cache entry vanished".into())),
+            },
+            Some(old) => {
+                let new = f(old.as_ref());
+                col.cache.insert(
+                    key.clone(),
+                    Slot {
+                        value: Some(new.clone()),
+                        dirty: true,
+                    },
+                );
+                Ok(new)
+            }
+        }
+    }
+
+    /// Writes the value caches back (all of them, or only those over their size).
+    fn write_back(&mut self, only_full: bool) -> Result<()> {
+        let cap = self.cache_entries;
+        let db = db_of(&self.db)?;
+        let mut batch = WriteBatch::default();
+        let mut buf = self.buf.borrow_mut();
+        for s in self.states.iter_mut() {
+            let n = s.column.cached();
+            if n == 0 || (only_full && n <= cap) {
+                continue;
+            }
+            s.column
+                .write_back(cf_of(db, &s.cf)?, &mut batch, &mut buf)?;
+            if only_full {
+                s.column.drop_cache();
+            }
+        }
+        if !batch.is_empty() {
+            db.write_opt(batch, &self.write_opts).map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// End of a batch of records: write back and empty value caches over their size.
+    #[inline]
+    pub(crate) fn end_batch(&mut self) -> Result<()> {
+        if self.cache_entries == 0 {
+            return Ok(());
+        }
+        let cap = self.cache_entries;
+        if self.states.iter().any(|s| s.column.cached() > cap) {
+            self.write_back(true)?;
+        }
+        Ok(())
+    }
+
+    // -- list state ---------------------------------------------------------
+
+    pub(crate) fn list_get<T: Data>(&self, id: usize, kg: u16, key: &K) -> Result<Vec<T>> {
+        let cf = &self.state(id)?.cf;
+        Ok(self.db_get::<Vec<T>>(cf, kg, key)?.unwrap_or_default())
+    }
+
+    pub(crate) fn list_add<T: Data>(
+        &mut self,
+        id: usize,
+        kg: u16,
+        key: &K,
+        value: T,
+    ) -> Result<()> {
+        let cf = &self.state(id)?.cf;
+        let mut list: Vec<T> = self.db_get(cf, kg, key)?.unwrap_or_default();
+        list.push(value);
+        self.db_put(cf, kg, key, Some(&list))
+    }
+
+    pub(crate) fn list_put<T: Data>(
+        &mut self,
+        id: usize,
+        kg: u16,
+        key: &K,
+        values: &[T],
+    ) -> Result<()> {
+        let cf = &self.state(id)?.cf;
+        self.db_put(cf, kg, key, (!values.is_empty()).then_some(values))
+    }
+
+    // -- map state ----------------------------------------------------------
+
+    fn map_key<UK: Serialize>(buf: &mut Vec<u8>, kg: u16, key: &K, user_key: &UK) -> Result<()> {
+        encode_map_prefix(buf, kg, key)?;
+        append(buf, user_key)
+    }
+
+    pub(crate) fn map_get<UK: Key, UV: Data>(
+        &self,
+        id: usize,
+        kg: u16,
+        key: &K,
+        user_key: &UK,
+    ) -> Result<Option<UV>> {
+        let db = db_of(&self.db)?;
+        let cf = cf_of(db, &self.state(id)?.cf)?;
+        let mut buf = self.buf.borrow_mut();
+        Self::map_key(&mut buf, kg, key, user_key)?;
+        match db
+            .get_pinned_cf_opt(cf, &*buf, &self.read_opts)
+            .map_err(db_err)?
+        {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn map_put<UK: Key, UV: Data>(
+        &mut self,
+        id: usize,
+        kg: u16,
+        key: &K,
+        user_key: &UK,
+        value: Option<&UV>,
+    ) -> Result<()> {
+        let db = db_of(&self.db)?;
+        let cf = cf_of(db, &self.state(id)?.cf)?;
+        let mut buf = self.buf.borrow_mut();
+        Self::map_key(&mut buf, kg, key, user_key)?;
+        match value {
+            Some(v) => {
+                let mut val = Vec::new();
+                append(&mut val, v)?;
+                db.put_cf_opt(cf, &*buf, &val, &self.write_opts)
+            }
+            None => db.delete_cf_opt(cf, &*buf, &self.write_opts),
+        }
+        .map_err(db_err)
+    }
+
+    /// Calls `f(user key bytes, value bytes, full key)` for every entry of `key`'s map.
+    fn scan_map(
+        &self,
+        id: usize,
+        kg: u16,
+        key: &K,
+        mut f: impl FnMut(&[u8], &[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let db = db_of(&self.db)?;
+        let cf = cf_of(db, &self.state(id)?.cf)?;
+        let mut prefix = Vec::new();
+        encode_map_prefix(&mut prefix, kg, key)?;
+        let mut opts = ReadOptions::default();
+        if let Some(end) = prefix_end(&prefix) {
+            opts.set_iterate_upper_bound(end);
+        }
+        let mut it = db.raw_iterator_cf_opt(cf, opts);
+        it.seek(&prefix);
+        while it.valid() {
+            match (it.key(), it.value()) {
+                (Some(k), Some(v)) if k.starts_with(&prefix) => f(&k[prefix.len()..], v, k)?,
+                _ => break,
+            }
+            it.next();
+        }
+        it.status().map_err(db_err)
+    }
+
+    pub(crate) fn map_entries<UK: Key, UV: Data>(
+        &self,
+        id: usize,
+        kg: u16,
+        key: &K,
+    ) -> Result<Vec<(UK, UV)>> {
+        let mut out = Vec::new();
+        self.scan_map(id, kg, key, |uk, uv, _| {
+            out.push((decode(uk)?, decode(uv)?));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    pub(crate) fn map_clear(&mut self, id: usize, kg: u16, key: &K) -> Result<()> {
+        let db = db_of(&self.db)?;
+        let cf = cf_of(db, &self.state(id)?.cf)?;
+        let mut batch = WriteBatch::default();
+        self.scan_map(id, kg, key, |_, _, full| {
+            batch.delete_cf(cf, full);
+            Ok(())
+        })?;
+        db.write_opt(batch, &self.write_opts).map_err(db_err)
+    }
+
+    // -- snapshots ------------------------------------------------------------
+
+    /// Number of entries (exact: iterates; for tests and tools).
+    pub(crate) fn num_entries(&self) -> usize {
+        let Ok(db) = db_of(&self.db) else { return 0 };
+        let mut n = 0;
+        for s in &self.states {
+            let pending = s.column.cached();
+            let Ok(cf) = cf_of(db, &s.cf) else { continue };
+            let mut it = db.raw_iterator_cf(cf);
+            it.seek_to_first();
+            while it.valid() {
+                n += 1;
+                it.next();
+            }
+            n += pending;
+        }
+        n
+    }
+
+    /// The whole state in canonical form (synchronously).
+    pub(crate) fn canonical_snapshot(&mut self) -> Result<KeyedStateSnapshot> {
+        self.write_back(false)?;
+        let db = db_of(&self.db)?;
+        let states: Vec<(String, String, StateKind)> = self
+            .states
+            .iter()
+            .map(|s| (s.name.clone(), s.cf.clone(), s.kind))
+            .collect();
+        canonical_from_db(db, &states, self.range)
+    }
+
+    /// Synchronous part of a snapshot: write back the caches and create a
+    /// RocksDB checkpoint (flush + hard links) in the working directory.
+    pub(crate) fn snapshot_async(&mut self, checkpoint_id: u64) -> Result<RocksPending> {
+        self.write_back(false)?;
+        let db = db_of(&self.db)?;
+        let dir = self.root.join(format!("chk-{checkpoint_id}"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| Error::io("cannot remove an old local checkpoint", &dir, e))?;
+        }
+        rocksdb::checkpoint::Checkpoint::new(db)
+            .and_then(|c| c.create_checkpoint(&dir))
+            .map_err(db_err)?;
+        Ok(RocksPending {
+            dir,
+            checkpoint_id,
+            instance: self.instance.clone(),
+            range: self.range,
+            states: self
+                .states
+                .iter()
+                .map(|s| (s.name.clone(), s.kind))
+                .collect(),
+            incremental: self.incremental,
+            tracker: self.tracker.clone(),
+        })
+    }
+
+    pub(crate) fn notify_complete(&mut self, checkpoint_id: u64) {
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(files) = t.pending.remove(&checkpoint_id) {
+            t.confirmed = files;
+        }
+        t.pending.retain(|id, _| *id > checkpoint_id);
+    }
+
+    pub(crate) fn notify_aborted(&mut self, checkpoint_id: u64) {
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        t.pending.remove(&checkpoint_id);
+    }
+
+    // -- restore --------------------------------------------------------------
+
+    fn registered(&self, name: &str, kind: StateKind) -> Result<&Registered<K>> {
+        let s = self.states.iter().find(|s| s.name == name).ok_or_else(|| {
+            Error::User(format!(
+                "restored state '{name}' was not registered by the operator"
+            ))
+        })?;
+        if s.kind != kind {
+            return Err(Error::User(format!(
+                "restored state '{name}' is a {kind:?} state but the operator registers a {:?} state",
+                s.kind
+            )));
+        }
+        Ok(s)
+    }
+
+    /// Loads the key groups of this range from a canonical snapshot.
+    pub(crate) fn restore_canonical(&mut self, snap: &KeyedStateSnapshot) -> Result<()> {
+        let db = db_of(&self.db)?;
+        let mut buf = Vec::new();
+        for (name, st) in &snap.states {
+            let s = self.registered(name, st.kind)?;
+            let cf = cf_of(db, &s.cf)?;
+            let mut batch = WriteBatch::default();
+            for (kg, bytes) in st.key_groups.range(self.range.start..=self.range.end) {
+                s.column
+                    .restore_canonical(cf, *kg, bytes, &mut batch, &mut buf)?;
+                if batch.size_in_bytes() > 4 << 20 {
+                    db.write_opt(std::mem::take(&mut batch), &self.write_opts)
+                        .map_err(db_err)?;
+                }
+            }
+            db.write_opt(batch, &self.write_opts).map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// Copies the key groups of this range from an old instance's files.
+    pub(crate) fn restore_rocks(&mut self, job_dir: &Path, h: &RocksStateHandle) -> Result<()> {
+        self.restores += 1;
+        let tmp = self.root.join(format!("restore-{}", self.restores));
+        let old = download(job_dir, h, &tmp)?;
+        let result = (|| -> Result<()> {
+            let db = db_of(&self.db)?;
+            let lo = self.range.start.max(h.key_groups.start);
+            let hi = self.range.end.min(h.key_groups.end);
+            for (name, kind) in &h.states {
+                let s = self.registered(name, *kind)?;
+                let cf = cf_of(db, &s.cf)?;
+                let mut batch = WriteBatch::default();
+                scan_range(&old, &cf_name(name), lo, hi, |k, v| {
+                    batch.put_cf(cf, k, v);
+                    if batch.size_in_bytes() > 4 << 20 {
+                        db.write_opt(std::mem::take(&mut batch), &self.write_opts)
+                            .map_err(db_err)?;
+                    }
+                    Ok(())
+                })?;
+                db.write_opt(batch, &self.write_opts).map_err(db_err)?;
+            }
+            Ok(())
+        })();
+        drop(old);
+        let _ = std::fs::remove_dir_all(&tmp);
+        result
+    }
+}
+
+impl<K> Drop for RocksKeyedStateBackend<K> {
+    fn drop(&mut self) {
+        // Close the database before deleting its directory.
+        drop(self.db.take());
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Copies an instance's files into `dir` (checking size and CRC-32) and opens it read-only.
+fn download(job_dir: &Path, h: &RocksStateHandle, dir: &Path) -> Result<DB> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| Error::io("cannot clear a restore directory", dir, e))?;
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io("cannot create a restore directory", dir, e))?;
+    for f in &h.files {
+        if f.local.contains('/') || f.local.contains("..") {
+            return Err(Error::CorruptCheckpoint {
+                path: job_dir.join(&f.path),
+                reason: format!("bad RocksDB file name '{}'", f.local),
+            });
+        }
+        let src = job_dir.join(&f.path);
+        let (size, crc) = copy_crc(&src, &dir.join(&f.local))?;
+        if size != f.size || crc != f.crc32 {
+            return Err(Error::CorruptCheckpoint {
+                path: src,
+                reason: format!(
+                    "checksum mismatch ({size} bytes, CRC-32 {crc:08x}; recorded {} bytes, {:08x})",
+                    f.size, f.crc32
+                ),
+            });
+        }
+    }
+    let mut names: Vec<String> = h.states.iter().map(|(n, _)| cf_name(n)).collect();
+    names.push("default".into());
+    DB::open_cf_for_read_only(&db_options(), dir, names, false).map_err(db_err)
+}
+
+/// Calls `f(key, value)` for every entry of column family `cf` in key groups `lo..=hi`.
+fn scan_range(
+    db: &DB,
+    cf: &str,
+    lo: u16,
+    hi: u16,
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
+    let cf = cf_of(db, cf)?;
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_upper_bound((u32::from(hi) + 1).to_be_bytes()[2..].to_vec());
+    if hi == u16::MAX {
+        opts = ReadOptions::default();
+    }
+    opts.fill_cache(false);
+    let mut it = db.raw_iterator_cf_opt(cf, opts);
+    it.seek(lo.to_be_bytes());
+    while it.valid() {
+        match (it.key(), it.value()) {
+            (Some(k), Some(v)) => {
+                if k.len() < 2 || u16::from_be_bytes([k[0], k[1]]) > hi {
+                    break;
+                }
+                f(k, v)?;
+            }
+            _ => break,
+        }
+        it.next();
+    }
+    it.status().map_err(db_err)
+}
+
+/// The canonical form of the key groups `range` of the states of `db`
+/// (`(name, column family, kind)`), built from the stored bytes without
+/// knowing the types: postcard encodes a `Vec<(K, V)>` as a varint length
+/// followed by the encoded pairs, and a map as a varint length followed by
+/// the encoded entries, which is how the keys and values are stored here.
+fn canonical_from_db(
+    db: &DB,
+    states: &[(String, String, StateKind)],
+    range: KeyGroupRange,
+) -> Result<KeyedStateSnapshot> {
+    let mut out = KeyedStateSnapshot::default();
+    for (name, cf, kind) in states {
+        let mut groups: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
+        // Per key group: number of keys and their encoded entries.
+        let mut cur: Option<(u16, u64, Vec<u8>)> = None;
+        // Map state: the current key's bytes, its entry count and entries.
+        let mut map_key: Option<(Vec<u8>, u64, Vec<u8>)> = None;
+        let finish_key = |cur: &mut Option<(u16, u64, Vec<u8>)>,
+                          mk: &mut Option<(Vec<u8>, u64, Vec<u8>)>| {
+            if let (Some((_, n, body)), Some((k, m, entries))) = (cur.as_mut(), mk.take()) {
+                body.extend_from_slice(&k);
+                put_varint(body, m);
+                body.extend_from_slice(&entries);
+                *n += 1;
+            }
+        };
+        let finish_group = |cur: &mut Option<(u16, u64, Vec<u8>)>,
+                            groups: &mut BTreeMap<u16, Vec<u8>>| {
+            if let Some((g, n, body)) = cur.take() {
+                let mut bytes = Vec::with_capacity(body.len() + 10);
+                put_varint(&mut bytes, n);
+                bytes.extend_from_slice(&body);
+                groups.insert(g, bytes);
+            }
+        };
+        scan_range(db, cf, range.start, range.end, |k, v| {
+            let g = u16::from_be_bytes([k[0], k[1]]);
+            if cur.as_ref().is_some_and(|c| c.0 != g) {
+                finish_key(&mut cur, &mut map_key);
+                finish_group(&mut cur, &mut groups);
+            }
+            if cur.is_none() {
+                cur = Some((g, 0, Vec::new()));
+            }
+            let rest = &k[2..];
+            match kind {
+                StateKind::Value | StateKind::List => {
+                    if let Some((_, n, body)) = cur.as_mut() {
+                        body.extend_from_slice(rest);
+                        body.extend_from_slice(v);
+                        *n += 1;
+                    }
+                }
+                StateKind::Map => {
+                    let (len, used) = get_varint(rest).ok_or_else(|| {
+                        Error::StateBackend(format!("malformed map-state key in '{name}'"))
+                    })?;
+                    let len = len as usize;
+                    let Some(key) = rest.get(used..used + len) else {
+                        return Err(Error::StateBackend(format!(
+                            "malformed map-state key in '{name}'"
+                        )));
+                    };
+                    let uk = &rest[used + len..];
+                    if map_key.as_ref().is_some_and(|m| m.0 != key) {
+                        finish_key(&mut cur, &mut map_key);
+                    }
+                    let m = map_key.get_or_insert_with(|| (key.to_vec(), 0, Vec::new()));
+                    m.1 += 1;
+                    m.2.extend_from_slice(uk);
+                    m.2.extend_from_slice(v);
+                }
+            }
+            Ok(())
+        })?;
+        finish_key(&mut cur, &mut map_key);
+        finish_group(&mut cur, &mut groups);
+        out.states.insert(
+            name.clone(),
+            StateSnapshot {
+                kind: *kind,
+                key_groups: groups,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The canonical form of the key groups of `range` held by an old instance
+/// (a RocksDB checkpoint restored on the heap backend).
+pub(crate) fn to_canonical(
+    job_dir: &Path,
+    h: &RocksStateHandle,
+    range: KeyGroupRange,
+) -> Result<KeyedStateSnapshot> {
+    let tmp = std::env::temp_dir().join(format!(
+        "weir-rocksdb-{}-restore-{}",
+        std::process::id(),
+        random_hex()
+    ));
+    let result = download(job_dir, h, &tmp).and_then(|db| {
+        let lo = range.start.max(h.key_groups.start);
+        let hi = range.end.min(h.key_groups.end);
+        let states: Vec<(String, String, StateKind)> = h
+            .states
+            .iter()
+            .map(|(n, k)| (n.clone(), cf_name(n), *k))
+            .collect();
+        canonical_from_db(&db, &states, KeyGroupRange { start: lo, end: hi })
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+// ---------------------------------------------------------------------------
+// The asynchronous part.
+
+/// A RocksDB checkpoint in the working directory, waiting to be uploaded.
+pub struct RocksPending {
+    dir: PathBuf,
+    checkpoint_id: u64,
+    instance: String,
+    range: KeyGroupRange,
+    states: Vec<(String, StateKind)>,
+    incremental: bool,
+    tracker: Arc<Mutex<Tracker>>,
+}
+
+impl RocksPending {
+    /// Copies the checkpoint's files to storage (see the module doc).
+    pub(crate) fn upload(self, target: &UploadTarget<'_>) -> Result<UploadedKeyed> {
+        debug_assert_eq!(self.checkpoint_id, target.checkpoint_id);
+        let confirmed = if self.incremental {
+            self.tracker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .confirmed
+                .clone()
+        } else {
+            HashMap::new()
+        };
+        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::io("cannot read a local RocksDB checkpoint", &self.dir, e))?
+            .flatten()
+            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut files = Vec::with_capacity(names.len());
+        let mut shared = HashMap::new();
+        let mut uploaded = 0u64;
+        for name in names {
+            let src = self.dir.join(&name);
+            let is_sst = name.ends_with(".sst");
+            let file = if is_sst && self.incremental {
+                match confirmed.get(&name) {
+                    Some(f) => f.clone(),
+                    None => {
+                        let rel = format!("shared/{}-{name}", self.instance);
+                        let existed = target.storage.job_dir().join(&rel).exists();
+                        let (size, crc32) = target.storage.copy_in(&src, &rel, true)?;
+                        if !existed {
+                            uploaded += size;
+                            crate::failpoint::hit("rocksdb-upload-file")?;
+                        }
+                        StateFile {
+                            path: rel,
+                            local: name.clone(),
+                            size,
+                            crc32,
+                        }
+                    }
+                }
+            } else {
+                let rel = format!("chk-{}/{}-{name}", target.checkpoint_id, self.instance);
+                let (size, crc32) = target.storage.copy_in(&src, &rel, false)?;
+                uploaded += size;
+                crate::failpoint::hit("rocksdb-upload-file")?;
+                StateFile {
+                    path: rel,
+                    local: name.clone(),
+                    size,
+                    crc32,
+                }
+            };
+            if is_sst && self.incremental {
+                shared.insert(name, file.clone());
+            }
+            files.push(file);
+        }
+        self.tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .insert(target.checkpoint_id, shared);
+        let handle = RocksStateHandle {
+            instance: self.instance.clone(),
+            key_groups: self.range,
+            states: self.states.clone(),
+            files,
+        };
+        Ok(UploadedKeyed {
+            files: handle.files.iter().map(|f| f.path.clone()).collect(),
+            uploaded,
+            full_size: handle.size(),
+            handle: KeyedStateHandle::Rocks(handle),
+        })
+    }
+}
+
+impl Drop for RocksPending {
+    fn drop(&mut self) {
+        // The local checkpoint (hard links) is not needed once uploaded, or failed.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_and_prefix_ends() {
+        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            assert_eq!(get_varint(&b), Some((v, b.len())));
+            // The same bytes as postcard's usize encoding.
+            if v <= usize::MAX as u64 {
+                assert_eq!(postcard::to_allocvec(&(v as usize)).unwrap(), b);
+            }
+        }
+        assert_eq!(prefix_end(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+}
