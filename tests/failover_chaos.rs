@@ -21,7 +21,7 @@ use weir::runtime::checkpoint::CheckpointStatus;
 /// Kills per run the tests insist on.
 const KILLS: u64 = 100;
 /// Copies of the real corpus in the input.
-const COPIES: usize = 40;
+const COPIES: usize = 100;
 
 /// The real corpus, `COPIES` times, and its reference counts.
 fn corpus(dir: &Path) -> BTreeMap<String, u64> {
