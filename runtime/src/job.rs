@@ -1227,6 +1227,7 @@ impl Actor for JobMaster {
                 index,
                 reply,
             } => {
+                let mut killed_task = None;
                 let outcome = match state
                     .plan
                     .chains
@@ -1253,12 +1254,19 @@ impl Actor for JobMaster {
                                 tracing::warn!(operator, index, "killing subtask on request");
                                 state.killed.insert(actor.get_id());
                                 actor.stop(Some("killed".into()));
+                                killed_task = Some(task);
                                 Ok(())
                             }
                             _ => Err("the job is restarting".to_string()),
                         }
                     }
                 };
+                // The failure is the kill, recorded now: neighbours that see
+                // the killed subtask's channels close fail too, and their
+                // reports may reach this mailbox before its termination.
+                if let Some(t) = killed_task {
+                    state.fail(&myself, "subtask killed on request".into(), Some(t));
+                }
                 let _ = reply.send(outcome);
             }
             JobMsg::TriggerCheckpoint(reply) => {
