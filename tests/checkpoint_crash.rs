@@ -64,18 +64,7 @@ fn wordcount(
 }
 
 fn reference() -> std::collections::BTreeMap<String, u64> {
-    use weir::operators::text::{generate_line, lines_for_words, words_reference, Vocabulary};
-    let n: u64 = words().parse().unwrap();
-    let vocab = Vocabulary::zipf(50000, 42);
-    let mut counts = std::collections::BTreeMap::new();
-    let mut line = String::new();
-    for i in 0..lines_for_words(n) {
-        generate_line(&vocab, 42, i, &mut line);
-        for w in words_reference(&line) {
-            *counts.entry(w).or_insert(0) += 1;
-        }
-    }
-    counts
+    generated_reference(words().parse().unwrap(), 50000, 42)
 }
 
 fn job_dir(ckpt: &Path) -> PathBuf {

@@ -18,17 +18,7 @@ const VOCABULARY: &str = "3000";
 
 /// The built-in text's reference counts for `WORDS` words.
 fn reference() -> std::collections::BTreeMap<String, u64> {
-    use weir::operators::text::{generate_line, lines_for_words, words_reference, Vocabulary};
-    let vocab = Vocabulary::zipf(VOCABULARY.parse().unwrap(), 42);
-    let mut counts = std::collections::BTreeMap::new();
-    let mut line = String::new();
-    for i in 0..lines_for_words(WORDS.parse().unwrap()) {
-        generate_line(&vocab, 42, i, &mut line);
-        for w in words_reference(&line) {
-            *counts.entry(w).or_insert(0) += 1;
-        }
-    }
-    counts
+    generated_reference(WORDS.parse().unwrap(), VOCABULARY.parse().unwrap(), 42)
 }
 
 /// Runs wordcount at parallelism 2 with `point` armed to panic on its third

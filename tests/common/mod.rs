@@ -286,3 +286,19 @@ pub fn slow_operator_job(env: &weir::prelude::Env, micros: u64) {
         .add_sink(DiscardSink)
         .name("sink");
 }
+
+/// Reference word counts of the built-in generated text: `words` words over a
+/// Zipf vocabulary of `vocabulary` words with `seed` (the example's input).
+pub fn generated_reference(words: u64, vocabulary: usize, seed: u64) -> BTreeMap<String, u64> {
+    use weir::operators::text::{generate_line, lines_for_words, words_reference, Vocabulary};
+    let vocab = Vocabulary::zipf(vocabulary, seed);
+    let mut counts = BTreeMap::new();
+    let mut line = String::new();
+    for i in 0..lines_for_words(words) {
+        generate_line(&vocab, seed, i, &mut line);
+        for w in words_reference(&line) {
+            *counts.entry(w).or_insert(0) += 1;
+        }
+    }
+    counts
+}
