@@ -3,7 +3,8 @@
 //! killing random subtasks (any operator) throughout the run, for every
 //! checkpointing mode and several fixed seeds. Every word's committed lines
 //! must be exactly its counts 1..N in order, N the true count; at-least-once
-//! may duplicate but never miss.
+//! may duplicate but never miss. The same runs with the RocksDB backend
+//! (feature `rocksdb`), with full and incremental checkpoints.
 //!
 //! The source is throttled (a short sleep every few lines) so each run lasts
 //! long enough for at least 100 kills whatever the machine's speed.
@@ -22,15 +23,19 @@ use weir::runtime::checkpoint::CheckpointStatus;
 const KILLS: u64 = 100;
 /// Copies of the real corpus in the input.
 const COPIES: usize = 100;
+/// With RocksDB, whose kills wait for checkpoints (`chaos.wait-for-checkpoint`):
+/// a longer input, so a quiet machine too sees 100 kills.
+#[cfg(feature = "rocksdb")]
+const ROCKSDB_COPIES: usize = 160;
 
-/// The real corpus, `COPIES` times, and its reference counts.
-fn corpus(dir: &Path) -> BTreeMap<String, u64> {
+/// The real corpus, `copies` times, and its reference counts.
+fn corpus(dir: &Path, copies: usize) -> BTreeMap<String, u64> {
     std::fs::create_dir_all(dir).unwrap();
     for e in std::fs::read_dir(corpus_dir()).unwrap() {
         let p = e.unwrap().path();
         let text = std::fs::read_to_string(&p).unwrap();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        for c in 0..COPIES {
+        for c in 0..copies {
             std::fs::write(dir.join(format!("{c:02}-{name}")), &text).unwrap();
         }
     }
@@ -44,10 +49,12 @@ struct Run {
 }
 
 /// Wordcount at parallelism 2 with chaos kills every 40 ms and checkpoints every 10 ms.
-fn chaos_wordcount(seed: u64, mode: &[(&str, &str)]) -> Run {
+fn chaos_wordcount(seed: u64, mode: &[(&str, &str)], copies: usize) -> Run {
+    // Kills, restarts and aborted checkpoints are logged: shown when a run fails.
+    weir::cli::init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input");
-    let reference = corpus(&input);
+    let reference = corpus(&input, copies);
     let out = dir.path().join("out");
     let mut conf = Conf::defaults();
     for (k, v) in [
@@ -86,6 +93,7 @@ fn chaos_wordcount(seed: u64, mode: &[(&str, &str)]) -> Run {
         })
         .name("Throttle");
     weir::wordcount::wordcount(&lines, Some(&out)).unwrap();
+    let t0 = std::time::Instant::now();
     let mut job = env.execute_async("chaos-wordcount").unwrap();
     // A watchdog instead of a hang: no progress for minutes is a failure.
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
@@ -97,6 +105,26 @@ fn chaos_wordcount(seed: u64, mode: &[(&str, &str)]) -> Run {
                 .rev()
                 .find(|c| c.status == CheckpointStatus::Completed)
                 .map(|c| c.id);
+            let last: Vec<_> = job
+                .checkpoint_stats()
+                .iter()
+                .rev()
+                .take(3)
+                .map(|c| {
+                    (
+                        c.id,
+                        c.status,
+                        c.num_acknowledged_subtasks,
+                        c.num_subtasks,
+                        c.failure_message.clone(),
+                    )
+                })
+                .collect();
+            eprintln!(
+                "seed {seed}: status {:?}, last checkpoints {last:?}, metrics {:?}",
+                job.status(),
+                job.metrics()
+            );
             job.cancel();
             panic!(
                 "seed {seed} {mode:?}: not done after 300 s ({} restarts, last completed checkpoint {completed:?}, last failure {:?})",
@@ -109,6 +137,11 @@ fn chaos_wordcount(seed: u64, mode: &[(&str, &str)]) -> Run {
     let result = job
         .wait()
         .unwrap_or_else(|e| panic!("seed {seed} {mode:?}: {e}"));
+    eprintln!(
+        "seed {seed} {mode:?}: {} restarts in {:.1} s",
+        result.restarts,
+        t0.elapsed().as_secs_f64()
+    );
     Run {
         restarts: result.restarts,
         output: read_output(&out),
@@ -118,11 +151,15 @@ fn chaos_wordcount(seed: u64, mode: &[(&str, &str)]) -> Run {
 
 /// Runs every seed at once (the runs mostly sleep in the throttle) and checks each.
 fn exactly_once(mode: &[(&str, &str)]) {
+    exactly_once_with(mode, COPIES);
+}
+
+fn exactly_once_with(mode: &[(&str, &str)], copies: usize) {
     let seeds = [11u64, 23];
     let runs: Vec<Run> = std::thread::scope(|s| {
         let handles: Vec<_> = seeds
             .iter()
-            .map(|&seed| s.spawn(move || chaos_wordcount(seed, mode)))
+            .map(|&seed| s.spawn(move || chaos_wordcount(seed, mode, copies)))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -161,12 +198,70 @@ fn three_concurrent_checkpoints_exactly_once_under_100_kills() {
 
 #[test]
 fn at_least_once_misses_nothing_under_100_kills() {
-    let run = chaos_wordcount(5, &[("execution.checkpointing.mode", "AT_LEAST_ONCE")]);
+    let run = chaos_wordcount(
+        5,
+        &[("execution.checkpointing.mode", "AT_LEAST_ONCE")],
+        COPIES,
+    );
     assert!(run.restarts >= KILLS, "only {} kills", run.restarts);
     let (missing, duplicates) = at_least_once_report(&run.output, &run.reference);
     assert!(missing.is_empty(), "counts missing for {missing:?}");
     eprintln!(
         "at-least-once under {} kills: {duplicates} duplicated lines",
         run.restarts
+    );
+}
+
+/// With RocksDB (full checkpoints when `incremental` is false).
+#[cfg(feature = "rocksdb")]
+fn rocksdb(incremental: bool, mode: &[(&'static str, &'static str)]) {
+    let mut all = vec![
+        ("state.backend.type", "rocksdb"),
+        // A RocksDB checkpoint (flush, hard links, upload with fsync) can take
+        // longer than the 40 ms between kills on a loaded machine: without
+        // this no checkpoint would ever complete and the job would not progress.
+        ("chaos.wait-for-checkpoint", "true"),
+        (
+            "execution.checkpointing.incremental",
+            if incremental { "true" } else { "false" },
+        ),
+    ];
+    all.extend_from_slice(mode);
+    exactly_once_with(&all, ROCKSDB_COPIES);
+}
+
+#[cfg(feature = "rocksdb")]
+#[test]
+fn rocksdb_incremental_aligned_exactly_once_under_100_kills() {
+    rocksdb(true, &[]);
+}
+
+#[cfg(feature = "rocksdb")]
+#[test]
+fn rocksdb_full_unaligned_exactly_once_under_100_kills() {
+    rocksdb(
+        false,
+        &[("execution.checkpointing.unaligned.enabled", "true")],
+    );
+}
+
+#[cfg(feature = "rocksdb")]
+#[test]
+fn rocksdb_incremental_aligned_timeout_exactly_once_under_100_kills() {
+    rocksdb(
+        true,
+        &[
+            ("execution.checkpointing.unaligned.enabled", "true"),
+            ("execution.checkpointing.aligned-checkpoint-timeout", "2ms"),
+        ],
+    );
+}
+
+#[cfg(feature = "rocksdb")]
+#[test]
+fn rocksdb_incremental_three_concurrent_checkpoints_exactly_once_under_100_kills() {
+    rocksdb(
+        true,
+        &[("execution.checkpointing.max-concurrent-checkpoints", "3")],
     );
 }

@@ -891,6 +891,13 @@ pub mod options {
         },
         "seed of the random choice of subtasks to kill",
     );
+    /// Chaos: kill only once a checkpoint completed since the last recovery.
+    pub const CHAOS_WAIT_FOR_CHECKPOINT: ConfigOption<bool> = ConfigOption::new(
+        "chaos.wait-for-checkpoint",
+        "false",
+        Kind::Bool,
+        "before each kill wait for a completed checkpoint (the restored subtasks run), then the kill interval, then one more completed checkpoint, so every kill leaves progress behind even when checkpoints or restores take longer than the interval",
+    );
     /// Chaos: targets.
     pub const CHAOS_TARGETS: ConfigOption<String> = ConfigOption::new(
         "chaos.targets",
@@ -1071,6 +1078,7 @@ pub mod options {
         CHAOS_KILL_INTERVAL.def,
         CHAOS_SEED.def,
         CHAOS_TARGETS.def,
+        CHAOS_WAIT_FOR_CHECKPOINT.def,
         REST_ENABLED.def,
         REST_ADDRESS.def,
         REST_PORT.def,

@@ -656,6 +656,12 @@ pub(crate) struct JobState {
     /// so recovery always gets the interval to run (and to checkpoint).
     chaos_every: Duration,
     chaos_quiet_since: std::time::Instant,
+    /// `chaos.wait-for-checkpoint`: the completed-checkpoint count at the
+    /// last kill or recovery, which must have grown before the next kill.
+    chaos_wait_for_checkpoint: bool,
+    chaos_completed_base: u64,
+    /// `chaos.wait-for-checkpoint`: which step of [`JobState::chaos_due`] the next kill waits for.
+    chaos_phase: u8,
     /// Subtask indices per pipelined region, and each subtask's region.
     regions: Vec<Vec<usize>>,
     region_of: Vec<usize>,
@@ -837,6 +843,50 @@ impl JobState {
             c.cast(CoordMsg::RegionUp(refs))?;
         }
         Ok(())
+    }
+
+    /// Checkpoints completed since the job started.
+    fn completed_checkpoints(&self) -> u64 {
+        self.counts
+            .as_ref()
+            .map_or(0, |c| c.completed.load(Ordering::Relaxed))
+    }
+
+    /// A kill or a recovery: chaos waits a whole interval (and, with
+    /// `chaos.wait-for-checkpoint`, completed checkpoints) before the next kill.
+    fn chaos_quiet(&mut self) {
+        self.chaos_quiet_since = std::time::Instant::now();
+        self.chaos_completed_base = self.completed_checkpoints();
+        self.chaos_phase = 0;
+    }
+
+    /// Whether the next chaos kill is due. Without `chaos.wait-for-checkpoint`:
+    /// a whole interval since the last kill or recovery. With it, three steps,
+    /// so every kill leaves at least an interval of progress checkpointed:
+    /// a checkpoint completes (the restored subtasks run: each acknowledged
+    /// it), then a whole interval passes, then one more checkpoint completes.
+    fn chaos_due(&mut self) -> bool {
+        if !self.chaos_wait_for_checkpoint {
+            return self.chaos_quiet_since.elapsed() >= self.chaos_every;
+        }
+        let done = self.completed_checkpoints();
+        match self.chaos_phase {
+            0 => {
+                if done > self.chaos_completed_base {
+                    self.chaos_phase = 1;
+                    self.chaos_quiet_since = std::time::Instant::now();
+                }
+                false
+            }
+            1 => {
+                if self.chaos_quiet_since.elapsed() >= self.chaos_every {
+                    self.chaos_phase = 2;
+                    self.chaos_completed_base = done;
+                }
+                false
+            }
+            _ => done > self.chaos_completed_base,
+        }
     }
 
     fn end_if_idle(&mut self, myself: &ActorRef<JobMsg>) {
@@ -1120,6 +1170,9 @@ impl Actor for JobMaster {
             chaos_targets: Vec::new(),
             chaos_every: Duration::MAX,
             chaos_quiet_since: std::time::Instant::now(),
+            chaos_wait_for_checkpoint: false,
+            chaos_completed_base: 0,
+            chaos_phase: 0,
             region_of: Vec::new(),
             region_running: Vec::new(),
             regions_recovering: Default::default(),
@@ -1180,7 +1233,10 @@ impl Actor for JobMaster {
                 );
             }
             state.chaos_every = every;
-            state.chaos_quiet_since = std::time::Instant::now();
+            state.chaos_wait_for_checkpoint = state
+                .conf
+                .get(&crate::config::options::CHAOS_WAIT_FOR_CHECKPOINT);
+            state.chaos_quiet();
             // Ticks four times per interval; the handler decides whether a
             // whole interval of quiet running has passed.
             let tick = (every / 4).max(Duration::from_millis(1));
@@ -1293,11 +1349,11 @@ impl Actor for JobMaster {
                 if state.recovering.is_some()
                     || !state.regions_recovering.is_empty()
                     || state.chaos_targets.is_empty()
-                    || state.chaos_quiet_since.elapsed() < state.chaos_every
+                    || !state.chaos_due()
                 {
                     return Ok(());
                 }
-                state.chaos_quiet_since = std::time::Instant::now();
+                state.chaos_quiet();
                 // SplitMix64 step: the same seed kills the same sequence of subtasks.
                 state.chaos_rng = state.chaos_rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
                 let mut z = state.chaos_rng;
@@ -1346,7 +1402,7 @@ impl Actor for JobMaster {
                     c.fetch_add(1, Ordering::Relaxed);
                 }
                 tracing::warn!(job = %state.name, region = r, restart = n, cause, "restarting region");
-                state.chaos_quiet_since = std::time::Instant::now();
+                state.chaos_quiet();
                 if let Some(t) = &state.shared.telemetry {
                     t.failover_restoring(Some(r), n);
                 }
@@ -1394,7 +1450,7 @@ impl Actor for JobMaster {
                     }
                 };
                 tracing::warn!(job = %state.name, restart = n, cause, "restarting");
-                state.chaos_quiet_since = std::time::Instant::now();
+                state.chaos_quiet();
                 state
                     .start_attempt(&myself, restore, first_id, latest)
                     .await?;

@@ -145,6 +145,9 @@ pub(crate) struct CoordState {
     last_end: Option<Instant>,
     failures: usize,
     finished: BTreeSet<usize>,
+    /// `TaskFinished` from an actor of a region that is down: the restarted
+    /// actor can finish before the job's `RegionUp` reaches the coordinator.
+    early_finished: BTreeMap<usize, ractor::ActorId>,
     final_id: Option<u64>,
     aborted: BTreeSet<u64>,
     /// Subtasks of regions being restarted.
@@ -504,6 +507,7 @@ impl Actor for Coordinator {
             last_end: None,
             failures: 0,
             finished: BTreeSet::new(),
+            early_finished: BTreeMap::new(),
             final_id: None,
             aborted: BTreeSet::new(),
             down: BTreeSet::new(),
@@ -556,9 +560,21 @@ impl Actor for Coordinator {
                 CoordMsg::RegionUp(tasks) => {
                     for (i, t) in tasks {
                         state.down.remove(&i);
+                        // The new actor may have finished before this message
+                        // arrived (a source restored at its end finishes at once).
+                        if state.early_finished.remove(&i) == Some(t.actor.get_id()) {
+                            state.finished.insert(i);
+                        }
                         if let Some(slot) = state.tasks.get_mut(i) {
                             *slot = t;
                         }
+                    }
+                    if !state.tasks.is_empty()
+                        && state.down.is_empty()
+                        && state.finished.len() == state.tasks.len()
+                        && state.final_id.is_none()
+                    {
+                        state.trigger(&myself, true);
                     }
                 }
                 CoordMsg::Tick => {
@@ -642,6 +658,10 @@ impl Actor for Coordinator {
                 CoordMsg::TaskFinished(task, from) => {
                     // Before `Start` no restart can have happened: the report is current.
                     if !state.tasks.is_empty() && !state.is_current(task, from) {
+                        if state.down.contains(&task) {
+                            // Perhaps the restarted actor, ahead of its `RegionUp`.
+                            state.early_finished.insert(task, from);
+                        }
                         return Ok(());
                     }
                     state.finished.insert(task);

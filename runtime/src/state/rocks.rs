@@ -955,6 +955,9 @@ impl<K: Key> RocksKeyedStateBackend<K> {
     /// Copies the key groups of this range from an old instance's files.
     pub(crate) fn restore_rocks(&mut self, job_dir: &Path, h: &RocksStateHandle) -> Result<()> {
         self.restores += 1;
+        if h.key_groups == self.range && self.is_empty() {
+            return self.restore_whole(job_dir, h);
+        }
         let tmp = self.root.join(format!("restore-{}", self.restores));
         let old = download(job_dir, h, &tmp)?;
         let result = (|| -> Result<()> {
@@ -980,6 +983,51 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         drop(old);
         let _ = std::fs::remove_dir_all(&tmp);
         result
+    }
+}
+
+impl<K: Key> RocksKeyedStateBackend<K> {
+    /// Whether the instance holds nothing yet (nothing written, nothing cached).
+    fn is_empty(&self) -> bool {
+        let Ok(db) = db_of(&self.db) else {
+            return false;
+        };
+        self.states.iter().all(|s| {
+            s.column.cached() == 0
+                && cf_of(db, &s.cf).is_ok_and(|cf| {
+                    let mut it = db.raw_iterator_cf(cf);
+                    it.seek_to_first();
+                    !it.valid()
+                })
+        })
+    }
+
+    /// Restore without rescaling into an empty instance: the old instance's
+    /// files become this instance's database (opened read-write where they
+    /// were downloaded), instead of copying every entry into a new one. The
+    /// files are the old instance's exactly, so nothing outside this
+    /// subtask's key groups comes with them. Later checkpoints upload under
+    /// this instance's name, so they never share files with the restored
+    /// checkpoint.
+    fn restore_whole(&mut self, job_dir: &Path, h: &RocksStateHandle) -> Result<()> {
+        let dir = self.root.join(format!("db-{}", self.restores));
+        drop(download(job_dir, h, &dir)?);
+        let opts = live_options(&self.cache);
+        let mut names: Vec<String> = self.states.iter().map(|s| s.cf.clone()).collect();
+        for (name, _) in &h.states {
+            let cf = cf_name(name);
+            if !names.contains(&cf) {
+                names.push(cf);
+            }
+        }
+        let cfs = names
+            .iter()
+            .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, live_options(&self.cache)));
+        let db = DB::open_cf_descriptors(&opts, &dir, cfs).map_err(db_err)?;
+        // Close the empty database only once the restored one is open.
+        drop(self.db.replace(db));
+        let _ = std::fs::remove_dir_all(self.root.join("db"));
+        Ok(())
     }
 }
 
