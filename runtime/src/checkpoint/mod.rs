@@ -43,6 +43,7 @@
 pub mod coordinator;
 pub(crate) mod restore;
 pub mod storage;
+pub mod store;
 
 use std::path::PathBuf;
 use std::time::Duration;
