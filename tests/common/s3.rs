@@ -12,9 +12,15 @@ use std::time::{Duration, Instant};
 /// The bucket every test server starts with.
 pub const BUCKET: &str = "weir-test";
 
+/// Serializes the tests of one binary that use a server: the S3 settings
+/// are per process (as Flink's file systems), so two servers at once would
+/// take each other's endpoint.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A running moto server.
 pub struct S3Server {
     child: Child,
+    _serial: std::sync::MutexGuard<'static, ()>,
     /// `http://127.0.0.1:<port>`.
     pub endpoint: String,
     port: u16,
@@ -47,6 +53,7 @@ impl S3Server {
     /// Starts moto's server with the bucket [`BUCKET`]. Panics (the test
     /// fails) with the install command when moto is not installed.
     pub fn start() -> S3Server {
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let py = python();
         let has_moto = Command::new(&py)
             .args(["-c", "import moto.server, flask, werkzeug"])
@@ -75,6 +82,7 @@ impl S3Server {
             .expect("start moto's server");
         let mut server = S3Server {
             child,
+            _serial: serial,
             endpoint: format!("http://127.0.0.1:{port}"),
             port,
         };

@@ -717,6 +717,8 @@ fn stores() -> &'static Mutex<HashMap<String, Arc<dyn Store>>> {
 
 /// Sets the S3 settings used for `s3://` locations from now on (a job calls
 /// it with its configuration before it touches storage; so does the CLI).
+/// They are per process, as Flink's file systems are: jobs of one process
+/// that name different S3 endpoints must not run at the same time.
 pub fn configure(settings: S3Settings) {
     let mut cur = S3.write().unwrap_or_else(|p| p.into_inner());
     if cur.as_ref() != Some(&settings) {
