@@ -10,6 +10,7 @@
 # apt-get when running as root; otherwise the exact command is printed and
 # the script exits non-zero. (`cargo run --release --example wordcount`
 # needs none of this: rocksdb is not a default feature.)
+# The S3 storage tests need python3 with moto[server] (pip-installed below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
@@ -58,6 +59,16 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!" >&2
     export WEIR_SKIP_BROWSER=1
   fi
+fi
+# The S3 storage tests (tests/storage_s3.rs) start moto's S3-compatible
+# server (PyPI: moto[server]) on 127.0.0.1; installed here when missing.
+# Without it those tests fail with the command that installs it.
+if ! python3 -c "import moto.server, flask, werkzeug" >/dev/null 2>&1; then
+  echo "installing moto[server] for the S3 storage tests" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "moto[server]>=5,<6" >&2 || {
+    echo "cannot install moto[server]; run: python3 -m pip install 'moto[server]'" >&2
+    exit 1
+  }
 fi
 cargo fmt --all -- --check
 # Release profile: the end-to-end tests run the examples on real inputs.

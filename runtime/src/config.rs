@@ -735,7 +735,7 @@ pub mod options {
         "execution.checkpointing.dir",
         "checkpoints",
         Kind::Text,
-        "directory for checkpoints: <dir>/<job-id>/chk-<n>/",
+        "where checkpoints go, <dir>/<job-id>/chk-<n>/: a bare path, file:///abs/path or s3://bucket/prefix",
     );
     /// Retained checkpoints.
     pub const CHECKPOINTING_NUM_RETAINED: ConfigOption<usize> = ConfigOption::new(
@@ -759,7 +759,42 @@ pub mod options {
         "execution.state-recovery.path",
         "",
         Kind::Text,
-        "restore from this chk-<n> directory, or the latest complete checkpoint of this job directory",
+        "restore from this chk-<n> directory, or the latest complete checkpoint of this job directory (bare path, file:// or s3:// URI)",
+    );
+    /// S3 endpoint.
+    pub const S3_ENDPOINT: ConfigOption<String> = ConfigOption::new(
+        "s3.endpoint",
+        "",
+        Kind::Text,
+        "S3-compatible server for s3:// checkpoint storage, e.g. http://127.0.0.1:9000 (empty: AWS_ENDPOINT, else AWS S3)",
+    );
+    /// S3 access key.
+    pub const S3_ACCESS_KEY: ConfigOption<String> = ConfigOption::new(
+        "s3.access-key",
+        "",
+        Kind::Text,
+        "S3 access key id (empty: AWS_ACCESS_KEY_ID)",
+    );
+    /// S3 secret key.
+    pub const S3_SECRET_KEY: ConfigOption<String> = ConfigOption::new(
+        "s3.secret-key",
+        "",
+        Kind::Text,
+        "S3 secret access key (empty: AWS_SECRET_ACCESS_KEY)",
+    );
+    /// S3 region.
+    pub const S3_REGION: ConfigOption<String> = ConfigOption::new(
+        "s3.region",
+        "",
+        Kind::Text,
+        "S3 region (empty: AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1)",
+    );
+    /// S3 path-style access.
+    pub const S3_PATH_STYLE_ACCESS: ConfigOption<bool> = ConfigOption::new(
+        "s3.path.style.access",
+        "false",
+        Kind::Bool,
+        "address buckets as <endpoint>/<bucket> (most S3-compatible servers) instead of <bucket>.<endpoint> (AWS)",
     );
     /// Failover strategy.
     pub const FAILOVER_STRATEGY: ConfigOption<String> = ConfigOption::new(
@@ -1062,6 +1097,11 @@ pub mod options {
         CHECKPOINTING_RETENTION.def,
         CHECKPOINTING_INCREMENTAL.def,
         RECOVERY_PATH.def,
+        S3_ENDPOINT.def,
+        S3_ACCESS_KEY.def,
+        S3_SECRET_KEY.def,
+        S3_REGION.def,
+        S3_PATH_STYLE_ACCESS.def,
         FAILOVER_STRATEGY.def,
         RESTART_STRATEGY.def,
         RESTART_ATTEMPTS.def,

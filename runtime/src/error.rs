@@ -2,7 +2,8 @@
 //!
 //! Every fallible public function of `weir-runtime` returns [`Result<T>`]. The
 //! kinds say who has to act: [`Error::Config`] is the user's configuration,
-//! [`Error::Io`] names the path that failed, [`Error::Operator`] is a failure
+//! [`Error::Io`] names the path that failed, [`Error::Storage`] the
+//! checkpoint storage location (object store URI) that failed, [`Error::Operator`] is a failure
 //! inside user code (with the operator's name and subtask index), and
 //! [`Error::JobFailed`] / [`Error::Cancelled`] describe how a job ended.
 
@@ -86,6 +87,17 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong.
         reason: String,
+    },
+
+    /// Checkpoint storage (an object store, or a bad storage location) failed.
+    #[error("{action} '{location}': {message}")]
+    Storage {
+        /// What the runtime tried to do, e.g. "cannot write checkpoint object".
+        action: &'static str,
+        /// The location, e.g. `s3://bucket/prefix/<job-id>/chk-3/_metadata`.
+        location: String,
+        /// What went wrong.
+        message: String,
     },
 
     /// A checkpoint could not be taken or completed.

@@ -168,6 +168,9 @@ impl Env {
         let rest = crate::rest::ensure_started(&self.conf)?;
         tracing::info!(job = name, %job_id, "starting job\n{plan}");
         let cfg = CheckpointConfig::from_conf(&self.conf);
+        crate::checkpoint::store::configure(crate::checkpoint::store::S3Settings::from_conf(
+            &self.conf,
+        ));
         let recovery = self.conf.get(&options::RECOVERY_PATH);
         let (restore, restored_from, first_id) = if recovery.is_empty() {
             (None, None, 1)

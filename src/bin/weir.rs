@@ -13,6 +13,8 @@
 //!   files no checkpoint references); never a referenced file, never a directory of a job
 //!   that is running.
 //!
+//! DIR and CHK are bare paths, `file:///abs/path` or `s3://bucket/prefix` URIs; S3 is
+//! configured with the `s3.*` options (conf/weir.yaml, `WEIR_S3_*`, `-D`), else `AWS_*`.
 //!
 //! Remote commands talk to a running process's REST API (`--url`, default
 //! `http://127.0.0.1:8081`; JOB is a job id, a unique prefix of one, or a job name):
@@ -36,6 +38,7 @@ use weir::client::Client;
 use weir::runtime::checkpoint::storage::{
     self, job_dirs, job_is_running, list_checkpoints, load_checkpoint, orphans,
 };
+use weir::runtime::checkpoint::store;
 use weir::runtime::checkpoint::KeyedStateHandle;
 use weir::runtime::config::options;
 
@@ -57,10 +60,15 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Inspect, verify and clean checkpoint directories (offline).
+    /// Inspect, verify and clean checkpoint directories (offline). DIR is a
+    /// bare path, a file:///abs/path or an s3://bucket/prefix URI (S3 settings:
+    /// the s3.* options of conf/weir.yaml, WEIR_S3_* or -D, else AWS_*).
     Checkpoints {
         #[command(subcommand)]
         command: CheckpointsCommand,
+        /// Sets a configuration option, e.g. -D s3.endpoint=http://127.0.0.1:9000 (repeatable).
+        #[arg(short = 'D', value_name = "KEY=VALUE", global = true)]
+        dynamic: Vec<String>,
     },
     /// Lists the jobs of a running process (REST API).
     List {
@@ -174,7 +182,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Config { command } => config(command),
-        Command::Checkpoints { command } => checkpoints(command),
+        Command::Checkpoints { command, dynamic } => checkpoints(command, &dynamic),
         Command::List { remote } => list(&remote),
         Command::Checkpoint {
             job,
@@ -256,7 +264,12 @@ fn utc(ms: u64) -> String {
     )
 }
 
-fn checkpoints(command: CheckpointsCommand) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn checkpoints(
+    command: CheckpointsCommand,
+    dynamic: &[String],
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let conf = weir::runtime::config::Conf::load(dynamic)?;
+    store::configure(store::S3Settings::from_conf(&conf));
     match command {
         CheckpointsCommand::List { dir, json } => {
             let mut all = Vec::new();
@@ -360,12 +373,8 @@ fn checkpoints(command: CheckpointsCommand) -> Result<ExitCode, Box<dyn std::err
                 }
                 for p in orphans(&job)? {
                     if !dry_run {
-                        let r = if p.is_dir() {
-                            std::fs::remove_dir_all(&p)
-                        } else {
-                            std::fs::remove_file(&p)
-                        };
-                        r.map_err(|e| format!("cannot delete {}: {e}", p.display()))?;
+                        storage::remove(&p)
+                            .map_err(|e| format!("cannot delete {}: {e}", p.display()))?;
                     }
                     removed.push(p);
                 }

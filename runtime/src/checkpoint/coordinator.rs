@@ -232,18 +232,10 @@ impl CoordState {
     /// the job directory (a restarted attempt keeps and counts them).
     fn adopt_existing(&mut self) {
         // Only the `_metadata` files are read: they list every referenced file.
-        let Ok(rd) = std::fs::read_dir(self.args.storage.job_dir()) else {
+        let Ok(dirs) = super::storage::chk_dirs(self.args.storage.job_dir()) else {
             return;
         };
-        let mut ids: Vec<u64> = rd
-            .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .strip_prefix("chk-")
-                    .and_then(|n| n.parse().ok())
-            })
-            .collect();
+        let mut ids: Vec<u64> = dirs.into_iter().map(|(id, _)| id).collect();
         ids.sort_unstable();
         for id in ids {
             if let Ok(m) = super::storage::read_metadata(&self.args.storage.checkpoint_dir(id)) {

@@ -24,9 +24,10 @@
 //!    last barrier `n` arrives.
 //! 5. **Coordinator** ([`coordinator`]): triggers on the interval, honouring
 //!    min-pause, max-concurrent and timeout; a checkpoint completes when every
-//!    subtask acknowledged; only then is `_metadata` written (temp + fsync +
-//!    rename), then subtasks are told `complete(n)` (two-phase-commit sinks
-//!    commit), then subsumed checkpoints are deleted. Aborted checkpoints are
+//!    subtask acknowledged; only then is `_metadata` written (locally temp +
+//!    fsync + rename; on an object store one atomic PUT), then subtasks are
+//!    told `complete(n)` (two-phase-commit sinks commit), then subsumed
+//!    checkpoints are deleted. Aborted checkpoints are
 //!    announced to every subtask. Checkpoints complete in id order: when `m`
 //!    completes, pending `n < m` are subsumed (aborted).
 //! 6. **Storage** ([`storage`]): Flink's layout, framed files with a version
@@ -34,6 +35,8 @@
 //!    state file); corrupt or incomplete checkpoints are detected and skipped.
 //!    Shared files (incremental RocksDB checkpoints) are reference-counted by
 //!    the coordinator and deleted only when no retained checkpoint references them.
+//!    The bytes live on the local filesystem or an object store (`s3://`),
+//!    behind the [`store::Store`] trait.
 //!
 //! Bounded jobs end with a **final checkpoint**: when every subtask has
 //! finished its input, the coordinator checkpoints all of them directly (no
@@ -43,6 +46,7 @@
 pub mod coordinator;
 pub(crate) mod restore;
 pub mod storage;
+pub mod store;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,4 +1,6 @@
-//! Checkpoint storage on the filesystem, in Flink's layout:
+//! Checkpoint storage in Flink's layout, on the local filesystem or an
+//! object store (S3): every location here is a bare path, a `file://` or an
+//! `s3://` URI, and the bytes move through a [`super::store::Store`]:
 //!
 //! ```text
 //! <execution.checkpointing.dir>/<job-id>/
@@ -8,7 +10,13 @@
 //!     shared/<instance>-<sst>           RocksDB SST files of incremental checkpoints,
 //!                                       referenced by every checkpoint that needs them
 //!     taskowned/                        files owned by tasks, not by a checkpoint
+//!     .running                          the lock of a running job (its process id)
 //! ```
+//!
+//! The layout and the bytes are the same on every store: an `s3://bucket/p`
+//! checkpoint copied to a local directory (or back) restores as it is. On an
+//! object store a directory is a key prefix, so empty ones (`taskowned/`)
+//! do not show.
 //!
 //! # Files
 //! Every file weir writes here is framed: the magic `WEIR`, a kind byte, a
@@ -18,15 +26,18 @@
 //! as they are; the framed state file that references one records its size
 //! and CRC-32 ([`super::StateFile`]): [`load_checkpoint`] checks that every
 //! referenced file exists with its size, [`verify_checkpoint`] (and every
-//! restore, while it copies) checks the CRC-32.
+//! restore, while it downloads) checks the CRC-32.
 //!
 //! # Atomicity
-//! State files and RocksDB files are written and fsynced by the subtasks
-//! before they acknowledge (a shared file is written to a temporary name and
-//! renamed, so a shared name never holds a partial file). `_metadata` is
-//! written last by the coordinator, only when every subtask has acknowledged:
-//! to `_metadata.inprogress`, fsynced, then renamed, and the directory
-//! fsynced. A checkpoint directory without a valid `_metadata` is incomplete
+//! State files and RocksDB files are written by the subtasks before they
+//! acknowledge, each atomically: locally to a temporary name, fsynced, then
+//! renamed (so a name never holds a partial file); on an object store with
+//! one PUT, or a multipart upload for files above
+//! [`super::store::PART_SIZE`], which becomes visible only when completed.
+//! `_metadata` is written last by the coordinator, only when every subtask
+//! has acknowledged: locally to `_metadata.inprogress`, fsynced, renamed, and
+//! the directory fsynced; on an object store with one PUT (atomic: no rename
+//! needed). A checkpoint directory without a valid `_metadata` is incomplete
 //! and is never restored. `_metadata` lists, per subtask, every file outside
 //! the state file that the subtask's state references (`StateHandle::files`).
 //!
@@ -43,26 +54,45 @@
 //! checkpoint in flight can reference a file whose count dropped to zero.
 //!
 //! # Deletion, crash-safe
-//! A subsumed checkpoint is deleted in this order: (1) its `_metadata` (and
-//! the directory is fsynced): from that moment it is no longer a restore
-//! candidate and references nothing; (2) the rest of its directory (its state
-//! files and full-checkpoint RocksDB files); (3) the shared files whose
-//! reference count dropped to zero. A crash at any point in between leaves
-//! only files that no complete checkpoint references: an incomplete
+//! A subsumed checkpoint is deleted in this order: (1) its `_metadata`: from
+//! that moment it is no longer a restore candidate and references nothing;
+//! (2) the rest of its directory (its state files and full-checkpoint RocksDB
+//! files); (3) the shared files whose reference count dropped to zero. If
+//! (1) fails, nothing else of it is deleted. A crash at any point in between
+//! leaves only files that no complete checkpoint references: an incomplete
 //! directory, or unreferenced shared files. The orphan sweep ([`orphans`],
 //! run when a job starts on its own directory and by `weir checkpoints gc`)
 //! removes exactly those, and never a file a complete checkpoint references.
 //! Shared files uploaded for a checkpoint that was then aborted are deleted
 //! by the coordinator once a later checkpoint completes without them (or by
 //! the sweep after a crash).
+//!
+//! Per store: locally, each deletion is followed by an fsync of its
+//! directory, so (1) is durable before (2) starts, and the deletions run on
+//! the caller's thread as they always did. On an object store a DELETE is
+//! durable when it returns (S3 is strongly consistent), and "the rest of a
+//! directory" is every object under its prefix, listed then deleted one by
+//! one: a crash mid-way leaves an incomplete prefix for the sweep. There the
+//! deletions of a job run in order on one background thread
+//! (`weir-storage-delete`), so the coordinator never waits for a request;
+//! [`CheckpointStorage::release`] and [`CheckpointStorage::discard_all`]
+//! wait until the queue is empty, so a finished job leaves exactly the
+//! retained checkpoints.
+//!
+//! # The lock of a running job
+//! `.running` holds the process id of the job using the directory;
+//! [`job_is_running`] checks it against `/proc` on this machine. On an
+//! object store shared by several machines that check only sees the jobs of
+//! this machine: run `weir checkpoints gc` on one where the job ran, or when
+//! it is known to be stopped.
 
-use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::store::{self, Store};
 use super::{CheckpointMetadata, SubtaskState};
 use crate::{Error, Result};
 
@@ -128,25 +158,27 @@ pub fn unframe<T: DeserializeOwned>(kind: FileKind, bytes: &[u8], path: &Path) -
     postcard::from_bytes(payload).map_err(|e| corrupt(format!("undecodable payload: {e}")))
 }
 
-/// Reads and checks a framed file.
+/// Reads and checks a framed file (a location: bare path or URI).
 pub fn read_framed<T: DeserializeOwned>(kind: FileKind, path: &Path) -> Result<T> {
-    let bytes = fs::read(path).map_err(|e| Error::io("cannot read checkpoint file", path, e))?;
+    let (st, key) = store::resolve(path)?;
+    let bytes = st.get(&key)?;
     unframe(kind, &bytes, path)
 }
 
-/// Writes bytes to `path` and fsyncs them.
+/// Writes bytes to `path` (a location) atomically and durably: on the local
+/// filesystem through a temporary file, fsynced and renamed; on an object
+/// store with one PUT.
 pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f =
-        File::create(path).map_err(|e| Error::io("cannot create checkpoint file", path, e))?;
-    f.write_all(bytes)
-        .map_err(|e| Error::io("cannot write checkpoint file", path, e))?;
-    f.sync_all()
-        .map_err(|e| Error::io("cannot sync checkpoint file", path, e))
+    let (st, key) = store::resolve(path)?;
+    st.put(&key, bytes.to_vec(), &|| Ok(()))
 }
 
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
+/// The key of `rel` under `base` in a store.
+fn child(base: &str, rel: &str) -> String {
+    if base.is_empty() {
+        rel.to_string()
+    } else {
+        format!("{}/{rel}", base.trim_end_matches('/'))
     }
 }
 
@@ -154,16 +186,66 @@ fn sync_dir(dir: &Path) {
 #[derive(Debug, Clone)]
 pub struct CheckpointStorage {
     job_dir: PathBuf,
+    store: Arc<dyn Store>,
+    /// The job directory's key in `store`.
+    key: String,
+    /// Object stores: deletions run in order on one background thread, so a
+    /// retention step never waits for a request on the coordinator's thread.
+    deleter: Option<Deleter>,
+}
+
+/// An ordered queue of deletions, run by one thread (object stores only).
+#[derive(Debug, Clone)]
+struct Deleter {
+    tx: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Deleter {
+    fn start() -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("weir-storage-delete".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the storage deleter: {e}")))?;
+        Ok(Deleter { tx })
+    }
+
+    /// Waits until every deletion queued before returned.
+    fn flush(&self) {
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        if self
+            .tx
+            .send(Box::new(move || {
+                let _ = done_tx.send(());
+            }))
+            .is_ok()
+        {
+            let _ = done_rx.recv();
+        }
+    }
 }
 
 impl CheckpointStorage {
-    /// Storage under `base/<job_id>/`, creating `shared/` and `taskowned/`.
+    /// Storage under `base/<job_id>/` (`base` a bare path, `file://` or
+    /// `s3://` URI), creating `shared/` and `taskowned/` (local). Fails with
+    /// a clear error when the location is bad or its store unreachable.
     pub fn create(base: &Path, job_id: &str) -> Result<Self> {
-        let job_dir = base.join(job_id);
-        for d in [job_dir.join("shared"), job_dir.join("taskowned")] {
-            fs::create_dir_all(&d)
-                .map_err(|e| Error::io("cannot create checkpoint directory", &d, e))?;
+        let job_dir = store::normalize(base)?.join(job_id);
+        let (st, key) = store::resolve(&job_dir)?;
+        for d in ["shared", "taskowned"] {
+            st.create_dir(&child(&key, d))?;
         }
+        // Reachability (object stores): one listing, with bounded retries.
+        st.list_dir(&key)?;
+        let deleter = if st.is_local() {
+            None
+        } else {
+            Some(Deleter::start()?)
+        };
         // Start-up sweep of this job's own directory (never another job's):
         // leftovers of a crash of an earlier run with this id.
         match sweep(&job_dir) {
@@ -174,15 +256,42 @@ impl CheckpointStorage {
             Err(e) => tracing::warn!(dir = %job_dir.display(), error = %e, "orphan sweep failed"),
         }
         // Marks the directory as in use, for `weir checkpoints gc`.
-        let lock = job_dir.join(LOCK_FILE);
-        fs::write(&lock, std::process::id().to_string())
-            .map_err(|e| Error::io("cannot write checkpoint directory", &lock, e))?;
-        Ok(CheckpointStorage { job_dir })
+        st.put(
+            &child(&key, LOCK_FILE),
+            std::process::id().to_string().into_bytes(),
+            &|| Ok(()),
+        )?;
+        Ok(CheckpointStorage {
+            job_dir,
+            store: st,
+            key,
+            deleter,
+        })
     }
 
-    /// The job has ended: its directory is no longer in use.
+    /// Runs `f` now (local) or queued in order (object stores).
+    fn deleting(&self, f: impl FnOnce(&dyn Store, &str) + Send + 'static) {
+        match &self.deleter {
+            None => f(self.store.as_ref(), &self.key),
+            Some(d) => {
+                let (st, key) = (self.store.clone(), self.key.clone());
+                if let Err(e) = d.tx.send(Box::new(move || f(st.as_ref(), &key))) {
+                    // The thread is gone (it cannot be, short of a panic): delete here.
+                    (e.0)();
+                }
+            }
+        }
+    }
+
+    /// The job has ended: its directory is no longer in use. Waits for
+    /// queued deletions.
     pub fn release(&self) {
-        let _ = fs::remove_file(self.job_dir.join(LOCK_FILE));
+        self.deleting(|st, key| {
+            let _ = st.delete(&child(key, LOCK_FILE));
+        });
+        if let Some(d) = &self.deleter {
+            d.flush();
+        }
     }
 
     /// `<dir>/<job-id>`.
@@ -195,6 +304,11 @@ impl CheckpointStorage {
         self.job_dir.join(format!("chk-{id}"))
     }
 
+    /// Whether `rel` (relative to the job directory) exists.
+    pub fn exists(&self, rel: &str) -> Result<bool> {
+        Ok(self.store.size(&child(&self.key, rel))?.is_some())
+    }
+
     /// Writes one subtask's state for checkpoint `id`; returns (relative file name, size).
     pub fn write_state(
         &self,
@@ -203,93 +317,88 @@ impl CheckpointStorage {
         subtask: usize,
         state: &SubtaskState,
     ) -> Result<(String, u64)> {
-        let dir = self.checkpoint_dir(id);
-        fs::create_dir_all(&dir)
-            .map_err(|e| Error::io("cannot create checkpoint directory", &dir, e))?;
         let name = format!("{chain}-{subtask}.state");
         let bytes = frame(FileKind::State, state)?;
-        write_synced(&dir.join(&name), &bytes)?;
-        Ok((name, bytes.len() as u64))
+        let len = bytes.len() as u64;
+        self.store.put(
+            &child(&self.key, &format!("chk-{id}/{name}")),
+            bytes,
+            &|| Ok(()),
+        )?;
+        Ok((name, len))
     }
 
-    /// Writes `_metadata` atomically: temp file, fsync, rename, fsync of the directory.
+    /// Writes `_metadata` atomically: locally a temp file, fsync, rename,
+    /// fsync of the directory; on an object store one PUT (atomic).
     pub fn write_metadata(&self, meta: &CheckpointMetadata) -> Result<PathBuf> {
         let dir = self.checkpoint_dir(meta.checkpoint_id);
-        fs::create_dir_all(&dir)
-            .map_err(|e| Error::io("cannot create checkpoint directory", &dir, e))?;
-        let tmp = dir.join("_metadata.inprogress");
-        write_synced(&tmp, &frame(FileKind::Metadata, meta)?)?;
-        crate::failpoint::hit("after-metadata-write")?;
-        let path = dir.join("_metadata");
-        fs::rename(&tmp, &path)
-            .map_err(|e| Error::io("cannot publish checkpoint metadata", &path, e))?;
-        sync_dir(&dir);
+        let key = child(&self.key, &format!("chk-{}/_metadata", meta.checkpoint_id));
+        self.store
+            .put(&key, frame(FileKind::Metadata, meta)?, &|| {
+                crate::failpoint::hit("after-metadata-write")
+            })?;
         Ok(dir)
     }
 
-    /// Copies `src` to `rel` (relative to the job directory) through a
-    /// temporary name, fsynced, computing its CRC-32; returns (size, CRC-32).
-    /// With `skip_existing`, an existing file is not written again (shared
-    /// files: same name, same bytes) and its CRC-32 is computed from `src`.
+    /// Copies the local file `src` to `rel` (relative to the job directory)
+    /// atomically (locally through a temporary name, fsynced; on an object
+    /// store one PUT or a multipart upload), computing its CRC-32; returns
+    /// (size, CRC-32). With `skip_existing`, an existing file is not written
+    /// again (shared files: same name, same bytes) and its CRC-32 is
+    /// computed from `src`.
     pub fn copy_in(&self, src: &Path, rel: &str, skip_existing: bool) -> Result<(u64, u32)> {
-        let dest = self.job_dir.join(rel);
-        if skip_existing && dest.exists() {
+        let key = child(&self.key, rel);
+        if skip_existing && self.store.size(&key)?.is_some() {
             return file_crc(src);
         }
-        let parent = dest.parent().unwrap_or(&self.job_dir).to_path_buf();
-        fs::create_dir_all(&parent)
-            .map_err(|e| Error::io("cannot create checkpoint directory", &parent, e))?;
-        let tmp = parent.join(format!(
-            ".{}.inprogress",
-            dest.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default()
-        ));
-        let (size, crc) = copy_crc(src, &tmp)?;
-        fs::rename(&tmp, &dest)
-            .map_err(|e| Error::io("cannot publish checkpoint file", &dest, e))?;
-        Ok((size, crc))
+        self.store.put_file(src, &key)
     }
 
     /// Deletes shared files (relative to the job directory) that no retained
     /// checkpoint references any more.
     pub fn delete_unreferenced(&self, files: &[String]) {
-        for f in files {
-            if crate::failpoint::hit("delete-shared-file").is_err() {
-                return;
-            }
-            let p = self.job_dir.join(f);
-            if let Err(e) = fs::remove_file(&p) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(file = %p.display(), error = %e, "cannot delete shared checkpoint file");
+        let files = files.to_vec();
+        self.deleting(move |st, key| {
+            for f in files {
+                if crate::failpoint::hit("delete-shared-file").is_err() {
+                    return;
+                }
+                if let Err(e) = st.delete(&child(key, &f)) {
+                    tracing::warn!(file = %st.display(&child(key, &f)), error = %e, "cannot delete shared checkpoint file");
                 }
             }
-        }
+        });
     }
 
     /// Deletes checkpoint `id`: `_metadata` first, then the rest (see the module doc).
     pub fn discard(&self, id: u64) {
-        let dir = self.checkpoint_dir(id);
-        let _ = fs::remove_file(dir.join("_metadata"));
-        sync_dir(&dir);
-        if crate::failpoint::hit("discard-after-metadata").is_err() {
-            return;
-        }
-        if let Err(e) = fs::remove_dir_all(&dir) {
-            // A late upload may still be writing into an aborted checkpoint; its
-            // acknowledgement or decline deletes the directory again.
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::debug!(dir = %dir.display(), error = %e, "checkpoint directory not deleted yet");
+        self.deleting(move |st, key| {
+            let dir = child(key, &format!("chk-{id}"));
+            if let Err(e) = st.delete(&child(&dir, "_metadata")) {
+                // Never delete the rest while `_metadata` may still name it.
+                tracing::warn!(dir = %st.display(&dir), error = %e, "cannot delete checkpoint metadata");
+                return;
             }
-        }
+            if crate::failpoint::hit("discard-after-metadata").is_err() {
+                return;
+            }
+            if let Err(e) = st.delete_all(&dir) {
+                // A late upload may still be writing into an aborted checkpoint; its
+                // acknowledgement or decline deletes the directory again.
+                tracing::debug!(dir = %st.display(&dir), error = %e, "checkpoint directory not deleted yet");
+            }
+        });
     }
 
     /// Deletes the whole job directory.
     pub fn discard_all(&self) {
-        if let Err(e) = fs::remove_dir_all(&self.job_dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %self.job_dir.display(), error = %e, "cannot delete checkpoints");
+        self.deleting(|st, key| {
+            if let Err(e) = st.delete_all(key) {
+                tracing::warn!(dir = %st.display(key), error = %e, "cannot delete checkpoints");
             }
+        });
+        if let Some(d) = &self.deleter {
+            d.flush();
         }
     }
 }
@@ -308,7 +417,7 @@ pub struct LoadedCheckpoint {
 /// Reads and checks the `_metadata` of the checkpoint in `dir`.
 pub fn read_metadata(dir: &Path) -> Result<CheckpointMetadata> {
     let meta_path = dir.join("_metadata");
-    if !meta_path.exists() {
+    if !exists(&meta_path)? {
         return Err(Error::CorruptCheckpoint {
             path: dir.to_path_buf(),
             reason: "no _metadata: the checkpoint is incomplete".into(),
@@ -321,6 +430,7 @@ pub fn read_metadata(dir: &Path) -> Result<CheckpointMetadata> {
 /// framed files completely, the RocksDB files it references by presence and
 /// size (their CRC-32 is checked by [`verify_checkpoint`] and on restore).
 pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
+    let dir = &store::normalize(dir)?;
     let metadata = read_metadata(dir)?;
     let mut states = Vec::with_capacity(metadata.subtasks.len());
     for h in &metadata.subtasks {
@@ -336,15 +446,16 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
     let job_dir = c.job_dir();
     for f in c.raw_files() {
         let p = job_dir.join(&f.path);
-        match fs::metadata(&p) {
-            Ok(m) if m.len() == f.size => {}
-            Ok(m) => {
+        let (st, key) = store::resolve(&p)?;
+        match st.size(&key)? {
+            Some(len) if len == f.size => {}
+            Some(len) => {
                 return Err(Error::CorruptCheckpoint {
                     path: p,
-                    reason: format!("{} bytes, the checkpoint recorded {}", m.len(), f.size),
+                    reason: format!("{len} bytes, the checkpoint recorded {}", f.size),
                 })
             }
-            Err(_) => {
+            None => {
                 return Err(Error::CorruptCheckpoint {
                     path: p,
                     reason: "a file the checkpoint references is missing".into(),
@@ -395,74 +506,70 @@ pub fn verify_checkpoint(c: &LoadedCheckpoint) -> Result<()> {
     Ok(())
 }
 
-/// Size and CRC-32 of a file.
-pub fn file_crc(path: &Path) -> Result<(u64, u32)> {
-    use std::io::Read;
-    let mut f = File::open(path).map_err(|e| Error::io("cannot read checkpoint file", path, e))?;
-    let mut h = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| Error::io("cannot read checkpoint file", path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, h.finalize()))
+/// Whether the file (object) `path` exists.
+pub fn exists(path: &Path) -> Result<bool> {
+    let (st, key) = store::resolve(path)?;
+    Ok(st.size(&key)?.is_some())
 }
 
-/// Copies `src` to `dest` (created, fsynced), returning (size, CRC-32).
+/// Size and CRC-32 of a file (a location: bare path or URI), streamed.
+pub fn file_crc(path: &Path) -> Result<(u64, u32)> {
+    let (st, key) = store::resolve(path)?;
+    st.crc(&key)
+}
+
+/// Copies `src` (a location in checkpoint storage) to the local file `dest`
+/// (created, fsynced), returning (size, CRC-32).
 pub fn copy_crc(src: &Path, dest: &Path) -> Result<(u64, u32)> {
-    use std::io::Read;
-    let mut f = File::open(src).map_err(|e| Error::io("cannot read state file", src, e))?;
-    let mut out =
-        File::create(dest).map_err(|e| Error::io("cannot create checkpoint file", dest, e))?;
-    let mut h = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| Error::io("cannot read state file", src, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| Error::io("cannot write checkpoint file", dest, e))?;
-        size += n as u64;
-    }
-    out.sync_all()
-        .map_err(|e| Error::io("cannot sync checkpoint file", dest, e))?;
-    Ok((size, h.finalize()))
+    let (st, key) = store::resolve(src)?;
+    st.get_to_file(&key, dest)
+}
+
+/// Deletes a file or a whole directory (everything under it) at `path`
+/// (a location); a missing one is not an error. For `weir checkpoints gc`.
+pub fn remove(path: &Path) -> Result<()> {
+    let (st, key) = store::resolve(path)?;
+    st.delete_all(&key)
+}
+
+/// The directories under `dir` (a location) whose names start with `chk-`,
+/// with their ids.
+pub fn chk_dirs(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let (st, key) = store::resolve(dir)?;
+    Ok(st
+        .list_dir(&key)?
+        .into_iter()
+        .filter(|e| e.is_dir)
+        .filter_map(|e| {
+            e.name
+                .strip_prefix("chk-")
+                .and_then(|n| n.parse().ok())
+                .map(|id| (id, dir.join(&e.name)))
+        })
+        .collect())
 }
 
 /// The checkpoint to restore from `path`: a `chk-<n>` directory (it must be
 /// valid), or a job directory (its newest valid checkpoint; invalid newer
 /// ones are reported and skipped).
 pub fn resolve_restore(path: &Path) -> Result<LoadedCheckpoint> {
+    let path = &store::normalize(path)?;
     let is_chk = path
         .file_name()
         .is_some_and(|n| n.to_string_lossy().starts_with("chk-"))
-        || path.join("_metadata").exists();
+        || exists(&path.join("_metadata"))?;
     if is_chk {
         return load_checkpoint(path);
     }
-    let entries =
-        fs::read_dir(path).map_err(|e| Error::io("cannot read checkpoint directory", path, e))?;
-    let mut ids: Vec<(u64, PathBuf)> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("chk-")
-                .and_then(|n| n.parse().ok())
-                .map(|id| (id, e.path()))
-        })
-        .collect();
+    let (st, _) = store::resolve(path)?;
+    if st.is_local() && !path.is_dir() {
+        return Err(Error::io(
+            "cannot read checkpoint directory",
+            path,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    }
+    let mut ids = chk_dirs(path)?;
     ids.sort_by_key(|x| std::cmp::Reverse(x.0));
     for (_, dir) in &ids {
         match load_checkpoint(dir) {
@@ -504,57 +611,56 @@ pub struct CheckpointInfo {
 }
 
 fn dir_size(dir: &Path) -> u64 {
-    fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
+    store::resolve(dir)
+        .and_then(|(st, key)| st.list_dir(&key))
+        .map(|d| d.iter().filter(|e| !e.is_dir).map(|e| e.size).sum())
         .unwrap_or(0)
 }
 
 /// The job directories under `dir`: `dir` itself if it holds `chk-*`
 /// directories, else its subdirectories that do.
 pub fn job_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
-    let is_job = |d: &Path| {
-        fs::read_dir(d)
-            .map(|rd| {
-                rd.flatten().any(|e| {
-                    e.file_name().to_string_lossy().starts_with("chk-") || e.file_name() == "shared"
-                })
-            })
-            .unwrap_or(false)
+    let dir = &store::normalize(dir)?;
+    let (st, key) = store::resolve(dir)?;
+    let is_job = |entries: &[store::Entry]| {
+        entries
+            .iter()
+            .any(|e| e.is_dir && (e.name.starts_with("chk-") || e.name == "shared"))
     };
-    if is_job(dir) {
+    if st.is_local() && !dir.is_dir() {
+        return Err(Error::io(
+            "cannot read checkpoint directory",
+            dir,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    }
+    let top = st.list_dir(&key)?;
+    if is_job(&top) {
         return Ok(vec![dir.to_path_buf()]);
     }
-    let rd =
-        fs::read_dir(dir).map_err(|e| Error::io("cannot read checkpoint directory", dir, e))?;
-    let mut jobs: Vec<PathBuf> = rd
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir() && is_job(p))
-        .collect();
+    let mut jobs = Vec::new();
+    for e in top.iter().filter(|e| e.is_dir) {
+        if is_job(&st.list_dir(&child(&key, &e.name))?) {
+            jobs.push(dir.join(&e.name));
+        }
+    }
     jobs.sort();
     Ok(jobs)
 }
 
 /// Every `chk-<n>` directory of a job directory, oldest first, checked.
 pub fn list_checkpoints(job_dir: &Path) -> Result<Vec<CheckpointInfo>> {
-    let rd = fs::read_dir(job_dir)
-        .map_err(|e| Error::io("cannot read checkpoint directory", job_dir, e))?;
+    let job_dir = &store::normalize(job_dir)?;
+    let (st, _) = store::resolve(job_dir)?;
+    if st.is_local() && !job_dir.is_dir() {
+        return Err(Error::io(
+            "cannot read checkpoint directory",
+            job_dir,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    }
     let mut out = Vec::new();
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(id) = name
-            .strip_prefix("chk-")
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        let dir = e.path();
+    for (id, dir) in chk_dirs(job_dir)? {
         let size = dir_size(&dir);
         let info = match load_checkpoint(&dir) {
             Ok(c) => CheckpointInfo {
@@ -573,7 +679,7 @@ pub fn list_checkpoints(job_dir: &Path) -> Result<Vec<CheckpointInfo>> {
                 is_savepoint: c.metadata.is_savepoint,
             },
             Err(err) => CheckpointInfo {
-                status: if dir.join("_metadata").exists() {
+                status: if exists(&dir.join("_metadata")).unwrap_or(false) {
                     "corrupt"
                 } else {
                     "incomplete"
@@ -598,9 +704,10 @@ pub const LOCK_FILE: &str = ".running";
 
 /// Whether the job owning `job_dir` is running (its lock names a live process).
 pub fn job_is_running(job_dir: &Path) -> bool {
-    fs::read_to_string(job_dir.join(LOCK_FILE))
+    store::resolve(&job_dir.join(LOCK_FILE))
+        .and_then(|(st, key)| st.get(&key))
         .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
+        .and_then(|s| String::from_utf8_lossy(&s).trim().parse::<u32>().ok())
         .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
@@ -614,6 +721,7 @@ pub fn job_is_running(job_dir: &Path) -> bool {
 /// an unreadable `_metadata`, no shared file is collected (it might be one of
 /// its references).
 pub fn orphans(job_dir: &Path) -> Result<Vec<PathBuf>> {
+    let job_dir = &store::normalize(job_dir)?;
     let mut out = Vec::new();
     let mut shared_refs: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut shared_unknown = false;
@@ -639,13 +747,10 @@ pub fn orphans(job_dir: &Path) -> Result<Vec<PathBuf>> {
                 for h in &c.metadata.subtasks {
                     referenced.extend(h.files.iter().cloned());
                 }
-                for e in fs::read_dir(&info.dir)
-                    .map_err(|e| Error::io("cannot read checkpoint directory", &info.dir, e))?
-                    .flatten()
-                {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if name != "_metadata" && !referenced.contains(&format!("{chk}/{name}")) {
-                        out.push(e.path());
+                let (st, key) = store::resolve(&info.dir)?;
+                for e in st.list_dir(&key)? {
+                    if e.name != "_metadata" && !referenced.contains(&format!("{chk}/{}", e.name)) {
+                        out.push(info.dir.join(&e.name));
                     }
                 }
                 shared_refs.extend(referenced);
@@ -662,14 +767,12 @@ pub fn orphans(job_dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     let shared = job_dir.join("shared");
-    if !shared_unknown && shared.is_dir() {
-        for e in fs::read_dir(&shared)
-            .map_err(|e| Error::io("cannot read checkpoint directory", &shared, e))?
-            .flatten()
-        {
-            let rel = format!("shared/{}", e.file_name().to_string_lossy());
+    if !shared_unknown {
+        let (st, key) = store::resolve(&shared)?;
+        for e in st.list_dir(&key)? {
+            let rel = format!("shared/{}", e.name);
             if !shared_refs.contains(&rel) {
-                out.push(e.path());
+                out.push(shared.join(&e.name));
             }
         }
     }
@@ -678,21 +781,87 @@ pub fn orphans(job_dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Deletes what [`orphans`] finds in `job_dir`; returns what was deleted.
 pub fn sweep(job_dir: &Path) -> Result<Vec<PathBuf>> {
-    if !job_dir.exists() {
+    let (st, key) = store::resolve(job_dir)?;
+    if st.list_dir(&key)?.is_empty() {
         return Ok(Vec::new());
     }
     let found = orphans(job_dir)?;
     for p in &found {
-        let r = if p.is_dir() {
-            fs::remove_dir_all(p)
-        } else {
-            fs::remove_file(p)
-        };
-        if let Err(e) = r {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(Error::io("cannot delete orphaned checkpoint file", p, e));
-            }
-        }
+        remove(p)?;
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::StateHandle;
+
+    fn meta(id: u64, file: &str, files: &[&str]) -> CheckpointMetadata {
+        CheckpointMetadata {
+            job_id: "j".into(),
+            job_name: "t".into(),
+            checkpoint_id: id,
+            trigger_timestamp: 1,
+            completed_timestamp: 2,
+            is_savepoint: false,
+            subtasks: vec![StateHandle {
+                chain: "c".into(),
+                chain_index: 0,
+                subtask: 0,
+                file: file.into(),
+                size: 0,
+                files: files.iter().map(|f| f.to_string()).collect(),
+            }],
+        }
+    }
+
+    /// The layout, listing, sweep and crash-safe discard on an in-memory object store.
+    #[test]
+    fn checkpoint_storage_on_an_object_store() {
+        store::register(
+            "memory://storage-test",
+            Arc::new(object_store::memory::InMemory::new()),
+        );
+        let root = Path::new("memory://storage-test/ck");
+        let st = CheckpointStorage::create(root, "j").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sst = dir.path().join("1.sst");
+        std::fs::write(&sst, b"sst bytes").unwrap();
+        for id in 1..=2 {
+            let (file, _) = st.write_state(id, 0, 0, &SubtaskState::default()).unwrap();
+            st.copy_in(&sst, "shared/i-1.sst", true).unwrap();
+            st.write_metadata(&meta(id, &file, &["shared/i-1.sst"]))
+                .unwrap();
+        }
+        st.write_state(3, 0, 0, &SubtaskState::default()).unwrap();
+        st.copy_in(&sst, "shared/i-2.sst", true).unwrap();
+        let job = root.join("j");
+        assert_eq!(job_dirs(root).unwrap(), vec![job.clone()]);
+        let listed: Vec<(u64, &str)> = list_checkpoints(&job)
+            .unwrap()
+            .iter()
+            .map(|c| (c.id, c.status))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![(1, "complete"), (2, "complete"), (3, "incomplete")]
+        );
+        assert_eq!(
+            orphans(&job).unwrap(),
+            vec![job.join("chk-3"), job.join("shared/i-2.sst")]
+        );
+        assert_eq!(sweep(&job).unwrap().len(), 2);
+        assert!(orphans(&job).unwrap().is_empty());
+        assert_eq!(resolve_restore(&job).unwrap().metadata.checkpoint_id, 2);
+
+        // Discarding chk-2 leaves chk-1 and the shared file it references.
+        st.discard(2);
+        st.release();
+        assert_eq!(resolve_restore(&job).unwrap().metadata.checkpoint_id, 1);
+        assert!(st.exists("shared/i-1.sst").unwrap());
+        assert!(!st.exists(LOCK_FILE).unwrap());
+        st.discard_all();
+        assert!(job_dirs(root).unwrap().is_empty());
+    }
 }

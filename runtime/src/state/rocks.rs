@@ -1262,7 +1262,7 @@ impl RocksPending {
                     Some(f) => f.clone(),
                     None => {
                         let rel = format!("shared/{}-{name}", self.instance);
-                        let existed = target.storage.job_dir().join(&rel).exists();
+                        let existed = target.storage.exists(&rel)?;
                         let (size, crc32) = target.storage.copy_in(&src, &rel, true)?;
                         if !existed {
                             uploaded += size;
