@@ -525,6 +525,20 @@ pub fn copy_crc(src: &Path, dest: &Path) -> Result<(u64, u32)> {
     st.get_to_file(&key, dest)
 }
 
+/// Like [`copy_crc`], but a file on the local filesystem is hard-linked to
+/// `dest` instead of copied (when both are on one filesystem), then read once
+/// for its CRC-32. Only for files nobody ever writes to again (RocksDB SST
+/// files: RocksDB never modifies one, and deleting the link leaves the
+/// checkpoint's file alone). Anything else, or a failed link, is copied.
+pub fn link_or_copy_crc(src: &Path, dest: &Path) -> Result<(u64, u32)> {
+    let src = store::normalize(src)?;
+    let local = !src.to_string_lossy().contains("://");
+    if local && std::fs::hard_link(&src, dest).is_ok() {
+        return file_crc(dest);
+    }
+    copy_crc(&src, dest)
+}
+
 /// Deletes a file or a whole directory (everything under it) at `path`
 /// (a location); a missing one is not an error. For `weir checkpoints gc`.
 pub fn remove(path: &Path) -> Result<()> {

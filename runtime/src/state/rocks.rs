@@ -59,7 +59,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{KeyedStateSnapshot, StateKind, StateSnapshot, UploadTarget, UploadedKeyed};
-use crate::checkpoint::storage::copy_crc;
+use crate::checkpoint::storage::{copy_crc, link_or_copy_crc};
 use crate::checkpoint::{KeyedStateHandle, RocksStateHandle, StateFile};
 use crate::keygroup::{key_group_for, KeyGroupRange};
 use crate::operator::RuntimeContext;
@@ -1055,7 +1055,12 @@ fn download(job_dir: &Path, h: &RocksStateHandle, dir: &Path) -> Result<DB> {
             });
         }
         let src = job_dir.join(&f.path);
-        let (size, crc) = copy_crc(&src, &dir.join(&f.local))?;
+        // SST files are immutable: a local checkpoint's are hard-linked.
+        let (size, crc) = if f.local.ends_with(".sst") {
+            link_or_copy_crc(&src, &dir.join(&f.local))?
+        } else {
+            copy_crc(&src, &dir.join(&f.local))?
+        };
         if size != f.size || crc != f.crc32 {
             return Err(Error::CorruptCheckpoint {
                 path: src,
