@@ -10,6 +10,20 @@
 //!     taskowned/                        files owned by tasks, not by a checkpoint
 //! ```
 //!
+//! # Savepoints
+//! A savepoint goes to `<target>/savepoint-<first 6 of the job id>-<12 random
+//! hex>/` (Flink's name; the target is the one given with the request, else
+//! `execution.checkpointing.savepoint-dir`): `_metadata` and one state file
+//! per subtask, nothing else. Keyed state is in the canonical form (postcard
+//! entries per key group, whatever the backend), so no RocksDB file and no
+//! `shared/` reference is in it, and every reference in `_metadata` is a file
+//! name relative to the directory: a savepoint can be moved or copied and
+//! still restores, at any parallelism, on either backend. The coordinator
+//! registers the directory for the savepoint's id ([`CheckpointStorage::begin_savepoint`])
+//! so the subtasks' [`CheckpointStorage::write_state`] and `_metadata` go
+//! there; nothing in weir deletes a completed savepoint (not retention, not
+//! `weir checkpoints gc`, not a cancel); an aborted one is deleted.
+//!
 //! # Files
 //! Every file weir writes here is framed: the magic `WEIR`, a kind byte, a
 //! format version (u16), the payload length (u64), the payload's CRC-32, then
@@ -56,9 +70,11 @@
 //! by the coordinator once a later checkpoint completes without them (or by
 //! the sweep after a crash).
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -150,10 +166,13 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// The directories of one job's checkpoints.
+/// The directories of one job's checkpoints (and of the savepoints it is taking).
 #[derive(Debug, Clone)]
 pub struct CheckpointStorage {
     job_dir: PathBuf,
+    /// Savepoints in flight: checkpoint id -> its `savepoint-...` directory
+    /// (shared by every clone: the coordinator registers, subtasks write).
+    savepoints: Arc<Mutex<BTreeMap<u64, PathBuf>>>,
 }
 
 impl CheckpointStorage {
@@ -177,7 +196,44 @@ impl CheckpointStorage {
         let lock = job_dir.join(LOCK_FILE);
         fs::write(&lock, std::process::id().to_string())
             .map_err(|e| Error::io("cannot write checkpoint directory", &lock, e))?;
-        Ok(CheckpointStorage { job_dir })
+        Ok(CheckpointStorage {
+            job_dir,
+            savepoints: Arc::default(),
+        })
+    }
+
+    fn savepoint_dirs(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, PathBuf>> {
+        self.savepoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates the directory of savepoint `id` under `base`, named as Flink
+    /// names it (`savepoint-<first 6 of the job id>-<12 random hex>`), and
+    /// routes the files of checkpoint `id` there instead of `chk-<id>`.
+    pub fn begin_savepoint(&self, id: u64, base: &Path, job_id: &str) -> Result<PathBuf> {
+        let prefix: String = job_id.chars().take(6).collect();
+        let dir = base.join(format!("savepoint-{prefix}-{}", random_hex12()));
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::io("cannot create savepoint directory", &dir, e))?;
+        self.savepoint_dirs().insert(id, dir.clone());
+        Ok(dir)
+    }
+
+    /// Whether checkpoint `id` is a savepoint (registered by [`Self::begin_savepoint`]).
+    pub fn is_savepoint(&self, id: u64) -> bool {
+        self.savepoint_dirs().contains_key(&id)
+    }
+
+    /// Savepoint `id` is complete: it is no longer this job's to write or delete.
+    pub fn end_savepoint(&self, id: u64) {
+        self.savepoint_dirs().remove(&id);
+    }
+
+    /// Where the files of checkpoint `id` go: its savepoint directory, or `chk-<id>`.
+    pub fn target_dir(&self, id: u64) -> PathBuf {
+        match self.savepoint_dirs().get(&id) {
+            Some(d) => d.clone(),
+            None => self.checkpoint_dir(id),
+        }
     }
 
     /// The job has ended: its directory is no longer in use.
@@ -203,7 +259,7 @@ impl CheckpointStorage {
         subtask: usize,
         state: &SubtaskState,
     ) -> Result<(String, u64)> {
-        let dir = self.checkpoint_dir(id);
+        let dir = self.target_dir(id);
         fs::create_dir_all(&dir)
             .map_err(|e| Error::io("cannot create checkpoint directory", &dir, e))?;
         let name = format!("{chain}-{subtask}.state");
@@ -214,7 +270,7 @@ impl CheckpointStorage {
 
     /// Writes `_metadata` atomically: temp file, fsync, rename, fsync of the directory.
     pub fn write_metadata(&self, meta: &CheckpointMetadata) -> Result<PathBuf> {
-        let dir = self.checkpoint_dir(meta.checkpoint_id);
+        let dir = self.target_dir(meta.checkpoint_id);
         fs::create_dir_all(&dir)
             .map_err(|e| Error::io("cannot create checkpoint directory", &dir, e))?;
         let tmp = dir.join("_metadata.inprogress");
@@ -267,9 +323,10 @@ impl CheckpointStorage {
         }
     }
 
-    /// Deletes checkpoint `id`: `_metadata` first, then the rest (see the module doc).
+    /// Deletes checkpoint `id`: `_metadata` first, then the rest (see the
+    /// module doc). For a savepoint in flight (aborted), its directory.
     pub fn discard(&self, id: u64) {
-        let dir = self.checkpoint_dir(id);
+        let dir = self.target_dir(id);
         let _ = fs::remove_file(dir.join("_metadata"));
         sync_dir(&dir);
         if crate::failpoint::hit("discard-after-metadata").is_err() {
@@ -292,6 +349,73 @@ impl CheckpointStorage {
             }
         }
     }
+}
+
+/// 12 random lowercase hex digits (savepoint directory names).
+fn random_hex12() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+/// Deletes a checkpoint of another job's directory that this job restored
+/// in `CLAIM` mode and that a checkpoint of its own has now subsumed:
+/// `_metadata` first (it stops being a restore candidate), then its
+/// directory, then the shared files it referenced that no other complete
+/// checkpoint of that job directory references. Savepoints are never deleted.
+pub fn discard_claimed(dir: &Path) {
+    if !dir.exists() {
+        return; // deleted by an earlier attempt of the job
+    }
+    let meta = match read_metadata(dir) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "claimed checkpoint not deleted: unreadable");
+            return;
+        }
+    };
+    if meta.is_savepoint {
+        return;
+    }
+    let job_dir = dir.parent().unwrap_or(dir).to_path_buf();
+    let mine: Vec<String> = meta
+        .subtasks
+        .iter()
+        .flat_map(|h| h.files.iter())
+        .filter(|f| f.starts_with("shared/"))
+        .cloned()
+        .collect();
+    let _ = fs::remove_file(dir.join("_metadata"));
+    sync_dir(dir);
+    if let Err(e) = fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot delete claimed checkpoint");
+        }
+    }
+    let mut still: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for info in list_checkpoints(&job_dir).unwrap_or_default() {
+        match read_metadata(&info.dir) {
+            Ok(m) => still.extend(m.subtasks.iter().flat_map(|h| h.files.iter()).cloned()),
+            // Unknown references: keep every shared file.
+            Err(_) if info.status != "incomplete" => return,
+            Err(_) => {}
+        }
+    }
+    for f in mine.iter().filter(|f| !still.contains(*f)) {
+        let p = job_dir.join(f);
+        if let Err(e) = fs::remove_file(&p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(file = %p.display(), error = %e, "cannot delete shared file of claimed checkpoint");
+            }
+        }
+    }
+    tracing::info!(dir = %dir.display(), "deleted the claimed checkpoint restored from (subsumed)");
 }
 
 /// A complete checkpoint read back for a restore.
@@ -441,13 +565,20 @@ pub fn copy_crc(src: &Path, dest: &Path) -> Result<(u64, u32)> {
     Ok((size, h.finalize()))
 }
 
-/// The checkpoint to restore from `path`: a `chk-<n>` directory (it must be
-/// valid), or a job directory (its newest valid checkpoint; invalid newer
+/// The checkpoint to restore from `path`: a `chk-<n>` or savepoint directory
+/// or its `_metadata` file (it must be valid), or a job directory (its newest valid checkpoint; invalid newer
 /// ones are reported and skipped).
 pub fn resolve_restore(path: &Path) -> Result<LoadedCheckpoint> {
+    // A `_metadata` file names its checkpoint or savepoint directory.
+    if path.file_name().is_some_and(|n| n == "_metadata") && path.is_file() {
+        return load_checkpoint(path.parent().unwrap_or(path));
+    }
     let is_chk = path
         .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("chk-"))
+        .is_some_and(|n| {
+            let n = n.to_string_lossy();
+            n.starts_with("chk-") || n.starts_with("savepoint-")
+        })
         || path.join("_metadata").exists();
     if is_chk {
         return load_checkpoint(path);
@@ -590,6 +721,63 @@ pub fn list_checkpoints(job_dir: &Path) -> Result<Vec<CheckpointInfo>> {
         out.push(info);
     }
     out.sort_by_key(|i| i.id);
+    Ok(out)
+}
+
+/// The savepoints at `dir`: `dir` itself when it is one (a `savepoint-*`
+/// directory or any directory with a `_metadata`), else its `savepoint-*`
+/// subdirectories; checked like [`list_checkpoints`] (the id is the one in
+/// `_metadata`, 0 when unreadable).
+pub fn list_savepoints(dir: &Path) -> Result<Vec<CheckpointInfo>> {
+    let is_sp = |d: &Path| {
+        d.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("savepoint-"))
+    };
+    let dirs: Vec<PathBuf> = if is_sp(dir) || dir.join("_metadata").is_file() {
+        vec![dir.to_path_buf()]
+    } else {
+        let rd = fs::read_dir(dir)
+            .map_err(|e| Error::io("cannot read savepoint directory", dir, e))?;
+        let mut v: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && is_sp(p))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut out = Vec::new();
+    for d in dirs {
+        let size = dir_size(&d);
+        let info = match load_checkpoint(&d) {
+            Ok(c) if !c.metadata.is_savepoint => continue, // a chk-<n>: listed with its job
+            Ok(c) => CheckpointInfo {
+                id: c.metadata.checkpoint_id,
+                dir: d,
+                status: "complete",
+                problem: None,
+                size,
+                shared_size: 0,
+                completed_timestamp: Some(c.metadata.completed_timestamp),
+                is_savepoint: true,
+            },
+            Err(err) => CheckpointInfo {
+                id: read_metadata(&d).map(|m| m.checkpoint_id).unwrap_or(0),
+                status: if d.join("_metadata").exists() {
+                    "corrupt"
+                } else {
+                    "incomplete"
+                },
+                problem: Some(err.to_string()),
+                dir: d,
+                size,
+                shared_size: 0,
+                completed_timestamp: None,
+                is_savepoint: true,
+            },
+        };
+        out.push(info);
+    }
     Ok(out)
 }
 
