@@ -427,9 +427,12 @@ impl CoordState {
             .await
             .map_err(|e| Error::Internal(format!("metadata writer panicked: {e}")))
             .and_then(|r| r);
-        let dir = match (written, savepoint) {
-            (Ok(dir), _) => dir,
-            (Err(e), Some(req)) => {
+        let dir = match written {
+            Ok(dir) => dir,
+            Err(e) => {
+                let Some(req) = savepoint else {
+                    return Err(e);
+                };
                 // A savepoint that cannot be written fails alone, not the job.
                 self.args.storage.discard(id);
                 let _ = req.reply.send(Err(SavepointError::Failed {
@@ -439,7 +442,6 @@ impl CoordState {
                 self.last_end = Some(Instant::now());
                 return Ok(());
             }
-            (Err(e), None) => return Err(e),
         };
         let ended = Instant::now();
         let e2e = (ended - p.started).as_secs_f64() * 1e3;
