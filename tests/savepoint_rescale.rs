@@ -158,7 +158,10 @@ fn assert_self_contained(sp: &Path) {
     }
     let c = load_checkpoint(sp).unwrap();
     assert!(c.metadata.is_savepoint);
-    assert!(c.raw_files().is_empty(), "a savepoint references no raw files");
+    assert!(
+        c.raw_files().is_empty(),
+        "a savepoint references no raw files"
+    );
     assert!(c.metadata.subtasks.iter().all(|h| h.files.is_empty()));
 }
 

@@ -532,7 +532,10 @@ impl JobHandle {
     /// checkpoint. It is never deleted by weir and never used for failover.
     /// Errors: [`crate::SavepointError`] (no directory, checkpointing off,
     /// job not running, savepoint declined or expired).
-    pub fn trigger_savepoint(&self, target: Option<&std::path::Path>) -> Result<std::path::PathBuf> {
+    pub fn trigger_savepoint(
+        &self,
+        target: Option<&std::path::Path>,
+    ) -> Result<std::path::PathBuf> {
         self.block_on_savepoint(target, None)
     }
 
@@ -562,7 +565,10 @@ impl JobHandle {
     /// cancel-with-savepoint; the job ends `CANCELED`). Prefer
     /// [`JobHandle::stop_with_savepoint`]: output after the savepoint is not
     /// committed here and is produced again by a job restored from it.
-    pub fn cancel_with_savepoint(&self, target: Option<&std::path::Path>) -> Result<std::path::PathBuf> {
+    pub fn cancel_with_savepoint(
+        &self,
+        target: Option<&std::path::Path>,
+    ) -> Result<std::path::PathBuf> {
         let path = self.trigger_savepoint(target)?;
         self.cancel();
         Ok(path)

@@ -37,8 +37,8 @@ use crate::channel::{Barrier, Event, InputGate};
 use crate::checkpoint::coordinator::{Ack, CoordMsg};
 use crate::checkpoint::storage::CheckpointStorage;
 use crate::checkpoint::{
-    now_ms, BarrierMode, ChannelStateEntry, KeyedStateHandle, OperatorSnapshot, StateHandle, SubtaskCheckpointStats,
-    SubtaskState,
+    now_ms, BarrierMode, ChannelStateEntry, KeyedStateHandle, OperatorSnapshot, StateHandle,
+    SubtaskCheckpointStats, SubtaskState,
 };
 use crate::graph::{ChainedOp, Head, SubtaskSpec};
 use crate::operator::{guarded, SourceContext, SourceStatus};

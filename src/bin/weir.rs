@@ -683,7 +683,9 @@ fn savepoint(job: &str, dir: Option<PathBuf>, kind: SavepointKind, remote: &Remo
     };
     let trigger = r["request-id"].as_str().unwrap_or_default().to_string();
     if !remote.json {
-        println!("Triggered savepoint of job {id} (request {trigger}); waiting for it to complete.");
+        println!(
+            "Triggered savepoint of job {id} (request {trigger}); waiting for it to complete."
+        );
     }
     let location = loop {
         let s = client.request("GET", &format!("/jobs/{id}/savepoints/{trigger}"), None)?;
@@ -718,7 +720,9 @@ fn savepoint(job: &str, dir: Option<PathBuf>, kind: SavepointKind, remote: &Remo
         state = Some(st);
     }
     if remote.json {
-        return print_json(&json!({"job": id, "status": "COMPLETED", "location": location, "state": state}));
+        return print_json(
+            &json!({"job": id, "status": "COMPLETED", "location": location, "state": state}),
+        );
     }
     println!("Savepoint completed. Path: {location}");
     if let Some(st) = state {

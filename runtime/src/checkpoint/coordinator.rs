@@ -783,7 +783,9 @@ impl Actor for Coordinator {
                 CoordMsg::Shutdown(end) => {
                     state.args.storage.release();
                     for r in state.savepoint_requests.drain(..) {
-                        let _ = r.reply.send(Err(SavepointError::NotRunning("it has ended".into())));
+                        let _ = r
+                            .reply
+                            .send(Err(SavepointError::NotRunning("it has ended".into())));
                     }
                     for id in state.savepoints.keys().copied().collect::<Vec<_>>() {
                         let _ = state.abort(id, "the job ended", false);

@@ -573,13 +573,10 @@ pub fn resolve_restore(path: &Path) -> Result<LoadedCheckpoint> {
     if path.file_name().is_some_and(|n| n == "_metadata") && path.is_file() {
         return load_checkpoint(path.parent().unwrap_or(path));
     }
-    let is_chk = path
-        .file_name()
-        .is_some_and(|n| {
-            let n = n.to_string_lossy();
-            n.starts_with("chk-") || n.starts_with("savepoint-")
-        })
-        || path.join("_metadata").exists();
+    let is_chk = path.file_name().is_some_and(|n| {
+        let n = n.to_string_lossy();
+        n.starts_with("chk-") || n.starts_with("savepoint-")
+    }) || path.join("_metadata").exists();
     if is_chk {
         return load_checkpoint(path);
     }
@@ -736,8 +733,8 @@ pub fn list_savepoints(dir: &Path) -> Result<Vec<CheckpointInfo>> {
     let dirs: Vec<PathBuf> = if is_sp(dir) || dir.join("_metadata").is_file() {
         vec![dir.to_path_buf()]
     } else {
-        let rd = fs::read_dir(dir)
-            .map_err(|e| Error::io("cannot read savepoint directory", dir, e))?;
+        let rd =
+            fs::read_dir(dir).map_err(|e| Error::io("cannot read savepoint directory", dir, e))?;
         let mut v: Vec<PathBuf> = rd
             .flatten()
             .map(|e| e.path())

@@ -417,10 +417,7 @@ fn start_savepoint(
     Ok((StatusCode::ACCEPTED, Json(json!({ "request-id": trigger }))))
 }
 
-async fn savepoint(
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn savepoint(Path(id): Path<String>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
     let job = job_of(&id)?;
     let body = object_body(&body)?;
     let target = string_field(&body, "target-directory")?;
@@ -436,9 +433,7 @@ async fn stop(Path(id): Path<String>, body: Bytes) -> ApiResult<(StatusCode, Jso
     start_savepoint(job, target, Some(drain), false)
 }
 
-async fn savepoint_status(
-    Path((id, trigger)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+async fn savepoint_status(Path((id, trigger)): Path<(String, String)>) -> ApiResult<Json<Value>> {
     let job = job_of(&id)?;
     let op = job
         .savepoint_ops

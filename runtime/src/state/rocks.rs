@@ -1270,8 +1270,8 @@ impl RocksPending {
     pub(crate) fn canonical(self) -> Result<KeyedStateSnapshot> {
         let mut names: Vec<String> = self.states.iter().map(|(n, _)| cf_name(n)).collect();
         names.push("default".into());
-        let db = DB::open_cf_for_read_only(&db_options(), &self.dir, names, false)
-            .map_err(db_err)?;
+        let db =
+            DB::open_cf_for_read_only(&db_options(), &self.dir, names, false).map_err(db_err)?;
         let states: Vec<(String, String, StateKind)> = self
             .states
             .iter()
