@@ -19,8 +19,15 @@
 //! included) stay, so restoring a finished job re-emits nothing; cancelled,
 //! `externalized-checkpoint-retention` decides; failed, they stay for a restore.
 //!
+//! Savepoints (see the module doc of [`super`]) are queued requests: one
+//! is triggered when nothing is in flight, no checkpoint is triggered while
+//! it is, and its completion answers the requester instead of retaining it.
+//! In `CLAIM` mode the restored checkpoint is deleted by the retention step
+//! once `num-retained` checkpoints of this job completed.
+//!
 //! The decisions are plain functions of the coordinator's state; the only
-//! I/O is writing `_metadata` and deleting directories.
+//! I/O is writing `_metadata`, creating savepoint directories and deleting
+//! directories (all through [`super::storage`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
