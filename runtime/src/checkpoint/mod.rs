@@ -70,7 +70,7 @@
 //! # Restore and claim modes (`execution.state-recovery.*`)
 //! `path` names a `chk-<n>` directory, a savepoint directory, either's
 //! `_metadata` file, or a job directory (its latest complete checkpoint).
-//! Every restore goes through [`restore::assign`]: any parallelism, either
+//! Every restore goes through `restore::assign`: any parallelism, either
 //! backend. A job always checkpoints into its own new `<dir>/<job-id>/`, and
 //! a restore rewrites RocksDB state into a new instance (new shared file
 //! names), so the first checkpoint after any restore is full and references
