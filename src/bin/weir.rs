@@ -452,7 +452,8 @@ fn inspect(dir: &Path, json: bool) -> Result<ExitCode, Box<dyn std::error::Error
                         let groups: std::collections::BTreeSet<u16> =
                             k.states.values().flat_map(|s| s.key_groups.keys().copied()).collect();
                         json!({
-                            "backend": "hashmap",
+                            // A savepoint's keyed state is canonical whatever backend took it.
+                            "backend": if m.is_savepoint { "canonical" } else { "hashmap" },
                             "states": k.states.iter().map(|(n, s)| json!({"name": n, "kind": format!("{:?}", s.kind), "bytes": s.key_groups.values().map(Vec::len).sum::<usize>()})).collect::<Vec<_>>(),
                             "key_groups": groups.len(),
                             "key_group_min": groups.first(),
