@@ -157,7 +157,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("web UI: http://{addr}/#/jobs/{}", job.job_id());
     }
     if let Some((dir, id)) = job.restored_from() {
-        eprintln!("restored from checkpoint {id} ({})", dir.display());
+        let kind = match weir::runtime::checkpoint::storage::read_metadata(dir) {
+            Ok(m) if m.is_savepoint => "savepoint",
+            _ => "checkpoint",
+        };
+        eprintln!("restored from {kind} {id} ({})", dir.display());
     }
     let mut checkpoints_seen = 0;
     let interval = env.conf().get(&options::PROGRESS_INTERVAL);

@@ -13,8 +13,9 @@ pub struct ConfArgs {
     /// Sets a configuration option, e.g. -D parallelism.default=2 (repeatable).
     #[arg(short = 'D', value_name = "KEY=VALUE")]
     pub dynamic: Vec<String>,
-    /// Restores from a checkpoint: a `chk-<n>` directory, or a job directory
-    /// (its latest complete checkpoint). Same as -D execution.state-recovery.path=PATH.
+    /// Restores from a checkpoint or savepoint: a `chk-<n>` or `savepoint-...`
+    /// directory (or its `_metadata`), or a job directory (its latest complete
+    /// checkpoint). Same as -D execution.state-recovery.path=PATH.
     #[arg(short = 's', long = "from-checkpoint", value_name = "PATH")]
     pub from_checkpoint: Option<std::path::PathBuf>,
 }

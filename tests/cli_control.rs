@@ -135,24 +135,89 @@ fn cli_controls_a_running_job() {
         &weir(&["checkpoint", "no-such-job", "--url", &url]),
         "no job 'no-such-job'",
     );
+    // No directory given and no execution.checkpointing.savepoint-dir.
     assert_fails(
-        &weir(&["savepoint", &id, "--dir", "/tmp/sp", "--url", &url]),
-        "not implemented",
+        &weir(&["savepoint", &id, "--url", &url]),
+        "execution.checkpointing.savepoint-dir",
     );
     assert_fails(
         &weir(&["cancel", &id, "--savepoint", "--url", &url]),
-        "not implemented",
+        "execution.checkpointing.savepoint-dir",
     );
+    // savepoint JOB DIR: waits for completion and prints the path.
+    let sps = dir.path().join("savepoints");
+    let out = assert_ok(&weir(&[
+        "savepoint",
+        &id,
+        sps.to_str().unwrap(),
+        "--url",
+        &url,
+    ]));
+    let path = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Savepoint completed. Path: "))
+        .unwrap_or_else(|| panic!("no path printed: {out}"));
+    assert!(path.contains(&format!("savepoint-{}-", &id[..6])), "{path}");
+    assert!(std::path::Path::new(path).join("_metadata").is_file());
+    // `checkpoints list` shows it as a SAVEPOINT; `verify` checks it.
+    let out = assert_ok(&weir(&["checkpoints", "list", sps.to_str().unwrap()]));
+    assert!(
+        out.contains("SAVEPOINT") && out.contains("complete"),
+        "{out}"
+    );
+    let out = assert_ok(&weir(&["checkpoints", "verify", path]));
+    assert!(out.contains("1 checkpoints, 0 corrupt"), "{out}");
+    assert_ok(&weir(&["checkpoints", "inspect", path]));
     assert_fails(
         &weir(&["list", "--url", "http://127.0.0.1:9"]),
         "cannot reach the weir REST API",
     );
 
-    // cancel.
-    let out = assert_ok(&weir(&["cancel", "cli-job", "--url", &url]));
+    // cancel with a savepoint.
+    let out = assert_ok(&weir(&[
+        "cancel",
+        "--savepoint",
+        sps.to_str().unwrap(),
+        "cli-job",
+        "--url",
+        &url,
+    ]));
+    assert!(out.contains("Savepoint completed. Path: "), "{out}");
     assert!(out.contains("canceled"), "{out}");
     assert!(matches!(job.wait(), Err(Error::Cancelled(_))));
     assert_fails(&weir(&["cancel", &id, "--url", &url]), "already ended");
+}
+
+#[test]
+fn cli_stop_with_savepoint_finishes_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let sps = dir.path().join("sp");
+    let env = common::rest_env(
+        &dir.path().join("ckpt"),
+        &[
+            ("execution.checkpointing.interval", "200ms"),
+            (
+                "execution.checkpointing.savepoint-dir",
+                sps.to_str().unwrap(),
+            ),
+            ("parallelism.default", "2"),
+        ],
+    );
+    common::numbers_count_job(&env, 5, 100, 20_000.0);
+    let job = env.execute_async("stop-job").unwrap();
+    let url = format!("http://{}", job.rest_address().unwrap());
+    let id = job.job_id().to_string();
+    // No directory: the configured savepoint-dir.
+    let out = assert_ok(&weir(&["stop", &id, "--url", &url]));
+    let path = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Savepoint completed. Path: "))
+        .unwrap_or_else(|| panic!("no path printed: {out}"));
+    assert!(std::path::Path::new(path).starts_with(&sps), "{path}");
+    assert!(out.contains("finished"), "{out}");
+    job.wait().expect("a stopped job ends FINISHED");
+    let d = get_json(&format!("{url}/jobs/{id}"));
+    assert_eq!(d["state"], "FINISHED");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The REST API against running jobs: every endpoint, Flink's field names,
-//! errors (404, 400, 405, 409, 501), the kill endpoint really restarting a
+//! errors (404, 400, 405, 409), savepoints and stop-with-savepoint as
+//! asynchronous operations (restored from, job FINISHED), the kill endpoint really restarting a
 //! subtask, a triggered checkpoint really completing, and `/metrics`.
 
 mod common;
@@ -640,13 +641,25 @@ fn errors_are_flink_shaped_with_proper_statuses() {
     error_of(s, &b, 405);
     let (s, b) = http("GET", &format!("{base}/jobs/{id}/savepoints"), None);
     error_of(s, &b, 405);
-    // Savepoints are not built yet: 501 with a clear message; a bad body is still a 400.
+    // A savepoint needs a directory: 400 naming the option; a bad body is a 400 too.
     let (s, b) = http(
         "POST",
         &format!("{base}/jobs/{id}/savepoints"),
-        Some(r#"{"target-directory": "/tmp/sp", "cancel-job": false}"#),
+        Some(r#"{"cancel-job": false}"#),
     );
-    assert!(error_of(s, &b, 501).contains("savepoints are not implemented"));
+    assert!(error_of(s, &b, 400).contains("execution.checkpointing.savepoint-dir"));
+    let (s, b) = http(
+        "POST",
+        &format!("{base}/jobs/{id}/stop"),
+        Some(r#"{"drain": "no"}"#),
+    );
+    error_of(s, &b, 400);
+    let (s, b) = http(
+        "GET",
+        &format!("{base}/jobs/{id}/savepoints/no-such-trigger"),
+        None,
+    );
+    error_of(s, &b, 404);
     let (s, b) = http(
         "POST",
         &format!("{base}/jobs/{id}/savepoints"),
@@ -815,4 +828,81 @@ fn unaligned_checkpoints_show_their_type_and_in_flight_data() {
         .any(|s| s["unaligned_checkpoint"] == true));
     job.cancel();
     let _ = job.wait();
+}
+
+/// Polls a savepoint operation until it is COMPLETED; returns its `operation`.
+fn poll_savepoint(base: &str, id: &str, trigger: &str) -> Value {
+    wait_for("the savepoint to complete", 120, || {
+        let v = get_json(&format!("{base}/jobs/{id}/savepoints/{trigger}"));
+        (v["status"]["id"] == "COMPLETED").then(|| v["operation"].clone())
+    })
+}
+
+#[test]
+fn savepoint_and_stop_over_rest_then_restore() {
+    let r = start("rest-savepoint", &[]);
+    let id = r.job.job_id().to_string();
+    let sps = r._dir.path().join("savepoints");
+    let body = format!(
+        r#"{{"target-directory": "{}", "cancel-job": false}}"#,
+        sps.display()
+    );
+    let (s, b) = http(
+        "POST",
+        &format!("{}/jobs/{id}/savepoints", r.base),
+        Some(&body),
+    );
+    assert_eq!(s, 202, "{b}");
+    let t: Value = serde_json::from_str(&b).unwrap();
+    let trigger = t["request-id"].as_str().unwrap().to_string();
+    let op = poll_savepoint(&r.base, &id, &trigger);
+    let location = op["location"].as_str().unwrap_or_else(|| panic!("{op}"));
+    assert!(
+        std::path::Path::new(location).starts_with(&sps),
+        "{location}"
+    );
+    assert!(std::path::Path::new(location).join("_metadata").is_file());
+    // It is listed as a savepoint, not as the latest checkpoint.
+    let c = get_json(&format!("{}/jobs/{id}/checkpoints", r.base));
+    assert_eq!(
+        c["latest"]["savepoint"]["external_path"].as_str(),
+        Some(location),
+        "{}",
+        c["latest"]
+    );
+    r.job.cancel();
+    assert!(matches!(r.job.wait(), Err(Error::Cancelled(_))));
+
+    // Restore from it, then stop with a savepoint over REST: FINISHED.
+    let r2 = start(
+        "rest-restored",
+        &[("execution.state-recovery.path", location)],
+    );
+    let id2 = r2.job.job_id().to_string();
+    assert_eq!(
+        r2.job.restored_from().map(|(p, _)| p.as_path()),
+        Some(std::path::Path::new(location))
+    );
+    let body = format!(
+        r#"{{"targetDirectory": "{}", "drain": false}}"#,
+        sps.display()
+    );
+    let (s, b) = http("POST", &format!("{}/jobs/{id2}/stop", r2.base), Some(&body));
+    assert_eq!(s, 202, "{b}");
+    let t: Value = serde_json::from_str(&b).unwrap();
+    let op = poll_savepoint(&r2.base, &id2, t["request-id"].as_str().unwrap());
+    let location2 = op["location"].as_str().unwrap_or_else(|| panic!("{op}"));
+    assert_ne!(location2, location);
+    r2.job
+        .wait()
+        .expect("stop-with-savepoint ends the job FINISHED");
+    let d = get_json(&format!("{}/jobs/{id2}", r2.base));
+    assert_eq!(d["state"], "FINISHED");
+    // A savepoint of a finished job: 409.
+    let (s, b) = http(
+        "POST",
+        &format!("{}/jobs/{id2}/savepoints", r2.base),
+        Some(&format!(r#"{{"target-directory": "{}"}}"#, sps.display())),
+    );
+    error_of(s, &b, 409);
 }

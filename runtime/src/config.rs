@@ -754,12 +754,26 @@ pub mod options {
         Kind::Enum(&["RETAIN_ON_CANCELLATION", "DELETE_ON_CANCELLATION"]),
         "whether a cancelled job's checkpoints are kept (a finished or failed job keeps them)",
     );
+    /// Default savepoint directory.
+    pub const SAVEPOINT_DIR: ConfigOption<String> = ConfigOption::new(
+        "execution.checkpointing.savepoint-dir",
+        "",
+        Kind::Text,
+        "default target directory of savepoints: <dir>/savepoint-<job-id prefix>-<random>/; empty: a savepoint needs an explicit target directory",
+    );
     /// Restore path.
     pub const RECOVERY_PATH: ConfigOption<String> = ConfigOption::new(
         "execution.state-recovery.path",
         "",
         Kind::Text,
-        "restore from this chk-<n> directory, or the latest complete checkpoint of this job directory (bare path, file:// or s3:// URI)",
+        "restore from this chk-<n> or savepoint directory (or its _metadata file), or the latest complete checkpoint of this job directory (bare path, file:// or s3:// URI)",
+    );
+    /// Who owns the restored snapshot.
+    pub const RECOVERY_CLAIM_MODE: ConfigOption<String> = ConfigOption::new(
+        "execution.state-recovery.claim-mode",
+        "NO_CLAIM",
+        Kind::Enum(&["NO_CLAIM", "CLAIM"]),
+        "NO_CLAIM: the restored checkpoint is never deleted by this job; CLAIM: it becomes one of this job's retained checkpoints and is deleted once subsumed (savepoints are never deleted)",
     );
     /// S3 endpoint.
     pub const S3_ENDPOINT: ConfigOption<String> = ConfigOption::new(
@@ -1096,7 +1110,9 @@ pub mod options {
         CHECKPOINTING_NUM_RETAINED.def,
         CHECKPOINTING_RETENTION.def,
         CHECKPOINTING_INCREMENTAL.def,
+        SAVEPOINT_DIR.def,
         RECOVERY_PATH.def,
+        RECOVERY_CLAIM_MODE.def,
         S3_ENDPOINT.def,
         S3_ACCESS_KEY.def,
         S3_SECRET_KEY.def,

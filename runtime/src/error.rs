@@ -109,6 +109,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// A savepoint (or stop-with-savepoint) could not be taken.
+    #[error(transparent)]
+    Savepoint(#[from] SavepointError),
+
     /// The state backend (RocksDB) reported an error.
     #[error("state backend: {0}")]
     StateBackend(String),
@@ -137,6 +141,37 @@ pub enum Error {
     /// An internal invariant of the runtime was broken (a bug in weir).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why a savepoint was not taken (see [`crate::job::JobHandle::trigger_savepoint`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SavepointError {
+    /// No target directory was given and `execution.checkpointing.savepoint-dir` is not set.
+    #[error("no savepoint directory: give a target directory or set execution.checkpointing.savepoint-dir")]
+    NoTargetDirectory,
+    /// The job does not take checkpoints (savepoints use the checkpoint coordinator).
+    #[error("the job runs without checkpointing (execution.checkpointing.interval is off): savepoints need it on")]
+    CheckpointingDisabled,
+    /// The job is not running (finished, failed, cancelled, or finishing).
+    #[error("the job is not running ({0}): no savepoint can be taken")]
+    NotRunning(String),
+    /// The savepoint was triggered and then aborted: declined by a subtask,
+    /// expired (`execution.checkpointing.timeout`), or a region failed.
+    #[error("savepoint {id} failed: {reason}")]
+    Failed {
+        /// The savepoint's checkpoint id.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The savepoint directory could not be created.
+    #[error("cannot create the savepoint directory '{path}': {reason}")]
+    Directory {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -301,6 +301,16 @@ pub(crate) struct JobCore {
     pub rates: Mutex<crate::metrics::Rates>,
     /// Checkpoints triggered on request: (trigger id, checkpoint id).
     pub triggers: Mutex<Vec<(String, u64)>>,
+    /// Savepoints requested over REST: (trigger id, outcome so far).
+    pub savepoint_ops: Mutex<Vec<(String, SavepointOp)>>,
+}
+
+/// The state of a savepoint requested over REST (Flink's asynchronous operation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SavepointOp {
+    InProgress,
+    Completed(std::path::PathBuf),
+    Failed(String),
 }
 
 impl JobCore {
@@ -322,6 +332,56 @@ impl JobCore {
             .cast(JobMsg::TriggerCheckpoint(tx))
             .map_err(|_| "the job has ended".to_string())?;
         rx.await.map_err(|_| "the job has ended".to_string())?
+    }
+
+    /// Takes a savepoint into `target` (else `execution.checkpointing.savepoint-dir`);
+    /// with `stop: Some(drain)` the job then stops (see [`JobHandle::stop_with_savepoint`]).
+    /// Returns the savepoint's directory once it is complete.
+    pub(crate) async fn savepoint(
+        &self,
+        target: Option<&std::path::Path>,
+        stop: Option<bool>,
+    ) -> std::result::Result<std::path::PathBuf, crate::SavepointError> {
+        let target = self.savepoint_target(target)?;
+        let (tx, rx) = oneshot::channel();
+        let req = crate::checkpoint::coordinator::SavepointRequest {
+            target,
+            stop,
+            reply: tx,
+        };
+        self.master
+            .cast(JobMsg::TriggerSavepoint(req))
+            .map_err(|_| crate::SavepointError::NotRunning("it has ended".into()))?;
+        rx.await
+            .map_err(|_| crate::SavepointError::NotRunning("it has ended".into()))?
+    }
+
+    /// Checks that a savepoint can be requested now; returns its absolute target directory.
+    pub(crate) fn savepoint_target(
+        &self,
+        target: Option<&std::path::Path>,
+    ) -> std::result::Result<std::path::PathBuf, crate::SavepointError> {
+        use crate::SavepointError;
+        let target = match target {
+            Some(t) if !t.as_os_str().is_empty() => t.to_path_buf(),
+            _ => {
+                let d = self.conf.get(&crate::config::options::SAVEPOINT_DIR);
+                if d.trim().is_empty() {
+                    return Err(SavepointError::NoTargetDirectory);
+                }
+                std::path::PathBuf::from(d.trim())
+            }
+        };
+        // The path reported to the user is absolute (the process's working directory may differ from theirs).
+        let target = std::path::absolute(&target).unwrap_or(target);
+        if self.checkpoint_cfg.is_none() {
+            return Err(SavepointError::CheckpointingDisabled);
+        }
+        let status = self.status();
+        if status.is_terminal() {
+            return Err(SavepointError::NotRunning(status.as_str().into()));
+        }
+        Ok(target)
     }
 
     /// Kills a subtask (see [`JobHandle::kill_subtask`]).
@@ -460,6 +520,73 @@ impl JobHandle {
             .map_err(Error::User)
     }
 
+    /// Takes a savepoint and waits until it is complete; returns its
+    /// directory, `<target>/savepoint-<job id prefix>-<random>` (`target`:
+    /// this directory, else `execution.checkpointing.savepoint-dir`).
+    ///
+    /// A savepoint is an aligned checkpoint (even when the job runs
+    /// unaligned or at-least-once) whose state is in the canonical,
+    /// backend-independent form: it restores (`execution.state-recovery.path`)
+    /// at any parallelism, on either state backend, from wherever the
+    /// directory is moved. Two-phase-commit sinks commit on it as on a
+    /// checkpoint. It is never deleted by weir and never used for failover.
+    /// Errors: [`crate::SavepointError`] (no directory, checkpointing off,
+    /// job not running, savepoint declined or expired).
+    pub fn trigger_savepoint(
+        &self,
+        target: Option<&std::path::Path>,
+    ) -> Result<std::path::PathBuf> {
+        self.block_on_savepoint(target, None)
+    }
+
+    /// Flink's `stop`: takes a savepoint, after whose barrier the sources
+    /// emit nothing; once it is complete the sources end and the job ends
+    /// `FINISHED` (its final checkpoint commits nothing new). Returns the
+    /// savepoint's directory once the savepoint is complete; [`JobHandle::wait`]
+    /// then returns when the job has finished.
+    ///
+    /// `drain: false` (the default of `weir stop`): nothing ends event
+    /// time: no `MAX_WATERMARK`, no operator's `finish`, so a restore from the
+    /// savepoint continues exactly where the job stopped. `drain: true`:
+    /// the sources emit `MAX_WATERMARK` right before the savepoint's barrier
+    /// (every event-time timer and window fires into the savepoint) and the
+    /// job then ends as at the end of its input (operators finish); use it
+    /// when the job is not meant to be resumed. If the savepoint fails the
+    /// job goes on running and the error is returned.
+    pub fn stop_with_savepoint(
+        &self,
+        target: Option<&std::path::Path>,
+        drain: bool,
+    ) -> Result<std::path::PathBuf> {
+        self.block_on_savepoint(target, Some(drain))
+    }
+
+    /// Takes a savepoint, then cancels the job (Flink's deprecated
+    /// cancel-with-savepoint; the job ends `CANCELED`). Prefer
+    /// [`JobHandle::stop_with_savepoint`]: output after the savepoint is not
+    /// committed here and is produced again by a job restored from it.
+    pub fn cancel_with_savepoint(
+        &self,
+        target: Option<&std::path::Path>,
+    ) -> Result<std::path::PathBuf> {
+        let path = self.trigger_savepoint(target)?;
+        self.cancel();
+        Ok(path)
+    }
+
+    fn block_on_savepoint(
+        &self,
+        target: Option<&std::path::Path>,
+        stop: Option<bool>,
+    ) -> Result<std::path::PathBuf> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::User(
+                "savepoints block until complete: call this outside async code".into(),
+            ));
+        }
+        Ok(self.runtime.block_on(self.core.savepoint(target, stop))?)
+    }
+
     /// Statistics of every checkpoint so far (the newest 1000), oldest first.
     pub fn checkpoint_stats(&self) -> Vec<CheckpointStats> {
         self.core.checkpoint_stats()
@@ -568,6 +695,8 @@ pub(crate) enum JobMsg {
     ChaosKill,
     /// Trigger a checkpoint now; the reply is its id once triggered.
     TriggerCheckpoint(oneshot::Sender<std::result::Result<u64, String>>),
+    /// Take a savepoint (or stop with one); the reply comes when it is complete.
+    TriggerSavepoint(crate::checkpoint::coordinator::SavepointRequest),
 }
 
 pub(crate) struct JobMaster;
@@ -604,6 +733,8 @@ pub(crate) struct JobArgs {
     pub restore: Option<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>>,
     /// The checkpoint the job was started from (`-s`), for restarts before its own first checkpoint.
     pub restored_from: Option<std::path::PathBuf>,
+    /// `CLAIM` mode: the restored checkpoint this job owns (deleted once subsumed).
+    pub claimed: Option<std::path::PathBuf>,
     pub checkpoint: Option<CheckpointSetup>,
     pub restart: Failover,
     pub restarts: Arc<AtomicU64>,
@@ -631,6 +762,7 @@ pub(crate) struct JobState {
     counters: Vec<Arc<OperatorCounters>>,
     channels: Arc<Mutex<Vec<crate::channel::WeakTx>>>,
     restored_from: Option<std::path::PathBuf>,
+    claimed: Option<std::path::PathBuf>,
     checkpoint: Option<CheckpointParts>,
     counts: Option<Arc<crate::checkpoint::CheckpointCounts>>,
     io: Vec<Arc<crate::metrics::SubtaskIo>>,
@@ -707,6 +839,7 @@ impl JobState {
                     stats: stats.clone(),
                     counts: self.counts.clone().unwrap_or_default(),
                     shared: self.shared.clone(),
+                    claimed: self.claimed.clone(),
                 },
                 myself.get_cell(),
             )
@@ -1154,6 +1287,7 @@ impl Actor for JobMaster {
             counters: args.counters,
             channels: args.channels,
             restored_from: args.restored_from,
+            claimed: args.claimed,
             counts: args.checkpoint.as_ref().map(|c| c.counts.clone()),
             checkpoint: args.checkpoint.map(|c| (c.cfg, c.storage, c.stats)),
             io: args.io,
@@ -1342,6 +1476,26 @@ impl Actor for JobMaster {
                     }
                     (why, _) => {
                         let _ = reply.send(Err(why.unwrap_or("the job is restarting").into()));
+                    }
+                }
+            }
+            JobMsg::TriggerSavepoint(req) => {
+                let why_not = if state.cancelled || state.failed.is_some() || state.shutting_down {
+                    Some("it is ending")
+                } else if state.recovering.is_some() || state.coordinator.is_none() {
+                    Some("it is restarting")
+                } else {
+                    None
+                };
+                match (why_not, &state.coordinator) {
+                    (None, Some(c)) => {
+                        // A coordinator that just stopped drops the request: "it has ended".
+                        let _ = c.cast(CoordMsg::TriggerSavepoint(req));
+                    }
+                    (why, _) => {
+                        let _ = req.reply.send(Err(crate::SavepointError::NotRunning(
+                            why.unwrap_or("it is restarting").into(),
+                        )));
                     }
                 }
             }

@@ -66,7 +66,7 @@ pub mod stream;
 pub mod task;
 pub mod telemetry;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, SavepointError};
 
 /// What most programs need.
 pub mod prelude {

@@ -172,12 +172,40 @@ impl Env {
             &self.conf,
         ));
         let recovery = self.conf.get(&options::RECOVERY_PATH);
+        let claim = self
+            .conf
+            .get(&options::RECOVERY_CLAIM_MODE)
+            .eq_ignore_ascii_case("CLAIM");
+        let mut claimed = None;
         let (restore, restored_from, first_id) = if recovery.is_empty() {
             (None, None, 1)
         } else {
             let loaded = storage::resolve_restore(std::path::Path::new(&recovery))?;
             let id = loaded.metadata.checkpoint_id;
-            tracing::info!(checkpoint = %loaded.dir.display(), id, "restoring");
+            let kind = if loaded.metadata.is_savepoint {
+                "savepoint"
+            } else {
+                "checkpoint"
+            };
+            let old_parallelism: std::collections::BTreeMap<&str, usize> = loaded
+                .states
+                .iter()
+                .map(|s| (s.chain.as_str(), s.parallelism))
+                .collect();
+            tracing::info!(
+                path = %loaded.dir.display(),
+                id,
+                kind,
+                job = %loaded.metadata.job_id,
+                claim_mode = if claim { "CLAIM" } else { "NO_CLAIM" },
+                ?old_parallelism,
+                "restoring from a {kind}"
+            );
+            if claim && loaded.metadata.is_savepoint {
+                tracing::warn!(path = %loaded.dir.display(), "CLAIM mode on a savepoint: savepoints are never deleted by weir, so it is left as it is");
+            } else if claim {
+                claimed = Some(loaded.dir.clone());
+            }
             (
                 Some(restore::assign(&loaded, &plan)?),
                 Some((loaded.dir.clone(), id)),
@@ -238,6 +266,7 @@ impl Env {
             channels: channels.clone(),
             restore,
             restored_from: restored_from.as_ref().map(|r| r.0.clone()),
+            claimed,
             checkpoint,
             restart,
             restarts: restarts.clone(),
@@ -274,6 +303,7 @@ impl Env {
             lifecycle,
             rates: Default::default(),
             triggers: Default::default(),
+            savepoint_ops: Default::default(),
         });
         crate::metrics::start_sampler(&core);
         if let Some(t) = &telemetry {

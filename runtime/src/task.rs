@@ -37,8 +37,8 @@ use crate::channel::{Barrier, Event, InputGate};
 use crate::checkpoint::coordinator::{Ack, CoordMsg};
 use crate::checkpoint::storage::CheckpointStorage;
 use crate::checkpoint::{
-    now_ms, BarrierMode, ChannelStateEntry, OperatorSnapshot, StateHandle, SubtaskCheckpointStats,
-    SubtaskState,
+    now_ms, BarrierMode, ChannelStateEntry, KeyedStateHandle, OperatorSnapshot, StateHandle,
+    SubtaskCheckpointStats, SubtaskState,
 };
 use crate::graph::{ChainedOp, Head, SubtaskSpec};
 use crate::operator::{guarded, SourceContext, SourceStatus};
@@ -119,6 +119,12 @@ impl Drop for LiveGuard {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Control {
     Trigger(Barrier),
+    /// Stop-with-savepoint `id`: sources stop right after its barrier and
+    /// end once it completes; without `drain` no operator is finished.
+    StopAfter {
+        id: u64,
+        drain: bool,
+    },
     FinalCheckpoint(Barrier),
     Complete(u64),
     Abort(u64),
@@ -136,6 +142,8 @@ pub(crate) enum SubtaskMsg {
     Complete(u64),
     /// Checkpoint aborted.
     Abort(u64),
+    /// Savepoint `id` is a stop-with-savepoint (sent before its trigger).
+    StopAfter { id: u64, drain: bool },
 }
 
 /// What a subtask needs to take part in checkpoints.
@@ -304,6 +312,7 @@ impl Actor for SubtaskActor {
             SubtaskMsg::FinalCheckpoint(b) => Control::FinalCheckpoint(b),
             SubtaskMsg::Complete(id) => Control::Complete(id),
             SubtaskMsg::Abort(id) => Control::Abort(id),
+            SubtaskMsg::StopAfter { id, drain } => Control::StopAfter { id, drain },
         };
         let _ = state.control.send(ctl);
         Ok(())
@@ -435,6 +444,12 @@ struct Runner<'a> {
     output_wm: i64,
     /// The job's telemetry, when it is on.
     telemetry: Option<crate::telemetry::Telemetry>,
+    /// A stop-with-savepoint in progress: (savepoint id, drain).
+    stop: Option<(u64, bool)>,
+    /// Source: the stop savepoint's barrier is out; wait for its outcome.
+    stop_barrier_sent: Option<u64>,
+    /// The job stopped with a savepoint without drain: end without finishing operators.
+    stopped_without_drain: bool,
 }
 
 /// The asynchronous part of one snapshot (upload, then acknowledgement).
@@ -484,6 +499,9 @@ impl<'a> Runner<'a> {
             combined_wm: i64::MIN,
             output_wm: i64::MIN,
             telemetry: None,
+            stop: None,
+            stop_barrier_sent: None,
+            stopped_without_drain: false,
         }
     }
 
@@ -551,6 +569,15 @@ impl<'a> Runner<'a> {
             self.spec.signals.take_urgent();
             while let Ok(c) = self.control.try_recv() {
                 self.on_control(c).await?;
+            }
+            if let Some(id) = self.stop_barrier_sent.take() {
+                if self.await_stop(id).await? {
+                    if let Head::Source { op, ctx, .. } = &mut self.head {
+                        guarded(ctx, || op.close())?;
+                    }
+                    return Ok(true);
+                }
+                continue;
             }
             let Head::Source {
                 op,
@@ -797,6 +824,9 @@ impl<'a> Runner<'a> {
             return None;
         };
         let a = self.aligning.as_ref()?;
+        if a.barrier.savepoint {
+            return None; // savepoints are always aligned
+        }
         let since_trigger = Duration::from_millis(now_ms().saturating_sub(a.barrier.timestamp_ms));
         Some(Instant::now() + timeout.saturating_sub(since_trigger))
     }
@@ -957,6 +987,10 @@ impl<'a> Runner<'a> {
 
     async fn on_barrier(&mut self, i: usize, b: Barrier) -> Result<()> {
         let delay = now_ms().saturating_sub(b.timestamp_ms) as f64;
+        if b.savepoint {
+            // A savepoint is always aligned, as in Flink, whatever the mode.
+            return self.aligned_barrier(i, b, delay).await;
+        }
         match self.mode {
             BarrierMode::AtLeastOnce => {
                 if b.id <= self.last_snapshot {
@@ -1153,7 +1187,16 @@ impl<'a> Runner<'a> {
                 if !matches!(self.head, Head::Source { .. }) {
                     return Ok(());
                 }
-                let unaligned = self.mode == BarrierMode::Unaligned;
+                let unaligned = self.mode == BarrierMode::Unaligned && !b.savepoint;
+                let stopping = self.stop.filter(|(id, _)| *id == b.id);
+                if let Some((_, true)) = stopping {
+                    // Drain: event time ends before the savepoint's barrier
+                    // (Flink's MAX_WATERMARK), so every timer fires first.
+                    if self.combined_wm < i64::MAX {
+                        self.combined_wm = i64::MAX;
+                        self.propagate_watermark(0, i64::MAX).await?;
+                    }
+                }
                 let t0 = Instant::now();
                 let operators = self.snapshot_operators(b.id)?;
                 let t1 = Instant::now();
@@ -1171,7 +1214,12 @@ impl<'a> Runner<'a> {
                 };
                 let phases = SubtaskPhases::synced(None, t0, t1);
                 self.upload(b.id, operators, Vec::new(), stats, phases);
+                if stopping.is_some() {
+                    // Nothing is emitted after a stop savepoint's barrier.
+                    self.stop_barrier_sent = Some(b.id);
+                }
             }
+            Control::StopAfter { id, drain } => self.stop = Some((id, drain)),
             Control::FinalCheckpoint(b) => {
                 let t0 = Instant::now();
                 let operators = self.snapshot_operators(b.id)?;
@@ -1208,6 +1256,10 @@ impl<'a> Runner<'a> {
                 outcome?;
             }
             Control::Abort(id) => {
+                if self.stop.is_some_and(|(s, _)| s == id) {
+                    // The stop failed: the job goes on.
+                    self.stop = None;
+                }
                 if self.aligning.as_ref().is_some_and(|a| a.barrier.id == id) {
                     self.cancel_alignment();
                 }
@@ -1260,8 +1312,11 @@ impl<'a> Runner<'a> {
                 };
                 let (mut files, mut uploaded, mut full) = (Vec::new(), 0u64, 0u64);
                 let mut snapshots = Vec::with_capacity(operators.len());
+                let savepoint = storage.is_savepoint(id);
                 for p in operators {
                     let keyed = match p.keyed {
+                        // Savepoints: the canonical form, inline (no backend files).
+                        Some(k) if savepoint => Some(KeyedStateHandle::Canonical(k.canonical()?)),
                         Some(k) => {
                             let u = k.upload(&target)?;
                             files.extend(u.files);
@@ -1347,6 +1402,14 @@ impl<'a> Runner<'a> {
     /// End of input: finish each operator in chain order, passing what it
     /// emits through the rest of the chain, then end every output channel.
     async fn finish(&mut self) -> Result<()> {
+        if self.stop.is_some_and(|(_, drain)| !drain) || self.stopped_without_drain {
+            // Stop-with-savepoint without drain: no end of event time, no
+            // operator finishes; the outputs just end.
+            for o in self.spec.outputs.iter_mut() {
+                o.end_of_stream().await?;
+            }
+            return Ok(());
+        }
         // End of input: event time is complete.
         if self.combined_wm < i64::MAX {
             self.combined_wm = i64::MAX;
@@ -1380,6 +1443,32 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
+    /// Source after a stop savepoint's barrier: emits nothing until the
+    /// savepoint completes (true: end the source now) or is aborted (false:
+    /// the job goes on).
+    async fn await_stop(&mut self, id: u64) -> Result<bool> {
+        flush(self.spec).await?;
+        while let Some(c) = self.control.recv().await {
+            match c {
+                Control::Complete(n) if n >= id => {
+                    self.on_control(c).await?;
+                    if self.stop.is_some_and(|(_, drain)| !drain) {
+                        self.stopped_without_drain = true;
+                    }
+                    tracing::info!(subtask = %self.spec.chain, index = self.spec.subtask, savepoint = id, "stopping with savepoint");
+                    return Ok(true);
+                }
+                Control::Abort(n) if n == id => {
+                    self.on_control(c).await?;
+                    self.stop = None;
+                    return Ok(false);
+                }
+                other => self.on_control(other).await?,
+            }
+        }
+        Ok(false)
+    }
+
     /// With checkpointing: report the end of input, take part in the final
     /// checkpoint, and exit once it is complete.
     async fn await_final_checkpoint(&mut self) -> Result<()> {
@@ -1411,7 +1500,7 @@ impl<'a> Runner<'a> {
                         return Ok(());
                     }
                 }
-                Control::Abort(_) => self.on_control(c).await?,
+                Control::Abort(_) | Control::StopAfter { .. } => self.on_control(c).await?,
             }
         }
         Ok(())

@@ -20,7 +20,10 @@
 //! `http://127.0.0.1:8081`; JOB is a job id, a unique prefix of one, or a job name):
 //! - `weir list`: every job with its state, start time and duration.
 //! - `weir checkpoint JOB`: triggers a checkpoint now and waits until it completed.
-//! - `weir savepoint JOB [--dir DIR]`: triggers a savepoint (not built yet: the server says so).
+//! - `weir savepoint JOB [DIR]`: takes a savepoint (into DIR, else the job's
+//!   `execution.checkpointing.savepoint-dir`), waits until it completed and prints its path.
+//! - `weir stop [--savepoint-path DIR] [--drain] JOB`: stop-with-savepoint: the job ends
+//!   `FINISHED` right after the savepoint; prints its path.
 //! - `weir cancel JOB [--savepoint [DIR]]`: cancels the job (with a savepoint first).
 //! - `weir kill JOB SUBTASK`: kills a subtask (`name[index]` or `name/index`); the job
 //!   restarts it from its latest checkpoint.
@@ -36,7 +39,7 @@ use serde_json::json;
 use weir::cli::ConfArgs;
 use weir::client::Client;
 use weir::runtime::checkpoint::storage::{
-    self, job_dirs, job_is_running, list_checkpoints, load_checkpoint, orphans,
+    self, job_dirs, job_is_running, list_checkpoints, list_savepoints, load_checkpoint, orphans,
 };
 use weir::runtime::checkpoint::store;
 use weir::runtime::checkpoint::KeyedStateHandle;
@@ -88,13 +91,30 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Triggers a savepoint of a running job.
+    /// Takes a savepoint of a running job, waits until it completed and prints its path.
     Savepoint {
         /// Job id, unique prefix of one, or job name.
         job: String,
-        /// Directory of the savepoint.
-        #[arg(long, value_name = "DIR")]
+        /// Directory the savepoint goes into (default: the job's execution.checkpointing.savepoint-dir).
+        #[arg(value_name = "DIR")]
+        target: Option<PathBuf>,
+        /// Same as DIR.
+        #[arg(long, value_name = "DIR", conflicts_with = "target")]
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Stops a running job with a savepoint (it ends FINISHED); prints the savepoint's path.
+    Stop {
+        /// Job id, unique prefix of one, or job name.
+        job: String,
+        /// Directory the savepoint goes into (default: the job's execution.checkpointing.savepoint-dir).
+        #[arg(long, short = 'p', value_name = "DIR")]
+        savepoint_path: Option<PathBuf>,
+        /// Emit MAX_WATERMARK before the savepoint and finish the operators
+        /// (every window and timer fires): for a job not meant to be resumed.
+        #[arg(long, short = 'd')]
+        drain: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -190,12 +210,23 @@ fn main() -> ExitCode {
             timeout,
             remote,
         } => checkpoint(&job, no_wait, timeout, &remote),
-        Command::Savepoint { job, dir, remote } => savepoint(&job, dir, false, &remote),
+        Command::Savepoint {
+            job,
+            target,
+            dir,
+            remote,
+        } => savepoint(&job, target.or(dir), SavepointKind::Savepoint, &remote),
+        Command::Stop {
+            job,
+            savepoint_path,
+            drain,
+            remote,
+        } => savepoint(&job, savepoint_path, SavepointKind::Stop { drain }, &remote),
         Command::Cancel {
             job,
             savepoint: Some(dir),
             remote,
-        } => savepoint(&job, dir, true, &remote),
+        } => savepoint(&job, dir, SavepointKind::Cancel, &remote),
         Command::Cancel {
             job,
             savepoint: None,
@@ -278,6 +309,9 @@ fn checkpoints(
                     all.push((job.clone(), c));
                 }
             }
+            for c in list_savepoints(&dir)? {
+                all.push((c.dir.clone(), c));
+            }
             if json {
                 let v: Vec<_> = all
                     .iter()
@@ -303,9 +337,9 @@ fn checkpoints(
                         c.completed_timestamp.map(utc).unwrap_or_else(|| "-".into()),
                         c.size,
                         if c.is_savepoint {
-                            "savepoint"
+                            "SAVEPOINT"
                         } else {
-                            "checkpoint"
+                            "CHECKPOINT"
                         },
                         c.status,
                         c.problem
@@ -321,8 +355,13 @@ fn checkpoints(
         CheckpointsCommand::Verify { dir, json } => {
             let mut bad = 0;
             let mut rows = Vec::new();
-            for job in job_dirs(&dir)? {
-                for mut c in list_checkpoints(&job)? {
+            let savepoints = list_savepoints(&dir)?;
+            for job in job_dirs(&dir)?.into_iter().map(Some).chain([None]) {
+                let found = match &job {
+                    Some(job) => list_checkpoints(job)?,
+                    None => savepoints.clone(),
+                };
+                for mut c in found {
                     // Complete checkpoints: also the CRC-32 of every raw
                     // (RocksDB) file they reference, shared ones included.
                     if c.status == "complete" {
@@ -422,7 +461,8 @@ fn inspect(dir: &Path, json: bool) -> Result<ExitCode, Box<dyn std::error::Error
                         let groups: std::collections::BTreeSet<u16> =
                             k.states.values().flat_map(|s| s.key_groups.keys().copied()).collect();
                         json!({
-                            "backend": "hashmap",
+                            // A savepoint's keyed state is canonical whatever backend took it.
+                            "backend": if m.is_savepoint { "canonical" } else { "hashmap" },
                             "states": k.states.iter().map(|(n, s)| json!({"name": n, "kind": format!("{:?}", s.kind), "bytes": s.key_groups.values().map(Vec::len).sum::<usize>()})).collect::<Vec<_>>(),
                             "key_groups": groups.len(),
                             "key_group_min": groups.first(),
@@ -621,21 +661,83 @@ fn checkpoint(job: &str, no_wait: bool, timeout: u64, remote: &Remote) -> Outcom
     }
 }
 
-fn savepoint(job: &str, dir: Option<PathBuf>, cancel: bool, remote: &Remote) -> Outcome {
+/// What a savepoint command does after the savepoint.
+#[derive(Clone, Copy)]
+enum SavepointKind {
+    Savepoint,
+    Stop { drain: bool },
+    Cancel,
+}
+
+/// Takes a savepoint over REST (`POST /jobs/:id/savepoints` or `/stop`), polls
+/// until it completed, prints its path; stop and cancel then wait for the job's end.
+fn savepoint(job: &str, dir: Option<PathBuf>, kind: SavepointKind, remote: &Remote) -> Outcome {
     let client = Client::new(&remote.url);
     let id = client.resolve_job(job)?;
-    let body = json!({
-        "target-directory": dir.map(|d| d.display().to_string()),
-        "cancel-job": cancel,
-    });
-    let r = client.request("POST", &format!("/jobs/{id}/savepoints"), Some(&body))?;
-    if remote.json {
-        return print_json(&r);
+    // The server resolves a relative directory against its own working directory: send ours.
+    let dir = dir.map(|d| std::path::absolute(&d).unwrap_or(d).display().to_string());
+    let r = match kind {
+        SavepointKind::Stop { drain } => client.request(
+            "POST",
+            &format!("/jobs/{id}/stop"),
+            Some(&json!({ "targetDirectory": dir, "drain": drain })),
+        )?,
+        _ => client.request(
+            "POST",
+            &format!("/jobs/{id}/savepoints"),
+            Some(&json!({
+                "target-directory": dir,
+                "cancel-job": matches!(kind, SavepointKind::Cancel),
+            })),
+        )?,
+    };
+    let trigger = r["request-id"].as_str().unwrap_or_default().to_string();
+    if !remote.json {
+        println!(
+            "Triggered savepoint of job {id} (request {trigger}); waiting for it to complete."
+        );
     }
-    println!(
-        "savepoint of job {id} triggered (request {})",
-        r["request-id"].as_str().unwrap_or("?")
-    );
+    let location = loop {
+        let s = client.request("GET", &format!("/jobs/{id}/savepoints/{trigger}"), None)?;
+        if s["status"]["id"] == "COMPLETED" {
+            let op = &s["operation"];
+            if let Some(cause) = op.get("failure-cause") {
+                let why = cause["stack-trace"].as_str().unwrap_or("unknown reason");
+                if remote.json {
+                    print_json(&json!({"job": id, "status": "FAILED", "failure": why}))?;
+                } else {
+                    eprintln!("error: savepoint of job {id} failed: {why}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            break op["location"].as_str().unwrap_or_default().to_string();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // Stop and cancel: report the state the job ended in.
+    let mut state = None;
+    if !matches!(kind, SavepointKind::Savepoint) {
+        let started = std::time::Instant::now();
+        let mut st = String::from("RUNNING");
+        while started.elapsed() < std::time::Duration::from_secs(60) {
+            let d = client.request("GET", &format!("/jobs/{id}"), None)?;
+            st = d["state"].as_str().unwrap_or("?").to_string();
+            if ["CANCELED", "FINISHED", "FAILED"].contains(&st.as_str()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        state = Some(st);
+    }
+    if remote.json {
+        return print_json(
+            &json!({"job": id, "status": "COMPLETED", "location": location, "state": state}),
+        );
+    }
+    println!("Savepoint completed. Path: {location}");
+    if let Some(st) = state {
+        println!("job {id}: {}", st.to_lowercase());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,8 +19,15 @@
 //! included) stay, so restoring a finished job re-emits nothing; cancelled,
 //! `externalized-checkpoint-retention` decides; failed, they stay for a restore.
 //!
+//! Savepoints (see the module doc of [`super`]) are queued requests: one
+//! is triggered when nothing is in flight, no checkpoint is triggered while
+//! it is, and its completion answers the requester instead of retaining it.
+//! In `CLAIM` mode the restored checkpoint is deleted by the retention step
+//! once `num-retained` checkpoints of this job completed.
+//!
 //! The decisions are plain functions of the coordinator's state; the only
-//! I/O is writing `_metadata` and deleting directories.
+//! I/O is writing `_metadata`, creating savepoint directories and deleting
+//! directories (all through [`super::storage`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -35,7 +42,7 @@ use super::{
 };
 use crate::channel::Barrier;
 use crate::task::{JobShared, SubtaskMsg};
-use crate::Error;
+use crate::{Error, SavepointError};
 
 /// The shared files (`shared/...`) the handles reference.
 fn shared_files(handles: &[StateHandle]) -> Vec<String> {
@@ -99,12 +106,24 @@ pub(crate) enum CoordMsg {
     /// reply is the new checkpoint's id.
     TriggerNow(tokio::sync::oneshot::Sender<Result<u64, String>>),
     Timeout(u64),
+    /// Take a savepoint (when nothing is in flight); the reply comes when it
+    /// completed (its directory) or failed.
+    TriggerSavepoint(SavepointRequest),
     /// The newest checkpoint completed in this job's directory (or the one
     /// this attempt was restored from). Asked after `RegionDown`: from then
     /// on nothing completes until the region is up again, so the answer is
     /// the region's restore point, never older than what sinks committed.
     LatestCompleted(ractor::RpcReplyPort<Option<u64>>),
     Shutdown(JobEnd),
+}
+
+/// A request for a savepoint.
+pub(crate) struct SavepointRequest {
+    /// The directory the `savepoint-...` directory is created in.
+    pub target: std::path::PathBuf,
+    /// Stop-with-savepoint: `Some(drain)`.
+    pub stop: Option<bool>,
+    pub reply: tokio::sync::oneshot::Sender<Result<std::path::PathBuf, SavepointError>>,
 }
 
 pub(crate) struct CoordinatorArgs {
@@ -118,6 +137,9 @@ pub(crate) struct CoordinatorArgs {
     pub stats: Arc<Mutex<Vec<CheckpointStats>>>,
     pub counts: Arc<super::CheckpointCounts>,
     pub shared: Arc<JobShared>,
+    /// `CLAIM` mode: the checkpoint directory restored from, which this job
+    /// now owns (deleted once subsumed, see [`super::storage::discard_claimed`]).
+    pub claimed: Option<std::path::PathBuf>,
 }
 
 struct Pending {
@@ -154,6 +176,12 @@ pub(crate) struct CoordState {
     down: BTreeSet<usize>,
     /// Requests for a checkpoint now, waiting for the one in flight to end.
     requested: Vec<tokio::sync::oneshot::Sender<Result<u64, String>>>,
+    /// Savepoint requests waiting for nothing to be in flight.
+    savepoint_requests: VecDeque<SavepointRequest>,
+    /// Savepoints in flight: id -> who waits for the outcome.
+    savepoints: BTreeMap<u64, SavepointRequest>,
+    /// A stop-with-savepoint completed: the sources are ending; no more checkpoints but the final one.
+    stopping: bool,
 }
 
 pub(crate) struct Coordinator;
@@ -167,13 +195,17 @@ impl CoordState {
     }
 
     fn trigger(&mut self, myself: &ActorRef<CoordMsg>, is_final: bool) {
+        self.trigger_kind(myself, is_final, false)
+    }
+
+    fn trigger_kind(&mut self, myself: &ActorRef<CoordMsg>, is_final: bool, savepoint: bool) {
         let id = self.next_id;
         self.next_id += 1;
         let ts = now_ms();
         let barrier = Barrier {
             id,
             timestamp_ms: ts,
-            savepoint: false,
+            savepoint,
             unaligned: false,
             overtaken: 0,
         };
@@ -190,7 +222,7 @@ impl CoordState {
             all.push(CheckpointStats {
                 id,
                 status: CheckpointStatus::InProgress,
-                is_savepoint: false,
+                is_savepoint: savepoint,
                 trigger_timestamp: ts,
                 latest_ack_timestamp: 0,
                 end_to_end_duration: 0.0,
@@ -215,7 +247,7 @@ impl CoordState {
                 let _ = t.actor.cast(SubtaskMsg::FinalCheckpoint(barrier));
             }
         } else {
-            tracing::debug!(id, "triggering checkpoint");
+            tracing::debug!(id, savepoint, "triggering checkpoint");
             for t in self.tasks.iter().filter(|t| t.is_source) {
                 let _ = t.actor.cast(SubtaskMsg::Trigger(barrier));
             }
@@ -258,6 +290,12 @@ impl CoordState {
     /// Deletes the checkpoints beyond `num-retained`, oldest first, then the
     /// shared files no retained checkpoint references (order: see storage).
     fn apply_retention(&mut self) {
+        if self.retained.len() >= self.args.cfg.num_retained {
+            // CLAIM: the restored checkpoint counts as the oldest retained one.
+            if let Some(dir) = self.args.claimed.take() {
+                super::storage::discard_claimed(&dir);
+            }
+        }
         let mut unreferenced = Vec::new();
         while self.retained.len() > self.args.cfg.num_retained {
             if let Some((old, shared)) = self.retained.pop_front() {
@@ -312,7 +350,17 @@ impl CoordState {
             }
             return Ok(());
         };
-        tracing::warn!(id, reason, "checkpoint aborted");
+        let savepoint = self.savepoints.remove(&id);
+        let counts = counts && savepoint.is_none();
+        if let Some(req) = savepoint {
+            tracing::warn!(id, reason, "savepoint aborted");
+            let _ = req.reply.send(Err(SavepointError::Failed {
+                id,
+                reason: reason.to_string(),
+            }));
+        } else {
+            tracing::warn!(id, reason, "checkpoint aborted");
+        }
         self.aborted.insert(id);
         let acked: Vec<StateHandle> = p.acks.values().map(|(h, _)| h.clone()).collect();
         self.note_aborted_shared(id, &acked);
@@ -365,20 +413,38 @@ impl CoordState {
         let mut handles: Vec<StateHandle> = p.acks.values().map(|(h, _)| h.clone()).collect();
         handles.sort_by_key(|h| (h.chain_index, h.subtask));
         let kept = handles.clone();
+        let savepoint = self.savepoints.remove(&id);
         let meta = CheckpointMetadata {
             job_id: self.args.job_id.clone(),
             job_name: self.args.job_name.clone(),
             checkpoint_id: id,
             trigger_timestamp: p.trigger_ts,
             completed_timestamp: now_ms(),
-            is_savepoint: false,
+            is_savepoint: savepoint.is_some(),
             subtasks: handles,
         };
         crate::failpoint::hit("before-metadata-write")?;
         let storage = self.args.storage.clone();
-        let dir = tokio::task::spawn_blocking(move || storage.write_metadata(&meta))
+        let written = tokio::task::spawn_blocking(move || storage.write_metadata(&meta))
             .await
-            .map_err(|e| Error::Internal(format!("metadata writer panicked: {e}")))??;
+            .map_err(|e| Error::Internal(format!("metadata writer panicked: {e}")))
+            .and_then(|r| r);
+        let dir = match written {
+            Ok(dir) => dir,
+            Err(e) => {
+                let Some(req) = savepoint else {
+                    return Err(e);
+                };
+                // A savepoint that cannot be written fails alone, not the job.
+                self.args.storage.discard(id);
+                let _ = req.reply.send(Err(SavepointError::Failed {
+                    id,
+                    reason: e.to_string(),
+                }));
+                self.last_end = Some(Instant::now());
+                return Ok(());
+            }
+        };
         let ended = Instant::now();
         let e2e = (ended - p.started).as_secs_f64() * 1e3;
         self.traced(id, &p, ended, None);
@@ -403,6 +469,20 @@ impl CoordState {
             s.external_path = Some(dir.clone());
             s.subtasks = subtasks;
         });
+        if let Some(req) = savepoint {
+            // Not this job's to delete any more; never a failover restore point.
+            self.args.storage.end_savepoint(id);
+            tracing::info!(id, bytes = size, ms = e2e, path = %dir.display(), stop = ?req.stop, "savepoint completed");
+            // Sinks commit on a savepoint as on a checkpoint (exactly-once).
+            for t in &self.tasks {
+                let _ = t.actor.cast(SubtaskMsg::Complete(id));
+            }
+            self.stopping |= req.stop.is_some();
+            let _ = req.reply.send(Ok(dir));
+            self.failures = 0;
+            self.last_end = Some(Instant::now());
+            return Ok(());
+        }
         tracing::info!(id, bytes = size, ms = e2e, "checkpoint completed");
         crate::failpoint::hit("before-notify-complete")?;
         for t in &self.tasks {
@@ -443,6 +523,7 @@ impl CoordState {
     /// Serves the requests for a checkpoint now once nothing is in flight
     /// (min-pause and max-concurrent do not apply to a request).
     fn serve_requests(&mut self, myself: &ActorRef<CoordMsg>) {
+        self.serve_savepoints(myself);
         if self.requested.is_empty() || !self.pending.is_empty() {
             return;
         }
@@ -464,8 +545,58 @@ impl CoordState {
         }
     }
 
+    /// Triggers the first waiting savepoint once nothing is in flight (a
+    /// savepoint is never concurrent with a checkpoint: it is aligned, and
+    /// completing it subsumes nothing).
+    fn serve_savepoints(&mut self, myself: &ActorRef<CoordMsg>) {
+        if self.savepoint_requests.is_empty() || !self.pending.is_empty() {
+            return;
+        }
+        if self.final_id.is_some() || !self.finished.is_empty() {
+            for r in self.savepoint_requests.drain(..) {
+                let _ = r.reply.send(Err(SavepointError::NotRunning(
+                    "its input has ended: it is finishing".into(),
+                )));
+            }
+            return;
+        }
+        if self.tasks.is_empty() || !self.down.is_empty() {
+            return; // after the restart (RegionUp / Start)
+        }
+        let Some(req) = self.savepoint_requests.pop_front() else {
+            return;
+        };
+        let id = self.next_id;
+        match self
+            .args
+            .storage
+            .begin_savepoint(id, &req.target, &self.args.job_id)
+        {
+            Ok(dir) => {
+                tracing::info!(id, dir = %dir.display(), stop = ?req.stop, "triggering savepoint");
+            }
+            Err(e) => {
+                let _ = req.reply.send(Err(SavepointError::Directory {
+                    path: req.target.display().to_string(),
+                    reason: e.to_string(),
+                }));
+                return;
+            }
+        }
+        if let Some(drain) = req.stop {
+            for t in &self.tasks {
+                let _ = t.actor.cast(SubtaskMsg::StopAfter { id, drain });
+            }
+        }
+        self.savepoints.insert(id, req);
+        self.trigger_kind(myself, false, true);
+    }
+
     fn may_trigger(&self) -> bool {
-        !self.tasks.is_empty()
+        self.savepoints.is_empty()
+            && self.savepoint_requests.is_empty()
+            && !self.stopping
+            && !self.tasks.is_empty()
             && self.down.is_empty()
             && self.finished.is_empty()
             && self.final_id.is_none()
@@ -504,6 +635,9 @@ impl Actor for Coordinator {
             aborted: BTreeSet::new(),
             down: BTreeSet::new(),
             requested: Vec::new(),
+            savepoint_requests: VecDeque::new(),
+            savepoints: BTreeMap::new(),
+            stopping: false,
         };
         state.adopt_existing();
         Ok(state)
@@ -575,6 +709,7 @@ impl Actor for Coordinator {
                     }
                 }
                 CoordMsg::TriggerNow(reply) => state.requested.push(reply),
+                CoordMsg::TriggerSavepoint(req) => state.savepoint_requests.push_back(req),
                 CoordMsg::Ack(ack) => {
                     let Ack {
                         id,
@@ -666,6 +801,14 @@ impl Actor for Coordinator {
                 }
                 CoordMsg::Shutdown(end) => {
                     state.args.storage.release();
+                    for r in state.savepoint_requests.drain(..) {
+                        let _ = r
+                            .reply
+                            .send(Err(SavepointError::NotRunning("it has ended".into())));
+                    }
+                    for id in state.savepoints.keys().copied().collect::<Vec<_>>() {
+                        let _ = state.abort(id, "the job ended", false);
+                    }
                     match end {
                         // A finished job keeps its final checkpoint (and what
                         // num-retained keeps): a restart after the end, e.g. by a

@@ -38,6 +38,60 @@
 //!    The bytes live on the local filesystem or an object store (`s3://`),
 //!    behind the [`store::Store`] trait.
 //!
+//! # Savepoints (Flink's)
+//! A savepoint is a checkpoint with `Barrier::savepoint` set, taken on
+//! request ([`crate::job::JobHandle::trigger_savepoint`], `POST
+//! /jobs/:id/savepoints`, `weir savepoint`), never on the interval:
+//! - **Always aligned**, whatever `execution.checkpointing.mode` and
+//!   `unaligned.enabled` say: sources send its barrier in order with the
+//!   data, every task aligns on it and never switches to unaligned, so it
+//!   holds no channel state.
+//! - The coordinator triggers it only when no checkpoint is in flight and
+//!   triggers none while it is: it subsumes nothing and nothing subsumes it.
+//! - **Canonical** state: keyed state as postcard entries per key group
+//!   (RocksDB: read out of the local RocksDB checkpoint off the processing
+//!   loop), operator state (source positions), sink transactions; written to
+//!   `<target>/savepoint-<job id prefix>-<random>/` (see [`storage`]), self-contained
+//!   and relocatable, in the framed, versioned, checksummed file format.
+//! - On completion subtasks are told `complete(n)`: two-phase-commit sinks
+//!   commit, so output stays exactly-once across a stop and a restore.
+//! - It is not one of the job's checkpoints: not retained or counted by
+//!   `num-retained`, never deleted by weir (retention, `gc`, cancel), and
+//!   never a failover restore point (a region or full restart uses the job's
+//!   own latest checkpoint, as Flink does by default).
+//! - A failed savepoint (declined, expired, a region failed) is reported to
+//!   the requester and does not count towards `tolerable-failed-checkpoints`.
+//! - **Stop-with-savepoint** (`stop`): every subtask is told first; the
+//!   sources emit nothing after the savepoint's barrier and end once it is
+//!   complete, then the job finishes (final checkpoint) and ends `FINISHED`.
+//!   Without drain, no `MAX_WATERMARK` and no operator `finish`; with drain,
+//!   sources emit `MAX_WATERMARK` right before the barrier and operators
+//!   finish afterwards. If the savepoint fails, the job goes on.
+//! - Savepoints need checkpointing on (`execution.checkpointing.interval`
+//!   not `off`): the coordinator only exists then.
+//!
+//! # Restore and claim modes (`execution.state-recovery.*`)
+//! `path` names a `chk-<n>` directory, a savepoint directory, either's
+//! `_metadata` file, or a job directory (its latest complete checkpoint).
+//! Every restore goes through `restore::assign`: any parallelism, either
+//! backend. A job always checkpoints into its own new `<dir>/<job-id>/`, and
+//! a restore rewrites RocksDB state into a new instance (new shared file
+//! names), so the first checkpoint after any restore is full and references
+//! no file of the restored checkpoint; incremental ones follow.
+//! - `NO_CLAIM` (default): the restored checkpoint stays the user's: weir
+//!   never deletes or changes any file of it.
+//! - `CLAIM`: the restored checkpoint (not a savepoint: those are never
+//!   deleted; CLAIM on one is logged and ignored) counts as the oldest of the job's
+//!   retained checkpoints: once the job completed `num-retained`
+//!   checkpoints of its own it is deleted, `_metadata` first, then its
+//!   directory, then its shared files that no other complete checkpoint of
+//!   its job directory references ([`storage::discard_claimed`]).
+//! - A restart of the job within its run (failover) restores from its own
+//!   directory first (`adopt_existing` counts those checkpoints), and from
+//!   the restored checkpoint only while it has none; a claimed checkpoint is
+//!   deleted only after the job has a complete checkpoint of its own, so a
+//!   restart never needs it.
+//!
 //! Bounded jobs end with a **final checkpoint**: when every subtask has
 //! finished its input, the coordinator checkpoints all of them directly (no
 //! data is in flight any more), so two-phase-commit sinks commit everything

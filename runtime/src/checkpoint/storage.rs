@@ -18,6 +18,20 @@
 //! object store a directory is a key prefix, so empty ones (`taskowned/`)
 //! do not show.
 //!
+//! # Savepoints
+//! A savepoint goes to `<target>/savepoint-<first 6 of the job id>-<12 random
+//! hex>/` (Flink's name; the target is the one given with the request, else
+//! `execution.checkpointing.savepoint-dir`): `_metadata` and one state file
+//! per subtask, nothing else. Keyed state is in the canonical form (postcard
+//! entries per key group, whatever the backend), so no RocksDB file and no
+//! `shared/` reference is in it, and every reference in `_metadata` is a file
+//! name relative to the directory: a savepoint can be moved or copied and
+//! still restores, at any parallelism, on either backend. The coordinator
+//! registers the directory for the savepoint's id ([`CheckpointStorage::begin_savepoint`])
+//! so the subtasks' [`CheckpointStorage::write_state`] and `_metadata` go
+//! there; nothing in weir deletes a completed savepoint (not retention, not
+//! `weir checkpoints gc`, not a cancel); an aborted one is deleted.
+//!
 //! # Files
 //! Every file weir writes here is framed: the magic `WEIR`, a kind byte, a
 //! format version (u16), the payload length (u64), the payload's CRC-32, then
@@ -86,8 +100,9 @@
 //! this machine: run `weir checkpoints gc` on one where the job ran, or when
 //! it is known to be stopped.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -182,7 +197,7 @@ fn child(base: &str, rel: &str) -> String {
     }
 }
 
-/// The directories of one job's checkpoints.
+/// The directories of one job's checkpoints (and of the savepoints it is taking).
 #[derive(Debug, Clone)]
 pub struct CheckpointStorage {
     job_dir: PathBuf,
@@ -192,6 +207,9 @@ pub struct CheckpointStorage {
     /// Object stores: deletions run in order on one background thread, so a
     /// retention step never waits for a request on the coordinator's thread.
     deleter: Option<Deleter>,
+    /// Savepoints in flight: checkpoint id -> its `savepoint-...` directory
+    /// (shared by every clone: the coordinator registers, subtasks write).
+    savepoints: Arc<Mutex<BTreeMap<u64, PathBuf>>>,
 }
 
 /// An ordered queue of deletions, run by one thread (object stores only).
@@ -266,7 +284,51 @@ impl CheckpointStorage {
             store: st,
             key,
             deleter,
+            savepoints: Arc::default(),
         })
+    }
+
+    fn savepoint_dirs(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, PathBuf>> {
+        self.savepoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates the directory of savepoint `id` under `base`, named as Flink
+    /// names it (`savepoint-<first 6 of the job id>-<12 random hex>`), and
+    /// routes the files of checkpoint `id` there instead of `chk-<id>`.
+    pub fn begin_savepoint(&self, id: u64, base: &Path, job_id: &str) -> Result<PathBuf> {
+        let prefix: String = job_id.chars().take(6).collect();
+        let dir = store::normalize(base)?.join(format!("savepoint-{prefix}-{}", random_hex12()));
+        let (st, key) = store::resolve(&dir)?;
+        st.create_dir(&key)?;
+        self.savepoint_dirs().insert(id, dir.clone());
+        Ok(dir)
+    }
+
+    /// Whether checkpoint `id` is a savepoint (registered by [`Self::begin_savepoint`]).
+    pub fn is_savepoint(&self, id: u64) -> bool {
+        self.savepoint_dirs().contains_key(&id)
+    }
+
+    /// Savepoint `id` is complete: it is no longer this job's to write or delete.
+    pub fn end_savepoint(&self, id: u64) {
+        self.savepoint_dirs().remove(&id);
+    }
+
+    /// Where the files of checkpoint `id` go: its savepoint directory, or `chk-<id>`.
+    pub fn target_dir(&self, id: u64) -> PathBuf {
+        match self.savepoint_dirs().get(&id) {
+            Some(d) => d.clone(),
+            None => self.checkpoint_dir(id),
+        }
+    }
+
+    /// The store and key of [`Self::target_dir`]: the job's store, or the
+    /// savepoint's (a savepoint may go to another store than the checkpoints).
+    fn target(&self, id: u64) -> Result<(Arc<dyn Store>, String)> {
+        match self.savepoint_dirs().get(&id) {
+            Some(d) => store::resolve(d),
+            None => Ok((self.store.clone(), child(&self.key, &format!("chk-{id}")))),
+        }
     }
 
     /// Runs `f` now (local) or queued in order (object stores).
@@ -317,26 +379,24 @@ impl CheckpointStorage {
         subtask: usize,
         state: &SubtaskState,
     ) -> Result<(String, u64)> {
+        let (st, dir) = self.target(id)?;
         let name = format!("{chain}-{subtask}.state");
         let bytes = frame(FileKind::State, state)?;
         let len = bytes.len() as u64;
-        self.store.put(
-            &child(&self.key, &format!("chk-{id}/{name}")),
-            bytes,
-            &|| Ok(()),
-        )?;
+        st.put(&child(&dir, &name), bytes, &|| Ok(()))?;
         Ok((name, len))
     }
 
     /// Writes `_metadata` atomically: locally a temp file, fsync, rename,
     /// fsync of the directory; on an object store one PUT (atomic).
     pub fn write_metadata(&self, meta: &CheckpointMetadata) -> Result<PathBuf> {
-        let dir = self.checkpoint_dir(meta.checkpoint_id);
-        let key = child(&self.key, &format!("chk-{}/_metadata", meta.checkpoint_id));
-        self.store
-            .put(&key, frame(FileKind::Metadata, meta)?, &|| {
-                crate::failpoint::hit("after-metadata-write")
-            })?;
+        let dir = self.target_dir(meta.checkpoint_id);
+        let (st, dir_key) = self.target(meta.checkpoint_id)?;
+        st.put(
+            &child(&dir_key, "_metadata"),
+            frame(FileKind::Metadata, meta)?,
+            &|| crate::failpoint::hit("after-metadata-write"),
+        )?;
         Ok(dir)
     }
 
@@ -370,10 +430,18 @@ impl CheckpointStorage {
         });
     }
 
-    /// Deletes checkpoint `id`: `_metadata` first, then the rest (see the module doc).
+    /// Deletes checkpoint `id`: `_metadata` first, then the rest (see the
+    /// module doc). For a savepoint in flight (aborted), its directory.
     pub fn discard(&self, id: u64) {
-        self.deleting(move |st, key| {
-            let dir = child(key, &format!("chk-{id}"));
+        let target = self.target(id);
+        self.deleting(move |_, _| {
+            let (st, dir) = match target {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "cannot delete checkpoint");
+                    return;
+                }
+            };
             if let Err(e) = st.delete(&child(&dir, "_metadata")) {
                 // Never delete the rest while `_metadata` may still name it.
                 tracing::warn!(dir = %st.display(&dir), error = %e, "cannot delete checkpoint metadata");
@@ -401,6 +469,72 @@ impl CheckpointStorage {
             d.flush();
         }
     }
+}
+
+/// 12 random lowercase hex digits (savepoint directory names).
+fn random_hex12() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+/// Deletes a checkpoint of another job's directory that this job restored
+/// in `CLAIM` mode and that a checkpoint of its own has now subsumed:
+/// `_metadata` first (it stops being a restore candidate), then its
+/// directory, then the shared files it referenced that no other complete
+/// checkpoint of that job directory references. Savepoints are never deleted.
+pub fn discard_claimed(dir: &Path) {
+    if !exists(&dir.join("_metadata")).unwrap_or(false) {
+        return; // deleted by an earlier attempt of the job
+    }
+    let meta = match read_metadata(dir) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "claimed checkpoint not deleted: unreadable");
+            return;
+        }
+    };
+    if meta.is_savepoint {
+        return;
+    }
+    let job_dir = dir.parent().unwrap_or(dir).to_path_buf();
+    let mine: Vec<String> = meta
+        .subtasks
+        .iter()
+        .flat_map(|h| h.files.iter())
+        .filter(|f| f.starts_with("shared/"))
+        .cloned()
+        .collect();
+    if let Err(e) = remove(&dir.join("_metadata")) {
+        // Never delete the rest while `_metadata` may still name it.
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot delete claimed checkpoint");
+        return;
+    }
+    if let Err(e) = remove(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot delete claimed checkpoint");
+    }
+    let mut still: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for info in list_checkpoints(&job_dir).unwrap_or_default() {
+        match read_metadata(&info.dir) {
+            Ok(m) => still.extend(m.subtasks.iter().flat_map(|h| h.files.iter()).cloned()),
+            // Unknown references: keep every shared file.
+            Err(_) if info.status != "incomplete" => return,
+            Err(_) => {}
+        }
+    }
+    for f in mine.iter().filter(|f| !still.contains(*f)) {
+        let p = job_dir.join(f);
+        if let Err(e) = remove(&p) {
+            tracing::warn!(file = %p.display(), error = %e, "cannot delete shared file of claimed checkpoint");
+        }
+    }
+    tracing::info!(dir = %dir.display(), "deleted the claimed checkpoint restored from (subsumed)");
 }
 
 /// A complete checkpoint read back for a restore.
@@ -563,15 +697,19 @@ pub fn chk_dirs(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         .collect())
 }
 
-/// The checkpoint to restore from `path`: a `chk-<n>` directory (it must be
-/// valid), or a job directory (its newest valid checkpoint; invalid newer
+/// The checkpoint to restore from `path`: a `chk-<n>` or savepoint directory
+/// or its `_metadata` file (it must be valid), or a job directory (its newest valid checkpoint; invalid newer
 /// ones are reported and skipped).
 pub fn resolve_restore(path: &Path) -> Result<LoadedCheckpoint> {
     let path = &store::normalize(path)?;
-    let is_chk = path
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("chk-"))
-        || exists(&path.join("_metadata"))?;
+    // A `_metadata` file names its checkpoint or savepoint directory.
+    if path.file_name().is_some_and(|n| n == "_metadata") && exists(path)? {
+        return load_checkpoint(path.parent().unwrap_or(path));
+    }
+    let is_chk = path.file_name().is_some_and(|n| {
+        let n = n.to_string_lossy();
+        n.starts_with("chk-") || n.starts_with("savepoint-")
+    }) || exists(&path.join("_metadata"))?;
     if is_chk {
         return load_checkpoint(path);
     }
@@ -710,6 +848,71 @@ pub fn list_checkpoints(job_dir: &Path) -> Result<Vec<CheckpointInfo>> {
         out.push(info);
     }
     out.sort_by_key(|i| i.id);
+    Ok(out)
+}
+
+/// The savepoints at `dir`: `dir` itself when it is one (a `savepoint-*`
+/// directory or any directory with a `_metadata`), else its `savepoint-*`
+/// subdirectories; checked like [`list_checkpoints`] (the id is the one in
+/// `_metadata`, 0 when unreadable).
+pub fn list_savepoints(dir: &Path) -> Result<Vec<CheckpointInfo>> {
+    let is_sp = |d: &Path| {
+        d.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("savepoint-"))
+    };
+    let dir = &store::normalize(dir)?;
+    let dirs: Vec<PathBuf> = if is_sp(dir) || exists(&dir.join("_metadata"))? {
+        vec![dir.to_path_buf()]
+    } else {
+        let (st, key) = store::resolve(dir)?;
+        if st.is_local() && !dir.is_dir() {
+            return Err(Error::io(
+                "cannot read savepoint directory",
+                dir,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        let mut v: Vec<PathBuf> = st
+            .list_dir(&key)?
+            .into_iter()
+            .filter(|e| e.is_dir && e.name.starts_with("savepoint-"))
+            .map(|e| dir.join(e.name))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut out = Vec::new();
+    for d in dirs {
+        let size = dir_size(&d);
+        let info = match load_checkpoint(&d) {
+            Ok(c) if !c.metadata.is_savepoint => continue, // a chk-<n>: listed with its job
+            Ok(c) => CheckpointInfo {
+                id: c.metadata.checkpoint_id,
+                dir: d,
+                status: "complete",
+                problem: None,
+                size,
+                shared_size: 0,
+                completed_timestamp: Some(c.metadata.completed_timestamp),
+                is_savepoint: true,
+            },
+            Err(err) => CheckpointInfo {
+                id: read_metadata(&d).map(|m| m.checkpoint_id).unwrap_or(0),
+                status: if exists(&d.join("_metadata")).unwrap_or(false) {
+                    "corrupt"
+                } else {
+                    "incomplete"
+                },
+                problem: Some(err.to_string()),
+                dir: d,
+                size,
+                shared_size: 0,
+                completed_timestamp: None,
+                is_savepoint: true,
+            },
+        };
+        out.push(info);
+    }
     Ok(out)
 }
 

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::{json as docs, ApiError};
 use crate::checkpoint::CheckpointStatus;
-use crate::job::JobCore;
+use crate::job::{JobCore, SavepointOp};
 use crate::metrics::JobMetrics;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -48,6 +48,8 @@ pub(super) fn router() -> Router {
             get(checkpoint_subtasks),
         )
         .route("/jobs/{id}/savepoints", post(savepoint))
+        .route("/jobs/{id}/savepoints/{trigger}", get(savepoint_status))
+        .route("/jobs/{id}/stop", post(stop))
         .route("/jobs/{id}/exceptions", get(exceptions))
         .route(
             "/jobs/{id}/vertices/{vertex}/backpressure",
@@ -354,26 +356,110 @@ async fn trigger_status(Path((id, trigger)): Path<(String, String)>) -> ApiResul
     }))
 }
 
-async fn savepoint(Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
-    let _job = job_of(&id)?;
+/// A string field of a request body (absent or null: `None`).
+fn string_field(body: &serde_json::Map<String, Value>, key: &str) -> ApiResult<Option<String>> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::BadRequest(format!("{key} must be a string"))),
+    }
+}
+
+/// A boolean field of a request body (absent: false).
+fn bool_field(body: &serde_json::Map<String, Value>, key: &str) -> ApiResult<bool> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::BadRequest(format!("{key} must be true or false"))),
+    }
+}
+
+/// Starts a savepoint as an asynchronous operation (Flink's pattern): checks
+/// what can be checked at once (400/409), then answers 202 with a request
+/// id to poll at `GET /jobs/:id/savepoints/:triggerid`.
+fn start_savepoint(
+    job: Arc<JobCore>,
+    target: Option<String>,
+    stop: Option<bool>,
+    cancel: bool,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let target = job
+        .savepoint_target(target.as_deref().map(std::path::Path::new))
+        .map_err(|e| match e {
+            crate::SavepointError::NoTargetDirectory => ApiError::BadRequest(e.to_string()),
+            _ => ApiError::Conflict(e.to_string()),
+        })?;
+    let trigger = trigger_id(&job.job_id, crate::checkpoint::now_ms());
+    {
+        let mut ops = job.savepoint_ops.lock().unwrap_or_else(|p| p.into_inner());
+        if ops.len() >= MAX_TRIGGERS {
+            ops.remove(0);
+        }
+        ops.push((trigger.clone(), SavepointOp::InProgress));
+    }
+    let t = trigger.clone();
+    tokio::spawn(async move {
+        let outcome = job.savepoint(Some(&target), stop).await;
+        let op = match outcome {
+            Ok(path) => {
+                if cancel {
+                    job.cancel();
+                }
+                SavepointOp::Completed(path)
+            }
+            Err(e) => SavepointOp::Failed(e.to_string()),
+        };
+        let mut ops = job.savepoint_ops.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = ops.iter_mut().find(|(id, _)| *id == t) {
+            slot.1 = op;
+        }
+    });
+    Ok((StatusCode::ACCEPTED, Json(json!({ "request-id": trigger }))))
+}
+
+async fn savepoint(Path(id): Path<String>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+    let job = job_of(&id)?;
     let body = object_body(&body)?;
-    if let Some(d) = body.get("target-directory") {
-        if !d.is_string() && !d.is_null() {
-            return Err(ApiError::BadRequest(
-                "target-directory must be a string".into(),
-            ));
-        }
-    }
-    if let Some(c) = body.get("cancel-job") {
-        if !c.is_boolean() {
-            return Err(ApiError::BadRequest(
-                "cancel-job must be true or false".into(),
-            ));
-        }
-    }
-    Err(ApiError::NotImplemented(
-        "savepoints are not implemented yet: take a checkpoint (POST /jobs/:id/checkpoints) and restore from it with -s".into(),
-    ))
+    let target = string_field(&body, "target-directory")?;
+    let cancel = bool_field(&body, "cancel-job")?;
+    start_savepoint(job, target, None, cancel)
+}
+
+async fn stop(Path(id): Path<String>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+    let job = job_of(&id)?;
+    let body = object_body(&body)?;
+    let target = string_field(&body, "targetDirectory")?;
+    let drain = bool_field(&body, "drain")?;
+    start_savepoint(job, target, Some(drain), false)
+}
+
+async fn savepoint_status(Path((id, trigger)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let job = job_of(&id)?;
+    let op = job
+        .savepoint_ops
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(t, _)| *t == trigger)
+        .map(|(_, op)| op.clone())
+        .ok_or_else(|| ApiError::NotFound(format!("Operation {trigger} not found for job {id}")))?;
+    Ok(Json(match op {
+        SavepointOp::InProgress => json!({ "status": { "id": "IN_PROGRESS" } }),
+        SavepointOp::Completed(path) => json!({
+            "status": { "id": "COMPLETED" },
+            "operation": { "location": path.display().to_string() },
+        }),
+        SavepointOp::Failed(message) => json!({
+            "status": { "id": "COMPLETED" },
+            "operation": {
+                "failure-cause": {
+                    "class": "SavepointException",
+                    "stack-trace": message,
+                    "serialized-throwable": Value::Null,
+                },
+            },
+        }),
+    }))
 }
 
 async fn vertex_backpressure(Path((id, vertex)): Path<(String, String)>) -> ApiResult<Json<Value>> {

@@ -467,14 +467,29 @@ pub(crate) fn checkpoints(core: &JobCore) -> Value {
         .iter()
         .filter(|s| s.status == CheckpointStatus::Completed)
         .collect();
+    // Savepoints are never discarded and do not count towards num-retained.
     let discarded = |s: &CheckpointStats| {
         s.status == CheckpointStatus::Completed
-            && done.iter().filter(|d| d.id > s.id).count() >= retained
+            && !s.is_savepoint
+            && done
+                .iter()
+                .filter(|d| d.id > s.id && !d.is_savepoint)
+                .count()
+                >= retained
     };
     let field = |f: &dyn Fn(&CheckpointStats) -> f64| {
         stats_summary(&done.iter().map(|s| f(s)).collect::<Vec<_>>())
     };
-    let latest_completed = done.last().map(|s| checkpoint(core, s, false, false));
+    let latest_completed = done
+        .iter()
+        .rev()
+        .find(|s| !s.is_savepoint)
+        .map(|s| checkpoint(core, s, false, false));
+    let latest_savepoint = done
+        .iter()
+        .rev()
+        .find(|s| s.is_savepoint)
+        .map(|s| checkpoint(core, s, false, false));
     let latest_failed = stats
         .iter()
         .rev()
@@ -504,12 +519,13 @@ pub(crate) fn checkpoints(core: &JobCore) -> Value {
         },
         "latest": {
             "completed": latest_completed,
-            "savepoint": Value::Null,
+            "savepoint": latest_savepoint,
             "failed": latest_failed,
             "restored": restored.map(|r| json!({
                 "id": r.id,
                 "restore_timestamp": r.timestamp,
-                "is_savepoint": false,
+                "is_savepoint": crate::checkpoint::storage::read_metadata(&r.path)
+                    .is_ok_and(|m| m.is_savepoint),
                 "external_path": r.path.display().to_string(),
             })),
         },

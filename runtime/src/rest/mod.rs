@@ -25,7 +25,9 @@
 //! | `GET /jobs/:id/checkpoints/config` | checkpointing configuration |
 //! | `GET /jobs/:id/checkpoints/details/:cid` | one checkpoint, per task (`tasks`), each with its subtasks' phases |
 //! | `GET /jobs/:id/checkpoints/details/:cid/subtasks/:vertexid` | one task of one checkpoint, per subtask |
-//! | `POST /jobs/:id/savepoints` | 501: savepoints are not implemented yet |
+//! | `POST /jobs/:id/savepoints` | takes a savepoint, body `{"target-directory", "cancel-job"}` (both optional; no directory: `execution.checkpointing.savepoint-dir`): 202 `{"request-id"}`; 400 without any directory, 409 when the job is not running |
+//! | `POST /jobs/:id/stop` | stop-with-savepoint, body `{"targetDirectory", "drain"}`: 202 `{"request-id"}`, polled like a savepoint; the job ends `FINISHED` |
+//! | `GET /jobs/:id/savepoints/:triggerid` | status of a savepoint or stop: `{"status": {"id": "IN_PROGRESS"}}`, or `COMPLETED` with `operation.location` (the savepoint's directory) or `operation.failure-cause` (`class`, `stack-trace`) |
 //! | `GET /jobs/:id/exceptions` | failures, newest first (`exceptionHistory.entries`) |
 //! | `GET /jobs/:id/vertices/:vertexid/backpressure` | back-pressure level and ratios per subtask (from the back-pressured time, as Flink's) |
 //! | `GET /jobs/:id/metrics[?get=a,b]` | job metrics as `[{"id", "value"}]` |

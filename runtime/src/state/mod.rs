@@ -38,6 +38,13 @@
 //! key ranges of old RocksDB instances. So a checkpoint of either backend
 //! restores on the other.
 //!
+//! # Savepoints
+//! A savepoint's keyed state is always canonical
+//! ([`PendingKeyedSnapshot::canonical`]): the heap backend encodes its frozen
+//! maps, the RocksDB backend reads the key groups of its local RocksDB
+//! checkpoint (taken by the same synchronous part as for a checkpoint) into
+//! the canonical form off the processing loop. No SST file is uploaded.
+//!
 //! # Operator state
 //! Non-keyed state of a subtask (a source's split positions) is an
 //! [`OperatorStateStore`]: named lists of serialized values, written by
@@ -405,6 +412,17 @@ impl PendingKeyedSnapshot {
             }
             #[cfg(feature = "rocksdb")]
             Pending::Rocks(r) => r.upload(target),
+        }
+    }
+
+    /// The asynchronous part of a savepoint: the canonical form, whatever
+    /// the backend (RocksDB: read from the local RocksDB checkpoint the
+    /// synchronous part made), so the savepoint holds no backend files.
+    pub fn canonical(self) -> Result<KeyedStateSnapshot> {
+        match self.0 {
+            Pending::Heap(h) => h.encode(),
+            #[cfg(feature = "rocksdb")]
+            Pending::Rocks(r) => r.canonical(),
         }
     }
 }

@@ -1318,6 +1318,24 @@ impl RocksPending {
     }
 }
 
+impl RocksPending {
+    /// The canonical form of the local checkpoint's key groups (savepoints).
+    pub(crate) fn canonical(self) -> Result<KeyedStateSnapshot> {
+        let mut names: Vec<String> = self.states.iter().map(|(n, _)| cf_name(n)).collect();
+        names.push("default".into());
+        let db =
+            DB::open_cf_for_read_only(&db_options(), &self.dir, names, false).map_err(db_err)?;
+        let states: Vec<(String, String, StateKind)> = self
+            .states
+            .iter()
+            .map(|(n, k)| (n.clone(), cf_name(n), *k))
+            .collect();
+        let out = canonical_from_db(&db, &states, self.range);
+        drop(db);
+        out
+    }
+}
+
 impl Drop for RocksPending {
     fn drop(&mut self) {
         // The local checkpoint (hard links) is not needed once uploaded, or failed.
