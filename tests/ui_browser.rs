@@ -13,6 +13,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -226,6 +227,10 @@ fn ui_shows_checkpoints_and_kill_restarts_a_subtask() {
             ("execution.checkpointing.interval", "200ms"),
             ("restart-strategy.fixed-delay.attempts", "1000"),
             ("parallelism.default", "2"),
+            (
+                "execution.checkpointing.savepoint-dir",
+                dir.path().join("savepoints").to_str().unwrap(),
+            ),
         ],
     );
     common::numbers_count_job(&env, 3, 5000, 100_000.0);
@@ -314,12 +319,22 @@ fn ui_shows_checkpoints_and_kill_restarts_a_subtask() {
         let d = get_json(&format!("{base}/jobs/{id}/checkpoints/details/{cid}"));
         (d["status"] == "COMPLETED").then_some(())
     });
-    // The savepoint button reports that savepoints are not built yet.
+    // The savepoint button takes a savepoint into execution.checkpointing.savepoint-dir.
     cdp.eval("document.querySelector('#btn-savepoint').click(); true");
     cdp.wait_until(
         "the savepoint's answer",
         30,
-        "document.querySelector('#toast').textContent.includes('not implemented')",
+        "document.querySelector('#toast').textContent.includes('Savepoint triggered')",
+    );
+    let location = wait_for("the savepoint", 60, || {
+        let c = get_json(&format!("{base}/jobs/{id}/checkpoints"));
+        c["latest"]["savepoint"]["external_path"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(
+        Path::new(&location).join("_metadata").is_file(),
+        "no _metadata in the savepoint {location}"
     );
     // Let the page show the newest state, then take the screenshot.
     std::thread::sleep(Duration::from_millis(1500));

@@ -471,8 +471,8 @@ impl CheckpointStorage {
     }
 }
 
-/// 12 random lowercase hex digits (savepoint directory names).
-fn random_hex12() -> String {
+/// 12 random lowercase hex digits (savepoint directory and RocksDB instance names).
+pub(crate) fn random_hex12() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(

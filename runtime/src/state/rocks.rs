@@ -49,7 +49,6 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -365,17 +364,6 @@ fn cf_of<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily> {
         .ok_or_else(|| Error::Internal(format!("no column family '{name}'")))
 }
 
-fn random_hex() -> String {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
-}
-
 fn db_options() -> Options {
     let mut o = Options::default();
     o.create_if_missing(true);
@@ -434,7 +422,11 @@ impl<K: Key> RocksKeyedStateBackend<K> {
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .take(24)
             .collect();
-        let instance = format!("{op}-{}-{}", ctx.subtask, random_hex());
+        let instance = format!(
+            "{op}-{}-{}",
+            ctx.subtask,
+            crate::checkpoint::storage::random_hex12()
+        );
         let root = base.join(format!("weir-rocksdb-{}-{instance}", std::process::id()));
         std::fs::create_dir_all(&root)
             .map_err(|e| Error::io("cannot create the RocksDB working directory", &root, e))?;
@@ -1206,7 +1198,7 @@ pub(crate) fn to_canonical(
     let tmp = std::env::temp_dir().join(format!(
         "weir-rocksdb-{}-restore-{}",
         std::process::id(),
-        random_hex()
+        crate::checkpoint::storage::random_hex12()
     ));
     let result = download(job_dir, h, &tmp).and_then(|db| {
         let lo = range.start.max(h.key_groups.start);
