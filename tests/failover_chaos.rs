@@ -50,8 +50,12 @@ struct Run {
 
 /// Wordcount at parallelism 2 with chaos kills every 40 ms and checkpoints every 10 ms.
 fn chaos_wordcount(seed: u64, mode: &[(&str, &str)], copies: usize) -> Run {
-    // Kills, restarts and aborted checkpoints are logged: shown when a run fails.
-    weir::cli::init_tracing();
+    // Kills, restarts and aborted checkpoints are logged into the test's
+    // captured output: shown when a run fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input");
     let reference = corpus(&input, copies);
