@@ -334,6 +334,51 @@ fn aligned_checkpoints_are_traced_over_grpc() {
 }
 
 #[test]
+fn a_savepoint_is_traced_as_a_savepoint() {
+    let rx = otlp::grpc_receiver(Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let n = 200_000;
+    let env = Env::from_conf(traced(
+        &dir.path().join("ckpt"),
+        &rx.endpoint(),
+        "grpc",
+        &[(
+            "execution.checkpointing.savepoint-dir",
+            dir.path().join("savepoints").to_str().unwrap(),
+        )],
+    ))
+    .unwrap();
+    build(&env, n, 200_000.0, &out);
+    let job = env.execute_async("traced-savepoint").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let path = job.trigger_savepoint(None).unwrap();
+    let result = job.wait().unwrap();
+    assert_running_counts(&read_output(&out), &reference(n));
+    let sp = result
+        .checkpoints
+        .iter()
+        .find(|c| c.is_savepoint && c.status == CheckpointStatus::Completed)
+        .expect("a completed savepoint in the statistics");
+    assert_eq!(sp.external_path.as_deref(), Some(path.as_path()));
+    let spans = rx.spans();
+    let id = sp.id.to_string();
+    let root = spans
+        .iter()
+        .find(|s| s.name == "checkpoint" && s.attrs.get("weir.checkpoint.id") == Some(&id))
+        .unwrap_or_else(|| panic!("no root span for savepoint {id}"));
+    assert_eq!(root.attr("weir.checkpoint.kind"), "savepoint");
+    assert_eq!(root.attr("weir.job.id"), result.job_id);
+    // Every other root is a checkpoint.
+    for s in spans
+        .iter()
+        .filter(|s| s.name == "checkpoint" && s.attrs.get("weir.checkpoint.id") != Some(&id))
+    {
+        assert_eq!(s.attr("weir.checkpoint.kind"), "checkpoint");
+    }
+}
+
+#[test]
 fn unaligned_checkpoints_are_traced_over_http_protobuf() {
     let rx = otlp::http_receiver(Duration::ZERO);
     let dir = tempfile::tempdir().unwrap();

@@ -506,8 +506,10 @@ impl CoordState {
             let inflight = acks.map(|s| s.persisted_data).sum();
             let mode = self.args.cfg.barrier_mode();
             let alignment = crate::telemetry::alignment_name(mode, unaligned);
+            // Called before the savepoint is unregistered (completed) or discarded.
+            let savepoint = self.args.storage.is_savepoint(id);
             t.checkpoint_ended(
-                id, false, alignment, p.started, ended, bytes, inflight, failure,
+                id, savepoint, alignment, p.started, ended, bytes, inflight, failure,
             );
         }
     }
