@@ -665,12 +665,11 @@ pub fn copy_crc(src: &Path, dest: &Path) -> Result<(u64, u32)> {
 /// files: RocksDB never modifies one, and deleting the link leaves the
 /// checkpoint's file alone). Anything else, or a failed link, is copied.
 pub fn link_or_copy_crc(src: &Path, dest: &Path) -> Result<(u64, u32)> {
-    let src = store::normalize(src)?;
-    let local = !src.to_string_lossy().contains("://");
-    if local && std::fs::hard_link(&src, dest).is_ok() {
-        return file_crc(dest);
+    let (st, key) = store::resolve(src)?;
+    if st.is_local() && std::fs::hard_link(&key, dest).is_ok() {
+        return st.crc(&key);
     }
-    copy_crc(&src, dest)
+    st.get_to_file(&key, dest)
 }
 
 /// Deletes a file or a whole directory (everything under it) at `path`
