@@ -148,14 +148,15 @@ trait Column<K>: Send {
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
     /// Writes changed cached values into `batch`; they stay cached, clean.
-    fn write_back(
-        &mut self,
-        cf: &ColumnFamily,
-        batch: &mut WriteBatch,
-        buf: &mut Vec<u8>,
-    ) -> Result<()>;
-    fn cached(&self) -> usize;
-    fn drop_cache(&mut self);
+    /// (Only value states cache; the others have nothing to write.)
+    fn write_back(&mut self, _: &ColumnFamily, _: &mut WriteBatch, _: &mut Vec<u8>) -> Result<()> {
+        Ok(())
+    }
+    /// Entries in the cache.
+    fn cached(&self) -> usize {
+        0
+    }
+    fn drop_cache(&mut self) {}
     /// Writes the canonical entries of key group `kg` into `batch`.
     fn restore_canonical(
         &self,
@@ -244,13 +245,6 @@ impl<K: Key, T: Data> Column<K> for PlainColumn<K, Vec<T>> {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
-    fn write_back(&mut self, _: &ColumnFamily, _: &mut WriteBatch, _: &mut Vec<u8>) -> Result<()> {
-        Ok(())
-    }
-    fn cached(&self) -> usize {
-        0
-    }
-    fn drop_cache(&mut self) {}
     fn restore_canonical(
         &self,
         cf: &ColumnFamily,
@@ -279,13 +273,6 @@ impl<K: Key, UK: Key, UV: Data> Column<K> for PlainColumn<K, (UK, UV)> {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
-    fn write_back(&mut self, _: &ColumnFamily, _: &mut WriteBatch, _: &mut Vec<u8>) -> Result<()> {
-        Ok(())
-    }
-    fn cached(&self) -> usize {
-        0
-    }
-    fn drop_cache(&mut self) {}
     fn restore_canonical(
         &self,
         cf: &ColumnFamily,
