@@ -198,25 +198,9 @@ struct Worker {
 
 impl Worker {
     fn run(self, ready: std::sync::mpsc::Sender<Result<()>>) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = ready.send(Err(Error::Internal(format!(
-                    "cannot start the span export runtime: {e}"
-                ))));
-                return;
-            }
-        };
-        // The tonic channel is created inside the runtime it will run on.
-        let exporter = match rt.block_on(async { build_exporter(&self.cfg) }) {
-            Ok(e) => e,
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
+        let Some((rt, exporter)) = start_runtime("span", &ready, || build_exporter(&self.cfg))
+        else {
+            return;
         };
         let _ = ready.send(Ok(()));
         let shared = &self.shared;
@@ -306,6 +290,36 @@ impl Worker {
                 shared.done.notify_all();
                 return;
             }
+        }
+    }
+}
+
+/// The start of an export thread: its own current-thread runtime, and the
+/// exporter `build` makes inside it (a tonic channel is created inside the
+/// runtime it will run on). A failure is sent to `ready` (the job's start
+/// waits for it) and gives `None`.
+pub(super) fn start_runtime<E>(
+    what: &str,
+    ready: &std::sync::mpsc::Sender<Result<()>>,
+    build: impl FnOnce() -> Result<E>,
+) -> Option<(tokio::runtime::Runtime, E)> {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(Error::Internal(format!(
+                "cannot start the {what} export runtime: {e}"
+            ))));
+            return None;
+        }
+    };
+    match rt.block_on(async { build() }) {
+        Ok(e) => Some((rt, e)),
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            None
         }
     }
 }

@@ -187,25 +187,10 @@ struct Worker {
 
 impl Worker {
     fn run(self, ready: std::sync::mpsc::Sender<Result<()>>) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = ready.send(Err(Error::Internal(format!(
-                    "cannot start the metric export runtime: {e}"
-                ))));
-                return;
-            }
-        };
-        // The tonic channel is created inside the runtime it will run on.
-        let exporter = match rt.block_on(async { build_exporter(&self.cfg) }) {
-            Ok(e) => e,
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
+        let Some((rt, exporter)) =
+            super::export::start_runtime("metric", &ready, || build_exporter(&self.cfg))
+        else {
+            return;
         };
         let reader = SharedReader(Arc::new(
             ManualReader::builder()
