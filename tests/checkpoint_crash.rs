@@ -9,21 +9,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
 use weir::runtime::checkpoint::storage::{
     list_checkpoints, load_checkpoint, orphans, verify_checkpoint,
 };
-
-fn words() -> &'static str {
-    if cfg!(debug_assertions) {
-        "300000"
-    } else {
-        "3000000"
-    }
-}
 
 fn wordcount(
     out: &Path,
@@ -32,49 +24,18 @@ fn wordcount(
     failpoints: Option<&str>,
     restore: Option<&Path>,
 ) -> Output {
-    let mut cmd = Command::new(example("wordcount"));
-    cmd.args([
-        "--words",
-        words(),
-        "--vocabulary",
-        "50000",
-        "--output",
-        out.to_str().unwrap(),
-        "-p",
-        "2",
-        "-q",
-    ])
-    .args([
+    let mut all = vec![
         "-D",
-        &format!("execution.checkpointing.dir={}", ckpt.display()),
-    ])
-    .args(["-D", "execution.checkpointing.interval=20ms"])
-    .args(["-D", "state.backend.type=rocksdb"])
-    .args(["-D", "state.backend.rocksdb.value-cache.entries=512"])
-    .args(extra)
-    .current_dir(env!("CARGO_MANIFEST_DIR"))
-    .env_remove("WEIR_FAILPOINTS");
-    if let Some(f) = failpoints {
-        cmd.env("WEIR_FAILPOINTS", f);
-    }
-    if let Some(r) = restore {
-        cmd.args(["-s", r.to_str().unwrap()]);
-    }
-    cmd.output().unwrap()
+        "state.backend.type=rocksdb",
+        "-D",
+        "state.backend.rocksdb.value-cache.entries=512",
+    ];
+    all.extend_from_slice(extra);
+    wordcount_with_failpoints(out, ckpt, "50000", &all, failpoints, restore)
 }
 
 fn reference() -> std::collections::BTreeMap<String, u64> {
-    generated_reference(words().parse().unwrap(), 50000, 42)
-}
-
-fn job_dir(ckpt: &Path) -> PathBuf {
-    let dirs: Vec<PathBuf> = std::fs::read_dir(ckpt)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs[0].clone()
+    generated_reference(crash_test_words().parse().unwrap(), 50000, 42)
 }
 
 fn weir_gc(dir: &Path) -> String {
@@ -123,7 +84,7 @@ fn crash_gc_restore(point: &str, nth: u32, extra: &[&str]) {
         "{point}: {}",
         String::from_utf8_lossy(&crashed.stderr)
     );
-    let job = job_dir(&ckpt);
+    let job = single_job_dir(&ckpt);
     let before = complete_and_intact(&job);
     assert!(before >= 1, "{point}: no complete checkpoint survived");
     let leftovers = orphans(&job).unwrap();
@@ -204,7 +165,7 @@ fn inspect_lists_and_verify_checks_shared_files() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let job = job_dir(&ckpt);
+    let job = single_job_dir(&ckpt);
     let last = list_checkpoints(&job).unwrap().pop().unwrap();
     let weir = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_weir"))

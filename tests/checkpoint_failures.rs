@@ -4,18 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use common::*;
-
-fn words() -> &'static str {
-    if cfg!(debug_assertions) {
-        "300000"
-    } else {
-        "3000000"
-    }
-}
 
 fn wordcount(
     out: &Path,
@@ -24,46 +16,11 @@ fn wordcount(
     failpoints: Option<&str>,
     restore: Option<&Path>,
 ) -> Output {
-    let mut cmd = Command::new(example("wordcount"));
-    cmd.args([
-        "--words",
-        words(),
-        "--vocabulary",
-        "3000",
-        "--output",
-        out.to_str().unwrap(),
-        "-p",
-        "2",
-        "-q",
-    ])
-    .args([
-        "-D",
-        &format!("execution.checkpointing.dir={}", ckpt.display()),
-    ])
-    .args(["-D", "execution.checkpointing.interval=20ms"])
-    .args(extra)
-    .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if let Some(f) = failpoints {
-        cmd.env("WEIR_FAILPOINTS", f);
-    }
-    if let Some(r) = restore {
-        cmd.args(["-s", r.to_str().unwrap()]);
-    }
-    cmd.output().unwrap()
+    wordcount_with_failpoints(out, ckpt, "3000", extra, failpoints, restore)
 }
 
 fn reference() -> std::collections::BTreeMap<String, u64> {
-    generated_reference(words().parse().unwrap(), 3000, 42)
-}
-
-fn job_dir(ckpt: &Path) -> PathBuf {
-    let dirs: Vec<PathBuf> = std::fs::read_dir(ckpt)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs[0].clone()
+    generated_reference(crash_test_words().parse().unwrap(), 3000, 42)
 }
 
 fn chk_ids(job: &Path) -> Vec<u64> {
@@ -96,7 +53,7 @@ fn crash_then_restore(point: &str, nth: u32) {
     );
     assert!(String::from_utf8_lossy(&crashed.stderr)
         .contains(&format!("failure injected at '{point}'")));
-    let job = job_dir(&ckpt);
+    let job = single_job_dir(&ckpt);
     let restored = wordcount(&out, &dir.path().join("ckpt2"), &[], None, Some(&job));
     assert!(
         restored.status.success(),
@@ -121,7 +78,7 @@ fn crash_after_metadata_temp_file_before_rename() {
         None,
     );
     assert_eq!(crashed.status.code(), Some(86));
-    let job = job_dir(&ckpt);
+    let job = single_job_dir(&ckpt);
     assert!(job.join("chk-3/_metadata.inprogress").exists());
     assert!(!job.join("chk-3/_metadata").exists());
     let restored = wordcount(&out, &dir.path().join("ckpt2"), &[], None, Some(&job));
@@ -173,7 +130,7 @@ fn corrupt_files_are_detected_and_the_previous_checkpoint_is_used() {
         None,
     );
     assert_eq!(crashed.status.code(), Some(86));
-    let job = job_dir(&ckpt);
+    let job = single_job_dir(&ckpt);
     // The crash came before subsumed chk-3 was deleted (deletion follows notification).
     // (A later checkpoint may have started, never completed.)
     let ids = chk_ids(&job);
@@ -271,7 +228,7 @@ fn failing_uploads_abort_checkpoints_and_exceed_tolerance() {
         "{err}"
     );
     // No checkpoint ever completed: no _metadata anywhere, aborted directories removed.
-    let job = job_dir(&ckpt);
+    let job = single_job_dir(&ckpt);
     for id in chk_ids(&job) {
         assert!(
             !job.join(format!("chk-{id}/_metadata")).exists(),

@@ -302,3 +302,65 @@ pub fn generated_reference(words: u64, vocabulary: usize, seed: u64) -> BTreeMap
     }
     counts
 }
+
+/// Words of the built-in text in the crash tests' wordcount runs (fewer in
+/// debug builds).
+pub fn crash_test_words() -> &'static str {
+    if cfg!(debug_assertions) {
+        "300000"
+    } else {
+        "3000000"
+    }
+}
+
+/// The wordcount example as the crash tests run it: [`crash_test_words`]
+/// words over `vocabulary`, parallelism 2, quiet, checkpoints every 20 ms
+/// into `ckpt`, output into `out`, then `extra`; `failpoints` as
+/// `WEIR_FAILPOINTS` (never inherited), `restore` as `-s`.
+pub fn wordcount_with_failpoints(
+    out: &Path,
+    ckpt: &Path,
+    vocabulary: &str,
+    extra: &[&str],
+    failpoints: Option<&str>,
+    restore: Option<&Path>,
+) -> Output {
+    let mut cmd = Command::new(example("wordcount"));
+    cmd.args([
+        "--words",
+        crash_test_words(),
+        "--vocabulary",
+        vocabulary,
+        "--output",
+        out.to_str().unwrap(),
+        "-p",
+        "2",
+        "-q",
+    ])
+    .args([
+        "-D",
+        &format!("execution.checkpointing.dir={}", ckpt.display()),
+    ])
+    .args(["-D", "execution.checkpointing.interval=20ms"])
+    .args(extra)
+    .current_dir(env!("CARGO_MANIFEST_DIR"))
+    .env_remove("WEIR_FAILPOINTS");
+    if let Some(f) = failpoints {
+        cmd.env("WEIR_FAILPOINTS", f);
+    }
+    if let Some(r) = restore {
+        cmd.args(["-s", r.to_str().unwrap()]);
+    }
+    cmd.output().unwrap()
+}
+
+/// The one job directory under the checkpoint directory `ckpt`.
+pub fn single_job_dir(ckpt: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(ckpt)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
