@@ -5,35 +5,14 @@
 //! for RocksDB in full and incremental mode. The job changes its state all the
 //! time (new keys and updates) and checkpoints every 5 ms.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use common::keyed_count_until_checkpoints;
 use weir::prelude::*;
 use weir::runtime::checkpoint::storage::{list_checkpoints, load_checkpoint};
-use weir::runtime::checkpoint::CheckpointStatus;
-
-/// Emits 0, 1, 2, ... (paced) until told to stop.
-#[derive(Clone)]
-struct Until {
-    stop: Arc<AtomicBool>,
-    next: u64,
-}
-
-impl SourceFunction<u64> for Until {
-    fn poll_next(&mut self, out: &mut Vec<u64>, max: usize) -> Result<SourceStatus> {
-        if self.stop.load(Ordering::SeqCst) {
-            return Ok(SourceStatus::Finished);
-        }
-        for _ in 0..max.min(64) {
-            out.push(self.next);
-            self.next += 1;
-        }
-        Ok(SourceStatus::Idle(Duration::from_micros(300)))
-    }
-}
 
 /// Every file under `dir` (relative path -> size).
 fn files_under(dir: &Path) -> BTreeMap<String, u64> {
@@ -69,47 +48,8 @@ pub fn run_until_checkpoints(
     for (k, v) in pairs {
         c.set(k, v).unwrap();
     }
-    let env = Env::from_conf(c).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    env.add_source(Until {
-        stop: stop.clone(),
-        next: 0,
-    })
-    .set_parallelism(1)
-    .name("numbers")
-    // The key space grows: new keys all the time, old keys updated.
-    .key_by(|i: &u64| i.wrapping_mul(2_654_435_761) % (1000 + i / 16))
-    .count()
-    .name("count")
-    .add_sink(DiscardSink)
-    .name("sink");
-    let job = env.execute_async("retention").unwrap();
-    let dir = root.join(job.job_id());
-    let t = Instant::now();
-    loop {
-        let done = job
-            .checkpoint_stats()
-            .iter()
-            .filter(|s| s.status == CheckpointStatus::Completed)
-            .count();
-        if done >= n {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(300),
-            "only {done} checkpoints in 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    stop.store(true, Ordering::SeqCst);
-    let r = job.wait().unwrap();
-    let ids = r
-        .checkpoints
-        .iter()
-        .filter(|s| s.status == CheckpointStatus::Completed)
-        .map(|s| s.id)
-        .collect();
-    (dir, ids)
+    let (job_id, ids) = keyed_count_until_checkpoints(c, "retention", n);
+    (root.join(job_id), ids)
 }
 
 fn exactly_the_retained_files(pairs: &[(&str, &str)]) {

@@ -17,9 +17,7 @@ mod s3;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use s3::S3Server;
@@ -28,7 +26,7 @@ use weir::prelude::*;
 use weir::runtime::checkpoint::storage::{
     self, job_dirs, list_checkpoints, load_checkpoint, verify_checkpoint, CheckpointStorage,
 };
-use weir::runtime::checkpoint::{CheckpointMetadata, CheckpointStatus, StateHandle, SubtaskState};
+use weir::runtime::checkpoint::{CheckpointMetadata, StateHandle, SubtaskState};
 
 #[test]
 fn s3_storage_round_trip() {
@@ -324,26 +322,6 @@ fn rocksdb_incremental_killed_and_restored_from_s3_is_exactly_once() {
 
 // ---------------------------------------------------------------- retention
 
-/// Emits 0, 1, 2, ... (paced) until told to stop.
-#[derive(Clone)]
-struct Until {
-    stop: Arc<AtomicBool>,
-    next: u64,
-}
-
-impl SourceFunction<u64> for Until {
-    fn poll_next(&mut self, out: &mut Vec<u64>, max: usize) -> Result<SourceStatus> {
-        if self.stop.load(Ordering::SeqCst) {
-            return Ok(SourceStatus::Finished);
-        }
-        for _ in 0..max.min(64) {
-            out.push(self.next);
-            self.next += 1;
-        }
-        Ok(SourceStatus::Idle(Duration::from_micros(300)))
-    }
-}
-
 /// Runs a keyed count checkpointing to `s3://.../<prefix>` until `n`
 /// checkpoints completed; returns the job id and the completed ids.
 fn run_on_s3(
@@ -364,46 +342,7 @@ fn run_on_s3(
     for (k, v) in pairs {
         c.set(k, v).unwrap();
     }
-    let env = Env::from_conf(c).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    env.add_source(Until {
-        stop: stop.clone(),
-        next: 0,
-    })
-    .set_parallelism(1)
-    .name("numbers")
-    .key_by(|i: &u64| i.wrapping_mul(2_654_435_761) % (1000 + i / 16))
-    .count()
-    .name("count")
-    .add_sink(DiscardSink)
-    .name("sink");
-    let job = env.execute_async("retention-s3").unwrap();
-    let job_id = job.job_id().to_string();
-    let t = Instant::now();
-    loop {
-        let done = job
-            .checkpoint_stats()
-            .iter()
-            .filter(|s| s.status == CheckpointStatus::Completed)
-            .count();
-        if done >= n {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(300),
-            "only {done} checkpoints in 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    stop.store(true, Ordering::SeqCst);
-    let r = job.wait().unwrap();
-    let ids = r
-        .checkpoints
-        .iter()
-        .filter(|s| s.status == CheckpointStatus::Completed)
-        .map(|s| s.id)
-        .collect();
-    (job_id, ids)
+    keyed_count_until_checkpoints(c, "retention-s3", n)
 }
 
 fn retention_on_s3(prefix: &str, pairs: &[(&str, &str)]) {

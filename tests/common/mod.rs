@@ -364,3 +364,85 @@ pub fn single_job_dir(ckpt: &Path) -> PathBuf {
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs[0].clone()
 }
+
+/// Emits 0, 1, 2, ... (64 per poll, then 300 µs of pause) until `stop` is set.
+#[derive(Clone)]
+pub struct UntilStopped {
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub next: u64,
+}
+
+impl weir::prelude::SourceFunction<u64> for UntilStopped {
+    fn poll_next(
+        &mut self,
+        out: &mut Vec<u64>,
+        max: usize,
+    ) -> weir::prelude::Result<weir::prelude::SourceStatus> {
+        if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(weir::prelude::SourceStatus::Finished);
+        }
+        for _ in 0..max.min(64) {
+            out.push(self.next);
+            self.next += 1;
+        }
+        Ok(weir::prelude::SourceStatus::Idle(
+            std::time::Duration::from_micros(300),
+        ))
+    }
+}
+
+/// Runs a keyed count over a growing key space ([`UntilStopped`] at
+/// parallelism 1 -> `key_by` -> `count` -> discard) with `conf` until `n`
+/// checkpoints completed (at most 300 s), then stops the source and waits
+/// for the end; returns the job id and the ids of the completed checkpoints.
+pub fn keyed_count_until_checkpoints(
+    conf: weir::prelude::Conf,
+    name: &str,
+    n: usize,
+) -> (String, Vec<u64>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    use weir::prelude::{DiscardSink, Env};
+    use weir::runtime::checkpoint::CheckpointStatus;
+    let env = Env::from_conf(conf).unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    env.add_source(UntilStopped {
+        stop: stop.clone(),
+        next: 0,
+    })
+    .set_parallelism(1)
+    .name("numbers")
+    // The key space grows: new keys all the time, old keys updated.
+    .key_by(|i: &u64| i.wrapping_mul(2_654_435_761) % (1000 + i / 16))
+    .count()
+    .name("count")
+    .add_sink(DiscardSink)
+    .name("sink");
+    let job = env.execute_async(name).unwrap();
+    let job_id = job.job_id().to_string();
+    let t = Instant::now();
+    loop {
+        let done = job
+            .checkpoint_stats()
+            .iter()
+            .filter(|s| s.status == CheckpointStatus::Completed)
+            .count();
+        if done >= n {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "only {done} checkpoints in 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let r = job.wait().unwrap();
+    let ids = r
+        .checkpoints
+        .iter()
+        .filter(|s| s.status == CheckpointStatus::Completed)
+        .map(|s| s.id)
+        .collect();
+    (job_id, ids)
+}
