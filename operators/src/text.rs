@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -44,86 +45,89 @@ pub struct Word(Repr);
 #[derive(Clone)]
 enum Repr {
     Inline(Inline),
-    /// A thin pointer (8 bytes), so it fits beside the length byte.
+    /// A thin pointer (8 bytes), so it fits beside the inline form's niche.
     Heap(Box<String>),
 }
 
-/// Bytes `0..len` and zero padding, then the length. `Len` has 16 values, so
-/// the other 240 values of its byte are the enum's tag and `Word` stays 16
-/// bytes. Aligned to 8 so it is copied as one 16-byte unit and read as two
-/// machine words (a copy in pieces followed by a whole-word read stalls the
-/// CPU's store forwarding).
-#[derive(Clone, Copy)]
-#[repr(C, align(8))]
+/// An inline word as two machine words, in memory the bytes `0..len`, zero
+/// padding, and `len + 1` in byte 15. That last byte is never zero, so `hi`
+/// is a `NonZeroU64` and its zero value tags the `Heap` variant: `Word`
+/// stays 16 bytes. Copied, compared and hashed as two registers: no byte
+/// loops, no memory round trip (a word copied in pieces and then read as
+/// whole machine words stalls the CPU's store forwarding).
+#[derive(Clone, Copy, bytemuck::NoUninit)]
+#[repr(C)]
 struct Inline {
-    bytes: [u8; INLINE],
-    len: Len,
+    lo: u64,
+    hi: NonZeroU64,
 }
 
-/// The length of an inline word, 0 to 15.
-#[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-#[rustfmt::skip]
-enum Len { L0, L1, L2, L3, L4, L5, L6, L7, L8, L9, L10, L11, L12, L13, L14, L15 }
-
-#[rustfmt::skip]
-const LENS: [Len; INLINE + 1] = [
-    Len::L0, Len::L1, Len::L2, Len::L3, Len::L4, Len::L5, Len::L6, Len::L7,
-    Len::L8, Len::L9, Len::L10, Len::L11, Len::L12, Len::L13, Len::L14, Len::L15,
-];
-
 const _: () = assert!(std::mem::size_of::<Word>() == 16);
+
+impl Inline {
+    /// From the little-endian values of bytes 0..8 and 8..15 (top byte zero).
+    #[inline]
+    fn from_le(lo: u64, hi: u64, len: usize) -> Self {
+        let hi = hi | ((len as u64 + 1) << 56);
+        Inline {
+            lo: u64::from_le(lo),
+            hi: NonZeroU64::new(u64::from_le(hi)).unwrap_or(NonZeroU64::MIN),
+        }
+    }
+
+    /// The little-endian values of bytes 0..8 and 8..15 (top byte zero) and the length.
+    #[inline]
+    fn to_le(self) -> (u64, u64, usize) {
+        let hi = u64::from_le(self.hi.get());
+        (
+            u64::from_le(self.lo),
+            hi & 0x00ff_ffff_ffff_ffff,
+            ((hi >> 56) as usize).saturating_sub(1),
+        )
+    }
+}
 
 impl Word {
     /// A word holding `s` as it is.
     pub fn new(s: &str) -> Self {
         if s.len() <= INLINE {
-            let mut b = [0u8; INLINE];
+            let mut b = [0u8; 16];
             b[..s.len()].copy_from_slice(s.as_bytes());
-            Word::inline(b, s.len())
+            let (lo, hi) = le_words(&b);
+            Word(Repr::Inline(Inline::from_le(lo, hi, s.len())))
         } else {
             Word(Repr::Heap(Box::new(s.to_string())))
         }
-    }
-
-    /// An inline word from the first `len` bytes of `b` (the rest zero);
-    /// `len` is at most [`INLINE`].
-    #[inline]
-    fn inline(b: [u8; INLINE], len: usize) -> Self {
-        Word(Repr::Inline(Inline {
-            bytes: b,
-            len: LENS[len & INLINE],
-        }))
     }
 
     /// The word as a string slice.
     #[inline]
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            Repr::Inline(i) => std::str::from_utf8(&i.bytes[..i.len as usize]).unwrap_or(""),
+            Repr::Inline(i) => {
+                let len = i.to_le().2;
+                std::str::from_utf8(&bytemuck::bytes_of(i)[..len]).unwrap_or("")
+            }
             Repr::Heap(s) => s,
         }
     }
+}
 
-    /// The inline bytes as two little-endian machine words (the top byte
-    /// of the second is zero): two loads, the second overlapping the first.
-    #[inline]
-    fn halves(b: &[u8; INLINE]) -> (u64, u64) {
-        let mut lo = [0u8; 8];
-        let mut hi = [0u8; 8];
-        lo.copy_from_slice(&b[..8]);
-        hi.copy_from_slice(&b[INLINE - 8..]);
-        (u64::from_le_bytes(lo), u64::from_le_bytes(hi) >> 8)
-    }
+/// Bytes 0..8 and 8..16 of `b` as little-endian machine words.
+#[inline]
+fn le_words(b: &[u8; 16]) -> (u64, u64) {
+    let mut lo = [0u8; 8];
+    let mut hi = [0u8; 8];
+    lo.copy_from_slice(&b[..8]);
+    hi.copy_from_slice(&b[8..]);
+    (u64::from_le_bytes(lo), u64::from_le_bytes(hi))
 }
 
 impl PartialEq for Word {
     #[inline]
     fn eq(&self, other: &Self) -> bool {
         match (&self.0, &other.0) {
-            (Repr::Inline(a), Repr::Inline(b)) => {
-                a.len == b.len && Word::halves(&a.bytes) == Word::halves(&b.bytes)
-            }
+            (Repr::Inline(a), Repr::Inline(b)) => a.lo == b.lo && a.hi == b.hi,
             (Repr::Heap(a), Repr::Heap(b)) => a == b,
             _ => false,
         }
@@ -153,10 +157,10 @@ impl Hash for Word {
     fn hash<H: Hasher>(&self, state: &mut H) {
         match &self.0 {
             Repr::Inline(i) => {
-                let (lo, hi) = Word::halves(&i.bytes);
+                let (lo, hi, len) = i.to_le();
                 state.write_u64(lo);
                 state.write_u64(hi);
-                state.write_u64((i.len as u64) << 56);
+                state.write_u64((len as u64) << 56);
             }
             Repr::Heap(s) if s.len() <= 23 => hash_short(s.as_bytes(), state),
             Repr::Heap(s) => {
@@ -262,15 +266,19 @@ pub fn for_each_word(text: &str, mut f: impl FnMut(Word)) {
             }
             1 => {
                 let start = i;
-                let mut buf = [0u8; INLINE];
+                // The word's bytes, lowercased, as two little-endian machine words.
+                let (mut lo, mut hi) = (0u64, 0u64);
                 let mut k = 0;
                 let mut ascii = true;
                 while i < n {
                     let b = bytes[i];
                     match CLASS[b as usize] {
                         1 => {
-                            if k < INLINE {
-                                buf[k] = b.to_ascii_lowercase();
+                            let c = b.to_ascii_lowercase() as u64;
+                            if k < 8 {
+                                lo |= c << (8 * k);
+                            } else if k < INLINE {
+                                hi |= c << (8 * (k - 8));
                             }
                             k += 1;
                             i += 1;
@@ -285,7 +293,7 @@ pub fn for_each_word(text: &str, mut f: impl FnMut(Word)) {
                 if !ascii {
                     i = slow_word(text, start, &mut f);
                 } else if k <= INLINE {
-                    f(Word::inline(buf, k));
+                    f(Word(Repr::Inline(Inline::from_le(lo, hi, k))));
                 } else {
                     f(Word::new(&text[start..i].to_ascii_lowercase()));
                 }
