@@ -3,17 +3,19 @@
 //! memory.
 //!
 //! # Copy-on-write snapshots (DESIGN.md invariant 2: the synchronous part is cheap)
-//! Each key group's map sits behind an [`Arc`]. The synchronous part of a
-//! snapshot (`HeapKeyedStateBackend::snapshot_async`) only clones those
-//! `Arc`s: O(number of key groups), independent of the number of keys. The
-//! returned job serializes the frozen maps later, in the asynchronous upload,
-//! off the processing loop. A write after a snapshot goes through
-//! [`Arc::make_mut`]: the first write to a key group whose frozen copy is
-//! still being serialized clones that one key group's map (Flink's
-//! copy-on-write state table does the same per entry); once the upload has
-//! dropped its references, writes are in place again. So processing never
-//! stalls for the whole state: at most one key group is copied at a time,
-//! and only while an upload still holds it.
+//! Each key group's map is owned by the live state until a snapshot shares
+//! it: the synchronous part of a snapshot
+//! (`HeapKeyedStateBackend::snapshot_async`) moves each non-empty map into an
+//! [`Arc`] and keeps a clone of that `Arc`: O(number of key groups),
+//! independent of the number of keys. The returned job serializes the frozen
+//! maps later, in the asynchronous upload, off the processing loop. The first
+//! write to a key group after a snapshot takes its map back
+//! (`Arc::try_unwrap`) if the upload is done with it, or copies that one key
+//! group's map if the upload still holds it (Flink's copy-on-write state
+//! table does the same per entry). So processing never stalls for the whole
+//! state: at most one key group is copied at a time, and only while an
+//! upload still holds it. Between snapshots every map is owned and an access
+//! costs no atomic operation.
 //!
 //! Access costs one key-group lookup (the key group is computed from the key,
 //! as routing did) plus one hash lookup and one type check per call. The
@@ -37,10 +39,30 @@ use crate::{Error, Result};
 /// Serializes frozen state later (in the asynchronous part of a snapshot).
 pub(crate) type SerializeJob = Box<dyn FnOnce() -> Result<BTreeMap<u16, Vec<u8>>> + Send>;
 
-/// A map per key group of a range, each behind an `Arc` for copy-on-write snapshots.
+/// A map per key group of a range, each shared with snapshots copy-on-write.
 pub(crate) struct KgMap<K, V> {
     first: u16,
-    shards: Vec<Arc<FxHashMap<K, V>>>,
+    shards: Vec<Shard<K, V>>,
+}
+
+/// One key group's map: owned by the live state, or shared with snapshots
+/// taken since it was last written. Telling them apart is a plain enum
+/// check, so an access to an owned map (every access between two
+/// snapshots) costs no atomic operation, where `Arc::make_mut` costs one
+/// compare-and-swap per call.
+enum Shard<K, V> {
+    Owned(FxHashMap<K, V>),
+    Shared(Arc<FxHashMap<K, V>>),
+}
+
+impl<K, V> Shard<K, V> {
+    #[inline]
+    fn map(&self) -> &FxHashMap<K, V> {
+        match self {
+            Shard::Owned(m) => m,
+            Shard::Shared(m) => m,
+        }
+    }
 }
 
 impl<K: Key, V: Clone + Send + Sync + 'static> KgMap<K, V> {
@@ -48,7 +70,7 @@ impl<K: Key, V: Clone + Send + Sync + 'static> KgMap<K, V> {
         KgMap {
             first: range.start,
             shards: (0..range.len())
-                .map(|_| Arc::new(FxHashMap::default()))
+                .map(|_| Shard::Owned(FxHashMap::default()))
                 .collect(),
         }
     }
@@ -70,27 +92,47 @@ impl<K: Key, V: Clone + Send + Sync + 'static> KgMap<K, V> {
     /// The value of `key` (in key group `kg`).
     #[inline]
     pub(crate) fn get(&self, kg: u16, key: &K) -> Result<Option<&V>> {
-        Ok(self.shards[self.index(kg)?].get(key))
+        Ok(self.shards[self.index(kg)?].map().get(key))
     }
 
-    /// The map of key group `kg`, for writing (copied first if a snapshot still holds it).
+    /// The map of key group `kg`, for writing. A map still shared with a
+    /// snapshot is taken back, or copied if the snapshot still holds it.
     #[inline]
     pub(crate) fn shard_mut(&mut self, kg: u16) -> Result<&mut FxHashMap<K, V>> {
         let i = self.index(kg)?;
-        Ok(Arc::make_mut(&mut self.shards[i]))
+        let shard = &mut self.shards[i];
+        if let Shard::Shared(m) = shard {
+            let m = std::mem::take(m);
+            *shard = Shard::Owned(Arc::try_unwrap(m).unwrap_or_else(|m| (*m).clone()));
+        }
+        match shard {
+            Shard::Owned(m) => Ok(m),
+            Shard::Shared(_) => Err(Error::Internal("a shard stayed shared".into())),
+        }
     }
 
     fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.len()).sum()
+        self.shards.iter().map(|s| s.map().len()).sum()
     }
 
     /// O(key groups): the current maps, shared with the live state.
-    fn freeze(&self) -> Vec<(u16, Arc<FxHashMap<K, V>>)> {
+    fn freeze(&mut self) -> Vec<(u16, Arc<FxHashMap<K, V>>)> {
+        let first = self.first;
         self.shards
-            .iter()
+            .iter_mut()
             .enumerate()
-            .filter(|(_, s)| !s.is_empty())
-            .map(|(i, s)| (self.first + i as u16, s.clone()))
+            .filter(|(_, s)| !s.map().is_empty())
+            .map(|(i, s)| {
+                let shared = match s {
+                    Shard::Shared(m) => m.clone(),
+                    Shard::Owned(m) => {
+                        let m = Arc::new(std::mem::take(m));
+                        *s = Shard::Shared(m.clone());
+                        m
+                    }
+                };
+                (first + i as u16, shared)
+            })
             .collect()
     }
 }
@@ -111,7 +153,7 @@ pub(crate) trait Table: Send + 'static {
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn len(&self) -> usize;
     /// Freezes the current contents (O(key groups)); the job encodes them per key group.
-    fn freeze(&self) -> SerializeJob;
+    fn freeze(&mut self) -> SerializeJob;
     /// Adds the entries of key group `kg` (canonical bytes).
     fn restore(&mut self, kg: u16, bytes: &[u8]) -> Result<()>;
 }
@@ -135,7 +177,7 @@ macro_rules! table {
             fn as_any(&self) -> &dyn Any { self }
             fn as_any_mut(&mut self) -> &mut dyn Any { self }
             fn len(&self) -> usize { self.map.len() }
-            fn freeze(&self) -> SerializeJob {
+            fn freeze(&mut self) -> SerializeJob {
                 let frozen = self.map.freeze();
                 Box::new(move || {
                     frozen
@@ -255,17 +297,17 @@ impl<K: Key> HeapKeyedStateBackend<K> {
     }
 
     /// Synchronous part of a snapshot: O(states x key groups), no serialization.
-    pub(crate) fn snapshot_async(&self) -> HeapPending {
+    pub(crate) fn snapshot_async(&mut self) -> HeapPending {
         HeapPending {
             states: self
                 .states
-                .iter()
+                .iter_mut()
                 .map(|s| (s.name.clone(), s.kind, s.table.freeze()))
                 .collect(),
         }
     }
 
-    pub(crate) fn snapshot(&self) -> Result<KeyedStateSnapshot> {
+    pub(crate) fn snapshot(&mut self) -> Result<KeyedStateSnapshot> {
         self.snapshot_async().encode()
     }
 
@@ -363,7 +405,7 @@ mod tests {
             let mut ctx = KeyedContext::new(&k, &mut b, max);
             v.update(&mut ctx, 1).unwrap();
         }
-        let pending = match &b {
+        let pending = match &mut b {
             KeyedStateBackend::Heap(h) => h.snapshot_async(),
             #[allow(unreachable_patterns)]
             _ => unreachable!(),
