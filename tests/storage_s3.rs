@@ -17,7 +17,7 @@ mod s3;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::*;
 use s3::S3Server;
@@ -222,29 +222,15 @@ fn stderr_of(child: &mut Child) -> String {
     err
 }
 
-fn exactly_once_through_s3(prefix: &str, extra: &[&str], seed: u64) {
+/// `scale` multiplies the corpus: a run must outlast its first checkpoint on S3.
+fn exactly_once_through_s3(prefix: &str, extra: &[&str], seed: u64, scale: u64) {
     let server = S3Server::start();
     server.configure();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input");
-    let reference = write_big_corpus(&input, words(), 17);
+    let reference = write_big_corpus(&input, words() * scale, 17);
     let out = dir.path().join("out");
     let root = server.uri(prefix);
-
-    // How long an uninterrupted run takes here.
-    let probe_out = dir.path().join("probe-out");
-    let t = Instant::now();
-    let mut probe = spawn(
-        &server,
-        &input,
-        &probe_out,
-        &server.uri(&format!("{prefix}-probe")),
-        extra,
-        None,
-    );
-    let status = probe.wait().unwrap();
-    assert!(status.success(), "probe run: {}", stderr_of(&mut probe));
-    let full = t.elapsed();
 
     let mut rng = SplitMix64::new(seed);
     let (mut landed, mut restores) = (0, Vec::new());
@@ -256,10 +242,26 @@ fn exactly_once_through_s3(prefix: &str, extra: &[&str], seed: u64) {
         }
         let restore_uri = restore.as_ref().map(|r| r.display().to_string());
         let mut child = spawn(&server, &input, &out, &root, extra, restore_uri.as_deref());
-        std::thread::sleep(full.mul_f64(0.3 + 0.3 * rng.unit_f64()));
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "run failed: {}", stderr_of(&mut child));
-            finished = true;
+        // The kill comes a random moment (0-40 ms) after this run completed
+        // a checkpoint of its own on S3, so every restore has progress to
+        // resume from, however fast or slow the run is here.
+        let delay = Duration::from_millis(rng.below(40));
+        let mut kill_at: Option<Instant> = None;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "run failed: {}", stderr_of(&mut child));
+                finished = true;
+                break;
+            }
+            if kill_at.is_none() && latest_s3_checkpoint(&root) != restore {
+                kill_at = Some(Instant::now() + delay);
+            }
+            if kill_at.is_some_and(|t| Instant::now() >= t) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if finished {
             break;
         }
         child.kill().unwrap();
@@ -302,7 +304,7 @@ fn exactly_once_through_s3(prefix: &str, extra: &[&str], seed: u64) {
 
 #[test]
 fn wordcount_killed_and_restored_from_s3_is_exactly_once() {
-    exactly_once_through_s3("eo-heap", &[], 21);
+    exactly_once_through_s3("eo-heap", &[], 21, 2);
 }
 
 #[cfg(feature = "rocksdb")]
@@ -317,6 +319,9 @@ fn rocksdb_incremental_killed_and_restored_from_s3_is_exactly_once() {
             "execution.checkpointing.incremental=true",
         ],
         22,
+        // A RocksDB checkpoint (flush, then upload of new SST files) takes
+        // longer than a heap one: a longer run, so kills land after one.
+        4,
     );
 }
 

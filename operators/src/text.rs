@@ -389,10 +389,20 @@ fn slow_word(text: &str, start: usize, f: &mut impl FnMut(Word)) -> usize {
 pub struct Vocabulary {
     words: Vec<String>,
     /// Each word's bytes padded to 24, so appending one is a fixed-size copy.
-    padded: Vec<([u8; 24], u8)>,
-    /// Alias method: keep index i when the low 32 random bits are below `keep[i]`.
-    keep: Vec<u32>,
-    alias: Vec<u32>,
+    padded: Vec<Padded>,
+    /// Alias method, `(keep, alias)` per index (one cache line for both):
+    /// index i stays when the low 32 random bits are below `keep`, else it
+    /// becomes `alias`.
+    table: Vec<(u32, u32)>,
+}
+
+/// A vocabulary word's bytes zero-padded to 24, and its length; aligned so
+/// that no word straddles two cache lines.
+#[derive(Debug)]
+#[repr(align(32))]
+struct Padded {
+    bytes: [u8; 24],
+    len: u8,
 }
 
 const SYLLABLES: &[&str] = &[
@@ -427,23 +437,26 @@ impl Vocabulary {
         }
         let weights: Vec<f64> = (0..size).map(|r| 1.0 / (r as f64 + 1.0)).collect();
         let (prob, alias) = alias_table(&weights);
-        let keep = prob
+        let table = prob
             .iter()
-            .map(|p| (p * 4_294_967_296.0).min(u32::MAX as f64) as u32)
+            .zip(alias)
+            .map(|(p, a)| ((p * 4_294_967_296.0).min(u32::MAX as f64) as u32, a))
             .collect();
         let padded = words
             .iter()
             .map(|w| {
-                let mut b = [0u8; 24];
-                b[..w.len()].copy_from_slice(w.as_bytes());
-                (b, w.len() as u8)
+                let mut bytes = [0u8; 24];
+                bytes[..w.len()].copy_from_slice(w.as_bytes());
+                Padded {
+                    bytes,
+                    len: w.len() as u8,
+                }
             })
             .collect();
         Vocabulary {
             words,
             padded,
-            keep,
-            alias,
+            table,
         }
     }
 
@@ -455,11 +468,13 @@ impl Vocabulary {
     #[inline]
     fn sample_index(&self, rng: &mut SplitMix64) -> usize {
         let r = rng.next_u64();
-        let i = (((r >> 32) * self.keep.len() as u64) >> 32) as usize;
-        if (r as u32) < self.keep[i] {
+        let i = (((r >> 32) * self.table.len() as u64) >> 32) as usize;
+        let (keep, alias) = self.table[i];
+        // Both candidates are at hand: a select, not an unpredictable branch.
+        if (r as u32) < keep {
             i
         } else {
-            self.alias[i] as usize
+            alias as usize
         }
     }
 
@@ -499,7 +514,7 @@ pub fn generate_line(vocab: &Vocabulary, seed: u64, index: u64, out: &mut String
     let n = 5 + rng.below(11) as usize;
     let separators = rng.next_u64();
     for k in 0..n {
-        let (bytes, len) = &vocab.padded[vocab.sample_index(&mut rng)];
+        let Padded { bytes, len } = &vocab.padded[vocab.sample_index(&mut rng)];
         if k > 0 {
             if (separators >> (4 * k)) & 0xF == 0 {
                 buf.push(b',');
