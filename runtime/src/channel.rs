@@ -13,7 +13,10 @@
 //! state). The actor mailboxes (unbounded in ractor) never carry records, only
 //! control.
 //!
-//! Records travel in batches (`pipeline.batch-size`, default 1024); control
+//! Records travel in batches. A hash partitioner fills a batch up to
+//! `pipeline.batch-size` records or `taskmanager.memory.segment-size` bytes
+//! of records (`size_of` each; 4096 and 32kb by default), whichever comes
+//! first, so a batch of large records stays small; control
 //! events (watermarks, aligned checkpoint barriers, end of stream) travel on
 //! the same queue, in order with the data, and never wait for space.
 //!
@@ -384,7 +387,19 @@ pub(crate) type PartitionFactory = Arc<dyn Fn(PartitionSetup) -> Box<dyn Partiti
 pub(crate) struct PartitionSetup {
     pub targets: usize,
     pub max_parallelism: usize,
+    /// Records per batch, at most (`pipeline.batch-size`).
     pub batch_size: usize,
+    /// Bytes of records per batch, at most (`taskmanager.memory.segment-size`).
+    pub segment_bytes: usize,
+}
+
+impl PartitionSetup {
+    /// Records per batch of `T`: `batch_size`, fewer if that many `T` take
+    /// more than `segment_bytes` (their in-memory size), at least one.
+    pub(crate) fn records_per_batch<T>(&self) -> usize {
+        let per_segment = self.segment_bytes / std::mem::size_of::<T>().max(1);
+        self.batch_size.min(per_segment).max(1)
+    }
 }
 
 /// One subtask to one subtask.
@@ -441,7 +456,8 @@ pub(crate) struct HashPartition<T, K, F> {
 }
 
 impl<T, K, F> HashPartition<T, K, F> {
-    pub(crate) fn new(selector: Arc<F>, setup: PartitionSetup) -> Self {
+    pub(crate) fn new(selector: Arc<F>, mut setup: PartitionSetup) -> Self {
+        setup.batch_size = setup.records_per_batch::<T>();
         HashPartition {
             selector,
             setup,
@@ -678,5 +694,53 @@ impl InputGate {
                 _ = &mut wake => return Ok(None),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(batch_size: usize, segment_bytes: usize) -> PartitionSetup {
+        PartitionSetup {
+            targets: 2,
+            max_parallelism: 128,
+            batch_size,
+            segment_bytes,
+        }
+    }
+
+    /// A batch holds `pipeline.batch-size` records or
+    /// `taskmanager.memory.segment-size` bytes of them, whichever is fewer,
+    /// and at least one record.
+    #[test]
+    fn records_per_batch_is_bounded_by_count_and_bytes() {
+        let s = setup(4096, 32 * 1024);
+        assert_eq!(s.records_per_batch::<u64>(), 4096);
+        assert_eq!(s.records_per_batch::<[u64; 2]>(), 2048);
+        assert_eq!(s.records_per_batch::<[u8; 1024]>(), 32);
+        assert_eq!(s.records_per_batch::<[u8; 100_000]>(), 1);
+        assert_eq!(s.records_per_batch::<()>(), 4096);
+        assert_eq!(setup(64, 32 * 1024).records_per_batch::<u64>(), 64);
+    }
+
+    /// The hash partitioner emits full batches of that many records.
+    #[test]
+    fn hash_partition_cuts_batches_at_the_byte_bound() {
+        // 1 KiB records (serde serializes arrays of up to 32 elements).
+        type Kib = [[u64; 32]; 4];
+        let mut p =
+            HashPartition::<Kib, u64, _>::new(Arc::new(|r: &Kib| r[0][0]), setup(4096, 32 * 1024));
+        let records: Vec<Kib> = (0..200u64).map(|i| [[i % 7; 32]; 4]).collect();
+        let mut ready = Vec::new();
+        p.route(Box::new(records), &mut ready).unwrap();
+        p.flush(&mut ready);
+        let sizes: Vec<usize> = ready
+            .iter()
+            .map(|(_, b)| b.downcast_ref::<Vec<Kib>>().unwrap().len())
+            .collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 200);
+        assert!(sizes.iter().all(|&n| n <= 32), "{sizes:?}");
+        assert!(sizes.iter().filter(|&&n| n == 32).count() >= 4, "{sizes:?}");
     }
 }

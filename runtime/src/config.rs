@@ -61,6 +61,14 @@ pub enum Kind {
     },
     /// An IP address to bind to (`127.0.0.1`, `0.0.0.0`, `::1`) or `localhost`.
     Address,
+    /// A number of bytes in `min..=max`, Flink's way: `32kb`, `64 mb`, `1g`
+    /// (binary multiples: 1kb = 1024 bytes); a bare number is bytes.
+    MemorySize {
+        /// Smallest accepted value, in bytes.
+        min: u64,
+        /// Largest accepted value, in bytes.
+        max: u64,
+    },
 }
 
 impl Kind {
@@ -84,6 +92,9 @@ impl Kind {
             Kind::Address => {
                 "an IP address such as 127.0.0.1 (loopback), 0.0.0.0 (every interface) or ::1, or localhost".into()
             }
+            Kind::MemorySize { min, max } => format!(
+                "a size from {min} to {max} bytes such as 32kb, 64kb or 1mb (kb = 1024 bytes; a bare number is bytes)"
+            ),
         }
     }
 
@@ -121,6 +132,10 @@ impl Kind {
                     Err(())
                 }
             }
+            Kind::MemorySize { min, max } => match parse_memory_size(raw) {
+                Some(b) if b >= *min && b <= *max => Ok(()),
+                _ => Err(()),
+            },
         }
     }
 }
@@ -207,6 +222,15 @@ impl FromConfValue for Duration {
 impl FromConfValue for Option<Duration> {
     fn from_conf_value(raw: &str) -> Option<Self> {
         parse_duration_or_off(raw)
+    }
+}
+/// A number of bytes (an option of [`Kind::MemorySize`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemorySize(pub u64);
+
+impl FromConfValue for MemorySize {
+    fn from_conf_value(raw: &str) -> Option<Self> {
+        parse_memory_size(raw).map(MemorySize)
     }
 }
 impl FromConfValue for String {
@@ -535,6 +559,24 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
     Some(Duration::from_millis(n.checked_mul(ms)?))
 }
 
+/// Parses a Flink-style memory size: `32kb`, `64 mb`, `1g`, `512b`; units are
+/// binary (1kb = 1024 bytes), a bare number is bytes.
+pub fn parse_memory_size(raw: &str) -> Option<u64> {
+    let s = raw.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" | "bytes" => 0,
+        "k" | "kb" | "kib" | "kibibytes" => 10,
+        "m" | "mb" | "mib" | "mebibytes" => 20,
+        "g" | "gb" | "gib" | "gibibytes" => 30,
+        "t" | "tb" | "tib" | "tebibytes" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
 /// Parses an OTLP endpoint: `Some(None)` when empty (off), `Some(Some(url))`
 /// for `http://host[:port][/path]`, `None` for anything else.
 pub fn parse_endpoint(raw: &str) -> Option<Option<String>> {
@@ -588,7 +630,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// Every option weir knows. `conf/weir.yaml` lists the same keys with the same
 /// defaults (a test keeps the two in step).
 pub mod options {
-    use super::{ConfigOption, Kind, OptionDef};
+    use super::{ConfigOption, Kind, MemorySize, OptionDef};
     use std::path::PathBuf;
     use std::time::Duration;
 
@@ -606,15 +648,25 @@ pub mod options {
         Kind::Int { min: 1, max: 32768 },
         "number of key groups: the highest parallelism keyed state can be rescaled to",
     );
-    /// Records per batch on channels.
+    /// Records per batch on key-partitioned channels, at most.
     pub const BATCH_SIZE: ConfigOption<usize> = ConfigOption::new(
         "pipeline.batch-size",
-        "1024",
+        "4096",
         Kind::Int {
             min: 1,
             max: 1_048_576,
         },
-        "records per batch sent between subtasks",
+        "records per batch sent between subtasks, at most (taskmanager.memory.segment-size also bounds a batch)",
+    );
+    /// Bytes of records per batch on key-partitioned channels, at most.
+    pub const SEGMENT_SIZE: ConfigOption<MemorySize> = ConfigOption::new(
+        "taskmanager.memory.segment-size",
+        "32kb",
+        Kind::MemorySize {
+            min: 1,
+            max: 1 << 30,
+        },
+        "bytes of records (their in-memory size) per batch sent between subtasks, at most; at least one record",
     );
     /// Records a source emits per poll.
     pub const SOURCE_BATCH_SIZE: ConfigOption<usize> = ConfigOption::new(
@@ -1092,6 +1144,7 @@ pub mod options {
         PARALLELISM_DEFAULT.def,
         MAX_PARALLELISM.def,
         BATCH_SIZE.def,
+        SEGMENT_SIZE.def,
         SOURCE_BATCH_SIZE.def,
         BUFFERS_PER_CHANNEL.def,
         WORKER_THREADS.def,
@@ -1177,6 +1230,37 @@ mod tests {
         assert_eq!(parse_duration("250"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("1 fortnight"), None);
         assert_eq!(parse_duration("s"), None);
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory_size("32kb"), Some(32 * 1024));
+        assert_eq!(parse_memory_size("64 MB"), Some(64 << 20));
+        assert_eq!(parse_memory_size("1g"), Some(1 << 30));
+        assert_eq!(parse_memory_size("512"), Some(512));
+        assert_eq!(parse_memory_size("512b"), Some(512));
+        assert_eq!(parse_memory_size("2 kib"), Some(2048));
+        assert_eq!(parse_memory_size("32 xb"), None);
+        assert_eq!(parse_memory_size("kb"), None);
+        assert_eq!(parse_memory_size("-1kb"), None);
+        assert_eq!(parse_memory_size("99999999999tb"), None, "overflow");
+    }
+
+    #[test]
+    fn a_bad_segment_size_names_the_key_value_and_accepted_values() {
+        let mut c = Conf::defaults();
+        let e = c
+            .set(options::SEGMENT_SIZE.def.key, "32 xb")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("taskmanager.memory.segment-size")
+                && e.contains("32 xb")
+                && e.contains("32kb"),
+            "{e}"
+        );
+        c.set(options::SEGMENT_SIZE.def.key, "64kb").unwrap();
+        assert_eq!(c.get(&options::SEGMENT_SIZE), MemorySize(64 * 1024));
     }
 
     #[test]

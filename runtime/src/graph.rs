@@ -494,6 +494,7 @@ pub(crate) fn instantiate(
     let state_backend = crate::state::StateBackendConfig::from_conf(conf);
     let max_p = conf.get(&options::MAX_PARALLELISM);
     let batch_size = conf.get(&options::BATCH_SIZE);
+    let segment_bytes = usize::try_from(conf.get(&options::SEGMENT_SIZE).0).unwrap_or(usize::MAX);
     let capacity = conf.get(&options::BUFFERS_PER_CHANNEL);
     let ctx_for = |node: usize, subtask: usize| RuntimeContext {
         job_id: job_id.to_string(),
@@ -579,6 +580,7 @@ pub(crate) fn instantiate(
                 targets: pb,
                 max_parallelism: max_p,
                 batch_size,
+                segment_bytes,
             };
             let partition: Box<dyn crate::channel::Partition> = match (&edge.ship, ch.ship) {
                 (Ship::Hash(f), _) => f(setup),
