@@ -45,7 +45,9 @@ pub struct Word(Repr);
 #[derive(Clone)]
 enum Repr {
     Inline(Inline),
-    /// A thin pointer (8 bytes), so it fits beside the inline form's niche.
+    /// A thin pointer (8 bytes), so it fits beside the inline form's niche
+    /// (a `String` or `Box<str>` is 24 or 16 bytes and would make `Word` larger).
+    #[allow(clippy::box_collection)]
     Heap(Box<String>),
 }
 
