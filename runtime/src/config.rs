@@ -541,14 +541,20 @@ pub fn parse_bool(raw: &str) -> Option<bool> {
     }
 }
 
-/// Parses a Flink-style duration: `500ms`, `1 s`, `10min`, `2h`, `1d`; a bare
-/// number is milliseconds.
-pub fn parse_duration(raw: &str) -> Option<Duration> {
+/// `"10 MB"` -> `(10, "mb")`: the leading digits and the rest, trimmed and
+/// lowercased; `None` without digits.
+fn number_and_unit(raw: &str) -> Option<(u64, String)> {
     let s = raw.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let ms = match unit.trim().to_ascii_lowercase().as_str() {
+    Some((num.parse().ok()?, unit.trim().to_ascii_lowercase()))
+}
+
+/// Parses a Flink-style duration: `500ms`, `1 s`, `10min`, `2h`, `1d`; a bare
+/// number is milliseconds.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let (n, unit) = number_and_unit(raw)?;
+    let ms = match unit.as_str() {
         "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 1,
         "s" | "sec" | "secs" | "second" | "seconds" => 1_000,
         "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
@@ -562,11 +568,8 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
 /// Parses a Flink-style memory size: `32kb`, `64 mb`, `1g`, `512b`; units are
 /// binary (1kb = 1024 bytes), a bare number is bytes.
 pub fn parse_memory_size(raw: &str) -> Option<u64> {
-    let s = raw.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+    let (n, unit) = number_and_unit(raw)?;
+    let shift = match unit.as_str() {
         "" | "b" | "bytes" => 0,
         "k" | "kb" | "kib" | "kibibytes" => 10,
         "m" | "mb" | "mib" | "mebibytes" => 20,
