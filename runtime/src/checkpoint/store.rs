@@ -168,6 +168,27 @@ fn local_copy(src: &Path, dest: &Path) -> Result<(u64, u32)> {
     Ok(r)
 }
 
+/// Writes the file `path` atomically: `write` fills the temporary file
+/// `tmp_name` beside it (and fsyncs it), `before_publish` runs, the rename
+/// publishes it, and the directory is fsynced so the rename survives a crash
+/// (a `_metadata` written later may name this file).
+fn publish_local<R>(
+    path: &Path,
+    tmp_name: &str,
+    write: impl FnOnce(&Path) -> Result<R>,
+    before_publish: &dyn Fn() -> Result<()>,
+) -> Result<R> {
+    let dir = parent_of(path);
+    fs::create_dir_all(&dir)
+        .map_err(|e| Error::io("cannot create checkpoint directory", &dir, e))?;
+    let tmp = dir.join(tmp_name);
+    let r = write(&tmp)?;
+    before_publish()?;
+    fs::rename(&tmp, path).map_err(|e| Error::io("cannot publish checkpoint file", path, e))?;
+    sync_dir(&dir);
+    Ok(r)
+}
+
 impl Store for LocalStore {
     fn display(&self, key: &str) -> String {
         key.to_string()
@@ -184,31 +205,26 @@ impl Store for LocalStore {
         before_publish: &dyn Fn() -> Result<()>,
     ) -> Result<()> {
         let path = Path::new(key);
-        let dir = parent_of(path);
-        fs::create_dir_all(&dir)
-            .map_err(|e| Error::io("cannot create checkpoint directory", &dir, e))?;
-        let tmp = dir.join(format!("{}.inprogress", file_name_of(path)));
-        let mut f =
-            File::create(&tmp).map_err(|e| Error::io("cannot create checkpoint file", &tmp, e))?;
-        f.write_all(&bytes)
-            .map_err(|e| Error::io("cannot write checkpoint file", &tmp, e))?;
-        f.sync_all()
-            .map_err(|e| Error::io("cannot sync checkpoint file", &tmp, e))?;
-        before_publish()?;
-        fs::rename(&tmp, path).map_err(|e| Error::io("cannot publish checkpoint file", path, e))?;
-        sync_dir(&dir);
-        Ok(())
+        let tmp = format!("{}.inprogress", file_name_of(path));
+        publish_local(
+            path,
+            &tmp,
+            |tmp| {
+                let mut f = File::create(tmp)
+                    .map_err(|e| Error::io("cannot create checkpoint file", tmp, e))?;
+                f.write_all(&bytes)
+                    .map_err(|e| Error::io("cannot write checkpoint file", tmp, e))?;
+                f.sync_all()
+                    .map_err(|e| Error::io("cannot sync checkpoint file", tmp, e))
+            },
+            before_publish,
+        )
     }
 
     fn put_file(&self, src: &Path, key: &str) -> Result<(u64, u32)> {
         let dest = Path::new(key);
-        let dir = parent_of(dest);
-        fs::create_dir_all(&dir)
-            .map_err(|e| Error::io("cannot create checkpoint directory", &dir, e))?;
-        let tmp = dir.join(format!(".{}.inprogress", file_name_of(dest)));
-        let r = local_copy(src, &tmp)?;
-        fs::rename(&tmp, dest).map_err(|e| Error::io("cannot publish checkpoint file", dest, e))?;
-        Ok(r)
+        let tmp = format!(".{}.inprogress", file_name_of(dest));
+        publish_local(dest, &tmp, |tmp| local_copy(src, tmp), &|| Ok(()))
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
