@@ -4,22 +4,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use weir::prelude::*;
 use weir::runtime::checkpoint::storage::load_checkpoint;
 use weir::runtime::checkpoint::{CheckpointStats, CheckpointStatus};
-
-fn conf(dir: &Path, pairs: &[(&str, &str)]) -> Conf {
-    let mut c = Conf::defaults();
-    c.set("execution.checkpointing.dir", dir.display()).unwrap();
-    for (k, v) in pairs {
-        c.set(k, v).unwrap();
-    }
-    c
-}
 
 #[derive(Clone)]
 struct SlowSink(Duration);
@@ -63,7 +53,7 @@ fn completed(stats: &[CheckpointStats]) -> Vec<&CheckpointStats> {
 #[test]
 fn retention_keeps_exactly_num_retained_and_cancel_retains() {
     let dir = tempfile::tempdir().unwrap();
-    let c = conf(
+    let c = conf_with(
         dir.path(),
         &[
             ("execution.checkpointing.interval", "10ms"),
@@ -110,7 +100,7 @@ fn retention_keeps_exactly_num_retained_and_cancel_retains() {
 #[test]
 fn delete_on_cancellation_removes_the_job_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let c = conf(
+    let c = conf_with(
         dir.path(),
         &[
             ("execution.checkpointing.interval", "10ms"),
@@ -131,7 +121,7 @@ fn delete_on_cancellation_removes_the_job_directory() {
 #[test]
 fn concurrent_checkpoints_complete_in_id_order() {
     let dir = tempfile::tempdir().unwrap();
-    let c = conf(
+    let c = conf_with(
         dir.path(),
         &[
             ("execution.checkpointing.interval", "2ms"),
@@ -184,10 +174,10 @@ fn aligned_barriers_wait_behind_data_unaligned_overtake_it() {
         ("pipeline.batch-size", "256"),
         ("taskmanager.network.memory.buffers-per-channel", "8"),
     ];
-    let (aligned, _) = run_unbounded(conf(dir.path(), &base), delay, 2.5);
+    let (aligned, _) = run_unbounded(conf_with(dir.path(), &base), delay, 2.5);
     let mut un = base.to_vec();
     un.push(("execution.checkpointing.unaligned.enabled", "true"));
-    let (unaligned, _) = run_unbounded(conf(dir.path(), &un), delay, 2.5);
+    let (unaligned, _) = run_unbounded(conf_with(dir.path(), &un), delay, 2.5);
     let (a, u) = (completed(&aligned), completed(&unaligned));
     // Aligned: no in-flight data persisted, barriers waited behind the queued batches.
     for s in &a {
@@ -249,7 +239,7 @@ fn restore_replays_in_flight_data_exactly_once() {
         ("parallelism.default", "2"),
         ("pipeline.batch-size", "128"),
     ];
-    let env = Env::from_conf(conf(&ckpt, &pairs)).unwrap();
+    let env = Env::from_conf(conf_with(&ckpt, &pairs)).unwrap();
     build(&env, true);
     let job = env.execute_async("first").unwrap();
     let started = Instant::now();
@@ -277,7 +267,7 @@ fn restore_replays_in_flight_data_exactly_once() {
     let loaded = load_checkpoint(&chk).unwrap();
     assert!(loaded.states.iter().any(|s| !s.channel_state.is_empty()));
 
-    let mut c = conf(&dir.path().join("ckpt2"), &pairs);
+    let mut c = conf_with(&dir.path().join("ckpt2"), &pairs);
     c.set("execution.state-recovery.path", chk.display())
         .unwrap();
     let env = Env::from_conf(c).unwrap();

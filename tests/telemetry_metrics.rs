@@ -8,47 +8,13 @@ mod common;
 #[path = "common/otlp.rs"]
 mod otlp;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::*;
 use otlp::Point;
 use weir::prelude::*;
 use weir::runtime::checkpoint::CheckpointStatus;
-
-fn conf(dir: &Path, pairs: &[(&str, &str)]) -> Conf {
-    let mut c = Conf::defaults();
-    c.set("execution.checkpointing.dir", dir.display()).unwrap();
-    for (k, v) in pairs {
-        c.set(k, v).unwrap();
-    }
-    c
-}
-
-/// A keyed running count into the exactly-once file sink `files`: every
-/// record of the sources reaches the sink once (as its key's running count).
-fn build(env: &Env, n: u64, rate: f64, out: &Path) {
-    let sink = FileSink::new(out, |(k, c): &(u64, u64), line: &mut String| {
-        line.push_str(&format!("{k}\t{c}"))
-    })
-    .unwrap();
-    env.add_source(GeneratorSource::new(3, Some(n), |i, _| i % 997).with_rate(rate))
-        .name("numbers")
-        .key_by(|x: &u64| *x)
-        .count()
-        .name("count")
-        .add_sink(sink)
-        .name("files");
-}
-
-fn reference(n: u64) -> BTreeMap<String, u64> {
-    let mut r = BTreeMap::new();
-    for i in 0..n {
-        *r.entry((i % 997).to_string()).or_insert(0) += 1;
-    }
-    r
-}
 
 /// The data points of metric `name` in export request `request`.
 fn of<'a>(points: &'a [Point], name: &str, request: usize) -> Vec<&'a Point> {
@@ -73,7 +39,7 @@ fn exports_metrics(protocol: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let n = 60_000;
-    let env = Env::from_conf(conf(
+    let env = Env::from_conf(conf_with(
         &dir.path().join("ckpt"),
         &[
             ("execution.checkpointing.interval", "100ms"),
@@ -87,7 +53,7 @@ fn exports_metrics(protocol: &str) {
     ))
     .unwrap();
     // About 2 s of running: several exports while checkpoints complete.
-    build(&env, n, 30_000.0, &out);
+    numbers_into_files(&env, n, 30_000.0, &out, Duration::ZERO);
     let mut job = env.execute_async("metered").unwrap();
     while !job.is_done() {
         std::thread::sleep(Duration::from_millis(5));
@@ -96,7 +62,7 @@ fn exports_metrics(protocol: &str) {
     let snapshot = job.metrics_snapshot();
     let exports_before_end = rx.metric_requests();
     let result = job.wait().unwrap();
-    assert_running_counts(&read_output(&out), &reference(n));
+    assert_running_counts(&read_output(&out), &numbers_reference(n));
     assert_eq!(rx.bad_requests(), 0, "every request was a protobuf POST");
     assert!(
         rx.metric_requests() > exports_before_end,
@@ -276,8 +242,8 @@ fn timed_run(extra: &[(&str, &str)]) -> (Duration, Option<weir::runtime::telemet
         ("parallelism.default", "2"),
     ];
     pairs.extend_from_slice(extra);
-    let env = Env::from_conf(conf(&dir.path().join("ckpt"), &pairs)).unwrap();
-    build(&env, n, 150_000.0, &out);
+    let env = Env::from_conf(conf_with(&dir.path().join("ckpt"), &pairs)).unwrap();
+    numbers_into_files(&env, n, 150_000.0, &out, Duration::ZERO);
     let started = Instant::now();
     let mut job = env.execute_async("collector-down").unwrap();
     while !job.is_done() {
@@ -286,7 +252,7 @@ fn timed_run(extra: &[(&str, &str)]) -> (Duration, Option<weir::runtime::telemet
     let stats = job.telemetry_stats();
     let result = job.wait().unwrap();
     let took = started.elapsed();
-    assert_running_counts(&read_output(&out), &reference(n));
+    assert_running_counts(&read_output(&out), &numbers_reference(n));
     assert!(
         result
             .checkpoints

@@ -7,7 +7,6 @@ mod common;
 #[path = "common/otlp.rs"]
 mod otlp;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,59 +14,6 @@ use common::*;
 use otlp::Span;
 use weir::prelude::*;
 use weir::runtime::checkpoint::{CheckpointStats, CheckpointStatus};
-
-fn conf(dir: &Path, pairs: &[(&str, &str)]) -> Conf {
-    let mut c = Conf::defaults();
-    c.set("execution.checkpointing.dir", dir.display()).unwrap();
-    for (k, v) in pairs {
-        c.set(k, v).unwrap();
-    }
-    c
-}
-
-/// A keyed running count into the exactly-once file sink: two sources, two
-/// counting subtasks behind a hash exchange (so barriers are aligned over two
-/// inputs).
-fn build(env: &Env, n: u64, rate: f64, out: &Path) {
-    build_slow(env, n, rate, out, Duration::ZERO)
-}
-
-/// [`build`], with `per_record` of busy work after the count: the counting
-/// subtasks fall behind, so their input channels are full (backpressure).
-fn build_slow(env: &Env, n: u64, rate: f64, out: &Path, per_record: Duration) {
-    let sink = FileSink::new(out, |(k, c): &(u64, u64), line: &mut String| {
-        line.push_str(&format!("{k}\t{c}"))
-    })
-    .unwrap();
-    let counted = env
-        .add_source(GeneratorSource::new(3, Some(n), |i, _| i % 997).with_rate(rate))
-        .name("numbers")
-        .key_by(|x: &u64| *x)
-        .count()
-        .name("count");
-    let counted = if per_record.is_zero() {
-        counted
-    } else {
-        counted
-            .map(move |kc: (u64, u64)| {
-                let t = Instant::now();
-                while t.elapsed() < per_record {
-                    std::hint::spin_loop();
-                }
-                kc
-            })
-            .name("slow")
-    };
-    counted.add_sink(sink).name("files");
-}
-
-fn reference(n: u64) -> BTreeMap<String, u64> {
-    let mut r = BTreeMap::new();
-    for i in 0..n {
-        *r.entry((i % 997).to_string()).or_insert(0) += 1;
-    }
-    r
-}
 
 fn traced(dir: &Path, endpoint: &str, protocol: &str, extra: &[(&str, &str)]) -> Conf {
     let mut pairs = vec![
@@ -80,7 +26,7 @@ fn traced(dir: &Path, endpoint: &str, protocol: &str, extra: &[(&str, &str)]) ->
         ("otel.flush-timeout", "5s"),
     ];
     pairs.extend_from_slice(extra);
-    conf(dir, &pairs)
+    conf_with(dir, &pairs)
 }
 
 const TOL_MS: f64 = 0.05;
@@ -314,9 +260,9 @@ fn aligned_checkpoints_are_traced_over_grpc() {
         &[],
     ))
     .unwrap();
-    build(&env, n, 200_000.0, &out);
+    numbers_into_files(&env, n, 200_000.0, &out, Duration::ZERO);
     let result = env.execute("traced-aligned").unwrap();
-    assert_running_counts(&read_output(&out), &reference(n));
+    assert_running_counts(&read_output(&out), &numbers_reference(n));
     let completed = result
         .checkpoints
         .iter()
@@ -349,12 +295,12 @@ fn a_savepoint_is_traced_as_a_savepoint() {
         )],
     ))
     .unwrap();
-    build(&env, n, 200_000.0, &out);
+    numbers_into_files(&env, n, 200_000.0, &out, Duration::ZERO);
     let job = env.execute_async("traced-savepoint").unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let path = job.trigger_savepoint(None).unwrap();
     let result = job.wait().unwrap();
-    assert_running_counts(&read_output(&out), &reference(n));
+    assert_running_counts(&read_output(&out), &numbers_reference(n));
     let sp = result
         .checkpoints
         .iter()
@@ -393,9 +339,9 @@ fn unaligned_checkpoints_are_traced_over_http_protobuf() {
     .unwrap();
     // The counting subtasks (at most 40k records/s each) fall behind the sources
     // (200k/s): barriers overtake full channels and capture in-flight data.
-    build_slow(&env, n, 200_000.0, &out, Duration::from_micros(25));
+    numbers_into_files(&env, n, 200_000.0, &out, Duration::from_micros(25));
     let result = env.execute("traced-unaligned").unwrap();
-    assert_running_counts(&read_output(&out), &reference(n));
+    assert_running_counts(&read_output(&out), &numbers_reference(n));
     assert_eq!(
         rx.bad_requests(),
         0,
@@ -436,7 +382,7 @@ fn failover_is_traced(strategy: &str) {
         &[("jobmanager.execution.failover-strategy", strategy)],
     ))
     .unwrap();
-    build(&env, n, 200_000.0, &out);
+    numbers_into_files(&env, n, 200_000.0, &out, Duration::ZERO);
     let mut job = env.execute_async("traced-failover").unwrap();
     let started = Instant::now();
     while !job
@@ -461,7 +407,7 @@ fn failover_is_traced(strategy: &str) {
     let job_id = job.job_id().to_string();
     let regions = job.regions().to_vec();
     let result = job.wait().unwrap();
-    assert_running_counts(&read_output(&out), &reference(n));
+    assert_running_counts(&read_output(&out), &numbers_reference(n));
     let spans = rx.spans();
     let roots: Vec<&Span> = spans.iter().filter(|s| s.name == "failover").collect();
     assert_eq!(roots.len(), 1, "one failover trace");
@@ -561,8 +507,8 @@ fn timed_run(
         ("parallelism.default", "2"),
     ];
     pairs.extend_from_slice(extra);
-    let env = Env::from_conf(conf(&dir.path().join("ckpt"), &pairs)).unwrap();
-    build(&env, n, 150_000.0, &out);
+    let env = Env::from_conf(conf_with(&dir.path().join("ckpt"), &pairs)).unwrap();
+    numbers_into_files(&env, n, 150_000.0, &out, Duration::ZERO);
     let started = Instant::now();
     let mut job = env.execute_async("collector-trouble").unwrap();
     while !job.is_done() {
@@ -571,7 +517,7 @@ fn timed_run(
     let stats = job.telemetry_stats();
     let result = job.wait().unwrap();
     let took = started.elapsed();
-    assert_running_counts(&read_output(&out), &reference(n));
+    assert_running_counts(&read_output(&out), &numbers_reference(n));
     // A checkpoint triggered after a bounded source finished is declined by
     // it, with or without telemetry: not a loss.
     let failed: Vec<_> = result
@@ -751,7 +697,7 @@ fn bad_telemetry_configuration_is_rejected_with_clear_errors() {
     );
     // A cross-option rule is checked when the job starts.
     let dir = tempfile::tempdir().unwrap();
-    let env = Env::from_conf(conf(
+    let env = Env::from_conf(conf_with(
         dir.path(),
         &[
             ("otel.exporter.otlp.endpoint", "http://127.0.0.1:4317"),
@@ -776,7 +722,7 @@ fn bad_telemetry_configuration_is_rejected_with_clear_errors() {
         ],
         vec![],
     ] {
-        let env = Env::from_conf(conf(dir.path(), &pairs)).unwrap();
+        let env = Env::from_conf(conf_with(dir.path(), &pairs)).unwrap();
         env.add_source(GeneratorSource::new(3, Some(10), |i, _| i))
             .add_sink(DiscardSink);
         let job = env.execute_async("no-otel").unwrap();

@@ -246,16 +246,68 @@ pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T
 /// An environment with the REST server on a free loopback port, checkpoints
 /// into `ckpt_dir`, and `settings` (applied last, so they override).
 pub fn rest_env(ckpt_dir: &Path, settings: &[(&str, &str)]) -> weir::prelude::Env {
-    use weir::prelude::{Conf, Env};
-    let mut conf = Conf::defaults();
-    conf.set("rest.enabled", "true").unwrap();
-    conf.set("rest.port", "0").unwrap();
+    let rest = [("rest.enabled", "true"), ("rest.port", "0")];
+    let settings: Vec<(&str, &str)> = rest.iter().chain(settings).copied().collect();
+    weir::prelude::Env::from_conf(conf_with(ckpt_dir, &settings)).unwrap()
+}
+
+/// The defaults, checkpoints into `ckpt_dir`, then `settings` in order.
+pub fn conf_with(ckpt_dir: &Path, settings: &[(&str, &str)]) -> weir::prelude::Conf {
+    let mut conf = weir::prelude::Conf::defaults();
     conf.set("execution.checkpointing.dir", ckpt_dir.display())
         .unwrap();
     for (k, v) in settings {
         conf.set(k, v).unwrap();
     }
-    Env::from_conf(conf).unwrap()
+    conf
+}
+
+/// The telemetry tests' job: `numbers` (`i % 997` for i in 0..n, at `rate`
+/// records/s over its subtasks) -> `key_by` -> `count` -> (with a non-zero
+/// `per_record`, a `slow` map spinning that long per record) -> the
+/// exactly-once file sink `files` writing `key<TAB>count` into `out`. Every
+/// record reaches the sink once, as its key's running count.
+pub fn numbers_into_files(
+    env: &weir::prelude::Env,
+    n: u64,
+    rate: f64,
+    out: &Path,
+    per_record: std::time::Duration,
+) {
+    use weir::prelude::*;
+    let sink = FileSink::new(out, |(k, c): &(u64, u64), line: &mut String| {
+        line.push_str(&format!("{k}\t{c}"))
+    })
+    .unwrap();
+    let counted = env
+        .add_source(GeneratorSource::new(3, Some(n), |i, _| i % 997).with_rate(rate))
+        .name("numbers")
+        .key_by(|x: &u64| *x)
+        .count()
+        .name("count");
+    let counted = if per_record.is_zero() {
+        counted
+    } else {
+        counted
+            .map(move |kc: (u64, u64)| {
+                let t = std::time::Instant::now();
+                while t.elapsed() < per_record {
+                    std::hint::spin_loop();
+                }
+                kc
+            })
+            .name("slow")
+    };
+    counted.add_sink(sink).name("files");
+}
+
+/// What [`numbers_into_files`] counts for `n` records: key -> count.
+pub fn numbers_reference(n: u64) -> BTreeMap<String, u64> {
+    let mut r = BTreeMap::new();
+    for i in 0..n {
+        *r.entry((i % 997).to_string()).or_insert(0) += 1;
+    }
+    r
 }
 
 /// The usual job of the control tests: `numbers` (a rate-limited generator
