@@ -28,7 +28,6 @@
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -670,28 +669,6 @@ impl InputGate {
         Ok(None)
     }
 
-    /// Checks the inputs again for up to `spin`, giving the CPU to other
-    /// threads in between (`yield_now`), before the caller sleeps on them.
-    /// Counted as idle time. A subtask that sleeps as soon as its inputs are
-    /// empty is woken for nearly every batch, and the kernel tends to wake it
-    /// on its producer's core (wake-affine): both then share one core while
-    /// another idles. A short spin keeps a keeping-up consumer on its own core.
-    pub(crate) fn spin_next(&mut self, spin: Duration) -> Result<Option<(usize, Event)>> {
-        if spin.is_zero() {
-            return Ok(None);
-        }
-        let signals = self.signals.clone();
-        let _idle = signals.io.idle();
-        let until = Instant::now() + spin;
-        while Instant::now() < until {
-            std::thread::yield_now();
-            if let Some(ev) = self.try_next()? {
-                return Ok(Some(ev));
-            }
-        }
-        Ok(None)
-    }
-
     /// Waits for the next event of an unblocked, unfinished input. With every
     /// open input blocked this waits until `wake` (a timer) fires: returns `None` then.
     pub(crate) async fn next_or(
@@ -745,39 +722,6 @@ mod tests {
         assert_eq!(s.records_per_batch::<[u8; 100_000]>(), 1);
         assert_eq!(s.records_per_batch::<()>(), 4096);
         assert_eq!(setup(64, 32 * 1024).records_per_batch::<u64>(), 64);
-    }
-
-    /// An input that gets a batch while its subtask spins hands it over
-    /// without a sleep; the spin counts as idle time; with nothing coming
-    /// the spin ends after its time.
-    #[test]
-    fn spin_next_takes_a_batch_that_comes_during_the_spin() {
-        let (up, down) = (
-            Arc::new(TaskSignals::default()),
-            Arc::new(TaskSignals::default()),
-        );
-        let (tx, rx) = channel(4, up, down.clone());
-        let mut gate = InputGate::new(vec![rx], down.clone());
-        let started = Instant::now();
-        assert!(gate.spin_next(Duration::from_millis(5)).unwrap().is_none());
-        assert!(started.elapsed() >= Duration::from_millis(5));
-        assert!(gate.spin_next(Duration::ZERO).unwrap().is_none());
-        let sender = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(2));
-            tx.send_batch_now(Box::new(vec![7u64])).unwrap();
-            tx
-        });
-        let got = gate.spin_next(Duration::from_secs(10)).unwrap();
-        let _tx = sender.join().unwrap();
-        match got {
-            Some((0, Event::Batch(b))) => assert_eq!(*b.downcast::<Vec<u64>>().unwrap(), vec![7]),
-            _ => panic!("expected the batch"),
-        }
-        assert!(
-            down.io.idle_ns() >= 5_000_000,
-            "idle {} ns",
-            down.io.idle_ns()
-        );
     }
 
     /// The hash partitioner emits full batches of that many records.

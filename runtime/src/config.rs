@@ -77,7 +77,7 @@ impl Kind {
         match self {
             Kind::Int { min, max } => format!("an integer from {min} to {max}"),
             Kind::Duration => {
-                "a duration such as 100us, 500ms, 1s, 10min or 1h (a bare number is milliseconds)".into()
+                "a duration such as 500ms, 1s, 10min or 1h (a bare number is milliseconds)".into()
             }
             Kind::PositiveDuration => {
                 "a duration of more than 0 such as 500ms, 1s or 10s (a bare number is milliseconds)"
@@ -550,20 +550,19 @@ fn number_and_unit(raw: &str) -> Option<(u64, String)> {
     Some((num.parse().ok()?, unit.trim().to_ascii_lowercase()))
 }
 
-/// Parses a Flink-style duration: `100us`, `500ms`, `1 s`, `10min`, `2h`,
-/// `1d`; a bare number is milliseconds.
+/// Parses a Flink-style duration: `500ms`, `1 s`, `10min`, `2h`, `1d`; a bare
+/// number is milliseconds.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let (n, unit) = number_and_unit(raw)?;
-    let micros = match unit.as_str() {
-        "us" | "µs" | "micro" | "micros" | "microsecond" | "microseconds" => 1,
-        "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 1_000,
-        "s" | "sec" | "secs" | "second" | "seconds" => 1_000_000,
-        "m" | "min" | "mins" | "minute" | "minutes" => 60_000_000,
-        "h" | "hour" | "hours" => 3_600_000_000,
-        "d" | "day" | "days" => 86_400_000_000,
+    let ms = match unit.as_str() {
+        "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 1,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1_000,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+        "h" | "hour" | "hours" => 3_600_000,
+        "d" | "day" | "days" => 86_400_000,
         _ => return None,
     };
-    Some(Duration::from_micros(n.checked_mul(micros)?))
+    Some(Duration::from_millis(n.checked_mul(ms)?))
 }
 
 /// Parses a Flink-style memory size: `32kb`, `64 mb`, `1g`, `512b`; units are
@@ -661,13 +660,6 @@ pub mod options {
             max: 1_048_576,
         },
         "records per batch sent between subtasks, at most (taskmanager.memory.segment-size also bounds a batch)",
-    );
-    /// How long a subtask with empty inputs keeps checking them before it sleeps.
-    pub const SPIN_WAIT: ConfigOption<Duration> = ConfigOption::new(
-        "taskmanager.spin-wait",
-        "100us",
-        Kind::Duration,
-        "how long a subtask whose inputs are empty keeps checking them (yielding the CPU in between) before it sleeps; 0: sleeps at once",
     );
     /// Bytes of records per batch on key-partitioned channels, at most.
     pub const SEGMENT_SIZE: ConfigOption<MemorySize> = ConfigOption::new(
@@ -1156,7 +1148,6 @@ pub mod options {
         MAX_PARALLELISM.def,
         BATCH_SIZE.def,
         SEGMENT_SIZE.def,
-        SPIN_WAIT.def,
         SOURCE_BATCH_SIZE.def,
         BUFFERS_PER_CHANNEL.def,
         WORKER_THREADS.def,
@@ -1240,8 +1231,6 @@ mod tests {
         assert_eq!(parse_duration("1 s"), Some(Duration::from_secs(1)));
         assert_eq!(parse_duration("10min"), Some(Duration::from_secs(600)));
         assert_eq!(parse_duration("250"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("100us"), Some(Duration::from_micros(100)));
-        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
         assert_eq!(parse_duration("1 fortnight"), None);
         assert_eq!(parse_duration("s"), None);
     }

@@ -469,9 +469,6 @@ pub(crate) struct SubtaskSpec {
     pub outputs: Vec<OutputEdge>,
     pub fanout_clone: CloneFn,
     pub source_batch_size: usize,
-    /// How long an input subtask keeps checking empty inputs before it
-    /// sleeps (`taskmanager.spin-wait`).
-    pub spin_wait: std::time::Duration,
 }
 
 /// Where subtasks count their records (per operator) and account their
@@ -654,7 +651,6 @@ pub(crate) fn instantiate(
                 outputs: std::mem::take(&mut outputs[c][i]),
                 fanout_clone: graph.nodes[tail].out_clone,
                 source_batch_size: conf.get(&options::SOURCE_BATCH_SIZE),
-                spin_wait: conf.get(&options::SPIN_WAIT),
             });
         }
     }

@@ -649,13 +649,33 @@ impl<'a> Runner<'a> {
                 Some(ev) => Some(ev),
                 None => {
                     flush(self.spec).await?;
-                    let spin = self.spec.spin_wait;
+                    let deadline = self.alignment_deadline();
+                    let wake = async move {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d.into()).await,
+                            None => std::future::pending::<()>().await,
+                        }
+                    };
                     let Head::Input(gate) = &mut self.head else {
                         return Err(Error::Internal("input loop without an input gate".into()));
                     };
-                    match gate.spin_next(spin)? {
-                        Some(ev) => Some(ev),
-                        None => self.wait_for_input().await?,
+                    let control = &mut self.control;
+                    let woke = tokio::select! {
+                        ev = gate.next_or(wake) => Wake::Input(ev?),
+                        c = control.recv() => Wake::Control(c),
+                    };
+                    match woke {
+                        Wake::Input(Some(ev)) => Some(ev),
+                        Wake::Input(None) => {
+                            self.alignment_timed_out().await?;
+                            None
+                        }
+                        Wake::Control(c) => {
+                            if let Some(c) = c {
+                                self.on_control(c).await?;
+                            }
+                            None
+                        }
                     }
                 }
             };
@@ -675,39 +695,6 @@ impl<'a> Runner<'a> {
                 None => {}
             }
         }
-    }
-
-    /// Sleeps until an input has an event, a control message comes or the
-    /// alignment times out; `None` unless an input event woke it.
-    async fn wait_for_input(&mut self) -> Result<Option<(usize, Event)>> {
-        let deadline = self.alignment_deadline();
-        let wake = async move {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
-        let Head::Input(gate) = &mut self.head else {
-            return Err(Error::Internal("input loop without an input gate".into()));
-        };
-        let control = &mut self.control;
-        let woke = tokio::select! {
-            ev = gate.next_or(wake) => Wake::Input(ev?),
-            c = control.recv() => Wake::Control(c),
-        };
-        Ok(match woke {
-            Wake::Input(Some(ev)) => Some(ev),
-            Wake::Input(None) => {
-                self.alignment_timed_out().await?;
-                None
-            }
-            Wake::Control(c) => {
-                if let Some(c) = c {
-                    self.on_control(c).await?;
-                }
-                None
-            }
-        })
     }
 
     /// Runs a batch from input `i` through the chain. With unaligned
