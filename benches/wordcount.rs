@@ -9,7 +9,11 @@
 //! cargo bench --bench wordcount -- --words 5000000 --runs 3
 //! ```
 //!
-//! Prints every run, the medians, and the ratios the issue asks for.
+//! Prints every run, the medians, and the ratios the issue asks for. Each run
+//! also prints the round trip of a value between two threads: on a VM whose
+//! two vCPUs the host sometimes places far apart, that rises from about 100 ns
+//! to about 1 µs, and every pipelined run (weir p1 and p2, not the one-thread
+//! reference) slows by a third while it lasts.
 
 use std::time::Instant;
 
@@ -111,6 +115,38 @@ fn itoa_word(mut n: u64) -> String {
     s
 }
 
+/// Nanoseconds for a value to go from one thread to another and back
+/// (the median of 5 rounds of 20,000 round trips): what moving data between
+/// cores costs on this machine right now.
+fn cross_core_round_trip_ns() -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    const N: u64 = 20_000;
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let ping = Arc::new(AtomicU64::new(0));
+        let pong = ping.clone();
+        let echo = std::thread::spawn(move || {
+            for i in 0..N {
+                while pong.load(Ordering::Acquire) != 2 * i + 1 {
+                    std::hint::spin_loop();
+                }
+                pong.store(2 * i + 2, Ordering::Release);
+            }
+        });
+        let start = Instant::now();
+        for i in 0..N {
+            ping.store(2 * i + 1, Ordering::Release);
+            while ping.load(Ordering::Acquire) != 2 * i + 2 {
+                std::hint::spin_loop();
+            }
+        }
+        rounds.push(start.elapsed().as_nanos() as f64 / N as f64);
+        echo.join().expect("echo thread");
+    }
+    median(rounds)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -141,12 +177,13 @@ fn main() {
     println!("wordcount bench: {words} words, vocabulary {VOCAB}, seed {SEED}, {runs} runs each, {cores} cores");
     let (mut r, mut p1, mut p2, mut p2c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
+        let rtt = cross_core_round_trip_ns();
         r.push(reference(words));
         p1.push(weir_run(words, 1, false));
         p2.push(weir_run(words, 2, false));
         p2c.push(weir_run(words, 2, true));
         println!(
-            "run {run}: reference {:.2} | weir p1 {:.2} | weir p2 {:.2} | weir p2 + 1 s checkpoints {:.2} (M words/s)",
+            "run {run}: reference {:.2} | weir p1 {:.2} | weir p2 {:.2} | weir p2 + 1 s checkpoints {:.2} (M words/s) | cross-core round trip {rtt:.0} ns",
             r[run - 1] / 1e6,
             p1[run - 1] / 1e6,
             p2[run - 1] / 1e6,
