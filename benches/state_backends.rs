@@ -21,9 +21,12 @@
 //! cargo bench --features rocksdb --bench state_backends -- --words 5000000 --runs 1
 //! ```
 
+#[path = "common/peer.rs"]
+mod peer;
+
 use std::time::{Duration, Instant};
 
-use weir::operators::text::{generated_lines, Word};
+use weir::operators::text::generated_lines;
 use weir::prelude::*;
 use weir::runtime::checkpoint::storage::CheckpointStorage;
 use weir::runtime::checkpoint::CheckpointStatus;
@@ -188,40 +191,13 @@ fn wordcount_run(words: u64, pairs: &[(&str, &str)]) -> (f64, usize) {
     )
 }
 
-/// The Flink peer's job: word(i) = "w" + (splitmix64(i) mod vocabulary),
-/// key_by, running count, a pass-through map, a discarding sink.
+/// The Flink peer's job ([`peer::add_peer_job`]) at parallelism 2 with `pairs`; words/s.
 fn peer_run(words: u64, pairs: &[(&str, &str)]) -> f64 {
-    use weir::operators::rng::splitmix64;
     let (env, dir) = env_with(2, pairs);
-    env.add_source(GeneratorSource::new(0, Some(words), |i, _| {
-        word_of(splitmix64(i) % VOCAB as u64)
-    }))
-    .name("words")
-    .key_by(|w: &Word| w.clone())
-    .count()
-    .name("Count")
-    .map(|x| x)
-    .add_sink(DiscardSink);
+    peer::add_peer_job(&env, words, VOCAB as u64);
     let r = env.execute("peer-job").expect("run");
     let _ = std::fs::remove_dir_all(&dir);
     words as f64 / r.duration.as_secs_f64()
-}
-
-/// `"w" + n` without a formatter (as `benches/wordcount.rs` does).
-fn word_of(mut n: u64) -> Word {
-    let mut buf = [0u8; 21];
-    let mut k = buf.len();
-    loop {
-        k -= 1;
-        buf[k] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    k -= 1;
-    buf[k] = b'w';
-    Word::new(std::str::from_utf8(&buf[k..]).unwrap_or("w"))
 }
 
 fn throughput(words: u64, runs: usize) {

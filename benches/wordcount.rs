@@ -15,6 +15,9 @@
 //! to about 1 µs, and every pipelined run (weir p1 and p2, not the one-thread
 //! reference) slows by a third while it lasts.
 
+#[path = "common/peer.rs"]
+mod peer;
+
 use std::time::Instant;
 
 use rustc_hash::FxHashMap;
@@ -77,42 +80,13 @@ fn weir_run(words: u64, parallelism: usize, checkpoints: bool) -> f64 {
     words_counted(&r.operators) as f64 / r.duration.as_secs_f64()
 }
 
-/// The job of `../shared/peers/flink` (WordCountBench), mirrored: word(i) =
-/// "w" + (splitmix64(i) mod vocabulary) for i in 0..n, key_by(word), running
-/// count, a pass-through map, a discarding sink.
+/// The Flink peer's job ([`peer::add_peer_job`]); words/s.
 fn peer_job(words: u64, parallelism: usize, checkpoints: bool) -> f64 {
-    use weir::operators::rng::splitmix64;
     let (env, dir) = bench_env(parallelism, checkpoints);
-    env.add_source(GeneratorSource::new(0, Some(words), |i, _| {
-        let buf = itoa_word(splitmix64(i) % VOCAB as u64);
-        Word::new(buf.as_str())
-    }))
-    .name("words")
-    .key_by(|w: &Word| w.clone())
-    .count()
-    .name("Count")
-    .map(|x| x)
-    .add_sink(DiscardSink);
+    peer::add_peer_job(&env, words, VOCAB as u64);
     let r = env.execute("peer-job").expect("run");
     let _ = std::fs::remove_dir_all(&dir);
     words as f64 / r.duration.as_secs_f64()
-}
-
-fn itoa_word(mut n: u64) -> String {
-    let mut digits = [0u8; 20];
-    let mut k = digits.len();
-    loop {
-        k -= 1;
-        digits[k] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let mut s = String::with_capacity(24);
-    s.push('w');
-    s.push_str(std::str::from_utf8(&digits[k..]).unwrap_or("0"));
-    s
 }
 
 /// Nanoseconds for a value to go from one thread to another and back
