@@ -255,10 +255,11 @@ fn full_failover_restarts_everything() {
 fn chaos_kills_during_wordcount_keep_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input");
+    // Long enough (about a second here) for several kills at the interval below.
     let words = if cfg!(debug_assertions) {
-        150_000
+        300_000
     } else {
-        1_500_000
+        4_000_000
     };
     let reference = write_big_corpus(&input, words, 13);
     let out = dir.path().join("out");
@@ -291,6 +292,7 @@ fn chaos_kills_during_wordcount_keep_exactly_once() {
         .lines()
         .filter(|l| l.contains("chaos: killing subtask"))
         .count();
+    eprintln!("{kills} chaos kills");
     assert!(kills >= 1, "no chaos kill: {stderr}");
     assert_running_counts(&read_output(&out), &reference);
 }
