@@ -10,7 +10,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Instant;
 
 use common::*;
@@ -25,25 +25,11 @@ fn words() -> u64 {
 }
 
 fn spawn(input: &Path, out: &Path, ckpt: &Path, extra: &[&str], restore: Option<&Path>) -> Child {
-    let mut cmd = Command::new(example("wordcount"));
-    cmd.args([
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "-p",
-        "2",
-        "-q",
-    ])
-    .args([
-        "-D",
-        &format!("execution.checkpointing.dir={}", ckpt.display()),
-    ])
-    .args(["-D", "execution.checkpointing.interval=25ms"])
-    .args(extra)
-    .current_dir(env!("CARGO_MANIFEST_DIR"))
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    let mut cmd = wordcount_command(out, &ckpt.display().to_string(), "25ms");
+    cmd.args(["--input", input.to_str().unwrap()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     if let Some(r) = restore {
         cmd.args(["-s", r.to_str().unwrap()]);
     }

@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 /// Long enough that the third checkpoint is far from the end of the input
@@ -26,31 +24,14 @@ fn reference() -> std::collections::BTreeMap<String, u64> {
 fn inject(point: &str, unaligned: bool, reference: &std::collections::BTreeMap<String, u64>) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let output = Command::new(example("wordcount"))
-        .args([
-            "--words",
-            WORDS,
-            "--vocabulary",
-            VOCABULARY,
-            "-p",
-            "2",
-            "-q",
-        ])
-        .args(["--output", out.to_str().unwrap()])
-        .args([
-            "-D",
-            &format!(
-                "execution.checkpointing.dir={}",
-                dir.path().join("ckpt").display()
-            ),
-        ])
-        .args(["-D", "execution.checkpointing.interval=20ms"])
+    let ckpt = dir.path().join("ckpt").display().to_string();
+    let output = wordcount_command(&out, &ckpt, "20ms")
+        .args(["--words", WORDS, "--vocabulary", VOCABULARY])
         .args([
             "-D",
             &format!("execution.checkpointing.unaligned.enabled={unaligned}"),
         ])
         .env("WEIR_FAILPOINTS", format!("{point}=panic@3"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

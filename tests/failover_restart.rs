@@ -263,24 +263,9 @@ fn chaos_kills_during_wordcount_keep_exactly_once() {
     };
     let reference = write_big_corpus(&input, words, 13);
     let out = dir.path().join("out");
-    let run = std::process::Command::new(example("wordcount"))
-        .args([
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "-p",
-            "2",
-            "-q",
-        ])
-        .args([
-            "-D",
-            &format!(
-                "execution.checkpointing.dir={}",
-                dir.path().join("ckpt").display()
-            ),
-        ])
-        .args(["-D", "execution.checkpointing.interval=20ms"])
+    let ckpt = dir.path().join("ckpt").display().to_string();
+    let run = wordcount_command(&out, &ckpt, "20ms")
+        .args(["--input", input.to_str().unwrap()])
         // Kills further apart than a checkpoint cycle, so the job makes progress between them.
         .args(["-D", "chaos.kill-interval=120ms", "-D", "chaos.seed=7"])
         .args(["-D", "restart-strategy.fixed-delay.attempts=100000"])

@@ -171,23 +171,12 @@ fn spawn(
     extra: &[&str],
     restore: Option<&str>,
 ) -> Child {
-    let mut cmd = Command::new(example("wordcount"));
-    cmd.args([
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "-p",
-        "2",
-        "-q",
-    ])
-    .args(["-D", &format!("execution.checkpointing.dir={root}")])
-    .args(["-D", "execution.checkpointing.interval=50ms"])
-    .args(server.dynamic())
-    .args(extra)
-    .current_dir(env!("CARGO_MANIFEST_DIR"))
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    let mut cmd = wordcount_command(out, root, "50ms");
+    cmd.args(["--input", input.to_str().unwrap()])
+        .args(server.dynamic())
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     for (k, _) in std::env::vars() {
         if k.starts_with("WEIR_") || k.starts_with("AWS_") {
             cmd.env_remove(k);

@@ -377,26 +377,10 @@ pub fn wordcount_with_failpoints(
     failpoints: Option<&str>,
     restore: Option<&Path>,
 ) -> Output {
-    let mut cmd = Command::new(example("wordcount"));
-    cmd.args([
-        "--words",
-        crash_test_words(),
-        "--vocabulary",
-        vocabulary,
-        "--output",
-        out.to_str().unwrap(),
-        "-p",
-        "2",
-        "-q",
-    ])
-    .args([
-        "-D",
-        &format!("execution.checkpointing.dir={}", ckpt.display()),
-    ])
-    .args(["-D", "execution.checkpointing.interval=20ms"])
-    .args(extra)
-    .current_dir(env!("CARGO_MANIFEST_DIR"))
-    .env_remove("WEIR_FAILPOINTS");
+    let mut cmd = wordcount_command(out, &ckpt.display().to_string(), "20ms");
+    cmd.args(["--words", crash_test_words(), "--vocabulary", vocabulary])
+        .args(extra)
+        .env_remove("WEIR_FAILPOINTS");
     if let Some(f) = failpoints {
         cmd.env("WEIR_FAILPOINTS", f);
     }
@@ -404,6 +388,22 @@ pub fn wordcount_with_failpoints(
         cmd.args(["-s", r.to_str().unwrap()]);
     }
     cmd.output().unwrap()
+}
+
+/// The wordcount example as the exactly-once tests run it, before their own
+/// input and options: parallelism 2, quiet, every update written into `out`,
+/// checkpoints every `interval` into `ckpt` (a path or a URI), run from the
+/// crate's root.
+pub fn wordcount_command(out: &Path, ckpt: &str, interval: &str) -> Command {
+    let mut cmd = Command::new(example("wordcount"));
+    cmd.args(["--output", out.to_str().unwrap(), "-p", "2", "-q"])
+        .args(["-D", &format!("execution.checkpointing.dir={ckpt}")])
+        .args([
+            "-D",
+            &format!("execution.checkpointing.interval={interval}"),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
 }
 
 /// The one job directory under the checkpoint directory `ckpt`.
