@@ -293,7 +293,7 @@ fn exactly_once_through_s3(prefix: &str, extra: &[&str], seed: u64, scale: u64) 
 
 #[test]
 fn wordcount_killed_and_restored_from_s3_is_exactly_once() {
-    exactly_once_through_s3("eo-heap", &[], 21, 2);
+    exactly_once_through_s3("eo-heap", &[], 21, 4);
 }
 
 #[cfg(feature = "rocksdb")]
