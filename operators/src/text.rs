@@ -93,10 +93,12 @@ impl Word {
     /// A word holding `s` as it is.
     pub fn new(s: &str) -> Self {
         if s.len() <= INLINE {
-            let mut b = [0u8; 16];
-            b[..s.len()].copy_from_slice(s.as_bytes());
-            let (lo, hi) = le_words(&b);
-            Word(Repr::Inline(Inline::from_le(lo, hi, s.len())))
+            let b = s.as_bytes();
+            Word(Repr::Inline(Inline::from_le(
+                chunk(b, 0),
+                chunk(b, 8),
+                s.len(),
+            )))
         } else {
             Word(Repr::Heap(Box::new(s.to_string())))
         }
@@ -113,16 +115,6 @@ impl Word {
             Repr::Heap(s) => s,
         }
     }
-}
-
-/// Bytes 0..8 and 8..16 of `b` as little-endian machine words.
-#[inline]
-fn le_words(b: &[u8; 16]) -> (u64, u64) {
-    let mut lo = [0u8; 8];
-    let mut hi = [0u8; 8];
-    lo.copy_from_slice(&b[..8]);
-    hi.copy_from_slice(&b[8..]);
-    (u64::from_le_bytes(lo), u64::from_le_bytes(hi))
 }
 
 impl PartialEq for Word {
