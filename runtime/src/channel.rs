@@ -635,11 +635,6 @@ impl InputGate {
         self.open == 0
     }
 
-    /// Whether input `i` has ended.
-    pub(crate) fn input_finished(&self, i: usize) -> bool {
-        self.finished[i]
-    }
-
     /// Stops or resumes reading input `i`.
     pub(crate) fn set_blocked(&mut self, i: usize, blocked: bool) {
         self.blocked[i] = blocked;

@@ -1,0 +1,891 @@
+//! The processing loop of one subtask: I/O only.
+//!
+//! The loop reads its inputs (a source's `poll`, or the input gate), runs
+//! batches through the chained operators, writes to the output edges, and
+//! hands every barrier, end of input, alignment timer and abort to the
+//! [`BarrierHandler`] and every watermark to the [`WatermarkValve`]; it then
+//! carries out what they decide (block an input, snapshot, forward the
+//! barrier, capture in-flight batches, pass a watermark on). The
+//! asynchronous part of each snapshot goes to the [`Uploader`].
+//!
+//! One barrier's way through a subtask with inputs: the gate yields
+//! `Event::Barrier` ([`Runner::run_input`]) -> [`BarrierHandler::on_barrier`]
+//! -> [`Decision`]s -> [`Runner::apply`]: the synchronous snapshot
+//! ([`Runner::snapshot_operators`]), the barrier on every output edge, then
+//! [`Uploader::submit`], which acknowledges to the coordinator.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::barrier::{BarrierHandler, Decision, Start};
+use super::upload::{PendingOperator, Snapshot, SubtaskId, Uploader};
+use super::watermark::WatermarkValve;
+use super::{CheckpointLink, Control};
+use crate::channel::{Barrier, Event, InputGate};
+use crate::checkpoint::coordinator::CoordMsg;
+use crate::checkpoint::{now_ms, BarrierMode, ChannelStateEntry, SubtaskCheckpointStats};
+use crate::graph::{ChainedOp, Head, SubtaskSpec};
+use crate::operator::{guarded, SourceContext, SourceStatus};
+use crate::record::AnyBatch;
+use crate::state::OperatorStateStore;
+use crate::telemetry::SubtaskPhases;
+use crate::{Error, Result};
+
+/// Runs one batch through the chain starting at operator `from`, then writes
+/// what comes out of the tail to every output edge.
+async fn push(spec: &mut SubtaskSpec, from: usize, batch: AnyBatch) -> Result<()> {
+    let mut batch = batch;
+    for op in spec.ops[from..].iter_mut() {
+        let ChainedOp {
+            op,
+            ctx,
+            counters,
+            in_len,
+            out_len,
+        } = op;
+        counters.add_in(in_len(&batch));
+        match guarded(ctx, || op.process(batch))? {
+            Some(out) => {
+                counters.add_out(out_len(&out));
+                batch = out;
+            }
+            None => return Ok(()),
+        }
+    }
+    emit(spec, batch).await
+}
+
+async fn emit(spec: &mut SubtaskSpec, batch: AnyBatch) -> Result<()> {
+    let n = spec.outputs.len();
+    if n == 0 {
+        return Ok(());
+    }
+    for i in 0..n - 1 {
+        let copy = (spec.fanout_clone)(&batch)?;
+        spec.outputs[i].write(copy).await?;
+    }
+    spec.outputs[n - 1].write(batch).await
+}
+
+async fn flush(spec: &mut SubtaskSpec) -> Result<()> {
+    for o in spec.outputs.iter_mut() {
+        o.flush().await?;
+    }
+    Ok(())
+}
+
+enum Wake {
+    Input(Option<(usize, Event)>),
+    Control(Option<Control>),
+}
+
+/// An unaligned checkpoint whose synchronous snapshot is taken and whose
+/// channel state is being captured (the handler knows which inputs).
+struct CaptureData {
+    channel: Vec<Vec<Vec<u8>>>,
+    operators: Vec<PendingOperator>,
+    stats: SubtaskCheckpointStats,
+    phases: SubtaskPhases,
+}
+
+pub(super) struct Runner<'a> {
+    spec: &'a mut SubtaskSpec,
+    head: Head,
+    link: Option<CheckpointLink>,
+    control: UnboundedReceiver<Control>,
+    mode: BarrierMode,
+    /// What the barriers decide (pure).
+    barriers: BarrierHandler,
+    /// The data of the unaligned checkpoints being captured.
+    captures: BTreeMap<u64, CaptureData>,
+    batches_since_yield: u32,
+    /// Chunks of an input batch set aside for an unaligned barrier.
+    remainder: Option<(usize, Vec<AnyBatch>)>,
+    /// This subtask's actor: the coordinator ignores messages of replaced actors.
+    me: ractor::ActorId,
+    /// The asynchronous part of snapshots (with checkpointing on).
+    uploader: Option<Uploader>,
+    /// The chain's input watermark: the minimum over open inputs.
+    valve: WatermarkValve,
+    /// The last watermark emitted downstream.
+    output_wm: i64,
+    /// The job's telemetry, when it is on.
+    pub(super) telemetry: Option<crate::telemetry::Telemetry>,
+    /// A stop-with-savepoint in progress: (savepoint id, drain).
+    stop: Option<(u64, bool)>,
+    /// Source: the stop savepoint's barrier is out; wait for its outcome.
+    stop_barrier_sent: Option<u64>,
+    /// The job stopped with a savepoint without drain: end without finishing operators.
+    stopped_without_drain: bool,
+}
+
+/// Records per chunk when batches are processed in chunks (unaligned checkpoints).
+const CHUNK: usize = 64;
+
+impl<'a> Runner<'a> {
+    pub(super) fn new(
+        spec: &'a mut SubtaskSpec,
+        link: Option<CheckpointLink>,
+        control: UnboundedReceiver<Control>,
+        main: tokio::runtime::Handle,
+        me: ractor::ActorId,
+    ) -> Self {
+        let head = std::mem::replace(
+            &mut spec.head,
+            Head::Input(InputGate::new(
+                Vec::new(),
+                Arc::new(crate::channel::TaskSignals::default()),
+            )),
+        );
+        let inputs = match &head {
+            Head::Input(g) => g.len(),
+            Head::Source { .. } => 0,
+        };
+        let mode = link.as_ref().map_or(BarrierMode::Aligned, |l| l.mode);
+        let uploader = link.clone().map(|l| {
+            let id = SubtaskId {
+                chain: spec.chain.clone(),
+                chain_index: spec.chain_index,
+                subtask: spec.subtask,
+                parallelism: spec.parallelism,
+                task: spec.task_index,
+                actor: me,
+            };
+            Uploader::new(l, id, main)
+        });
+        Runner {
+            spec,
+            head,
+            link,
+            control,
+            mode,
+            barriers: BarrierHandler::new(mode, inputs),
+            captures: BTreeMap::new(),
+            batches_since_yield: 0,
+            me,
+            uploader,
+            remainder: None,
+            valve: WatermarkValve::new(inputs),
+            output_wm: i64::MIN,
+            telemetry: None,
+            stop: None,
+            stop_barrier_sent: None,
+            stopped_without_drain: false,
+        }
+    }
+
+    pub(super) async fn run(mut self) -> Result<()> {
+        self.open().await?;
+        if let Some(t) = &self.telemetry {
+            t.subtask_running(self.spec.task_index);
+        }
+        let finished_normally = if matches!(self.head, Head::Source { .. }) {
+            self.run_source().await?
+        } else {
+            self.run_input().await?
+        };
+        if !finished_normally {
+            return Ok(());
+        }
+        self.finish().await?;
+        self.await_final_checkpoint().await
+    }
+
+    async fn open(&mut self) -> Result<()> {
+        let restore = self.spec.restore.take();
+        for op in self.spec.ops.iter_mut().rev() {
+            guarded(&op.ctx, || op.op.open(&op.ctx))?;
+            if let Some(r) = &restore {
+                if let Some((keyed, st)) = r.operators.get(&op.ctx.operator) {
+                    guarded(&op.ctx, || op.op.restore(keyed.as_deref(), st))?;
+                }
+            }
+        }
+        if let Head::Source { op, ctx, .. } = &mut self.head {
+            let restored = restore
+                .as_ref()
+                .and_then(|r| r.operators.get(&ctx.operator));
+            let empty = OperatorStateStore::new();
+            let state = restored.map_or(&empty, |(_, s)| s);
+            guarded(ctx, || {
+                op.open(&SourceContext {
+                    runtime: ctx,
+                    state,
+                    restored: restored.is_some(),
+                })
+            })?;
+        }
+        if let Some(r) = restore {
+            // Channel state of an unaligned checkpoint: replayed before any new input.
+            if !r.channel_state.is_empty() {
+                let decode = self.spec.input_codec.map(|c| c.1).ok_or_else(|| {
+                    Error::Restore("channel state for a subtask without inputs".into())
+                })?;
+                for entry in r.channel_state {
+                    for bytes in entry.batches {
+                        let batch = decode(&bytes)?;
+                        push(self.spec, 0, batch).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns false if the loop should end without finishing (never today).
+    async fn run_source(&mut self) -> Result<bool> {
+        loop {
+            self.spec.signals.take_urgent();
+            while let Ok(c) = self.control.try_recv() {
+                self.on_control(c).await?;
+            }
+            if let Some(id) = self.stop_barrier_sent.take() {
+                if self.await_stop(id).await? {
+                    if let Head::Source { op, ctx, .. } = &mut self.head {
+                        guarded(ctx, || op.close())?;
+                    }
+                    return Ok(true);
+                }
+                continue;
+            }
+            let Head::Source {
+                op,
+                ctx,
+                counters,
+                out_len,
+            } = &mut self.head
+            else {
+                return Err(Error::Internal("source loop without a source".into()));
+            };
+            let (batch, status) = guarded(ctx, || op.poll(self.spec.source_batch_size))?;
+            if let Some(b) = batch {
+                counters.add_out(out_len(&b));
+                push(self.spec, 0, b).await?;
+                self.generated_watermarks().await?;
+            }
+            match status {
+                SourceStatus::More => self.maybe_yield().await,
+                SourceStatus::Idle(d) => {
+                    flush(self.spec).await?;
+                    let control = &mut self.control;
+                    // Nothing to read: idle time (metrics).
+                    let io = self.spec.signals.io.clone();
+                    let idle = io.idle();
+                    let woke = tokio::select! {
+                        _ = tokio::time::sleep(d) => None,
+                        c = control.recv() => c,
+                    };
+                    drop(idle);
+                    if let Some(c) = woke {
+                        self.on_control(c).await?;
+                    }
+                }
+                SourceStatus::Finished => {
+                    if let Head::Source { op, ctx, .. } = &mut self.head {
+                        guarded(ctx, || op.close())?;
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    fn gate(&mut self) -> Result<&mut InputGate> {
+        match &mut self.head {
+            Head::Input(gate) => Ok(gate),
+            Head::Source { .. } => Err(Error::Internal("input loop without an input gate".into())),
+        }
+    }
+
+    async fn run_input(&mut self) -> Result<bool> {
+        loop {
+            if self.gate()?.is_finished() {
+                return Ok(true);
+            }
+            if self.spec.signals.take_urgent() {
+                // Unaligned barriers first, ahead of everything queued.
+                while let Some((i, b)) = self.gate()?.take_priority() {
+                    self.on_barrier(i, b).await?;
+                }
+            }
+            if let Some((i, rest)) = self.remainder.take() {
+                // The unprocessed part of a batch interrupted by a barrier.
+                for chunk in rest {
+                    self.process_input(i, chunk).await?;
+                }
+                continue;
+            }
+            let ev = match self.gate()?.try_next()? {
+                Some(ev) => Some(ev),
+                None => self.wait_input().await?,
+            };
+            while let Ok(c) = self.control.try_recv() {
+                self.on_control(c).await?;
+            }
+            match ev {
+                Some((i, Event::Batch(b))) => {
+                    self.capture(i, &b)?;
+                    self.process_input(i, b).await?;
+                    self.generated_watermarks().await?;
+                    self.maybe_yield().await;
+                }
+                Some((i, Event::Watermark(w))) => {
+                    if let Some(w) = self.valve.on_watermark(i, w) {
+                        self.propagate_watermark(0, w).await?;
+                    }
+                }
+                Some((i, Event::Barrier(b))) => self.on_barrier(i, b).await?,
+                Some((i, Event::EndOfStream)) => self.on_input_finished(i).await?,
+                None => {}
+            }
+        }
+    }
+
+    /// Nothing queued: flush partial output batches, then wait for input,
+    /// control or the alignment timer (which it handles; `None` then).
+    async fn wait_input(&mut self) -> Result<Option<(usize, Event)>> {
+        flush(self.spec).await?;
+        let deadline = self
+            .barriers
+            .alignment_deadline(now_ms())
+            .map(|left| Instant::now() + left);
+        let wake = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let Head::Input(gate) = &mut self.head else {
+            return Err(Error::Internal("input loop without an input gate".into()));
+        };
+        let control = &mut self.control;
+        let woke = tokio::select! {
+            ev = gate.next_or(wake) => Wake::Input(ev?),
+            c = control.recv() => Wake::Control(c),
+        };
+        match woke {
+            Wake::Input(Some(ev)) => return Ok(Some(ev)),
+            Wake::Input(None) => {
+                let d = self.barriers.on_alignment_timeout();
+                if !d.is_empty() {
+                    tracing::debug!("alignment timed out; switching to unaligned");
+                }
+                self.apply(d).await?;
+            }
+            Wake::Control(Some(c)) => self.on_control(c).await?,
+            Wake::Control(None) => {}
+        }
+        Ok(None)
+    }
+
+    /// Runs a batch from input `i` through the chain. With unaligned
+    /// checkpoints the batch goes in chunks of [`CHUNK`] records, and when an
+    /// unaligned barrier is waiting the rest is set aside (it becomes channel
+    /// state of that checkpoint, then is processed): a barrier waits for a
+    /// few records, not for a whole batch of a slow operator.
+    async fn process_input(&mut self, i: usize, b: AnyBatch) -> Result<()> {
+        let chunk = match (self.mode, self.spec.input_chunk) {
+            (BarrierMode::Unaligned | BarrierMode::AlignedThenUnaligned(_), Some(f))
+                if self.link.is_some() =>
+            {
+                f
+            }
+            _ => return push(self.spec, 0, b).await,
+        };
+        let mut chunks = chunk(b, CHUNK).into_iter();
+        while let Some(c) = chunks.next() {
+            push(self.spec, 0, c).await?;
+            if self
+                .spec
+                .signals
+                .urgent
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                let rest: Vec<AnyBatch> = chunks.collect();
+                if !rest.is_empty() {
+                    self.remainder = Some((i, rest));
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Watermarks operators of the chain generated (assigners), passed on.
+    async fn generated_watermarks(&mut self) -> Result<()> {
+        for k in 0..self.spec.ops.len() {
+            if let Some(w) = self.spec.ops[k].op.take_watermark() {
+                self.propagate_watermark(k + 1, w).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes watermark `wm` through the chain from operator `from`, and
+    /// downstream when it advances the chain's output watermark.
+    async fn propagate_watermark(&mut self, from: usize, wm: i64) -> Result<()> {
+        let mut w = wm;
+        for op in self.spec.ops[from..].iter_mut() {
+            match guarded(&op.ctx, || op.op.on_watermark(w))? {
+                Some(next) => w = next,
+                None => return Ok(()),
+            }
+        }
+        if w > self.output_wm {
+            self.output_wm = w;
+            for o in self.spec.outputs.iter_mut() {
+                o.watermark(w).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Event time is complete (end of input, stop with drain).
+    async fn end_of_time(&mut self) -> Result<()> {
+        match self.valve.end_of_time() {
+            Some(w) => self.propagate_watermark(0, w).await,
+            None => Ok(()),
+        }
+    }
+
+    /// A busy subtask never waits, so it yields to the scheduler every few
+    /// batches: control (actors, timers, other subtasks on this thread) runs
+    /// within a few batches' time.
+    async fn maybe_yield(&mut self) {
+        self.batches_since_yield += 1;
+        if self.batches_since_yield >= 8 {
+            self.batches_since_yield = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Synchronous part of a snapshot: the source position and every operator's state.
+    fn snapshot_operators(&mut self, id: u64) -> Result<Vec<PendingOperator>> {
+        crate::failpoint::hit("sync-snapshot")?;
+        let mut out = Vec::with_capacity(self.spec.ops.len() + 1);
+        if let Head::Source { op, ctx, .. } = &mut self.head {
+            let st = guarded(ctx, || op.snapshot())?;
+            out.push(PendingOperator {
+                name: ctx.operator.clone(),
+                keyed: None,
+                operator: st,
+            });
+        }
+        for op in self.spec.ops.iter_mut() {
+            let (keyed, st) = guarded(&op.ctx, || op.op.snapshot(id))?;
+            out.push(PendingOperator {
+                name: op.ctx.operator.clone(),
+                keyed,
+                operator: st,
+            });
+        }
+        self.barriers.snapshotted(id);
+        Ok(out)
+    }
+
+    /// Sends barrier `b` on every output edge (ahead of queued batches when unaligned).
+    async fn forward_barrier(&mut self, b: Barrier, unaligned: bool) -> Result<()> {
+        let b = Barrier {
+            unaligned,
+            overtaken: 0,
+            ..b
+        };
+        for o in self.spec.outputs.iter_mut() {
+            o.barrier(b).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the asynchronous part of a snapshot to the uploader.
+    fn upload(&self, snapshot: Snapshot) {
+        if let Some(u) = &self.uploader {
+            u.submit(snapshot);
+        }
+    }
+
+    /// Carries out the barrier handler's decisions, in order.
+    async fn apply(&mut self, decisions: Vec<Decision>) -> Result<()> {
+        for d in decisions {
+            match d {
+                Decision::Block(i) => self.gate()?.set_blocked(i, true),
+                Decision::UnblockAll => self.gate()?.unblock_all(),
+                Decision::SnapshotAligned(start) => self.checkpoint_aligned(start).await?,
+                Decision::SnapshotUnaligned { start, overtaken } => {
+                    self.checkpoint_unaligned(start, overtaken).await?
+                }
+                Decision::CaptureOvertaken { id, input, count } => {
+                    let bytes = self.overtaken(input, count)?;
+                    if let Some(c) = self.captures.get_mut(&id) {
+                        c.channel[input].extend(bytes);
+                    }
+                }
+                Decision::CaptureComplete(id) => self.capture_complete(id),
+            }
+        }
+        Ok(())
+    }
+
+    /// Snapshot, forward the barrier, and upload (aligned and at-least-once).
+    async fn checkpoint_aligned(&mut self, a: Start) -> Result<()> {
+        let t0 = Instant::now();
+        let operators = self.snapshot_operators(a.barrier.id)?;
+        let t1 = Instant::now();
+        self.forward_barrier(a.barrier, false).await?;
+        let stats = SubtaskCheckpointStats {
+            sync_duration: (t1 - t0).as_secs_f64() * 1e3,
+            alignment_duration: (t0 - a.first_at).as_secs_f64() * 1e3,
+            start_delay: a.start_delay,
+            ..Default::default()
+        };
+        self.upload(Snapshot {
+            id: a.barrier.id,
+            operators,
+            channel_state: Vec::new(),
+            stats,
+            phases: SubtaskPhases::synced(Some(a.first_at), t0, t1),
+        });
+        Ok(())
+    }
+
+    /// Unaligned: read the batches the barrier overtook, snapshot at once,
+    /// send the barrier ahead of queued output, and start capturing the
+    /// inputs' in-flight batches.
+    async fn checkpoint_unaligned(
+        &mut self,
+        s: Start,
+        overtaken: Option<(usize, usize)>,
+    ) -> Result<()> {
+        let mut channel = vec![Vec::new(); self.barriers_inputs()];
+        if let Some((i, count)) = overtaken {
+            channel[i] = self.overtaken(i, count)?;
+        }
+        let t0 = Instant::now();
+        let operators = self.snapshot_operators(s.barrier.id)?;
+        let t1 = Instant::now();
+        if let Some((i, rest)) = &self.remainder {
+            // Taken from input `i` before the barrier, not processed yet: in-flight data.
+            let enc = self.encoder()?;
+            let mut first = rest.iter().map(enc).collect::<Result<Vec<_>>>()?;
+            first.append(&mut channel[*i]);
+            channel[*i] = first;
+        }
+        self.forward_barrier(s.barrier, true).await?;
+        let cap = CaptureData {
+            channel,
+            operators,
+            stats: SubtaskCheckpointStats {
+                sync_duration: (t1 - t0).as_secs_f64() * 1e3,
+                alignment_duration: (t0 - s.first_at).as_secs_f64() * 1e3,
+                start_delay: s.start_delay,
+                unaligned_checkpoint: true,
+                ..Default::default()
+            },
+            phases: SubtaskPhases::synced(Some(s.first_at), t0, t1),
+        };
+        self.captures.insert(s.barrier.id, cap);
+        Ok(())
+    }
+
+    fn barriers_inputs(&self) -> usize {
+        match &self.head {
+            Head::Input(g) => g.len(),
+            Head::Source { .. } => 0,
+        }
+    }
+
+    fn encoder(&self) -> Result<crate::record::EncodeFn> {
+        self.spec
+            .input_codec
+            .map(|c| c.0)
+            .ok_or_else(|| Error::Internal("capture without a codec".into()))
+    }
+
+    /// Capture `id` is complete: upload its snapshot with its channel state.
+    fn capture_complete(&mut self, id: u64) {
+        let Some(mut c) = self.captures.remove(&id) else {
+            return;
+        };
+        let channel: Vec<ChannelStateEntry> = c
+            .channel
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(input, batches)| ChannelStateEntry { input, batches })
+            .collect();
+        c.stats.persisted_data = channel
+            .iter()
+            .flat_map(|e| &e.batches)
+            .map(|b| b.len() as u64)
+            .sum();
+        c.phases.capture_end = Some(Instant::now());
+        self.upload(Snapshot {
+            id,
+            operators: c.operators,
+            channel_state: channel,
+            stats: c.stats,
+            phases: c.phases,
+        });
+    }
+
+    /// Records `batch` from input `i` in every unaligned checkpoint it precedes.
+    fn capture(&mut self, i: usize, batch: &AnyBatch) -> Result<()> {
+        if !self.barriers.is_capturing() {
+            return Ok(());
+        }
+        let mut encoded: Option<Vec<u8>> = None;
+        for id in self.barriers.capturing(i) {
+            let Some(c) = self.captures.get_mut(&id) else {
+                continue;
+            };
+            if encoded.is_none() {
+                let enc = self
+                    .spec
+                    .input_codec
+                    .ok_or_else(|| Error::Internal("capture without a codec".into()))?
+                    .0;
+                encoded = Some(enc(batch)?);
+            }
+            c.channel[i].push(encoded.clone().unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// The first `count` batches queued on input `i`, serialized from the queue.
+    fn overtaken(&self, i: usize, count: usize) -> Result<Vec<Vec<u8>>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let enc = self.encoder()?;
+        match &self.head {
+            Head::Input(g) => g.peek_encode(i, count, enc),
+            Head::Source { .. } => Ok(Vec::new()),
+        }
+    }
+
+    async fn on_barrier(&mut self, i: usize, b: Barrier) -> Result<()> {
+        let decisions = self.barriers.on_barrier(i, b, Instant::now(), now_ms());
+        let aligning = decisions.iter().any(|d| matches!(d, Decision::Block(_)));
+        self.apply(decisions).await?;
+        if aligning && self.barriers.is_aligning() {
+            // Some inputs are blocked, others not yet at the barrier.
+            crate::failpoint::hit("during-alignment")?;
+        }
+        Ok(())
+    }
+
+    async fn on_input_finished(&mut self, i: usize) -> Result<()> {
+        if let Some(w) = self.valve.on_input_finished(i) {
+            self.propagate_watermark(0, w).await?;
+        }
+        let d = self.barriers.on_input_finished(i);
+        self.apply(d).await
+    }
+
+    async fn on_control(&mut self, c: Control) -> Result<()> {
+        match c {
+            Control::Trigger(b) => self.on_trigger(b).await?,
+            Control::StopAfter { id, drain } => self.stop = Some((id, drain)),
+            Control::FinalCheckpoint(b) => {
+                let t0 = Instant::now();
+                let operators = self.snapshot_operators(b.id)?;
+                let t1 = Instant::now();
+                let stats = SubtaskCheckpointStats {
+                    sync_duration: (t1 - t0).as_secs_f64() * 1e3,
+                    ..Default::default()
+                };
+                self.upload(Snapshot {
+                    id: b.id,
+                    operators,
+                    channel_state: Vec::new(),
+                    stats,
+                    phases: SubtaskPhases::synced(None, t0, t1),
+                });
+            }
+            Control::Complete(id) => self.on_complete(id)?,
+            Control::Abort(id) => {
+                if self.stop.is_some_and(|(s, _)| s == id) {
+                    // The stop failed: the job goes on.
+                    self.stop = None;
+                }
+                let d = self.barriers.on_abort(id);
+                if !matches!(self.head, Head::Source { .. }) {
+                    self.apply(d).await?;
+                }
+                self.captures.remove(&id);
+                for op in self.spec.ops.iter_mut() {
+                    guarded(&op.ctx, || op.op.notify_aborted(id))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A source's trigger: snapshot the position and the chain, then emit
+    /// the barrier on every output (invariant 1).
+    async fn on_trigger(&mut self, b: Barrier) -> Result<()> {
+        if !matches!(self.head, Head::Source { .. }) {
+            return Ok(());
+        }
+        let unaligned = self.mode == BarrierMode::Unaligned && !b.savepoint;
+        let stopping = self.stop.filter(|(id, _)| *id == b.id);
+        if let Some((_, true)) = stopping {
+            // Drain: event time ends before the savepoint's barrier
+            // (Flink's MAX_WATERMARK), so every timer fires first.
+            self.end_of_time().await?;
+        }
+        let t0 = Instant::now();
+        let operators = self.snapshot_operators(b.id)?;
+        let t1 = Instant::now();
+        self.forward_barrier(b, unaligned).await?;
+        let stats = SubtaskCheckpointStats {
+            sync_duration: (t1 - t0).as_secs_f64() * 1e3,
+            start_delay: now_ms().saturating_sub(b.timestamp_ms) as f64,
+            ..Default::default()
+        };
+        self.upload(Snapshot {
+            id: b.id,
+            operators,
+            channel_state: Vec::new(),
+            stats,
+            phases: SubtaskPhases::synced(None, t0, t1),
+        });
+        if stopping.is_some() {
+            // Nothing is emitted after a stop savepoint's barrier.
+            self.stop_barrier_sent = Some(b.id);
+        }
+        Ok(())
+    }
+
+    /// Checkpoint `id` is complete: tell every operator (sinks commit).
+    fn on_complete(&mut self, id: u64) -> Result<()> {
+        let t0 = Instant::now();
+        let mut outcome = Ok(());
+        for op in self.spec.ops.iter_mut() {
+            outcome = guarded(&op.ctx, || op.op.notify_complete(id));
+            if outcome.is_err() {
+                break;
+            }
+        }
+        if let Some(t) = &self.telemetry {
+            let error = outcome.as_ref().err().map(|e| e.to_string());
+            let s = &*self.spec;
+            t.notify(
+                id,
+                s.task_index,
+                &s.chain,
+                s.subtask,
+                t0,
+                Instant::now(),
+                error.as_deref(),
+            );
+        }
+        outcome
+    }
+
+    /// End of input: finish each operator in chain order, passing what it
+    /// emits through the rest of the chain, then end every output channel.
+    async fn finish(&mut self) -> Result<()> {
+        if self.stop.is_some_and(|(_, drain)| !drain) || self.stopped_without_drain {
+            // Stop-with-savepoint without drain: no end of event time, no
+            // operator finishes; the outputs just end.
+            for o in self.spec.outputs.iter_mut() {
+                o.end_of_stream().await?;
+            }
+            return Ok(());
+        }
+        // End of input: event time is complete.
+        self.end_of_time().await?;
+        self.finish_operators().await?;
+        self.generated_watermarks().await?;
+        for o in self.spec.outputs.iter_mut() {
+            o.end_of_stream().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish_operators(&mut self) -> Result<()> {
+        let spec = &mut *self.spec;
+        for i in 0..spec.ops.len() {
+            let out = {
+                let op = &mut spec.ops[i];
+                guarded(&op.ctx, || op.op.finish())?
+            };
+            if let Some(b) = out {
+                let op = &spec.ops[i];
+                op.counters.add_out((op.out_len)(&b));
+                if i + 1 < spec.ops.len() {
+                    Box::pin(push(spec, i + 1, b)).await?;
+                } else {
+                    emit(spec, b).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Source after a stop savepoint's barrier: emits nothing until the
+    /// savepoint completes (true: end the source now) or is aborted (false:
+    /// the job goes on).
+    async fn await_stop(&mut self, id: u64) -> Result<bool> {
+        flush(self.spec).await?;
+        while let Some(c) = self.control.recv().await {
+            match c {
+                Control::Complete(n) if n >= id => {
+                    self.on_control(c).await?;
+                    if self.stop.is_some_and(|(_, drain)| !drain) {
+                        self.stopped_without_drain = true;
+                    }
+                    tracing::info!(subtask = %self.spec.chain, index = self.spec.subtask, savepoint = id, "stopping with savepoint");
+                    return Ok(true);
+                }
+                Control::Abort(n) if n == id => {
+                    self.on_control(c).await?;
+                    self.stop = None;
+                    return Ok(false);
+                }
+                other => self.on_control(other).await?,
+            }
+        }
+        Ok(false)
+    }
+
+    /// With checkpointing: report the end of input, take part in the final
+    /// checkpoint, and exit once it is complete.
+    async fn await_final_checkpoint(&mut self) -> Result<()> {
+        let Some(link) = self.link.clone() else {
+            return Ok(());
+        };
+        let _ = link
+            .coordinator
+            .cast(CoordMsg::TaskFinished(self.spec.task_index, self.me));
+        let mut final_id = None;
+        while let Some(c) = self.control.recv().await {
+            match c {
+                Control::Trigger(b) => {
+                    let _ = link.coordinator.cast(CoordMsg::Decline {
+                        from: self.me,
+                        id: b.id,
+                        task: self.spec.task_index,
+                        reason: "the source has finished".into(),
+                        finished: true,
+                    });
+                }
+                Control::FinalCheckpoint(b) => {
+                    final_id = Some(b.id);
+                    self.on_control(c).await?;
+                }
+                Control::Complete(id) => {
+                    self.on_control(c).await?;
+                    if final_id.is_some_and(|f| id >= f) {
+                        return Ok(());
+                    }
+                }
+                Control::Abort(_) | Control::StopAfter { .. } => self.on_control(c).await?,
+            }
+        }
+        Ok(())
+    }
+}
