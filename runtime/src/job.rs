@@ -35,7 +35,8 @@ use crate::checkpoint::coordinator::{CoordMsg, Coordinator, CoordinatorArgs, Job
 use crate::checkpoint::storage::CheckpointStorage;
 use crate::checkpoint::{CheckpointConfig, CheckpointStats};
 use crate::graph::{OperatorCounters, SubtaskSpec};
-use crate::task::{CheckpointLink, JobShared, SubtaskActor, SubtaskArgs, SubtaskMsg};
+use crate::job_shared::JobShared;
+use crate::task::{CheckpointLink, SubtaskActor, SubtaskArgs};
 use crate::{Error, Result};
 
 /// Live record counts of one operator.
@@ -801,7 +802,7 @@ pub(crate) struct JobState {
     region_running: Vec<usize>,
     /// Regions being restarted, with the failure and when the restart may start.
     regions_recovering: std::collections::BTreeMap<usize, (String, std::time::Instant)>,
-    tasks: Vec<ActorRef<SubtaskMsg>>,
+    tasks: Vec<ractor::ActorCell>,
     task_ids: std::collections::HashMap<ractor::ActorId, usize>,
     killed: std::collections::HashSet<ractor::ActorId>,
     running: usize,
@@ -859,7 +860,7 @@ impl JobState {
         for spec in specs {
             let (index, task) = self.spawn_subtask(myself, spec, &link).await?;
             debug_assert_eq!(index, self.tasks.len());
-            self.tasks.push(task.actor.clone());
+            self.tasks.push(task.actor.get_cell());
             refs.push(task);
         }
         self.running = refs.len();
@@ -918,7 +919,7 @@ impl JobState {
             TaskRef {
                 chain,
                 is_source,
-                actor,
+                actor: actor.get_derived(),
             },
         ))
     }
@@ -966,7 +967,7 @@ impl JobState {
         for spec in specs {
             let (index, task) = self.spawn_subtask(myself, spec, &link).await?;
             if let Some(slot) = self.tasks.get_mut(index) {
-                *slot = task.actor.clone();
+                *slot = task.actor.get_cell();
             }
             refs.push((index, task));
         }

@@ -15,7 +15,7 @@
 //!                                              │ one bounded channel per subtask pair
 //!                                              ▼
 //!   job supervisor actor (job) ──spawn_linked──▶ subtask actors (task), one per chain × parallelism
-//!                                                   │ each runs its processing loop as a tokio task
+//!                                                   │ each runs its processing loop (task::runner) on its own thread
 //!                                                   ▼
 //!                      batches ═══ bounded channels (channel) ═══▶ batches
 //! ```
@@ -23,7 +23,13 @@
 //! - [`stream`]: `Env`, `DataStream`, `KeyedStream`: what users call.
 //! - [`graph`]: the logical graph, chaining, the physical plan.
 //! - [`job`]: the job supervisor actor, `JobHandle`, `JobResult`.
-//! - [`task`]: the subtask actor and its processing loop.
+//! - [`task`]: the subtask actor and its processing loop (I/O only), which
+//!   consults two pure state machines: the barrier handler (`task/barrier.rs`:
+//!   aligned, unaligned, aligned with timeout, at-least-once) and the
+//!   watermark valve (`task/watermark.rs`); the asynchronous upload of
+//!   snapshots is `task/upload.rs`.
+//! - [`job_shared`]: what a job's subtasks, coordinator and supervisor share
+//!   (the root-cause failure, the live processing loops).
 //! - [`restart`]: restart strategies (fixed-delay, failure-rate,
 //!   exponential-delay) as pure decisions the job supervisor applies.
 //! - [`channel`]: the data plane (bounded queues, partitioners, input gate).
@@ -40,6 +46,10 @@
 //! - [`rest`]: the REST API (Flink's paths), the web UI and `/metrics` (axum).
 //! - [`error`]: the one error type.
 //!
+//! The vocabulary and every protocol invariant, each with the module that
+//! keeps it and the tests that check it, are in `docs/design.md`, which also
+//! follows one record and one barrier through these modules.
+//!
 //! ## Rules of the data plane
 //! Records move in batches over bounded channels; actor mailboxes carry only
 //! control. Per record there is no allocation by the runtime, no lock, no
@@ -54,6 +64,7 @@ pub mod error;
 pub mod failpoint;
 pub mod graph;
 pub mod job;
+pub mod job_shared;
 pub mod keygroup;
 pub mod metrics;
 pub mod operator;

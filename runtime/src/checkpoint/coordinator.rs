@@ -41,7 +41,7 @@ use super::{
     SubtaskCheckpointStats,
 };
 use crate::channel::Barrier;
-use crate::task::{JobShared, SubtaskMsg};
+use crate::job_shared::JobShared;
 use crate::{Error, SavepointError};
 
 /// The shared files (`shared/...`) the handles reference.
@@ -57,12 +57,29 @@ fn shared_files(handles: &[StateHandle]) -> Vec<String> {
     v
 }
 
+/// What the coordinator tells a subtask (its processing loop carries it out).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum CheckpointControl {
+    /// Inject barrier (sources).
+    Trigger(Barrier),
+    /// Savepoint `id` is a stop-with-savepoint (sent before its trigger):
+    /// sources stop right after its barrier and end once it completes;
+    /// without `drain` no operator is finished.
+    StopAfter { id: u64, drain: bool },
+    /// Snapshot now: every subtask has finished its input.
+    FinalCheckpoint(Barrier),
+    /// Checkpoint complete.
+    Complete(u64),
+    /// Checkpoint aborted.
+    Abort(u64),
+}
+
 /// A subtask as the coordinator knows it.
 #[derive(Clone)]
 pub(crate) struct TaskRef {
     pub chain: String,
     pub is_source: bool,
-    pub actor: ActorRef<SubtaskMsg>,
+    pub actor: ractor::DerivedActorRef<CheckpointControl>,
 }
 
 /// A subtask's acknowledgement of checkpoint `id`.
@@ -244,12 +261,14 @@ impl CoordState {
             self.final_id = Some(id);
             tracing::debug!(id, "final checkpoint");
             for t in &self.tasks {
-                let _ = t.actor.cast(SubtaskMsg::FinalCheckpoint(barrier));
+                let _ = t
+                    .actor
+                    .send_message(CheckpointControl::FinalCheckpoint(barrier));
             }
         } else {
             tracing::debug!(id, savepoint, "triggering checkpoint");
             for t in self.tasks.iter().filter(|t| t.is_source) {
-                let _ = t.actor.cast(SubtaskMsg::Trigger(barrier));
+                let _ = t.actor.send_message(CheckpointControl::Trigger(barrier));
             }
         }
         let timeout = self.args.cfg.timeout;
@@ -365,7 +384,7 @@ impl CoordState {
         let acked: Vec<StateHandle> = p.acks.values().map(|(h, _)| h.clone()).collect();
         self.note_aborted_shared(id, &acked);
         for t in &self.tasks {
-            let _ = t.actor.cast(SubtaskMsg::Abort(id));
+            let _ = t.actor.send_message(CheckpointControl::Abort(id));
         }
         self.args.storage.discard(id);
         let ended = Instant::now();
@@ -475,7 +494,7 @@ impl CoordState {
             tracing::info!(id, bytes = size, ms = e2e, path = %dir.display(), stop = ?req.stop, "savepoint completed");
             // Sinks commit on a savepoint as on a checkpoint (exactly-once).
             for t in &self.tasks {
-                let _ = t.actor.cast(SubtaskMsg::Complete(id));
+                let _ = t.actor.send_message(CheckpointControl::Complete(id));
             }
             self.stopping |= req.stop.is_some();
             let _ = req.reply.send(Ok(dir));
@@ -486,7 +505,7 @@ impl CoordState {
         tracing::info!(id, bytes = size, ms = e2e, "checkpoint completed");
         crate::failpoint::hit("before-notify-complete")?;
         for t in &self.tasks {
-            let _ = t.actor.cast(SubtaskMsg::Complete(id));
+            let _ = t.actor.send_message(CheckpointControl::Complete(id));
         }
         self.latest = Some(id);
         self.retain(id, &kept);
@@ -587,7 +606,9 @@ impl CoordState {
         }
         if let Some(drain) = req.stop {
             for t in &self.tasks {
-                let _ = t.actor.cast(SubtaskMsg::StopAfter { id, drain });
+                let _ = t
+                    .actor
+                    .send_message(CheckpointControl::StopAfter { id, drain });
             }
         }
         self.savepoints.insert(id, req);

@@ -1,6 +1,6 @@
 //! Checkpoints: Flink's asynchronous barrier snapshots on actors.
 //!
-//! # Protocol (the invariants of DESIGN.md, and where each is kept)
+//! # Protocol (the invariants of docs/design.md, and where each is kept)
 //! 1. **Sources** ([`crate::task`]): on `Trigger(n)` a source subtask
 //!    snapshots its position S^n (operator state), then emits barrier `n` on
 //!    every output after the last record it emitted (partial output buffers

@@ -60,7 +60,7 @@
 //! number, and SST files never change, so uploading one twice writes the same
 //! bytes under the same name. The coordinator counts, per shared file, the
 //! retained checkpoints whose `_metadata` lists it; a file is deleted only
-//! when that count drops to zero (DESIGN.md invariant 6). A subtask reuses a
+//! when that count drops to zero (docs/design.md invariant 6). A subtask reuses a
 //! shared file only if the latest checkpoint it knows to be complete
 //! referenced it and the file is still live in its database; SST files live
 //! for one interval of time, so such a file is also referenced by the

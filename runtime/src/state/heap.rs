@@ -2,7 +2,7 @@
 //! registered state, one typed hash map **per key group**, in the subtask's
 //! memory.
 //!
-//! # Copy-on-write snapshots (DESIGN.md invariant 2: the synchronous part is cheap)
+//! # Copy-on-write snapshots (docs/design.md invariant 2: the synchronous part is cheap)
 //! Each key group's map is owned by the live state until a snapshot shares
 //! it: the synchronous part of a snapshot
 //! (`HeapKeyedStateBackend::snapshot_async`) moves each non-empty map into an

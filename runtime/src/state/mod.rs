@@ -20,7 +20,7 @@
 //!   key ranges; snapshots are RocksDB checkpoints whose SST files are uploaded
 //!   asynchronously, in full or incrementally.
 //!
-//! # Snapshots (DESIGN.md invariant 2)
+//! # Snapshots (docs/design.md invariant 2)
 //! A snapshot has two parts. [`KeyedStateBackend::snapshot_async`] is the
 //! synchronous part, on the processing loop: it must be cheap (heap: freeze the
 //! per-key-group maps, O(key groups); RocksDB: flush and hard-link a RocksDB

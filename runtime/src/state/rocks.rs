@@ -24,7 +24,7 @@
 //! snapshot, so a snapshot always sees every write. With 0 every access is a
 //! RocksDB `get`/`put`. List and map state always go to RocksDB.
 //!
-//! # Snapshots (DESIGN.md invariants 2 and 6)
+//! # Snapshots (docs/design.md invariants 2 and 6)
 //! Synchronous part (`RocksKeyedStateBackend::snapshot_async`, on the
 //! processing loop): write back the value cache, then create a RocksDB
 //! checkpoint (flush of the memtables plus hard links of the live SST files)

@@ -38,115 +38,44 @@ pub(crate) mod runner;
 pub(crate) mod upload;
 pub(crate) mod watermark;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use crate::channel::Barrier;
 use crate::checkpoint::coordinator::CoordMsg;
 use crate::checkpoint::storage::CheckpointStorage;
 use crate::checkpoint::BarrierMode;
 use crate::graph::SubtaskSpec;
+use crate::job_shared::JobShared;
 use crate::Error;
 
-/// Shared by all subtasks of one job: the first root-cause failure.
-#[derive(Default)]
-pub(crate) struct JobShared {
-    failure: Mutex<Option<Error>>,
-    /// Processing-loop threads still running (a restart waits for zero).
-    live: std::sync::atomic::AtomicUsize,
-    /// Per subtask: its processing-loop thread is running.
-    task_live: Mutex<std::collections::HashSet<usize>>,
-    /// The job's telemetry, when it is on.
-    pub(crate) telemetry: Option<crate::telemetry::Telemetry>,
-}
-
-impl JobShared {
-    pub(crate) fn with_telemetry(telemetry: Option<crate::telemetry::Telemetry>) -> Self {
-        JobShared {
-            telemetry,
-            ..Default::default()
-        }
-    }
-
-    /// Records `e` unless a failure is already known; a root cause replaces a
-    /// mere disconnection (which is a consequence of another failure).
-    pub(crate) fn record_failure(&self, e: Error) {
-        let mut slot = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-        let replace = match &*slot {
-            None => true,
-            Some(Error::Disconnected(_)) => !matches!(e, Error::Disconnected(_)),
-            Some(_) => false,
-        };
-        if replace {
-            *slot = Some(e);
-        }
-    }
-
-    pub(crate) fn live_loops(&self) -> usize {
-        self.live.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Whether any of `tasks` still has a running processing loop.
-    pub(crate) fn any_live(&self, tasks: &[usize]) -> bool {
-        let live = self.task_live.lock().unwrap_or_else(|p| p.into_inner());
-        tasks.iter().any(|t| live.contains(t))
-    }
-
-    pub(crate) fn take_failure(&self) -> Option<Error> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-}
-
-/// Marks a subtask's loop thread as ended when dropped.
-struct LiveGuard(Arc<JobShared>, usize);
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        self.0
-            .task_live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.1);
-        self.0
-            .live
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// Checkpoint control for the loop.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Control {
-    Trigger(Barrier),
-    /// Stop-with-savepoint `id`: sources stop right after its barrier and
-    /// end once it completes; without `drain` no operator is finished.
-    StopAfter {
-        id: u64,
-        drain: bool,
-    },
-    FinalCheckpoint(Barrier),
-    Complete(u64),
-    Abort(u64),
-}
+/// Checkpoint control for the loop: what the coordinator sends.
+pub(crate) use crate::checkpoint::coordinator::CheckpointControl as Control;
 
 /// Messages to a subtask actor.
 pub(crate) enum SubtaskMsg {
     /// The processing loop ended.
     LoopEnded(std::result::Result<(), String>),
-    /// Inject barrier (sources).
-    Trigger(Barrier),
-    /// Snapshot now: every subtask has finished its input.
-    FinalCheckpoint(Barrier),
-    /// Checkpoint complete.
-    Complete(u64),
-    /// Checkpoint aborted.
-    Abort(u64),
-    /// Savepoint `id` is a stop-with-savepoint (sent before its trigger).
-    StopAfter { id: u64, drain: bool },
+    /// From the coordinator (which holds a [`ractor::DerivedActorRef`] of
+    /// this type, so it does not depend on the subtask).
+    Checkpoint(Control),
+}
+
+impl From<Control> for SubtaskMsg {
+    fn from(c: Control) -> Self {
+        SubtaskMsg::Checkpoint(c)
+    }
+}
+
+impl TryFrom<SubtaskMsg> for Control {
+    type Error = ();
+    fn try_from(m: SubtaskMsg) -> std::result::Result<Self, ()> {
+        match m {
+            SubtaskMsg::Checkpoint(c) => Ok(c),
+            SubtaskMsg::LoopEnded(_) => Err(()),
+        }
+    }
 }
 
 /// What a subtask needs to take part in checkpoints.
@@ -217,13 +146,8 @@ impl Actor for SubtaskActor {
         let me = myself.get_id();
         let name = format!("{} ({})", args.spec.chain, args.spec.subtask);
         let (abort, registration) = futures::future::AbortHandle::new_pair();
-        let live = args.shared.clone();
-        let task_index = args.spec.task_index;
-        live.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        live.task_live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(task_index);
+        // Counted out however the thread ends (even by a panic).
+        let live = args.shared.loop_started(args.spec.task_index);
         let body = async move {
             let SubtaskArgs {
                 mut spec,
@@ -271,8 +195,7 @@ impl Actor for SubtaskActor {
                     .collect::<String>()
             ))
             .spawn(move || {
-                // Counted out however the thread ends (even by a panic).
-                let _live = LiveGuard(live, task_index);
+                let _live = live;
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build();
@@ -299,26 +222,20 @@ impl Actor for SubtaskActor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let ctl = match msg {
+        match msg {
             SubtaskMsg::LoopEnded(Ok(())) => {
                 myself.stop(Some("finished".into()));
-                return Ok(());
+                Ok(())
             }
-            SubtaskMsg::LoopEnded(Err(e)) => return Err(e.into()),
-            SubtaskMsg::Trigger(b) => {
-                let _ = state.control.send(Control::Trigger(b));
-                if let Some(u) = &state.urgent {
+            SubtaskMsg::LoopEnded(Err(e)) => Err(e.into()),
+            SubtaskMsg::Checkpoint(c) => {
+                let _ = state.control.send(c);
+                if let (Control::Trigger(_), Some(u)) = (c, &state.urgent) {
                     u.raise_urgent();
                 }
-                return Ok(());
+                Ok(())
             }
-            SubtaskMsg::FinalCheckpoint(b) => Control::FinalCheckpoint(b),
-            SubtaskMsg::Complete(id) => Control::Complete(id),
-            SubtaskMsg::Abort(id) => Control::Abort(id),
-            SubtaskMsg::StopAfter { id, drain } => Control::StopAfter { id, drain },
-        };
-        let _ = state.control.send(ctl);
-        Ok(())
+        }
     }
 
     async fn post_stop(

@@ -28,6 +28,7 @@ impl WatermarkValve {
     }
 
     /// The combined watermark let through so far.
+    #[cfg(test)]
     pub(crate) fn current(&self) -> i64 {
         self.combined
     }
