@@ -100,12 +100,12 @@ pub(crate) struct TaskSignals {
     pub urgent_wake: Notify,
     /// Time this subtask spent back-pressured (waiting for space on an
     /// output) and idle (waiting for input): the job's metrics read it.
-    pub io: Arc<crate::metrics::SubtaskIo>,
+    pub io: Arc<crate::metrics::io::SubtaskIo>,
 }
 
 impl TaskSignals {
     /// Signals of a subtask whose time is accounted in `io`.
-    pub(crate) fn with_io(io: Arc<crate::metrics::SubtaskIo>) -> Self {
+    pub(crate) fn with_io(io: Arc<crate::metrics::io::SubtaskIo>) -> Self {
         TaskSignals {
             io,
             ..TaskSignals::default()
@@ -200,7 +200,7 @@ impl Tx {
     pub(crate) async fn send_batch(&self, batch: AnyBatch) -> Result<()> {
         let mut batch = Some(batch);
         // Started at the first wait for space: back-pressured time (metrics).
-        let mut _waiting: Option<crate::metrics::Waiting<'_>> = None;
+        let mut _waiting: Option<crate::metrics::io::Waiting<'_>> = None;
         loop {
             let space = self.ch.space.notified();
             let urgent = self.ch.sender.urgent_wake.notified();
@@ -692,7 +692,7 @@ impl InputGate {
         tokio::pin!(wake);
         let signals = self.signals.clone();
         // Started at the first wait for input: idle time (metrics).
-        let mut _waiting: Option<crate::metrics::Waiting<'_>> = None;
+        let mut _waiting: Option<crate::metrics::io::Waiting<'_>> = None;
         loop {
             let notified = signals.gate.notified();
             tokio::pin!(notified);

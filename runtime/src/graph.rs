@@ -23,7 +23,7 @@ use crate::channel::{
     channel, Broadcast, Forward, InputGate, OutputEdge, PartitionFactory, PartitionSetup,
     Rebalance, Rx, TaskSignals, WeakTx,
 };
-use crate::checkpoint::restore::SubtaskRestore;
+use crate::checkpoint::SubtaskRestore;
 use crate::config::{options, Conf};
 use crate::operator::{ChainOp, OpFactory, RuntimeContext, SourceFactory, SourceOp};
 use crate::record::{ChunkFn, CloneFn, DecodeFn, EncodeFn, LenFn};
@@ -476,7 +476,7 @@ pub(crate) struct SubtaskSpec {
 #[derive(Clone, Copy)]
 pub(crate) struct Instruments<'a> {
     pub counters: &'a [Arc<OperatorCounters>],
-    pub io: &'a [Arc<crate::metrics::SubtaskIo>],
+    pub io: &'a [Arc<crate::metrics::io::SubtaskIo>],
 }
 
 /// Builds every subtask of `plan` with its channels.

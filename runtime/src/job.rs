@@ -731,7 +731,7 @@ pub(crate) struct JobArgs {
     pub conf: crate::config::Conf,
     pub counters: Vec<Arc<OperatorCounters>>,
     pub channels: Arc<Mutex<Vec<crate::channel::WeakTx>>>,
-    pub restore: Option<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>>,
+    pub restore: Option<Vec<Vec<crate::checkpoint::SubtaskRestore>>>,
     /// The checkpoint the job was started from (`-s`), for restarts before its own first checkpoint.
     pub restored_from: Option<std::path::PathBuf>,
     /// `CLAIM` mode: the restored checkpoint this job owns (deleted once subsumed).
@@ -821,7 +821,7 @@ impl JobState {
     async fn start_attempt(
         &mut self,
         myself: &ActorRef<JobMsg>,
-        restore: Option<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>>,
+        restore: Option<Vec<Vec<crate::checkpoint::SubtaskRestore>>>,
         first_id: u64,
         latest: Option<u64>,
     ) -> std::result::Result<(), ActorProcessingErr> {
@@ -874,7 +874,7 @@ impl JobState {
     /// Every subtask of the plan with fresh channels, restored from `restore`.
     fn instantiate(
         &self,
-        restore: Option<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>>,
+        restore: Option<Vec<Vec<crate::checkpoint::SubtaskRestore>>>,
     ) -> Result<(Vec<SubtaskSpec>, Vec<crate::channel::WeakTx>)> {
         let mut channels = Vec::new();
         let specs = crate::graph::instantiate(
@@ -1165,10 +1165,7 @@ impl JobState {
     }
 
     /// The subtasks' restore data from checkpoint `id` of this job's directory.
-    fn restore_from(
-        &self,
-        id: u64,
-    ) -> Result<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>> {
+    fn restore_from(&self, id: u64) -> Result<Vec<Vec<crate::checkpoint::SubtaskRestore>>> {
         let Some((_, storage, _)) = &self.checkpoint else {
             return Err(Error::Internal(format!(
                 "checkpoint {id} without checkpointing"
@@ -1207,7 +1204,7 @@ impl JobState {
     fn restore_point_from(
         &self,
     ) -> Result<(
-        Option<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>>,
+        Option<Vec<Vec<crate::checkpoint::SubtaskRestore>>>,
         u64,
         Option<(u64, std::path::PathBuf)>,
         Option<u64>,
@@ -1248,7 +1245,7 @@ impl JobState {
 /// beginning), the next checkpoint id, and the id of the checkpoint of this
 /// job's own directory it restores (none when it starts elsewhere).
 type RestorePoint = (
-    Option<Vec<Vec<crate::checkpoint::restore::SubtaskRestore>>>,
+    Option<Vec<Vec<crate::checkpoint::SubtaskRestore>>>,
     u64,
     Option<u64>,
 );

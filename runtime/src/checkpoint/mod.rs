@@ -108,7 +108,19 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{options, Conf};
-use crate::state::{KeyedStateSnapshot, OperatorStateStore, StateKind};
+use crate::state::{KeyedStateSnapshot, OperatorStateStore, RestoredKeyed, StateKind};
+
+/// What one new subtask restores (assigned by [`restore`] from a checkpoint;
+/// carried to the subtask by its spec, `crate::graph::SubtaskSpec`).
+#[derive(Default)]
+pub(crate) struct SubtaskRestore {
+    /// Operator name -> (keyed state of all key groups, this subtask's operator state).
+    pub operators: std::collections::HashMap<
+        String,
+        (Option<std::sync::Arc<RestoredKeyed>>, OperatorStateStore),
+    >,
+    pub channel_state: Vec<ChannelStateEntry>,
+}
 
 /// The checkpointing settings of a job.
 #[derive(Debug, Clone)]

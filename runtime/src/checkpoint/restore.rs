@@ -20,18 +20,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::storage::LoadedCheckpoint;
-use super::{ChannelStateEntry, KeyedStateHandle};
+use super::{KeyedStateHandle, SubtaskRestore};
 use crate::graph::JobPlan;
 use crate::state::{OperatorStateStore, RestoredKeyed};
 use crate::{Error, Result};
-
-/// What one new subtask restores.
-#[derive(Default)]
-pub(crate) struct SubtaskRestore {
-    /// Operator name -> (keyed state of all key groups, this subtask's operator state).
-    pub operators: HashMap<String, (Option<Arc<RestoredKeyed>>, OperatorStateStore)>,
-    pub channel_state: Vec<ChannelStateEntry>,
-}
 
 /// Per chain and subtask of `plan`, what to restore.
 pub(crate) fn assign(cp: &LoadedCheckpoint, plan: &JobPlan) -> Result<Vec<Vec<SubtaskRestore>>> {

@@ -15,10 +15,10 @@
 //!
 //! | module        | concept                                                          |
 //! |---------------|------------------------------------------------------------------|
-//! | [`runner`]    | the processing loop: reads inputs, feeds operators, writes outputs, carries out decisions (I/O only) |
-//! | [`barrier`]   | barrier handling as a pure state machine: aligned, unaligned, aligned with timeout, at-least-once |
-//! | [`watermark`] | the watermark valve: minimum over active inputs (pure)           |
-//! | [`upload`]    | the asynchronous part of a snapshot: upload, state file, acknowledgement |
+//! | `runner`    | the processing loop: reads inputs, feeds operators, writes outputs, carries out decisions (I/O only) |
+//! | `barrier`   | barrier handling as a pure state machine: aligned, unaligned, aligned with timeout, at-least-once |
+//! | `watermark` | the watermark valve: minimum over active inputs (pure)           |
+//! | `upload`    | the asynchronous part of a snapshot: upload, state file, acknowledgement |
 //!
 //! **Source subtasks**: poll a batch, run it through the chained operators,
 //! write it to the output edges; between polls, handle control: on a trigger,
@@ -26,9 +26,9 @@
 //! barrier on every output. **Other subtasks**: take the next event from the
 //! input gate (round-robin over unblocked inputs; when nothing is queued,
 //! flush partially filled output batches first, then wait). Barriers go to
-//! the [`barrier::BarrierHandler`]; the synchronous snapshot happens on the
+//! the `barrier::BarrierHandler`; the synchronous snapshot happens on the
 //! loop, the upload (file write, fsync) and the acknowledgement run in the
-//! [`upload::Uploader`], so processing continues. At the end of input the
+//! `upload::Uploader`, so processing continues. At the end of input the
 //! chain is finished and end-of-stream sent; with checkpointing on, the
 //! subtask then waits for the final checkpoint and its completion before it
 //! exits, so two-phase-commit sinks commit everything.
