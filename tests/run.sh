@@ -70,6 +70,19 @@ if ! python3 -c "import moto.server, flask, werkzeug" >/dev/null 2>&1; then
     exit 1
   }
 fi
+# The test binaries carry this checkout's absolute path (env!("CARGO_MANIFEST_DIR"),
+# env!("CARGO_BIN_EXE_weir")), but cargo judges them fresh by the sources' contents
+# and times alone. With a target directory shared by two checkouts at different
+# paths (a cache in $HOME), it would run binaries that point into the other one and
+# every test that starts the example fails with "No such file or directory". When
+# the target directory was last used from another path, touch the workspace's
+# sources: only weir's own crates rebuild, the dependencies stay cached.
+target_dir="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target_dir"
+if [ "$(cat "$target_dir/.weir-checkout" 2>/dev/null || true)" != "$PWD" ]; then
+  find . -path ./target -prune -o -name '*.rs' -print0 | xargs -0 -r touch
+  echo "$PWD" >"$target_dir/.weir-checkout"
+fi
 cargo fmt --all -- --check
 # Release profile: the end-to-end tests run the examples on real inputs.
 cargo test --release --workspace --all-features "$@"
