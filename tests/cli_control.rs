@@ -117,11 +117,34 @@ fn cli_controls_a_running_job() {
     wait_for("the second restart", 60, || {
         (job.num_restarts() >= 2).then_some(())
     });
+    // The chain's name exactly as REST (and so the web UI) shows it.
+    let details = get_json(&format!("{url}/jobs/{id}"));
+    let chain = details["vertices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .find(|n| n.contains(" -> "))
+        .unwrap_or_else(|| panic!("no chained vertex: {details}"))
+        .to_string();
+    assert_eq!(chain, "count -> sink");
+    wait_for("a kill by the chain's name to be accepted", 60, || {
+        let o = weir(&["kill", &id, &format!("{chain}[0]"), "--url", &url]);
+        o.status.success().then(|| stdout(&o))
+    });
+    wait_for("the third restart", 60, || {
+        (job.num_restarts() >= 3).then_some(())
+    });
 
     // Errors: one line, non-zero exit.
     assert_fails(
         &weir(&["kill", &id, "nope[0]", "--url", &url]),
         "no operator named 'nope'",
+    );
+    // The error names what would have matched.
+    assert_fails(
+        &weir(&["kill", &id, "count -> sinks[0]", "--url", &url]),
+        "(operators and chains: 'numbers', 'count -> sink', 'count', 'sink')",
     );
     assert_fails(
         &weir(&["kill", &id, "count[7]", "--url", &url]),

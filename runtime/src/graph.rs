@@ -152,6 +152,31 @@ impl JobPlan {
             .iter()
             .find(|c| c.operators.iter().any(|o| o == name))
     }
+
+    /// The index of the chain a user means by `name`: the name of one of its
+    /// operators (`count`) or its display name as the web UI and the REST API
+    /// show it (`count -> sink`). When nothing matches, the error lists every
+    /// name that would have.
+    pub fn chain_named(&self, name: &str) -> Result<usize, String> {
+        if let Some(i) = self
+            .chains
+            .iter()
+            .position(|c| c.operators.iter().any(|o| o == name) || c.name() == name)
+        {
+            return Ok(i);
+        }
+        let mut known = Vec::new();
+        for c in &self.chains {
+            if c.operators.len() > 1 {
+                known.push(format!("'{}'", c.name()));
+            }
+            known.extend(c.operators.iter().map(|o| format!("'{o}'")));
+        }
+        Err(format!(
+            "no operator named '{name}' (operators and chains: {})",
+            known.join(", ")
+        ))
+    }
 }
 
 impl JobPlan {
@@ -655,4 +680,52 @@ pub(crate) fn instantiate(
         }
     }
     Ok(specs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(id: usize, operators: &[&str], parallelism: usize) -> ChainPlan {
+        ChainPlan {
+            id,
+            operators: operators.iter().map(|o| o.to_string()).collect(),
+            parallelism,
+            nodes: Vec::new(),
+        }
+    }
+
+    fn plan() -> JobPlan {
+        JobPlan {
+            chains: vec![
+                chain(0, &["Source", "Tokenize"], 2),
+                chain(1, &["Count", "Sink"], 2),
+            ],
+            channels: Vec::new(),
+            node_parallelism: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn chain_named_accepts_operator_and_chain_names() {
+        let p = plan();
+        assert_eq!(p.chain_named("Tokenize"), Ok(0));
+        assert_eq!(p.chain_named("Count"), Ok(1));
+        assert_eq!(p.chain_named("Sink"), Ok(1));
+        assert_eq!(p.chain_named("Count -> Sink"), Ok(1));
+        assert_eq!(p.chain_named("Source -> Tokenize"), Ok(0));
+    }
+
+    #[test]
+    fn chain_named_lists_the_names_that_would_match() {
+        let e = plan().chain_named("Count -> Sinks").unwrap_err();
+        assert_eq!(
+            e,
+            "no operator named 'Count -> Sinks' (operators and chains: \
+             'Source -> Tokenize', 'Source', 'Tokenize', 'Count -> Sink', 'Count', 'Sink')"
+        );
+        // Part of a chain's name is not a name.
+        assert!(plan().chain_named("Count ->").is_err());
+        assert!(plan().chain_named("").is_err());
+    }
 }

@@ -1416,18 +1416,13 @@ impl Actor for JobMaster {
                 reply,
             } => {
                 let mut killed_task = None;
-                let outcome = match state
-                    .plan
-                    .chains
-                    .iter()
-                    .position(|c| c.operators.contains(&operator))
-                {
-                    None => Err(format!("no operator named '{operator}'")),
-                    Some(c) if index >= state.plan.chains[c].parallelism => Err(format!(
+                let outcome = match state.plan.chain_named(&operator) {
+                    Err(e) => Err(e),
+                    Ok(c) if index >= state.plan.chains[c].parallelism => Err(format!(
                         "operator '{operator}' has parallelism {}: no subtask {index}",
                         state.plan.chains[c].parallelism
                     )),
-                    Some(c) => {
+                    Ok(c) => {
                         let task: usize = state.plan.chains[..c]
                             .iter()
                             .map(|c| c.parallelism)

@@ -530,15 +530,15 @@ async fn kill(
             job.status()
         )));
     }
-    let op = job
-        .operators
-        .iter()
-        .find(|o| o.name == name)
-        .ok_or_else(|| ApiError::NotFound(format!("Job {id} has no operator named '{name}'")))?;
-    if index >= op.parallelism {
+    // An operator's name or the chain's name as the UI shows it.
+    let chain = job
+        .plan
+        .chain_named(&name)
+        .map_err(|e| ApiError::NotFound(format!("Job {id} has {e}")))?;
+    let parallelism = job.plan.chains[chain].parallelism;
+    if index >= parallelism {
         return Err(ApiError::NotFound(format!(
-            "operator '{name}' has parallelism {}: no subtask {index}",
-            op.parallelism
+            "operator '{name}' has parallelism {parallelism}: no subtask {index}"
         )));
     }
     job.kill_subtask(&name, index)

@@ -32,7 +32,7 @@
 //! | `GET /jobs/:id/vertices/:vertexid/backpressure` | back-pressure level and ratios per subtask (from the back-pressured time, as Flink's) |
 //! | `GET /jobs/:id/metrics[?get=a,b]` | job metrics as `[{"id", "value"}]` |
 //! | `GET /jobs/:id/regions` | ours: failover regions, their subtasks and restarts |
-//! | `POST /jobs/:id/subtasks/:name/:index/kill` | ours: kills a subtask of the operator called `name` (202) |
+//! | `POST /jobs/:id/subtasks/:name/:index/kill` | ours: kills a subtask of the operator called `name`, or of the chain whose display name (`Count -> Sink`, as the UI shows it) is `name` (202) |
 //! | `GET /metrics` | every job's metrics, Prometheus text format |
 //! | `GET /openapi.json` | the OpenAPI 3 description of this API |
 //! | `GET /` | the web UI |
