@@ -158,12 +158,11 @@ impl JobPlan {
     /// show it (`count -> sink`). When nothing matches, the error lists every
     /// name that would have.
     pub fn chain_named(&self, name: &str) -> Result<usize, String> {
-        if let Some(i) = self
-            .chains
-            .iter()
-            .position(|c| c.operators.iter().any(|o| o == name) || c.name() == name)
-        {
-            return Ok(i);
+        let chain = self
+            .chain_of(name)
+            .or_else(|| self.chains.iter().find(|c| c.name() == name));
+        if let Some(c) = chain {
+            return Ok(c.id);
         }
         let mut known = Vec::new();
         for c in &self.chains {
