@@ -39,7 +39,8 @@ impl TopWords {
 }
 
 /// Adds the word count to `lines`; with `output`, every update is written
-/// there. Returns a handle on the top words, filled when the job ends.
+/// there. Returns a handle on the top words, filled when the job ends
+/// without failing (its input ended, or it was stopped with a savepoint).
 pub fn wordcount(lines: &DataStream<String>, output: Option<&Path>) -> Result<TopWords> {
     let top = TopWords::default();
     let file = match output {
@@ -158,13 +159,18 @@ impl SinkFunction<(Word, u64)> for WordCountSink {
         }
     }
     fn finish(&mut self) -> Result<()> {
-        self.merged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(self.top.best.iter().map(|(w, c)| (w.clone(), *c)));
         match &mut self.file {
             Some(f) => f.finish(),
             None => Ok(()),
         }
+    }
+    /// Every normal end (the input ended, or `weir stop` with or without
+    /// drain) publishes this subtask's top words.
+    fn close(&mut self) -> Result<()> {
+        self.merged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(self.top.best.iter().map(|(w, c)| (w.clone(), *c)));
+        Ok(())
     }
 }

@@ -600,6 +600,17 @@ fn kill_endpoint_restarts_the_subtask() {
     error_of(s, &b, 400);
     r.job.cancel();
     let _ = r.job.wait();
+    // A job that has ended: 409, said by the job master, not guessed by the server.
+    let (s, b) = http(
+        "POST",
+        &format!("{base}/jobs/{id}/subtasks/count/0/kill"),
+        None,
+    );
+    let e = error_of(s, &b, 409);
+    assert!(
+        e.contains("the job has ended") && e.contains("CANCELED"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -1030,6 +1030,13 @@ pub mod options {
         Kind::Int { min: 0, max: 65535 },
         "port of the REST server and web UI (0: any free port)",
     );
+    /// REST API: how long a job's end waits for clients to read results.
+    pub const REST_RESULT_LINGER: ConfigOption<Duration> = ConfigOption::new(
+        "rest.async.result-linger",
+        "5s",
+        Kind::Duration,
+        "after a job ends, how long it waits (holding its process and REST server up) for clients to read the results of savepoints, stops, triggered checkpoints and cancels they asked for; 0s: no wait",
+    );
     /// How often wordcount-style examples print progress.
     pub const PROGRESS_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
         "client.progress-interval",
@@ -1194,6 +1201,7 @@ pub mod options {
         REST_ENABLED.def,
         REST_ADDRESS.def,
         REST_PORT.def,
+        REST_RESULT_LINGER.def,
         PROGRESS_INTERVAL.def,
         OTEL_SDK_DISABLED.def,
         OTEL_ENDPOINT.def,

@@ -130,6 +130,10 @@ pub enum Error {
         message: String,
     },
 
+    /// A subtask could not be killed on request.
+    #[error(transparent)]
+    Kill(#[from] KillError),
+
     /// A failure injected by a test at a named point.
     #[error("failure injected at '{0}'")]
     Injected(String),
@@ -172,6 +176,47 @@ pub enum SavepointError {
         /// The I/O error.
         reason: String,
     },
+}
+
+/// Why a subtask could not be killed on request
+/// ([`crate::job::JobHandle::kill_subtask`], `POST /jobs/:id/subtasks/:name/:index/kill`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KillError {
+    /// No operator or chain has this name.
+    #[error("no operator named '{name}' (operators and chains: {known})")]
+    NoOperator {
+        /// The name asked for.
+        name: String,
+        /// Every name that would match, quoted, separated by commas.
+        known: String,
+    },
+    /// The operator has no subtask with this index.
+    #[error("operator '{name}' has parallelism {parallelism}: no subtask {index}")]
+    NoSubtask {
+        /// The operator or chain name asked for.
+        name: String,
+        /// Its parallelism.
+        parallelism: usize,
+        /// The index asked for.
+        index: usize,
+    },
+    /// The subtask is down already: the job or its region is restarting.
+    #[error("the job is restarting")]
+    Restarting,
+    /// The job has ended or is ending (finished, failed or cancelled).
+    #[error("the job has ended or is ending")]
+    Ended,
+}
+
+impl KillError {
+    /// Whether the request names nothing that exists (404), rather than
+    /// coming at a time the job cannot honour it (409).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            KillError::NoOperator { .. } | KillError::NoSubtask { .. }
+        )
+    }
 }
 
 impl Error {

@@ -27,7 +27,7 @@ use crate::checkpoint::SubtaskRestore;
 use crate::config::{options, Conf};
 use crate::operator::{ChainOp, OpFactory, RuntimeContext, SourceFactory, SourceOp};
 use crate::record::{ChunkFn, CloneFn, DecodeFn, EncodeFn, LenFn};
-use crate::{Error, Result};
+use crate::{Error, KillError, Result};
 
 /// How records leave a node on an edge, as the user asked for it.
 #[derive(Clone)]
@@ -157,7 +157,7 @@ impl JobPlan {
     /// operators (`count`) or its display name as the web UI and the REST API
     /// show it (`count -> sink`). When nothing matches, the error lists every
     /// name that would have.
-    pub fn chain_named(&self, name: &str) -> Result<usize, String> {
+    pub fn chain_named(&self, name: &str) -> Result<usize, KillError> {
         let chain = self
             .chain_of(name)
             .or_else(|| self.chains.iter().find(|c| c.name() == name));
@@ -171,10 +171,29 @@ impl JobPlan {
             }
             known.extend(c.operators.iter().map(|o| format!("'{o}'")));
         }
-        Err(format!(
-            "no operator named '{name}' (operators and chains: {})",
-            known.join(", ")
-        ))
+        Err(KillError::NoOperator {
+            name: name.to_string(),
+            known: known.join(", "),
+        })
+    }
+
+    /// The subtask (its index among all of the job's subtasks) a user means
+    /// by subtask `index` of `name` ([`JobPlan::chain_named`]).
+    pub fn subtask_named(&self, name: &str, index: usize) -> Result<usize, KillError> {
+        let c = self.chain_named(name)?;
+        let parallelism = self.chains[c].parallelism;
+        if index >= parallelism {
+            return Err(KillError::NoSubtask {
+                name: name.to_string(),
+                parallelism,
+                index,
+            });
+        }
+        Ok(self.chains[..c]
+            .iter()
+            .map(|c| c.parallelism)
+            .sum::<usize>()
+            + index)
     }
 }
 
@@ -719,12 +738,33 @@ mod tests {
     fn chain_named_lists_the_names_that_would_match() {
         let e = plan().chain_named("Count -> Sinks").unwrap_err();
         assert_eq!(
-            e,
+            e.to_string(),
             "no operator named 'Count -> Sinks' (operators and chains: \
              'Source -> Tokenize', 'Source', 'Tokenize', 'Count -> Sink', 'Count', 'Sink')"
         );
+        assert!(e.is_not_found());
         // Part of a chain's name is not a name.
         assert!(plan().chain_named("Count ->").is_err());
         assert!(plan().chain_named("").is_err());
+    }
+
+    #[test]
+    fn subtask_named_counts_the_subtasks_of_the_chains_before() {
+        let p = plan();
+        let (p0, p1) = (p.chains[0].parallelism, p.chains[1].parallelism);
+        assert_eq!(p.subtask_named("Tokenize", 0), Ok(0));
+        assert_eq!(p.subtask_named("Count -> Sink", 0), Ok(p0));
+        assert_eq!(p.subtask_named("Sink", p1 - 1), Ok(p0 + p1 - 1));
+        let e = p.subtask_named("Count", p1).unwrap_err();
+        assert_eq!(
+            e,
+            KillError::NoSubtask {
+                name: "Count".into(),
+                parallelism: p1,
+                index: p1
+            }
+        );
+        assert!(e.is_not_found());
+        assert!(!KillError::Restarting.is_not_found());
     }
 }

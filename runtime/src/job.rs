@@ -37,7 +37,7 @@ use crate::checkpoint::{CheckpointConfig, CheckpointStats};
 use crate::graph::{OperatorCounters, SubtaskSpec};
 use crate::job_shared::JobShared;
 use crate::task::{CheckpointLink, SubtaskActor, SubtaskArgs};
-use crate::{Error, Result};
+use crate::{Error, KillError, Result};
 
 /// Live record counts of one operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -300,18 +300,9 @@ pub(crate) struct JobCore {
     pub lifecycle: Arc<Lifecycle>,
     /// Rates computed by the metrics sampler once a second.
     pub rates: Mutex<crate::metrics::Rates>,
-    /// Checkpoints triggered on request: (trigger id, checkpoint id).
-    pub triggers: Mutex<Vec<(String, u64)>>,
-    /// Savepoints requested over REST: (trigger id, outcome so far).
-    pub savepoint_ops: Mutex<Vec<(String, SavepointOp)>>,
-}
-
-/// The state of a savepoint requested over REST (Flink's asynchronous operation).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum SavepointOp {
-    InProgress,
-    Completed(std::path::PathBuf),
-    Failed(String),
+    /// Checkpoints, savepoints, stops and cancels requested over REST, and
+    /// whether their results were read ([`crate::operations`]).
+    pub operations: crate::operations::JobOperations,
 }
 
 impl JobCore {
@@ -390,7 +381,7 @@ impl JobCore {
         &self,
         operator: &str,
         index: usize,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), KillError> {
         let (tx, rx) = oneshot::channel();
         self.master
             .cast(JobMsg::Kill {
@@ -398,8 +389,8 @@ impl JobCore {
                 index,
                 reply: tx,
             })
-            .map_err(|_| "the job has ended".to_string())?;
-        rx.await.map_err(|_| "the job has ended".to_string())?
+            .map_err(|_| KillError::Ended)?;
+        rx.await.map_err(|_| KillError::Ended)?
     }
 
     pub(crate) fn cancel(&self) {
@@ -502,9 +493,9 @@ impl JobHandle {
                 "kill_subtask blocks: call it outside async code".into(),
             ));
         }
-        self.runtime
-            .block_on(self.core.kill_subtask(operator, index))
-            .map_err(Error::User)
+        Ok(self
+            .runtime
+            .block_on(self.core.kill_subtask(operator, index))?)
     }
 
     /// Triggers a checkpoint now, outside the interval (after the one in
@@ -657,6 +648,7 @@ impl JobHandle {
         };
         let core = self.core;
         let duration = core.started.elapsed();
+        linger_for_results(&core).await;
         if let Some(t) = self.telemetry {
             // Bounded by otel.flush-timeout: a slow collector never holds the result up long.
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
@@ -679,6 +671,26 @@ impl JobHandle {
     }
 }
 
+/// The job has ended: keeps the process (and so its REST server) up while a
+/// client has not yet read the result of what it asked over REST, at most
+/// `rest.async.result-linger` ([`crate::operations`]).
+async fn linger_for_results(core: &JobCore) {
+    let limit = core.conf.get(&crate::config::options::REST_RESULT_LINGER);
+    let ended = Instant::now();
+    let unread = core.operations.unread();
+    if !crate::operations::linger(unread, Duration::ZERO, limit) {
+        return;
+    }
+    tracing::info!(job = %core.name, unread, "the job ended; the REST server answers until the results asked for are read");
+    while crate::operations::linger(core.operations.unread(), ended.elapsed(), limit) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let unread = core.operations.unread();
+    if unread > 0 {
+        tracing::warn!(job = %core.name, unread, "rest.async.result-linger ({limit:?}) passed with results no client read");
+    }
+}
+
 /// Control messages to the job supervisor.
 pub(crate) enum JobMsg {
     Cancel,
@@ -686,7 +698,7 @@ pub(crate) enum JobMsg {
     Kill {
         operator: String,
         index: usize,
-        reply: oneshot::Sender<std::result::Result<(), String>>,
+        reply: oneshot::Sender<std::result::Result<(), KillError>>,
     },
     /// Start the next attempt once the previous one has fully stopped.
     Restart,
@@ -1416,18 +1428,10 @@ impl Actor for JobMaster {
                 reply,
             } => {
                 let mut killed_task = None;
-                let outcome = match state.plan.chain_named(&operator) {
-                    Err(e) => Err(e),
-                    Ok(c) if index >= state.plan.chains[c].parallelism => Err(format!(
-                        "operator '{operator}' has parallelism {}: no subtask {index}",
-                        state.plan.chains[c].parallelism
-                    )),
-                    Ok(c) => {
-                        let task: usize = state.plan.chains[..c]
-                            .iter()
-                            .map(|c| c.parallelism)
-                            .sum::<usize>()
-                            + index;
+                let outcome = if state.cancelled || state.failed.is_some() || state.shutting_down {
+                    Err(KillError::Ended)
+                } else {
+                    state.plan.subtask_named(&operator, index).and_then(|task| {
                         let region_down = state
                             .region_of
                             .get(task)
@@ -1440,9 +1444,9 @@ impl Actor for JobMaster {
                                 killed_task = Some(task);
                                 Ok(())
                             }
-                            _ => Err("the job is restarting".to_string()),
+                            _ => Err(KillError::Restarting),
                         }
-                    }
+                    })
                 };
                 // The failure is the kill, recorded now: neighbours that see
                 // the killed subtask's channels close fail too, and their

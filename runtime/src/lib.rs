@@ -43,6 +43,9 @@
 //! - [`metrics`]: Flink's metrics (checkpoints, restarts, records, back
 //!   pressure), collected with atomics, and their Prometheus text format.
 //! - [`registry`]: every job of the process, for the REST server.
+//! - [`operations`]: what clients asked over REST (savepoints, stops,
+//!   triggered checkpoints, cancels) and the promise that its result is
+//!   read before the job's process goes away.
 //! - [`rest`]: the REST API (Flink's paths), the web UI and `/metrics` (axum).
 //! - [`error`]: the one error type.
 //!
@@ -67,6 +70,7 @@ pub mod job;
 pub mod job_shared;
 pub mod keygroup;
 pub mod metrics;
+pub mod operations;
 pub mod operator;
 pub mod record;
 pub mod registry;
@@ -77,7 +81,7 @@ pub mod stream;
 pub mod task;
 pub mod telemetry;
 
-pub use error::{Error, Result, SavepointError};
+pub use error::{Error, KillError, Result, SavepointError};
 
 /// What most programs need.
 pub mod prelude {

@@ -109,8 +109,20 @@ pub trait SinkFunction<T>: Send + 'static {
     }
     /// Consumes one batch.
     fn invoke(&mut self, batch: Vec<T>) -> Result<()>;
-    /// End of input: flush and close. Not called when the job fails or is cancelled.
+    /// End of input (or a stop with drain): flush what is buffered. Not
+    /// called when the job fails or is cancelled, nor on a stop-with-savepoint
+    /// without drain (a job restored from that savepoint goes on with this
+    /// sink's state, so nothing may be flushed as if the input had ended).
     fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// The subtask ends without failing: at the end of input or a stop with
+    /// drain (after [`finish`](Self::finish) and the final checkpoint), and
+    /// on a stop-with-savepoint without drain (with no `finish`). Release
+    /// resources or report what was seen here. Unlike Flink's
+    /// `RichFunction::close`, it is not called when the job fails, restarts
+    /// or is cancelled: that attempt's work is discarded.
+    fn close(&mut self) -> Result<()> {
         Ok(())
     }
     /// Writes what must survive a failure (e.g. pending transactions) for checkpoint `checkpoint_id`.
@@ -208,6 +220,10 @@ pub(crate) trait ChainOp: Send {
     fn process(&mut self, batch: AnyBatch) -> Result<Option<AnyBatch>>;
     /// End of input; may emit final records.
     fn finish(&mut self) -> Result<Option<AnyBatch>>;
+    /// The subtask ends without failing (see [`SinkFunction::close`]).
+    fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// The input watermark advanced to `wm`; returns the watermark to pass on
     /// (`None`: swallow it, as a watermark assigner does).
     fn on_watermark(&mut self, wm: i64) -> Result<Option<i64>> {
@@ -394,6 +410,9 @@ impl<T: Data, S: SinkFunction<T>> ChainOp for SinkOp<T, S> {
     fn finish(&mut self) -> Result<Option<AnyBatch>> {
         self.sink.finish()?;
         Ok(None)
+    }
+    fn close(&mut self) -> Result<()> {
+        self.sink.close()
     }
     fn snapshot(
         &mut self,

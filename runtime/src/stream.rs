@@ -302,8 +302,7 @@ impl Env {
             restored_from,
             lifecycle,
             rates: Default::default(),
-            triggers: Default::default(),
-            savepoint_ops: Default::default(),
+            operations: Default::default(),
         });
         crate::metrics::start_sampler(&core);
         if let Some(t) = &telemetry {

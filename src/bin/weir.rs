@@ -710,13 +710,18 @@ fn savepoint(job: &str, dir: Option<PathBuf>, kind: SavepointKind, remote: &Remo
                 }
                 return Ok(ExitCode::FAILURE);
             }
-            break op["location"].as_str().unwrap_or_default().to_string();
+            break (
+                op["location"].as_str().unwrap_or_default().to_string(),
+                op["job-state"].as_str().map(str::to_string),
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    // Stop and cancel: report the state the job ended in.
-    let mut state = None;
-    if !matches!(kind, SavepointKind::Savepoint) {
+    let (location, mut state) = location;
+    // Stop and cancel: report the state the job ended in. The operation's
+    // result names it (it completes with the job's end, and the job's process
+    // may exit right after it was read); ask only a server that does not.
+    if state.is_none() && !matches!(kind, SavepointKind::Savepoint) {
         let started = std::time::Instant::now();
         let mut st = String::from("RUNNING");
         while started.elapsed() < std::time::Duration::from_secs(60) {

@@ -12,13 +12,11 @@ use serde_json::{json, Value};
 
 use super::{json as docs, ApiError};
 use crate::checkpoint::CheckpointStatus;
-use crate::job::{JobCore, SavepointOp};
+use crate::job::JobCore;
 use crate::metrics::JobMetrics;
+use crate::operations::SavepointOp;
 
 type ApiResult<T> = Result<T, ApiError>;
-
-/// Triggered checkpoints whose status a job remembers (the oldest are forgotten).
-const MAX_TRIGGERS: usize = 1000;
 
 pub(super) fn router() -> Router {
     Router::new()
@@ -177,7 +175,13 @@ async fn dashboard_config() -> Json<Value> {
 async fn jobs() -> Json<Value> {
     let jobs: Vec<Value> = crate::registry::all()
         .iter()
-        .map(|j| json!({"id": j.job_id, "status": j.status().as_str()}))
+        .map(|j| {
+            let status = j.status();
+            if status.is_terminal() {
+                j.operations.end_seen();
+            }
+            json!({"id": j.job_id, "status": status.as_str()})
+        })
         .collect();
     Json(json!({ "jobs": jobs }))
 }
@@ -186,13 +190,26 @@ async fn jobs_overview() -> Json<Value> {
     let jobs: Vec<Value> = crate::registry::all()
         .iter()
         .rev()
-        .map(|j| docs::job_overview(j))
+        .map(|j| {
+            let ended = j.status().is_terminal();
+            let overview = docs::job_overview(j);
+            if ended {
+                j.operations.end_seen();
+            }
+            overview
+        })
         .collect();
     Json(json!({ "jobs": jobs }))
 }
 
 async fn job(Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(docs::job_details(&*job_of(&id)?)))
+    let job = job_of(&id)?;
+    let ended = job.status().is_terminal();
+    let details = docs::job_details(&job);
+    if ended {
+        job.operations.end_seen();
+    }
+    Ok(Json(details))
 }
 
 async fn terminate(
@@ -215,6 +232,7 @@ async fn terminate(
             job.status()
         )));
     }
+    job.operations.cancel_requested();
     job.cancel();
     Ok((StatusCode::ACCEPTED, Json(json!({}))))
 }
@@ -309,13 +327,7 @@ async fn trigger_checkpoint(
     }
     let cid = job.trigger_checkpoint().await.map_err(ApiError::Conflict)?;
     let trigger = trigger_id(&job.job_id, cid);
-    {
-        let mut triggers = job.triggers.lock().unwrap_or_else(|p| p.into_inner());
-        if triggers.len() >= MAX_TRIGGERS {
-            triggers.remove(0);
-        }
-        triggers.push((trigger.clone(), cid));
-    }
+    job.operations.checkpoints.accept(trigger.clone(), cid);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "request-id": trigger, "checkpoint-id": cid })),
@@ -324,15 +336,14 @@ async fn trigger_checkpoint(
 
 async fn trigger_status(Path((id, trigger)): Path<(String, String)>) -> ApiResult<Json<Value>> {
     let job = job_of(&id)?;
-    let cid = job
-        .triggers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .find(|(t, _)| *t == trigger)
-        .map(|(_, c)| *c)
-        .ok_or_else(|| ApiError::NotFound(format!("Operation {trigger} not found for job {id}")))?;
+    let cid =
+        job.operations.checkpoints.get(&trigger).ok_or_else(|| {
+            ApiError::NotFound(format!("Operation {trigger} not found for job {id}"))
+        })?;
     let s = find_checkpoint(&job, cid)?;
+    if s.status != CheckpointStatus::InProgress {
+        job.operations.checkpoints.mark_read(&trigger);
+    }
     Ok(Json(match s.status {
         CheckpointStatus::InProgress => json!({ "status": { "id": "IN_PROGRESS" } }),
         CheckpointStatus::Completed => json!({
@@ -390,29 +401,33 @@ fn start_savepoint(
             _ => ApiError::Conflict(e.to_string()),
         })?;
     let trigger = trigger_id(&job.job_id, crate::checkpoint::now_ms());
-    {
-        let mut ops = job.savepoint_ops.lock().unwrap_or_else(|p| p.into_inner());
-        if ops.len() >= MAX_TRIGGERS {
-            ops.remove(0);
-        }
-        ops.push((trigger.clone(), SavepointOp::InProgress));
-    }
+    job.operations
+        .savepoints
+        .accept(trigger.clone(), SavepointOp::InProgress);
     let t = trigger.clone();
     tokio::spawn(async move {
-        let outcome = job.savepoint(Some(&target), stop).await;
-        let op = match outcome {
-            Ok(path) => {
+        let op = match job.savepoint(Some(&target), stop).await {
+            Ok(location) => {
                 if cancel {
                     job.cancel();
                 }
-                SavepointOp::Completed(path)
+                // An operation that ends the job completes with the job's end.
+                let job_state = if cancel || stop.is_some() {
+                    while !job.status().is_terminal() {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    Some(job.status().as_str())
+                } else {
+                    None
+                };
+                SavepointOp::Completed {
+                    location,
+                    job_state,
+                }
             }
             Err(e) => SavepointOp::Failed(e.to_string()),
         };
-        let mut ops = job.savepoint_ops.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = ops.iter_mut().find(|(id, _)| *id == t) {
-            slot.1 = op;
-        }
+        job.operations.savepoints.update(&t, op);
     });
     Ok((StatusCode::ACCEPTED, Json(json!({ "request-id": trigger }))))
 }
@@ -435,19 +450,24 @@ async fn stop(Path(id): Path<String>, body: Bytes) -> ApiResult<(StatusCode, Jso
 
 async fn savepoint_status(Path((id, trigger)): Path<(String, String)>) -> ApiResult<Json<Value>> {
     let job = job_of(&id)?;
-    let op = job
-        .savepoint_ops
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .find(|(t, _)| *t == trigger)
-        .map(|(_, op)| op.clone())
-        .ok_or_else(|| ApiError::NotFound(format!("Operation {trigger} not found for job {id}")))?;
+    let op =
+        job.operations.savepoints.get(&trigger).ok_or_else(|| {
+            ApiError::NotFound(format!("Operation {trigger} not found for job {id}"))
+        })?;
+    if op.is_final() {
+        job.operations.savepoints.mark_read(&trigger);
+    }
     Ok(Json(match op {
         SavepointOp::InProgress => json!({ "status": { "id": "IN_PROGRESS" } }),
-        SavepointOp::Completed(path) => json!({
+        SavepointOp::Completed {
+            location,
+            job_state,
+        } => json!({
             "status": { "id": "COMPLETED" },
-            "operation": { "location": path.display().to_string() },
+            "operation": {
+                "location": location.display().to_string(),
+                "job-state": job_state,
+            },
         }),
         SavepointOp::Failed(message) => json!({
             "status": { "id": "COMPLETED" },
@@ -524,26 +544,11 @@ async fn kill(
             "subtask index '{index}' is not a number (0 to parallelism - 1)"
         ))
     })?;
-    if job.status().is_terminal() {
-        return Err(ApiError::Conflict(format!(
-            "Job {id} has already ended ({})",
-            job.status()
-        )));
-    }
-    // An operator's name or the chain's name as the UI shows it.
-    let chain = job
-        .plan
-        .chain_named(&name)
-        .map_err(|e| ApiError::NotFound(format!("Job {id} has {e}")))?;
-    let parallelism = job.plan.chains[chain].parallelism;
-    if index >= parallelism {
-        return Err(ApiError::NotFound(format!(
-            "operator '{name}' has parallelism {parallelism}: no subtask {index}"
-        )));
-    }
-    job.kill_subtask(&name, index)
-        .await
-        .map_err(ApiError::Conflict)?;
+    // The job master decides (one place: the name, the index, the job's state).
+    job.kill_subtask(&name, index).await.map_err(|e| match e {
+        e if e.is_not_found() => ApiError::NotFound(format!("Job {id}: {e}")),
+        e => ApiError::Conflict(format!("Job {id}: {e} ({})", job.status())),
+    })?;
     Ok((
         StatusCode::ACCEPTED,
         Json(

@@ -27,7 +27,7 @@
 //! | `GET /jobs/:id/checkpoints/details/:cid/subtasks/:vertexid` | one task of one checkpoint, per subtask |
 //! | `POST /jobs/:id/savepoints` | takes a savepoint, body `{"target-directory", "cancel-job"}` (both optional; no directory: `execution.checkpointing.savepoint-dir`): 202 `{"request-id"}`; 400 without any directory, 409 when the job is not running |
 //! | `POST /jobs/:id/stop` | stop-with-savepoint, body `{"targetDirectory", "drain"}`: 202 `{"request-id"}`, polled like a savepoint; the job ends `FINISHED` |
-//! | `GET /jobs/:id/savepoints/:triggerid` | status of a savepoint or stop: `{"status": {"id": "IN_PROGRESS"}}`, or `COMPLETED` with `operation.location` (the savepoint's directory) or `operation.failure-cause` (`class`, `stack-trace`) |
+//! | `GET /jobs/:id/savepoints/:triggerid` | status of a savepoint or stop: `{"status": {"id": "IN_PROGRESS"}}`, or `COMPLETED` with `operation.location` (the savepoint's directory) or `operation.failure-cause` (`class`, `stack-trace`); a stop or cancel-job savepoint completes once the job has ended, with `operation.job-state` (ours) |
 //! | `GET /jobs/:id/exceptions` | failures, newest first (`exceptionHistory.entries`) |
 //! | `GET /jobs/:id/vertices/:vertexid/backpressure` | back-pressure level and ratios per subtask (from the back-pressured time, as Flink's) |
 //! | `GET /jobs/:id/metrics[?get=a,b]` | job metrics as `[{"id", "value"}]` |
@@ -36,6 +36,14 @@
 //! | `GET /metrics` | every job's metrics, Prometheus text format |
 //! | `GET /openapi.json` | the OpenAPI 3 description of this API |
 //! | `GET /` | the web UI |
+//!
+//! # Results outlive the job
+//! A program usually exits when its job ends, and the server with it. So a
+//! job's end waits while a client has not read the result of what it asked
+//! here (a savepoint, a stop, a triggered checkpoint, or for a cancel the
+//! job's terminal state), at most `rest.async.result-linger` (5 s by
+//! default): `weir stop` against a process that exits at the job's end still
+//! prints its savepoint. [`crate::operations`] keeps the account.
 //!
 //! Errors are JSON `{"errors": ["..."]}` (Flink's shape): 404 for an unknown
 //! job, checkpoint, trigger, operator, subtask or path, 400 for a bad body or

@@ -191,7 +191,16 @@ impl<'a> Runner<'a> {
             return Ok(());
         }
         self.finish().await?;
-        self.await_final_checkpoint().await
+        self.await_final_checkpoint().await?;
+        self.close_operators()
+    }
+
+    /// The subtask ends without failing: close each operator in chain order.
+    fn close_operators(&mut self) -> Result<()> {
+        for op in self.spec.ops.iter_mut() {
+            guarded(&op.ctx, || op.op.close())?;
+        }
+        Ok(())
     }
 
     async fn open(&mut self) -> Result<()> {

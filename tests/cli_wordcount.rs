@@ -1,0 +1,346 @@
+//! The `weir` CLI against a real wordcount process that exits when its job
+//! ends (no `--serve`), as a new user runs them: `weir stop` and `weir cancel
+//! --savepoint` print the savepoint and succeed although the process goes
+//! away with the job (the REST server answers until the result was read, at
+//! most `rest.async.result-linger`); a stopped wordcount prints its top
+//! words; and a run resumed from the stop's savepoint ends with exact counts.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+/// Words of the run `weir stop` interrupts and the resumed run completes:
+/// several seconds of counting, so the stop lands in the middle.
+const WORDS: u64 = 100_000_000;
+/// Words of runs that only end when told to.
+const ENDLESS: &str = "3000000000";
+
+fn weir(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .output()
+        .expect("run weir")
+}
+
+fn ok(o: &Output) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "weir failed ({}): {out}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// A wordcount process whose stderr lines arrive on a channel.
+struct Wordcount {
+    child: Child,
+    lines: Receiver<String>,
+    /// Every stderr line seen so far.
+    seen: Vec<String>,
+}
+
+/// How a wordcount process ended.
+struct Ended {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Wordcount {
+    fn start(ckpt: &Path, args: &[&str]) -> Wordcount {
+        let mut cmd = Command::new(common::example("wordcount"));
+        cmd.args(["-p", "2", "-D", "rest.port=0"])
+            .args([
+                "-D",
+                &format!("execution.checkpointing.dir={}", ckpt.display()),
+            ])
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("WEIR_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd.spawn().expect("start wordcount");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Wordcount {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line `f` accepts.
+    fn wait_line<T>(&mut self, what: &str, mut f: impl FnMut(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if let Some(v) = f(&l) {
+                        return v;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!(
+                    "wordcount exited before its {what}; stderr:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+        panic!(
+            "no {what} from wordcount within 120 s; stderr:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    /// The REST base URL and the job id, from the `web UI:` line.
+    fn web_ui(&mut self) -> (String, String) {
+        let page = self.wait_line("web UI line", |l| {
+            l.strip_prefix("web UI: ").map(str::to_string)
+        });
+        let (base, id) = page.split_once("/#/jobs/").expect("web UI: URL#/jobs/ID");
+        (base.to_string(), id.to_string())
+    }
+
+    /// Waits for a progress line with at least one word counted.
+    fn counting(&mut self) {
+        self.wait_line("progress line", |l| {
+            let words: u64 = l
+                .split_once(']')?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            (words > 0).then_some(())
+        });
+    }
+
+    /// Waits (at most a minute) for the process to exit on its own.
+    fn ended(mut self) -> Ended {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("wordcount did not exit within 60 s after its job ended");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(l);
+        }
+        Ended {
+            status,
+            stdout,
+            stderr: self.seen.join("\n"),
+        }
+    }
+}
+
+impl Drop for Wordcount {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `top 10 words:` lines of a wordcount's output: (word, count).
+fn top_words(stdout: &str) -> Vec<(String, u64)> {
+    stdout
+        .lines()
+        .skip_while(|l| *l != "top 10 words:")
+        .skip(1)
+        .map_while(|l| {
+            let mut it = l.split_whitespace();
+            let c = it.next()?.parse().ok()?;
+            Some((it.next()?.to_string(), c))
+        })
+        .collect()
+}
+
+fn value(stdout: &str, label: &str) -> u64 {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no '{label}' in:\n{stdout}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The path `weir` printed after `Savepoint completed. Path: `.
+fn savepoint_path(out: &str) -> PathBuf {
+    PathBuf::from(
+        out.lines()
+            .find_map(|l| l.strip_prefix("Savepoint completed. Path: "))
+            .unwrap_or_else(|| panic!("no savepoint path printed: {out}")),
+    )
+}
+
+#[test]
+fn stop_prints_the_savepoint_and_the_top_words_and_the_resumed_run_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let sps = dir.path().join("savepoints");
+    let words = WORDS.to_string();
+    let mut wc = Wordcount::start(&ckpt, &["--words", &words]);
+    let (url, id) = wc.web_ui();
+    wc.counting();
+
+    // The README's command, by job name.
+    let out = ok(&weir(&[
+        "stop",
+        "--url",
+        &url,
+        "--savepoint-path",
+        sps.to_str().unwrap(),
+        "wordcount",
+    ]));
+    let sp = savepoint_path(&out);
+    assert!(sp.starts_with(&sps), "{}", sp.display());
+    assert!(sp.join("_metadata").is_file(), "{}", sp.display());
+    assert!(out.contains(&format!("job {id}: finished")), "{out}");
+
+    let first = wc.ended();
+    assert!(first.status.success(), "{}\n{}", first.stdout, first.stderr);
+    let counted = value(&first.stdout, "total words: ");
+    assert!(counted > 0 && counted < WORDS, "stopped midway: {counted}");
+    let top = top_words(&first.stdout);
+    assert_eq!(
+        top.len(),
+        10,
+        "ten top words after a stop:\n{}",
+        first.stdout
+    );
+    assert!(top.windows(2).all(|w| w[0].1 >= w[1].1), "{top:?}");
+    assert!(top.iter().map(|t| t.1).sum::<u64>() <= counted, "{top:?}");
+
+    // Resumed from the stop's savepoint, the job counts the rest: its top
+    // words are the whole text's, exactly.
+    let resumed = Wordcount::start(
+        &ckpt,
+        &["--words", &words, "-q", "-s", sp.to_str().unwrap()],
+    );
+    let second = resumed.ended();
+    assert!(
+        second.status.success(),
+        "{}\n{}",
+        second.stdout,
+        second.stderr
+    );
+    assert!(
+        second.stderr.contains("restored from savepoint"),
+        "{}",
+        second.stderr
+    );
+    let reference = common::generated_reference(WORDS, 10_000, 42);
+    let mut expected: Vec<(String, u64)> = reference.into_iter().collect();
+    expected.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    expected.truncate(10);
+    assert_eq!(top_words(&second.stdout), expected);
+    // What the stopped run reported was a prefix of the truth.
+    for (w, c) in &top {
+        let total = expected
+            .iter()
+            .find(|e| e.0 == *w)
+            .map_or(u64::MAX, |e| e.1);
+        assert!(
+            *c <= total,
+            "{w}: {c} counted before the stop, {total} in all"
+        );
+    }
+}
+
+#[test]
+fn cancel_with_savepoint_prints_the_savepoint_of_a_wordcount_that_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let sps = dir.path().join("savepoints");
+    let mut wc = Wordcount::start(&dir.path().join("ckpt"), &["--words", ENDLESS]);
+    let (url, id) = wc.web_ui();
+    wc.counting();
+    let out = ok(&weir(&[
+        "cancel",
+        "--url",
+        &url,
+        "--savepoint",
+        sps.to_str().unwrap(),
+        &id,
+    ]));
+    let sp = savepoint_path(&out);
+    assert!(
+        sp.starts_with(&sps) && sp.join("_metadata").is_file(),
+        "{out}"
+    );
+    assert!(out.contains(&format!("job {id}: canceled")), "{out}");
+    let end = wc.ended();
+    // A cancelled job is not a success for the program that ran it.
+    assert!(!end.status.success());
+    assert!(end.stderr.contains("cancel"), "{}", end.stderr);
+}
+
+#[test]
+fn cancel_reports_the_end_of_a_wordcount_that_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wc = Wordcount::start(&dir.path().join("ckpt"), &["--words", ENDLESS]);
+    let (url, id) = wc.web_ui();
+    wc.counting();
+    let out = weir(&["cancel", "--url", &url, &id, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(v["job"], id.as_str());
+    assert_eq!(v["state"], "CANCELED");
+    let end = wc.ended();
+    assert!(!end.status.success());
+}
+
+#[test]
+fn a_result_nobody_reads_holds_the_process_only_for_the_linger() {
+    let dir = tempfile::tempdir().unwrap();
+    let sps = dir.path().join("savepoints");
+    let mut wc = Wordcount::start(
+        &dir.path().join("ckpt"),
+        &["--words", ENDLESS, "-D", "rest.async.result-linger=1s"],
+    );
+    let (url, id) = wc.web_ui();
+    wc.counting();
+    // Stop over REST and never poll the result.
+    let body = serde_json::json!({ "targetDirectory": sps }).to_string();
+    let (status, text) = common::http("POST", &format!("{url}/jobs/{id}/stop"), Some(&body));
+    assert_eq!(status, 202, "{text}");
+    let end = wc.ended();
+    assert!(end.status.success(), "{}\n{}", end.stdout, end.stderr);
+    assert!(
+        end.stderr
+            .contains("rest.async.result-linger (1s) passed with results no client read"),
+        "{}",
+        end.stderr
+    );
+    let saved: Vec<_> = std::fs::read_dir(&sps).unwrap().flatten().collect();
+    assert_eq!(saved.len(), 1, "one savepoint in {}", sps.display());
+    assert!(saved[0].path().join("_metadata").is_file());
+    assert_eq!(top_words(&end.stdout).len(), 10, "{}", end.stdout);
+}
