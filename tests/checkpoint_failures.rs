@@ -121,15 +121,27 @@ fn crash_during_sync_snapshot() {
 fn corrupt_files_are_detected_and_the_previous_checkpoint_is_used() {
     let dir = tempfile::tempdir().unwrap();
     let (out, ckpt) = (dir.path().join("out"), dir.path().join("ckpt"));
-    // Keep three checkpoints, crash after the sixth is complete.
+    // Keep three checkpoints, crash after the sixth is complete. Every 5 ms
+    // (not 20): six checkpoints must complete before the input ends, and a
+    // fast run of the whole input took less than six times 20 ms.
     let crashed = wordcount(
         &out,
         &ckpt,
-        &["-D", "execution.checkpointing.num-retained=3"],
+        &[
+            "-D",
+            "execution.checkpointing.num-retained=3",
+            "-D",
+            "execution.checkpointing.interval=5ms",
+        ],
         Some("before-notify-complete=exit@6"),
         None,
     );
-    assert_eq!(crashed.status.code(), Some(86));
+    assert_eq!(
+        crashed.status.code(),
+        Some(86),
+        "the job ended before its sixth checkpoint: {}",
+        String::from_utf8_lossy(&crashed.stderr)
+    );
     let job = single_job_dir(&ckpt);
     // The crash came before subsumed chk-3 was deleted (deletion follows notification).
     // (A later checkpoint may have started, never completed.)

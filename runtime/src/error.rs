@@ -240,3 +240,10 @@ impl From<postcard::Error> for Error {
         Error::Serde(e.to_string())
     }
 }
+
+/// A failure point's injected error is [`Error::Injected`].
+impl From<crate::failpoint::Injected> for Error {
+    fn from(e: crate::failpoint::Injected) -> Self {
+        Error::Injected(e.0)
+    }
+}

@@ -24,8 +24,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use crate::{Error, Result};
-
 /// The environment variable that arms failure points for a process.
 pub const ENV: &str = "WEIR_FAILPOINTS";
 
@@ -88,9 +86,23 @@ pub fn disarm(name: &str) {
         .remove(name);
 }
 
+/// What an armed point with the `error` action returns; it converts into
+/// `Error::Injected` (so `?` works in the runtime), and this module depends
+/// on no other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Injected(pub String);
+
+impl std::fmt::Display for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "failure injected at '{}'", self.0)
+    }
+}
+
+impl std::error::Error for Injected {}
+
 /// Passes through the point `name`: fails as armed, else returns `Ok`.
 #[inline]
-pub fn hit(name: &str) -> Result<()> {
+pub fn hit(name: &str) -> Result<(), Injected> {
     let points = points();
     if !ANY.load(Ordering::Relaxed) {
         return Ok(());
@@ -107,7 +119,7 @@ pub fn hit(name: &str) -> Result<()> {
     };
     match action {
         None => Ok(()),
-        Some(Action::Error) => Err(Error::Injected(name.to_string())),
+        Some(Action::Error) => Err(Injected(name.to_string())),
         Some(Action::Panic) => panic!("failure injected at '{name}'"),
         Some(Action::Exit) => {
             eprintln!("failure injected at '{name}': exiting");

@@ -19,12 +19,12 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::channel::{
-    channel, Broadcast, Forward, InputGate, OutputEdge, PartitionFactory, PartitionSetup,
-    Rebalance, Rx, TaskSignals, WeakTx,
-};
 use crate::checkpoint::SubtaskRestore;
 use crate::config::{options, Conf};
+use crate::exchange::{
+    connect, Broadcast, ChannelReceiver, ChannelWatch, Forward, InputGate, OutputEdge,
+    PartitionFactory, PartitionSetup, Rebalance, TaskSignals,
+};
 use crate::operator::{ChainOp, OpFactory, RuntimeContext, SourceFactory, SourceOp};
 use crate::record::{ChunkFn, CloneFn, DecodeFn, EncodeFn, LenFn};
 use crate::{Error, KillError, Result};
@@ -529,16 +529,13 @@ pub(crate) fn instantiate(
     conf: &Conf,
     job_id: &str,
     metrics: Instruments<'_>,
-    watch: &mut Vec<WeakTx>,
+    watch: &mut Vec<ChannelWatch>,
     mut restore: Option<Vec<Vec<SubtaskRestore>>>,
 ) -> Result<Vec<SubtaskSpec>> {
     let Instruments { counters, io } = metrics;
     let checkpointing = crate::checkpoint::CheckpointConfig::from_conf(conf).enabled();
     let state_backend = crate::state::StateBackendConfig::from_conf(conf);
     let max_p = conf.get(&options::MAX_PARALLELISM);
-    let batch_size = conf.get(&options::BATCH_SIZE);
-    let segment_bytes = usize::try_from(conf.get(&options::SEGMENT_SIZE).0).unwrap_or(usize::MAX);
-    let capacity = conf.get(&options::BUFFERS_PER_CHANNEL);
     let ctx_for = |node: usize, subtask: usize| RuntimeContext {
         job_id: job_id.to_string(),
         operator: graph.nodes[node].name.clone(),
@@ -548,97 +545,11 @@ pub(crate) fn instantiate(
         checkpointing,
         state_backend: state_backend.clone(),
     };
-    // Channels first: inputs[chain][subtask], outputs[chain][subtask].
-    let mut inputs: Vec<Vec<Vec<Rx>>> = plan
-        .chains
-        .iter()
-        .map(|c| (0..c.parallelism).map(|_| Vec::new()).collect())
-        .collect();
-    // Wake-up signals per subtask, shared with the channels around it.
-    let offsets: Vec<usize> = plan
-        .chains
-        .iter()
-        .scan(0, |acc, c| {
-            let o = *acc;
-            *acc += c.parallelism;
-            Some(o)
-        })
-        .collect();
-    let gates: Vec<Vec<Arc<TaskSignals>>> = plan
-        .chains
-        .iter()
-        .zip(&offsets)
-        .map(|(c, o)| {
-            (0..c.parallelism)
-                .map(|i| {
-                    Arc::new(match io.get(o + i) {
-                        Some(io) => TaskSignals::with_io(io.clone()),
-                        None => TaskSignals::default(),
-                    })
-                })
-                .collect()
-        })
-        .collect();
-    let mut outputs: Vec<Vec<Vec<OutputEdge>>> = plan
-        .chains
-        .iter()
-        .map(|c| (0..c.parallelism).map(|_| Vec::new()).collect())
-        .collect();
-    for ch in &plan.channels {
-        let (pa, pb) = (
-            plan.chains[ch.from_chain].parallelism,
-            plan.chains[ch.to_chain].parallelism,
-        );
-        let edge = graph.nodes[ch.to_node]
-            .inputs
-            .iter()
-            .find(|e| e.from == ch.from_node)
-            .ok_or_else(|| Error::Internal("channel without a logical edge".into()))?;
-        if ch.ship == ShipStrategy::Forward {
-            for i in 0..pa {
-                let (tx, rx) = channel(
-                    capacity,
-                    gates[ch.from_chain][i].clone(),
-                    gates[ch.to_chain][i].clone(),
-                );
-                watch.push(tx.watch(offsets[ch.from_chain] + i, offsets[ch.to_chain] + i));
-                inputs[ch.to_chain][i].push(rx);
-                outputs[ch.from_chain][i].push(OutputEdge::new(Box::new(Forward), vec![tx]));
-            }
-            continue;
-        }
-        for (i, outs) in outputs[ch.from_chain].iter_mut().enumerate() {
-            let mut senders = Vec::with_capacity(pb);
-            for (j, ins) in inputs[ch.to_chain].iter_mut().enumerate() {
-                let (tx, rx) = channel(
-                    capacity,
-                    gates[ch.from_chain][i].clone(),
-                    gates[ch.to_chain][j].clone(),
-                );
-                watch.push(tx.watch(offsets[ch.from_chain] + i, offsets[ch.to_chain] + j));
-                senders.push(tx);
-                ins.push(rx);
-            }
-            let setup = PartitionSetup {
-                targets: pb,
-                max_parallelism: max_p,
-                batch_size,
-                segment_bytes,
-            };
-            let partition: Box<dyn crate::channel::Partition> = match (&edge.ship, ch.ship) {
-                (Ship::Hash(f), _) => f(setup),
-                (_, ShipStrategy::Broadcast) => Box::new(Broadcast {
-                    targets: pb,
-                    clone: graph.nodes[ch.from_node].out_clone,
-                }),
-                _ => Box::new(Rebalance {
-                    next: i % pb,
-                    targets: pb,
-                }),
-            };
-            outs.push(OutputEdge::new(partition, senders));
-        }
-    }
+    let Wiring {
+        mut inputs,
+        mut outputs,
+        signals: gates,
+    } = wire(graph, plan, conf, io, watch)?;
     let mut specs = Vec::with_capacity(plan.num_subtasks());
     for (c, chain) in plan.chains.iter().enumerate() {
         let tail = *chain
@@ -698,6 +609,127 @@ pub(crate) fn instantiate(
         }
     }
     Ok(specs)
+}
+
+/// The channels of every subtask, indexed `[chain][subtask]`.
+struct Wiring {
+    /// Input channels, in the order of the plan's channels.
+    inputs: Vec<Vec<Vec<ChannelReceiver>>>,
+    /// Output edges (a partitioner and its senders each).
+    outputs: Vec<Vec<Vec<OutputEdge>>>,
+    /// Wake-up signals, shared with the channels around the subtask.
+    signals: Vec<Vec<Arc<TaskSignals>>>,
+}
+
+/// Connects every pair of subtasks the plan's channels link
+/// ([`crate::exchange`]), with their partitioners; `watch` gets a watch on
+/// each channel.
+fn wire(
+    graph: &StreamGraph,
+    plan: &JobPlan,
+    conf: &Conf,
+    io: &[Arc<crate::metrics::io::SubtaskIo>],
+    watch: &mut Vec<ChannelWatch>,
+) -> Result<Wiring> {
+    let max_p = conf.get(&options::MAX_PARALLELISM);
+    let batch_size = conf.get(&options::BATCH_SIZE);
+    let segment_bytes = usize::try_from(conf.get(&options::SEGMENT_SIZE).0).unwrap_or(usize::MAX);
+    let capacity = conf.get(&options::BUFFERS_PER_CHANNEL);
+    let mut inputs: Vec<Vec<Vec<ChannelReceiver>>> = plan
+        .chains
+        .iter()
+        .map(|c| (0..c.parallelism).map(|_| Vec::new()).collect())
+        .collect();
+    // Wake-up signals per subtask, shared with the channels around it.
+    let offsets: Vec<usize> = plan
+        .chains
+        .iter()
+        .scan(0, |acc, c| {
+            let o = *acc;
+            *acc += c.parallelism;
+            Some(o)
+        })
+        .collect();
+    let gates: Vec<Vec<Arc<TaskSignals>>> = plan
+        .chains
+        .iter()
+        .zip(&offsets)
+        .map(|(c, o)| {
+            (0..c.parallelism)
+                .map(|i| {
+                    Arc::new(match io.get(o + i) {
+                        Some(io) => TaskSignals::with_io(io.clone()),
+                        None => TaskSignals::default(),
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let mut outputs: Vec<Vec<Vec<OutputEdge>>> = plan
+        .chains
+        .iter()
+        .map(|c| (0..c.parallelism).map(|_| Vec::new()).collect())
+        .collect();
+    for ch in &plan.channels {
+        let (pa, pb) = (
+            plan.chains[ch.from_chain].parallelism,
+            plan.chains[ch.to_chain].parallelism,
+        );
+        let edge = graph.nodes[ch.to_node]
+            .inputs
+            .iter()
+            .find(|e| e.from == ch.from_node)
+            .ok_or_else(|| Error::Internal("channel without a logical edge".into()))?;
+        if ch.ship == ShipStrategy::Forward {
+            for i in 0..pa {
+                let (tx, rx, w) = connect(
+                    capacity,
+                    (offsets[ch.from_chain] + i, &gates[ch.from_chain][i]),
+                    (offsets[ch.to_chain] + i, &gates[ch.to_chain][i]),
+                );
+                watch.push(w);
+                inputs[ch.to_chain][i].push(rx);
+                outputs[ch.from_chain][i].push(OutputEdge::new(Box::new(Forward), vec![tx]));
+            }
+            continue;
+        }
+        for (i, outs) in outputs[ch.from_chain].iter_mut().enumerate() {
+            let mut senders = Vec::with_capacity(pb);
+            for (j, ins) in inputs[ch.to_chain].iter_mut().enumerate() {
+                let (tx, rx, w) = connect(
+                    capacity,
+                    (offsets[ch.from_chain] + i, &gates[ch.from_chain][i]),
+                    (offsets[ch.to_chain] + j, &gates[ch.to_chain][j]),
+                );
+                watch.push(w);
+                senders.push(tx);
+                ins.push(rx);
+            }
+            let setup = PartitionSetup {
+                targets: pb,
+                max_parallelism: max_p,
+                batch_size,
+                segment_bytes,
+            };
+            let partition: Box<dyn crate::exchange::Partition> = match (&edge.ship, ch.ship) {
+                (Ship::Hash(f), _) => f(setup),
+                (_, ShipStrategy::Broadcast) => Box::new(Broadcast {
+                    targets: pb,
+                    clone: graph.nodes[ch.from_node].out_clone,
+                }),
+                _ => Box::new(Rebalance {
+                    next: i % pb,
+                    targets: pb,
+                }),
+            };
+            outs.push(OutputEdge::new(partition, senders));
+        }
+    }
+    Ok(Wiring {
+        inputs,
+        outputs,
+        signals: gates,
+    })
 }
 
 #[cfg(test)]

@@ -1,14 +1,16 @@
 //! Running a job: the job supervisor actor, the [`JobHandle`] a client holds,
 //! and the [`JobResult`] a finished job returns.
 //!
-//! The **job supervisor** (`JobMaster`) is a ractor actor that spawns one
-//! [`crate::task`] actor per subtask, *linked* to itself, so every subtask's
-//! exit reaches it as a supervision event:
+//! The **job supervisor** (`JobMaster`) is a ractor actor that deploys one
+//! [`crate::task`] per subtask through a task executor ([`crate::deploy`]:
+//! in this process, an actor *linked* to the supervisor), and every
+//! subtask's end reaches it once, as a `SubtaskEnded`:
 //! - every subtask terminated normally: the job finished;
-//! - a subtask failed (user code returned an error or panicked): the job fails
-//!   with that operator's name and message, and the other subtasks are stopped.
-//!   (Restarting the failed region from a checkpoint is failover's job; until
-//!   it exists a failure ends the job.)
+//! - a subtask failed (user code returned an error or panicked) or was
+//!   killed: the restart strategy ([`crate::restart`]) decides between
+//!   restarting its region (or, with `jobmanager.execution.failover-strategy:
+//!   full`, every subtask) from the latest completed checkpoint, and failing
+//!   the job with that operator's name and message, all subtasks stopped;
 //! - a cancel request stops every subtask and the job ends as cancelled.
 //!
 //! Records are counted per operator and subtask in [`OperatorCounters`] (one
@@ -31,12 +33,13 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
-use crate::checkpoint::coordinator::{CoordMsg, Coordinator, CoordinatorArgs, JobEnd, TaskRef};
+use crate::checkpoint::coordinator::{CoordMsg, Coordinator, CoordinatorArgs, JobEnd};
 use crate::checkpoint::storage::CheckpointStorage;
 use crate::checkpoint::{CheckpointConfig, CheckpointStats};
+use crate::deploy::{LocalExecutor, SubtaskEnded, TaskExecutor};
 use crate::graph::{OperatorCounters, SubtaskSpec};
 use crate::job_shared::JobShared;
-use crate::task::{CheckpointLink, SubtaskActor, SubtaskArgs};
+use crate::task::CheckpointLink;
 use crate::{Error, KillError, Result};
 
 /// Live record counts of one operator.
@@ -285,7 +288,7 @@ pub(crate) struct JobCore {
     pub operators: Vec<OperatorInfo>,
     pub plan: crate::graph::JobPlan,
     pub master: ActorRef<JobMsg>,
-    pub channels: Arc<Mutex<Vec<crate::channel::WeakTx>>>,
+    pub channels: Arc<Mutex<Vec<crate::exchange::ChannelWatch>>>,
     /// Time accounting per subtask (index among all subtasks), kept across restarts.
     pub io: Vec<Arc<crate::metrics::SubtaskIo>>,
     pub restarts: Arc<AtomicU64>,
@@ -448,7 +451,7 @@ impl JobHandle {
     /// Batches queued right now over all of the job's channels. Backpressure
     /// bounds it by `channels x taskmanager.network.memory.buffers-per-channel`.
     pub fn queued_batches(&self) -> usize {
-        crate::channel::queued(&self.core.channels.lock().unwrap_or_else(|p| p.into_inner()))
+        crate::exchange::queued(&self.core.channels.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// When the last failure happened and what it was.
@@ -742,7 +745,7 @@ pub(crate) struct JobArgs {
     pub plan: crate::graph::JobPlan,
     pub conf: crate::config::Conf,
     pub counters: Vec<Arc<OperatorCounters>>,
-    pub channels: Arc<Mutex<Vec<crate::channel::WeakTx>>>,
+    pub channels: Arc<Mutex<Vec<crate::exchange::ChannelWatch>>>,
     pub restore: Option<Vec<Vec<crate::checkpoint::SubtaskRestore>>>,
     /// The checkpoint the job was started from (`-s`), for restarts before its own first checkpoint.
     pub restored_from: Option<std::path::PathBuf>,
@@ -773,7 +776,7 @@ pub(crate) struct JobState {
     plan: crate::graph::JobPlan,
     conf: crate::config::Conf,
     counters: Vec<Arc<OperatorCounters>>,
-    channels: Arc<Mutex<Vec<crate::channel::WeakTx>>>,
+    channels: Arc<Mutex<Vec<crate::exchange::ChannelWatch>>>,
     restored_from: Option<std::path::PathBuf>,
     claimed: Option<std::path::PathBuf>,
     checkpoint: Option<CheckpointParts>,
@@ -814,9 +817,8 @@ pub(crate) struct JobState {
     region_running: Vec<usize>,
     /// Regions being restarted, with the failure and when the restart may start.
     regions_recovering: std::collections::BTreeMap<usize, (String, std::time::Instant)>,
-    tasks: Vec<ractor::ActorCell>,
-    task_ids: std::collections::HashMap<ractor::ActorId, usize>,
-    killed: std::collections::HashSet<ractor::ActorId>,
+    /// Where the subtasks run ([`crate::deploy`]).
+    executor: LocalExecutor,
     running: usize,
     failed: Option<String>,
     /// A failure is being recovered from: the attempt is stopping.
@@ -867,12 +869,12 @@ impl JobState {
         let (specs, channels) = self.instantiate(restore)?;
         *self.channels.lock().unwrap_or_else(|p| p.into_inner()) = channels;
         let mut refs = Vec::with_capacity(specs.len());
-        self.tasks.clear();
-        self.task_ids.clear();
         for spec in specs {
-            let (index, task) = self.spawn_subtask(myself, spec, &link).await?;
-            debug_assert_eq!(index, self.tasks.len());
-            self.tasks.push(task.actor.get_cell());
+            let (index, task) = self
+                .executor
+                .deploy(&myself.get_cell(), spec, &self.shared, &link)
+                .await?;
+            debug_assert_eq!(index, refs.len());
             refs.push(task);
         }
         self.running = refs.len();
@@ -887,7 +889,7 @@ impl JobState {
     fn instantiate(
         &self,
         restore: Option<Vec<Vec<crate::checkpoint::SubtaskRestore>>>,
-    ) -> Result<(Vec<SubtaskSpec>, Vec<crate::channel::WeakTx>)> {
+    ) -> Result<(Vec<SubtaskSpec>, Vec<crate::exchange::ChannelWatch>)> {
         let mut channels = Vec::new();
         let specs = crate::graph::instantiate(
             &self.graph,
@@ -902,38 +904,6 @@ impl JobState {
             restore,
         )?;
         Ok((specs, channels))
-    }
-
-    /// Spawns one subtask actor linked to the supervisor; returns its index and reference.
-    async fn spawn_subtask(
-        &mut self,
-        myself: &ActorRef<JobMsg>,
-        spec: SubtaskSpec,
-        link: &Option<CheckpointLink>,
-    ) -> std::result::Result<(usize, TaskRef), ActorProcessingErr> {
-        let index = spec.task_index;
-        let chain = spec.chain.clone();
-        let is_source = matches!(spec.head, crate::graph::Head::Source { .. });
-        let (actor, _) = SubtaskActor::spawn_linked(
-            None,
-            SubtaskActor,
-            SubtaskArgs {
-                spec,
-                shared: self.shared.clone(),
-                checkpoint: link.clone(),
-            },
-            myself.get_cell(),
-        )
-        .await?;
-        self.task_ids.insert(actor.get_id(), index);
-        Ok((
-            index,
-            TaskRef {
-                chain,
-                is_source,
-                actor: actor.get_derived(),
-            },
-        ))
     }
 
     /// Spawns the subtasks of region `r` again, restored from the newest checkpoint.
@@ -977,10 +947,10 @@ impl JobState {
         }
         let mut refs = Vec::new();
         for spec in specs {
-            let (index, task) = self.spawn_subtask(myself, spec, &link).await?;
-            if let Some(slot) = self.tasks.get_mut(index) {
-                *slot = task.actor.get_cell();
-            }
+            let (index, task) = self
+                .executor
+                .deploy(&myself.get_cell(), spec, &self.shared, &link)
+                .await?;
             refs.push((index, task));
         }
         self.running += refs.len();
@@ -1107,7 +1077,7 @@ impl JobState {
         myself.stop(None);
     }
 
-    fn fail(&mut self, myself: &ActorRef<JobMsg>, err: String, task: Option<usize>) {
+    fn fail(&mut self, err: String, task: Option<usize>) {
         if self.failed.is_some() || self.cancelled || self.recovering.is_some() {
             return;
         }
@@ -1154,9 +1124,7 @@ impl JobState {
             self.regions_recovering
                 .insert(r, (err, std::time::Instant::now() + delay));
             for &t in &self.regions[r] {
-                if let Some(a) = self.tasks.get(t) {
-                    a.stop(Some("region restarting".into()));
-                }
+                self.executor.stop(t, "region restarting");
             }
             if let Some(c) = &self.coordinator {
                 let _ = c.cast(CoordMsg::RegionDown(self.regions[r].clone()));
@@ -1168,11 +1136,38 @@ impl JobState {
             self.lifecycle.set_status(JobStatus::Restarting);
             self.recovering = Some(err);
             self.restart_at = std::time::Instant::now() + delay;
-            myself.stop_children_except(None);
+            self.stop_everything(false);
         } else {
             tracing::error!(job = %self.name, error = %err, "job failed; stopping all subtasks");
             self.failed = Some(err);
-            myself.stop_children_except(self.coordinator.as_ref());
+            self.stop_everything(true);
+        }
+    }
+
+    /// Stops every subtask, and the coordinator too unless `keep_coordinator`
+    /// (it then applies the retention policy and reports the job's end).
+    fn stop_everything(&mut self, keep_coordinator: bool) {
+        self.executor.stop_all("job stopping");
+        if !keep_coordinator {
+            if let Some(c) = &self.coordinator {
+                c.stop(Some("job stopping".into()));
+            }
+        }
+    }
+
+    /// One subtask ended (reported by the executor, see [`crate::deploy`]):
+    /// it no longer runs; a failure or a kill is a failure of the job,
+    /// which [`JobState::fail`] handles.
+    fn subtask_ended(&mut self, ended: SubtaskEnded) {
+        self.running = self.running.saturating_sub(1);
+        if let Some(t) = ended.task {
+            let r = self.region_of[t];
+            self.region_running[r] = self.region_running[r].saturating_sub(1);
+        }
+        match (ended.failure, ended.killed) {
+            (Some(err), _) => self.fail(err, ended.task),
+            (None, true) => self.fail("subtask killed on request".into(), ended.task),
+            (None, false) => {}
         }
     }
 
@@ -1262,21 +1257,6 @@ type RestorePoint = (
     Option<u64>,
 );
 
-trait StopChildren {
-    fn stop_children_except(&self, keep: Option<&ActorRef<CoordMsg>>);
-}
-
-impl StopChildren for ActorRef<JobMsg> {
-    fn stop_children_except(&self, keep: Option<&ActorRef<CoordMsg>>) {
-        let keep = keep.map(|k| k.get_id());
-        for child in self.get_children() {
-            if Some(child.get_id()) != keep {
-                child.stop(Some("job stopping".into()));
-            }
-        }
-    }
-}
-
 impl Actor for JobMaster {
     type Msg = JobMsg;
     type State = JobState;
@@ -1321,9 +1301,7 @@ impl Actor for JobMaster {
             region_running: Vec::new(),
             regions_recovering: Default::default(),
             regions: Vec::new(),
-            task_ids: Default::default(),
-            tasks: Vec::new(),
-            killed: Default::default(),
+            executor: LocalExecutor::default(),
             running: 0,
             failed: None,
             recovering: None,
@@ -1419,7 +1397,7 @@ impl Actor for JobMaster {
                     state.lifecycle.set_status(JobStatus::Cancelling);
                 }
                 state.recovering = None;
-                myself.stop_children_except(state.coordinator.as_ref());
+                state.stop_everything(true);
                 state.end_if_idle(&myself);
             }
             JobMsg::Kill {
@@ -1436,15 +1414,12 @@ impl Actor for JobMaster {
                             .region_of
                             .get(task)
                             .is_some_and(|r| state.regions_recovering.contains_key(r));
-                        match state.tasks.get(task) {
-                            Some(actor) if state.recovering.is_none() && !region_down => {
-                                tracing::warn!(operator, index, "killing subtask on request");
-                                state.killed.insert(actor.get_id());
-                                actor.stop(Some("killed".into()));
-                                killed_task = Some(task);
-                                Ok(())
-                            }
-                            _ => Err(KillError::Restarting),
+                        if state.recovering.is_none() && !region_down && state.executor.kill(task) {
+                            tracing::warn!(operator, index, "killing subtask on request");
+                            killed_task = Some(task);
+                            Ok(())
+                        } else {
+                            Err(KillError::Restarting)
                         }
                     })
                 };
@@ -1452,7 +1427,7 @@ impl Actor for JobMaster {
                 // the killed subtask's channels close fail too, and their
                 // reports may reach this mailbox before its termination.
                 if let Some(t) = killed_task {
-                    state.fail(&myself, "subtask killed on request".into(), Some(t));
+                    state.fail("subtask killed on request".into(), Some(t));
                 }
                 let _ = reply.send(outcome);
             }
@@ -1564,7 +1539,7 @@ impl Actor for JobMaster {
                 if let Err(e) = restarted {
                     let text = e.to_string();
                     state.failed = Some(format!("cannot restart region {r}: {text}"));
-                    myself.stop_children_except(state.coordinator.as_ref());
+                    state.stop_everything(true);
                 }
                 state.end_if_idle(&myself);
             }
@@ -1629,29 +1604,13 @@ impl Actor for JobMaster {
             }
             SupervisionEvent::ActorFailed(cell, err) if Some(cell.get_id()) == coordinator_id => {
                 state.coordinator = None;
-                state.fail(&myself, err.to_string(), None);
+                state.fail(err.to_string(), None);
             }
-            SupervisionEvent::ActorTerminated(cell, ..) => {
-                let task = state.task_ids.remove(&cell.get_id());
-                state.running = state.running.saturating_sub(1);
-                if let Some(t) = task {
-                    let r = state.region_of[t];
-                    state.region_running[r] = state.region_running[r].saturating_sub(1);
-                }
-                if state.killed.remove(&cell.get_id()) {
-                    state.fail(&myself, "subtask killed on request".into(), task);
+            other => {
+                if let Some(ended) = state.executor.ended(&other) {
+                    state.subtask_ended(ended);
                 }
             }
-            SupervisionEvent::ActorFailed(cell, err) => {
-                let task = state.task_ids.remove(&cell.get_id());
-                state.running = state.running.saturating_sub(1);
-                if let Some(t) = task {
-                    let r = state.region_of[t];
-                    state.region_running[r] = state.region_running[r].saturating_sub(1);
-                }
-                state.fail(&myself, err.to_string(), task);
-            }
-            _ => {}
         }
         state.end_if_idle(&myself);
         Ok(())

@@ -14,15 +14,18 @@
 //!                                              │ instantiate(): one SubtaskSpec per subtask,
 //!                                              │ one bounded channel per subtask pair
 //!                                              ▼
-//!   job supervisor actor (job) ──spawn_linked──▶ subtask actors (task), one per chain × parallelism
+//!   job supervisor actor (job) ──deploy (deploy)──▶ subtask actors (task), one per chain × parallelism
 //!                                                   │ each runs its processing loop (task::runner) on its own thread
 //!                                                   ▼
-//!                      batches ═══ bounded channels (channel) ═══▶ batches
+//!                      batches ═══ bounded channels (exchange) ═══▶ batches
 //! ```
 //!
 //! - [`stream`]: `Env`, `DataStream`, `KeyedStream`: what users call.
 //! - [`graph`]: the logical graph, chaining, the physical plan.
 //! - [`job`]: the job supervisor actor, `JobHandle`, `JobResult`.
+//! - [`deploy`]: the deployment seam between the supervisor and where
+//!   subtasks run (`TaskExecutor`; the in-process `LocalExecutor` today, a
+//!   TaskManager's slots beside it in cluster mode).
 //! - [`task`]: the subtask actor and its processing loop (I/O only), which
 //!   consults two pure state machines: the barrier handler (`task/barrier.rs`:
 //!   aligned, unaligned, aligned with timeout, at-least-once) and the
@@ -32,7 +35,9 @@
 //!   (the root-cause failure, the live processing loops).
 //! - [`restart`]: restart strategies (fixed-delay, failure-rate,
 //!   exponential-delay) as pure decisions the job supervisor applies.
-//! - [`channel`]: the data plane (bounded queues, partitioners, input gate).
+//! - [`exchange`]: the data plane: the channel seam (in-process bounded
+//!   queues today, a network channel beside them in cluster mode),
+//!   partitioners, output edges, the input gate.
 //! - [`operator`]: the traits users implement (`SourceFunction`,
 //!   `KeyedProcessFunction`, `SinkFunction`) and the operators that run them.
 //! - [`state`]: keyed state (`ValueState`, `ListState`, `MapState`) and
@@ -60,10 +65,11 @@
 
 #![warn(missing_docs)]
 
-pub mod channel;
 pub mod checkpoint;
 pub mod config;
+pub mod deploy;
 pub mod error;
+pub mod exchange;
 pub mod failpoint;
 pub mod graph;
 pub mod job;

@@ -33,20 +33,19 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::channel::{HashPartition, PartitionSetup};
 use crate::checkpoint::{restore, storage, CheckpointConfig};
 use crate::config::{options, Conf};
+use crate::exchange::{HashPartition, PartitionSetup};
 use crate::graph::{Edge, JobPlan, Node, NodeKind, OperatorCounters, Ship, StreamGraph};
 use crate::job::{
     CheckpointSetup, Failover, JobArgs, JobCore, JobHandle, JobMaster, JobResult, Lifecycle,
     OperatorInfo,
 };
 use crate::operator::{
-    ChainOp, Collector, FilterOp, FlatMapOp, KeyedOpenContext, KeyedProcessFunction,
-    KeyedProcessOp, MapOp, SinkFunction, SinkOp, SourceAdapter, SourceFunction, SourceOp,
+    Aggregate, ChainOp, Collector, FilterOp, FlatMapOp, KeyedProcessFunction, KeyedProcessOp,
+    MapOp, Reduce, SinkFunction, SinkOp, SourceAdapter, SourceFunction, SourceOp,
 };
 use crate::record::{batch_len, serde_clone, Data, Key};
-use crate::state::{KeyedContext, ValueState, ValueStateDescriptor};
 use crate::{Error, Result};
 
 /// The execution environment: configuration, the job graph being built, and
@@ -691,19 +690,12 @@ impl<T: Data, K: Key, F: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K, 
         let sel = self.selector.clone();
         let proto = Prototype::new(function);
         let factory = Arc::new(move || {
-            Box::new(KeyedProcessOp {
-                watermark: i64::MIN,
-                function: proto.get(),
-                selector: sel.clone(),
-                backend: None,
-                max_parallelism: 0,
-                _t: PhantomData,
-            }) as Box<dyn ChainOp>
+            Box::new(KeyedProcessOp::new(proto.get(), sel.clone())) as Box<dyn ChainOp>
         });
         let sel = self.selector.clone();
         let partition = Arc::new(move |setup: PartitionSetup| {
             Box::new(HashPartition::<T, K, F>::new(sel.clone(), setup))
-                as Box<dyn crate::channel::Partition>
+                as Box<dyn crate::exchange::Partition>
         });
         self.stream.then(name, factory, Ship::Hash(partition))
     }
@@ -713,25 +705,14 @@ impl<T: Data, K: Key, F: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K, 
     where
         T: Clone,
     {
-        self.process_named(
-            "Reduce",
-            Reduce {
-                f: Arc::new(f),
-                state: None,
-            },
-        )
+        self.process_named("Reduce", Reduce::new(f))
     }
 
     /// Running count per key: emits `(key, count so far)` after every record.
     pub fn count(&self) -> DataStream<(K, u64)> {
         self.process_named(
             "Count",
-            Aggregate {
-                field: Arc::new(|_: &T| 1u64),
-                _t: PhantomData,
-                combine: |acc: &mut u64, v| *acc += v,
-                state: None,
-            },
+            Aggregate::new(|_: &T| 1u64, |acc: &mut u64, v| *acc += v),
         )
     }
 
@@ -741,15 +722,7 @@ impl<T: Data, K: Key, F: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K, 
         N: Data + Clone + AddAssign,
         G: Fn(&T) -> N + Send + Sync + 'static,
     {
-        self.process_named(
-            "Sum",
-            Aggregate {
-                field: Arc::new(field),
-                _t: PhantomData,
-                combine: |acc: &mut N, v| *acc += v,
-                state: None,
-            },
-        )
+        self.process_named("Sum", Aggregate::new(field, |acc: &mut N, v| *acc += v))
     }
 
     /// Running minimum of `field` per key: emits `(key, min so far)`.
@@ -760,16 +733,11 @@ impl<T: Data, K: Key, F: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K, 
     {
         self.process_named(
             "Min",
-            Aggregate {
-                field: Arc::new(field),
-                _t: PhantomData,
-                combine: |acc: &mut N, v| {
-                    if v < *acc {
-                        *acc = v
-                    }
-                },
-                state: None,
-            },
+            Aggregate::new(field, |acc: &mut N, v| {
+                if v < *acc {
+                    *acc = v
+                }
+            }),
         )
     }
 
@@ -781,110 +749,11 @@ impl<T: Data, K: Key, F: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K, 
     {
         self.process_named(
             "Max",
-            Aggregate {
-                field: Arc::new(field),
-                _t: PhantomData,
-                combine: |acc: &mut N, v| {
-                    if v > *acc {
-                        *acc = v
-                    }
-                },
-                state: None,
-            },
+            Aggregate::new(field, |acc: &mut N, v| {
+                if v > *acc {
+                    *acc = v
+                }
+            }),
         )
-    }
-}
-
-struct Reduce<T, R> {
-    f: Arc<R>,
-    state: Option<ValueState<T>>,
-}
-
-impl<T, R> Clone for Reduce<T, R> {
-    fn clone(&self) -> Self {
-        Reduce {
-            f: self.f.clone(),
-            state: self.state,
-        }
-    }
-}
-
-impl<K: Key, T: Data + Clone, R: Fn(T, T) -> T + Send + Sync + 'static>
-    KeyedProcessFunction<K, T, T> for Reduce<T, R>
-{
-    fn open(&mut self, ctx: &mut KeyedOpenContext<'_, K>) -> Result<()> {
-        self.state = Some(ctx.value_state(&ValueStateDescriptor::new("reduce"))?);
-        Ok(())
-    }
-    fn process_element(
-        &mut self,
-        value: T,
-        ctx: &mut KeyedContext<'_, K>,
-        out: &mut Collector<'_, T>,
-    ) -> Result<()> {
-        let st = self
-            .state
-            .ok_or_else(|| Error::Internal("reduce used before open".into()))?;
-        let f = &self.f;
-        let new = st.update_with(ctx, |old| match old {
-            Some(acc) => f(acc.clone(), value),
-            None => value,
-        })?;
-        out.collect(new);
-        Ok(())
-    }
-}
-
-struct Aggregate<T, N, G> {
-    field: Arc<G>,
-    _t: PhantomData<fn(&T)>,
-    combine: fn(&mut N, N),
-    state: Option<ValueState<N>>,
-}
-
-impl<T, N, G> Clone for Aggregate<T, N, G> {
-    fn clone(&self) -> Self {
-        Aggregate {
-            field: self.field.clone(),
-            _t: PhantomData,
-            combine: self.combine,
-            state: self.state,
-        }
-    }
-}
-
-impl<K, T, N, G> KeyedProcessFunction<K, T, (K, N)> for Aggregate<T, N, G>
-where
-    K: Key,
-    T: Data,
-    N: Data + Clone,
-    G: Fn(&T) -> N + Send + Sync + 'static,
-{
-    fn open(&mut self, ctx: &mut KeyedOpenContext<'_, K>) -> Result<()> {
-        self.state = Some(ctx.value_state(&ValueStateDescriptor::new("aggregate"))?);
-        Ok(())
-    }
-    #[inline]
-    fn process_element(
-        &mut self,
-        value: T,
-        ctx: &mut KeyedContext<'_, K>,
-        out: &mut Collector<'_, (K, N)>,
-    ) -> Result<()> {
-        let st = self
-            .state
-            .ok_or_else(|| Error::Internal("aggregate used before open".into()))?;
-        let v = (self.field)(&value);
-        let combine = self.combine;
-        let new = st.update_with(ctx, |old| match old {
-            Some(acc) => {
-                let mut acc = acc.clone();
-                combine(&mut acc, v);
-                acc
-            }
-            None => v,
-        })?;
-        out.collect((ctx.key().clone(), new));
-        Ok(())
     }
 }

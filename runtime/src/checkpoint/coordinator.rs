@@ -40,7 +40,7 @@ use super::{
     now_ms, CheckpointConfig, CheckpointMetadata, CheckpointStats, CheckpointStatus, StateHandle,
     SubtaskCheckpointStats,
 };
-use crate::channel::Barrier;
+use crate::exchange::Barrier;
 use crate::job_shared::JobShared;
 use crate::{Error, SavepointError};
 

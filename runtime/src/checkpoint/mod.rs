@@ -11,7 +11,7 @@
 //!    asynchronously before acknowledging.
 //! 3. **Unaligned** (`execution.checkpointing.unaligned.enabled`): on the first
 //!    barrier `n` a task snapshots at once and sends `n` ahead of the batches
-//!    queued in its output channels (`channel::Tx::send_priority`: the
+//!    queued in its output channels (`exchange::ChannelSender::send_priority`: the
 //!    barrier records how many batches it overtook). Per input it then
 //!    captures, as channel state, every batch that logically precedes that
 //!    input's barrier `n`: all batches until the barrier arrives, plus the
@@ -108,7 +108,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{options, Conf};
-use crate::state::{KeyedStateSnapshot, OperatorStateStore, RestoredKeyed, StateKind};
+pub use crate::state::snapshot::{KeyedStateHandle, RocksStateHandle, StateFile};
+use crate::state::snapshot::{OperatorStateStore, RestoredKeyed};
 
 /// What one new subtask restores (assigned by [`restore`] from a checkpoint;
 /// carried to the subtask by its spec, `crate::graph::SubtaskSpec`).
@@ -204,55 +205,6 @@ pub struct OperatorSnapshot {
     pub keyed: Option<KeyedStateHandle>,
     /// Its operator state.
     pub operator: OperatorStateStore,
-}
-
-/// The keyed state of one operator of one subtask in a checkpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum KeyedStateHandle {
-    /// The canonical form, inline in the subtask's state file (heap backend).
-    Canonical(KeyedStateSnapshot),
-    /// The files of a RocksDB instance (RocksDB backend).
-    Rocks(RocksStateHandle),
-}
-
-/// A RocksDB instance in a checkpoint: the files that make up a RocksDB
-/// checkpoint of it, stored in checkpoint storage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RocksStateHandle {
-    /// The backend instance (unique per subtask attempt; part of shared file names).
-    pub instance: String,
-    /// The key groups the instance held (its keys start with one of them, big-endian u16).
-    pub key_groups: crate::keygroup::KeyGroupRange,
-    /// Every state (column family) with its kind.
-    pub states: Vec<(String, StateKind)>,
-    /// The files: SST files, the MANIFEST, CURRENT and OPTIONS.
-    pub files: Vec<StateFile>,
-}
-
-impl RocksStateHandle {
-    /// Whether the instance holds any key group of `range`.
-    pub fn overlaps(&self, range: crate::keygroup::KeyGroupRange) -> bool {
-        self.key_groups.start <= range.end && range.start <= self.key_groups.end
-    }
-
-    /// Total bytes of its files.
-    pub fn size(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
-    }
-}
-
-/// One raw file of a checkpoint (not framed: its size and CRC-32 are recorded here).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateFile {
-    /// Where it is, relative to the job directory: `shared/<name>` (incremental,
-    /// reference-counted) or `chk-<n>/<name>` (owned by checkpoint n).
-    pub path: String,
-    /// Its name in the RocksDB directory (`000012.sst`, `MANIFEST-000005`, `CURRENT`, ...).
-    pub local: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// CRC-32 of the content.
-    pub crc32: u32,
 }
 
 /// In-flight batches of one input channel captured by an unaligned checkpoint.

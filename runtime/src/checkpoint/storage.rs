@@ -395,7 +395,7 @@ impl CheckpointStorage {
         st.put(
             &child(&dir_key, "_metadata"),
             frame(FileKind::Metadata, meta)?,
-            &|| crate::failpoint::hit("after-metadata-write"),
+            &|| Ok(crate::failpoint::hit("after-metadata-write")?),
         )?;
         Ok(dir)
     }

@@ -1,6 +1,6 @@
 //! Wait accounting of a subtask: how long it waited for space on an output
 //! (back-pressured) and for input (idle). Only the waiting path touches the
-//! clock. The data plane ([`crate::channel`]) records here; the metrics
+//! clock. The data plane ([`crate::exchange`]) records here; the metrics
 //! ([`super`]) read it. Depends on nothing else in the crate, so the data
 //! plane does not depend on the metrics.
 

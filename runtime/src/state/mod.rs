@@ -53,15 +53,18 @@
 pub mod heap;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
+pub mod snapshot;
 
-use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::path::PathBuf;
 
-use crate::checkpoint::{KeyedStateHandle, RocksStateHandle};
+pub use snapshot::{
+    KeyedStateHandle, KeyedStateSnapshot, OperatorStateStore, RestoredKeyed, RocksStateHandle,
+    StateFile, StateKind, StateSnapshot,
+};
+
 use crate::config::{options, Conf};
 use crate::keygroup::{key_group_for, KeyGroupRange};
-use crate::operator::RuntimeContext;
 use crate::record::{Data, Key};
 use crate::Result;
 
@@ -107,17 +110,6 @@ impl StateBackendConfig {
             value_cache_entries: conf.get(&options::ROCKSDB_CACHE_ENTRIES),
         }
     }
-}
-
-/// The kind of a registered state, for error messages and snapshots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum StateKind {
-    /// [`ValueState`].
-    Value,
-    /// [`ListState`].
-    List,
-    /// [`MapState`].
-    Map,
 }
 
 macro_rules! descriptor {
@@ -209,19 +201,38 @@ macro_rules! dispatch {
     };
 }
 
+/// Which subtask's keyed state a backend holds, and how: what
+/// [`KeyedStateBackend::for_subtask`] needs of the subtask (its
+/// [`crate::operator::RuntimeContext`] converts into one).
+#[derive(Debug, Clone, Copy)]
+pub struct BackendScope<'a> {
+    /// `state.backend.*`.
+    pub config: &'a StateBackendConfig,
+    /// The operator's name (part of a RocksDB instance's directory name).
+    pub operator: &'a str,
+    /// The subtask's index.
+    pub subtask: usize,
+    /// The key groups the subtask owns.
+    pub key_groups: KeyGroupRange,
+    /// `pipeline.max-parallelism`: the number of key groups.
+    pub max_parallelism: usize,
+}
+
 impl<K: Key> KeyedStateBackend<K> {
     /// A heap backend for the subtask that owns `range` of `max_parallelism` key groups.
     pub fn heap(range: KeyGroupRange, max_parallelism: usize) -> Self {
         KeyedStateBackend::Heap(HeapKeyedStateBackend::new(range, max_parallelism))
     }
 
-    /// The backend `ctx.state_backend` asks for, for the subtask `ctx` describes.
-    pub fn for_subtask(ctx: &RuntimeContext) -> Result<Self> {
-        match ctx.state_backend.kind {
-            BackendKind::Heap => Ok(Self::heap(ctx.key_group_range(), ctx.max_parallelism)),
+    /// The backend `scope.config` asks for, for the subtask `scope`
+    /// describes (a `&RuntimeContext` converts into one).
+    pub fn for_subtask<'a>(scope: impl Into<BackendScope<'a>>) -> Result<Self> {
+        let scope = scope.into();
+        match scope.config.kind {
+            BackendKind::Heap => Ok(Self::heap(scope.key_groups, scope.max_parallelism)),
             #[cfg(feature = "rocksdb")]
             BackendKind::RocksDb => Ok(KeyedStateBackend::Rocks(Box::new(
-                RocksKeyedStateBackend::open(ctx)?,
+                RocksKeyedStateBackend::open(&scope)?,
             ))),
             #[cfg(not(feature = "rocksdb"))]
             BackendKind::RocksDb => Err(crate::Error::Config(
@@ -356,16 +367,6 @@ fn rocks_to_canonical(
     }
 }
 
-/// Where the keyed state of one operator comes from on restore: the state of
-/// every old subtask, in either backend's form.
-#[derive(Debug, Default, Clone)]
-pub struct RestoredKeyed {
-    /// The canonical snapshots of the old subtasks, merged (disjoint key groups).
-    pub canonical: KeyedStateSnapshot,
-    /// The RocksDB instances of the old subtasks, with the job directory their paths are relative to.
-    pub rocks: Vec<(PathBuf, RocksStateHandle)>,
-}
-
 enum Pending {
     Heap(heap::HeapPending),
     #[cfg(feature = "rocksdb")]
@@ -425,23 +426,6 @@ impl PendingKeyedSnapshot {
             Pending::Rocks(r) => r.canonical(),
         }
     }
-}
-
-/// The canonical serialized form of keyed state: per state, per key group, the
-/// postcard-encoded `(key, value)` entries.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KeyedStateSnapshot {
-    /// The states by name.
-    pub states: BTreeMap<String, StateSnapshot>,
-}
-
-/// One named state in a [`KeyedStateSnapshot`].
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct StateSnapshot {
-    /// Its kind.
-    pub kind: StateKind,
-    /// Key group -> postcard-encoded `Vec<(K, V)>` for that key group.
-    pub key_groups: BTreeMap<u16, Vec<u8>>,
 }
 
 /// What a keyed function sees with each record: the current key and access to
@@ -670,83 +654,5 @@ impl<UK: Key, UV: Data + Clone> MapState<UK, UV> {
                 Ok(())
             },
             h.map_clear(self.id, kg, ctx.key))
-    }
-}
-
-/// Non-keyed state of one subtask: named lists of values, serialized with
-/// postcard. Sources keep their split positions here.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct OperatorStateStore {
-    lists: BTreeMap<String, Vec<Vec<u8>>>,
-}
-
-impl OperatorStateStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The list called `name` (empty if never written).
-    pub fn get_list<T: Data>(&self, name: &str) -> Result<Vec<T>> {
-        self.lists
-            .get(name)
-            .map(|items| {
-                items
-                    .iter()
-                    .map(|b| postcard::from_bytes(b).map_err(Into::into))
-                    .collect()
-            })
-            .unwrap_or_else(|| Ok(Vec::new()))
-    }
-
-    /// Replaces the list called `name`.
-    pub fn update_list<T: Data>(&mut self, name: &str, items: &[T]) -> Result<()> {
-        let enc = items
-            .iter()
-            .map(postcard::to_allocvec)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.lists.insert(name.to_string(), enc);
-        Ok(())
-    }
-
-    /// Whether nothing was stored.
-    pub fn is_empty(&self) -> bool {
-        self.lists.is_empty()
-    }
-
-    /// Each list's name, number of elements and bytes (for inspection tools).
-    pub fn summary(&self) -> Vec<(String, usize, usize)> {
-        self.lists
-            .iter()
-            .map(|(k, v)| (k.clone(), v.len(), v.iter().map(Vec::len).sum()))
-            .collect()
-    }
-
-    /// Merges the lists of several stores (used when parallelism changes: the
-    /// elements of all old subtasks are redistributed round-robin).
-    pub fn redistribute(
-        stores: &[OperatorStateStore],
-        parallelism: usize,
-        index: usize,
-    ) -> OperatorStateStore {
-        let mut out = OperatorStateStore::new();
-        let mut names: Vec<&String> = stores.iter().flat_map(|s| s.lists.keys()).collect();
-        names.sort();
-        names.dedup();
-        for name in names {
-            let all: Vec<&Vec<u8>> = stores
-                .iter()
-                .filter_map(|s| s.lists.get(name))
-                .flatten()
-                .collect();
-            let mine = all
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| i % parallelism == index)
-                .map(|(_, b)| b.clone())
-                .collect();
-            out.lists.insert(name.clone(), mine);
-        }
-        out
     }
 }

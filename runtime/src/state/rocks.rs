@@ -57,11 +57,11 @@ use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::snapshot::{KeyedStateHandle, RocksStateHandle, StateFile};
+use super::BackendScope;
 use super::{KeyedStateSnapshot, StateKind, StateSnapshot, UploadTarget, UploadedKeyed};
 use crate::checkpoint::storage::{copy_crc, link_or_copy_crc};
-use crate::checkpoint::{KeyedStateHandle, RocksStateHandle, StateFile};
 use crate::keygroup::{key_group_for, KeyGroupRange};
-use crate::operator::RuntimeContext;
 use crate::record::{Data, Key};
 use crate::{Error, Result};
 
@@ -397,8 +397,8 @@ fn sweep_stale(root: &Path) {
 
 impl<K: Key> RocksKeyedStateBackend<K> {
     /// Opens a fresh instance for the subtask `ctx` describes.
-    pub fn open(ctx: &RuntimeContext) -> Result<Self> {
-        let cfg = &ctx.state_backend;
+    pub fn open(ctx: &BackendScope<'_>) -> Result<Self> {
+        let cfg = ctx.config;
         let base = cfg.local_dir.clone().unwrap_or_else(std::env::temp_dir);
         std::fs::create_dir_all(&base)
             .map_err(|e| Error::io("cannot create the RocksDB working directory", &base, e))?;
@@ -422,7 +422,7 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(true);
         Ok(RocksKeyedStateBackend {
-            range: ctx.key_group_range(),
+            range: ctx.key_groups,
             max_parallelism: ctx.max_parallelism,
             db: Some(db),
             root,

@@ -52,8 +52,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::channel::Barrier;
 use crate::checkpoint::BarrierMode;
+use crate::exchange::Barrier;
 
 /// What the processing loop must do, in the order given.
 #[derive(Debug, Clone, PartialEq)]

@@ -98,7 +98,7 @@ pub(crate) struct SubtaskActorState {
     args: Option<SubtaskArgs>,
     /// Raised when a trigger arrives for an unaligned checkpoint, so a
     /// source blocked by backpressure takes it at once.
-    urgent: Option<Arc<crate::channel::TaskSignals>>,
+    urgent: Option<Arc<crate::exchange::TaskSignals>>,
     control: UnboundedSender<Control>,
     control_rx: Option<UnboundedReceiver<Control>>,
     task: Option<LoopHandle>,

@@ -24,9 +24,9 @@ use super::barrier::{BarrierHandler, Decision, Start};
 use super::upload::{PendingOperator, Snapshot, SubtaskId, Uploader};
 use super::watermark::WatermarkValve;
 use super::{CheckpointLink, Control};
-use crate::channel::{Barrier, Event, InputGate};
 use crate::checkpoint::coordinator::CoordMsg;
 use crate::checkpoint::{now_ms, BarrierMode, ChannelStateEntry, SubtaskCheckpointStats};
+use crate::exchange::{Barrier, Event, InputGate};
 use crate::graph::{ChainedOp, Head, SubtaskSpec};
 use crate::operator::{guarded, SourceContext, SourceStatus};
 use crate::record::AnyBatch;
@@ -137,7 +137,7 @@ impl<'a> Runner<'a> {
             &mut spec.head,
             Head::Input(InputGate::new(
                 Vec::new(),
-                Arc::new(crate::channel::TaskSignals::default()),
+                Arc::new(crate::exchange::TaskSignals::default()),
             )),
         );
         let inputs = match &head {

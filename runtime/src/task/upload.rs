@@ -109,14 +109,16 @@ impl Uploader {
             .and_then(|w| {
                 // A panic here must still decline the checkpoint, or it
                 // would wait for this acknowledgement until its timeout.
-                std::panic::catch_unwind(|| crate::failpoint::hit("before-ack"))
-                    .unwrap_or_else(|p| {
-                        Err(Error::Internal(format!(
-                            "upload panicked: {}",
-                            crate::operator::panic_message(&p)
-                        )))
-                    })
-                    .map(|()| w)
+                std::panic::catch_unwind(|| {
+                    crate::failpoint::hit("before-ack").map_err(Error::from)
+                })
+                .unwrap_or_else(|p| {
+                    Err(Error::Internal(format!(
+                        "upload panicked: {}",
+                        crate::operator::panic_message(&p)
+                    )))
+                })
+                .map(|()| w)
             });
             let msg = match written {
                 Ok(w) => {

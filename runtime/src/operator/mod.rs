@@ -10,10 +10,18 @@
 //!
 //! Plain transformations (`map`, `flat_map`, `filter`) are closures.
 //!
+//! The keyed operators (the one that runs a [`KeyedProcessFunction`] with
+//! its key's state, and the running aggregations built on it: count, sum,
+//! min, max, reduce) are in `keyed`.
+//!
 //! Internally every operator is a `ChainOp` that turns a whole batch into a
 //! whole batch, so a chain of operators inside one subtask costs one dynamic
 //! call per batch and operator, never per record; records are moved, not copied
 //! or boxed.
+
+mod keyed;
+
+pub(crate) use keyed::{Aggregate, KeyedProcessOp, Reduce};
 
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -23,9 +31,9 @@ use std::time::Duration;
 use crate::keygroup::KeyGroupRange;
 use crate::record::{downcast, AnyBatch, Data, Key};
 use crate::state::{
-    KeyedContext, KeyedStateBackend, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
-    OperatorStateStore, PendingKeyedSnapshot, RestoredKeyed, StateBackendConfig, ValueState,
-    ValueStateDescriptor,
+    BackendScope, KeyedContext, KeyedStateBackend, ListState, ListStateDescriptor, MapState,
+    MapStateDescriptor, OperatorStateStore, PendingKeyedSnapshot, RestoredKeyed,
+    StateBackendConfig, ValueState, ValueStateDescriptor,
 };
 use crate::{Error, Result};
 
@@ -47,6 +55,18 @@ pub struct RuntimeContext {
     pub checkpointing: bool,
     /// The keyed state backend keyed operators use (`state.backend.*`).
     pub state_backend: StateBackendConfig,
+}
+
+impl<'a> From<&'a RuntimeContext> for BackendScope<'a> {
+    fn from(ctx: &'a RuntimeContext) -> Self {
+        BackendScope {
+            config: &ctx.state_backend,
+            operator: &ctx.operator,
+            subtask: ctx.subtask,
+            key_groups: ctx.key_group_range(),
+            max_parallelism: ctx.max_parallelism,
+        }
+    }
 }
 
 impl RuntimeContext {
@@ -430,94 +450,6 @@ impl<T: Data, S: SinkFunction<T>> ChainOp for SinkOp<T, S> {
     }
     fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
         self.sink.notify_checkpoint_aborted(checkpoint_id)
-    }
-}
-
-pub(crate) struct KeyedProcessOp<K: Key, I, O, P, KS> {
-    pub(crate) watermark: i64,
-    pub(crate) function: P,
-    pub(crate) selector: Arc<KS>,
-    pub(crate) backend: Option<KeyedStateBackend<K>>,
-    pub(crate) max_parallelism: usize,
-    pub(crate) _t: PhantomData<fn(I) -> O>,
-}
-
-impl<K, I, O, P, KS> ChainOp for KeyedProcessOp<K, I, O, P, KS>
-where
-    K: Key,
-    I: Data,
-    O: Data,
-    P: KeyedProcessFunction<K, I, O>,
-    KS: Fn(&I) -> K + Send + Sync + 'static,
-{
-    fn open(&mut self, ctx: &RuntimeContext) -> Result<()> {
-        self.max_parallelism = ctx.max_parallelism;
-        let mut backend = KeyedStateBackend::for_subtask(ctx)?;
-        self.function.open(&mut KeyedOpenContext {
-            runtime: ctx,
-            backend: &mut backend,
-        })?;
-        self.backend = Some(backend);
-        Ok(())
-    }
-    fn process(&mut self, batch: AnyBatch) -> Result<Option<AnyBatch>> {
-        let input = downcast::<I>(batch);
-        let backend = self
-            .backend
-            .as_mut()
-            .ok_or_else(|| Error::Internal("keyed operator used before open".into()))?;
-        let mut out = Vec::with_capacity(input.len());
-        let mut c = Collector::new(&mut out);
-        for v in input {
-            let key = (self.selector)(&v);
-            let mut ctx = KeyedContext {
-                key: &key,
-                backend,
-                max_parallelism: self.max_parallelism,
-                watermark: self.watermark,
-            };
-            self.function.process_element(v, &mut ctx, &mut c)?;
-        }
-        backend.end_batch()?;
-        Ok(non_empty(out))
-    }
-    fn on_watermark(&mut self, wm: i64) -> Result<Option<i64>> {
-        self.watermark = wm;
-        Ok(Some(wm))
-    }
-    fn finish(&mut self) -> Result<Option<AnyBatch>> {
-        Ok(None)
-    }
-    fn snapshot(
-        &mut self,
-        checkpoint_id: u64,
-    ) -> Result<(Option<PendingKeyedSnapshot>, OperatorStateStore)> {
-        let backend = self
-            .backend
-            .as_mut()
-            .ok_or_else(|| Error::Internal("keyed operator snapshot before open".into()))?;
-        Ok((
-            Some(backend.snapshot_async(checkpoint_id)?),
-            OperatorStateStore::new(),
-        ))
-    }
-    fn restore(&mut self, keyed: Option<&RestoredKeyed>, _: &OperatorStateStore) -> Result<()> {
-        if let (Some(snap), Some(backend)) = (keyed, self.backend.as_mut()) {
-            backend.restore_from(snap)?;
-        }
-        Ok(())
-    }
-    fn notify_complete(&mut self, checkpoint_id: u64) -> Result<()> {
-        if let Some(b) = self.backend.as_mut() {
-            b.notify_complete(checkpoint_id);
-        }
-        Ok(())
-    }
-    fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
-        if let Some(b) = self.backend.as_mut() {
-            b.notify_aborted(checkpoint_id);
-        }
-        Ok(())
     }
 }
 

@@ -1,0 +1,263 @@
+//! The in-process channel: a bounded queue of `Event`s under a mutex,
+//! shared by one sending and one receiving subtask of this process.
+//!
+//! Data batches count against `capacity` (the sender awaits when it is
+//! reached); control events never wait. An unaligned barrier is inserted
+//! ahead of the queued batches and records how many it overtook. The actor
+//! mailboxes (unbounded in ractor) never carry records, only control. See
+//! the contract in `super`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::Notify;
+
+use super::{Barrier, Event, TaskSignals};
+use crate::record::AnyBatch;
+use crate::{Error, Result};
+
+/// One channel: a queue of events shared by one sender and one receiver.
+///
+/// Data batches count against `capacity` (the sender waits when it is
+/// reached); barriers and end-of-stream never wait. An unaligned barrier is
+/// inserted ahead of the queued batches (after any unaligned barriers already
+/// at the front, so barriers keep their order) and records how many batches
+/// it overtook.
+struct Channel {
+    state: Mutex<ChannelState>,
+    capacity: usize,
+    /// Wakes the sender when space frees up.
+    space: Notify,
+    /// The sending subtask's signals.
+    sender: Arc<TaskSignals>,
+    /// The receiving subtask's signals.
+    receiver: Arc<TaskSignals>,
+}
+
+struct ChannelState {
+    queue: VecDeque<Event>,
+    batches: usize,
+    sender_alive: bool,
+    receiver_alive: bool,
+}
+
+/// The sending end of a channel.
+pub(crate) struct Tx {
+    ch: Arc<Channel>,
+}
+
+/// The receiving end of a channel.
+pub(crate) struct Rx {
+    ch: Arc<Channel>,
+}
+
+/// A handle to watch a channel's occupancy without keeping it alive.
+#[derive(Clone)]
+pub(crate) struct WeakChannel {
+    ch: Weak<Channel>,
+}
+
+impl WeakChannel {
+    /// Queued data batches and capacity, while the channel exists.
+    pub(crate) fn occupancy(&self) -> Option<(usize, usize)> {
+        self.ch.upgrade().map(|c| (lock(&c).batches, c.capacity))
+    }
+
+    /// Whether the channel still exists.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.ch.strong_count() > 0
+    }
+}
+
+/// A new channel holding at most `capacity` data batches from `sender` to `receiver`.
+pub(crate) fn channel(
+    capacity: usize,
+    sender: Arc<TaskSignals>,
+    receiver: Arc<TaskSignals>,
+) -> (Tx, Rx) {
+    let ch = Arc::new(Channel {
+        state: Mutex::new(ChannelState {
+            queue: VecDeque::with_capacity(capacity + 4),
+            batches: 0,
+            sender_alive: true,
+            receiver_alive: true,
+        }),
+        capacity,
+        space: Notify::new(),
+        sender,
+        receiver,
+    });
+    (Tx { ch: ch.clone() }, Rx { ch })
+}
+
+fn lock(ch: &Channel) -> std::sync::MutexGuard<'_, ChannelState> {
+    ch.state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn disconnected() -> Error {
+    Error::Disconnected("downstream subtask stopped".into())
+}
+
+impl Tx {
+    /// Sends a data batch, waiting while the channel is full.
+    pub(crate) async fn send_batch(&self, batch: AnyBatch) -> Result<()> {
+        let mut batch = Some(batch);
+        // Started at the first wait for space: back-pressured time (metrics).
+        let mut _waiting: Option<crate::metrics::io::Waiting<'_>> = None;
+        loop {
+            let space = self.ch.space.notified();
+            let urgent = self.ch.sender.urgent_wake.notified();
+            tokio::pin!(space);
+            tokio::pin!(urgent);
+            space.as_mut().enable();
+            urgent.as_mut().enable();
+            {
+                let mut st = lock(&self.ch);
+                if !st.receiver_alive {
+                    return Err(disconnected());
+                }
+                if st.batches < self.ch.capacity || self.ch.sender.is_urgent() {
+                    st.queue
+                        .push_back(Event::Batch(batch.take().unwrap_or_else(|| Box::new(()))));
+                    st.batches += 1;
+                    drop(st);
+                    self.ch.receiver.gate.notify_one();
+                    return Ok(());
+                }
+            }
+            if _waiting.is_none() {
+                _waiting = Some(self.ch.sender.io.back_pressured());
+            }
+            tokio::select! {
+                _ = &mut space => {}
+                _ = &mut urgent => {
+                    // Keep the wake-up for a later wait of this subtask.
+                    self.ch.sender.urgent_wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Sends a data batch without waiting for space (batches that must
+    /// precede an unaligned barrier).
+    pub(crate) fn send_batch_now(&self, batch: AnyBatch) -> Result<()> {
+        let mut st = lock(&self.ch);
+        if !st.receiver_alive {
+            return Err(disconnected());
+        }
+        st.queue.push_back(Event::Batch(batch));
+        st.batches += 1;
+        drop(st);
+        self.ch.receiver.gate.notify_one();
+        Ok(())
+    }
+
+    /// Sends a control event (aligned barrier, end of stream) behind the data, without waiting.
+    pub(crate) fn send_control(&self, ev: Event) -> Result<()> {
+        let mut st = lock(&self.ch);
+        if !st.receiver_alive {
+            return Err(disconnected());
+        }
+        st.queue.push_back(ev);
+        drop(st);
+        self.ch.receiver.gate.notify_one();
+        Ok(())
+    }
+
+    /// Sends an unaligned barrier ahead of the queued batches.
+    pub(crate) fn send_priority(&self, mut barrier: Barrier) -> Result<()> {
+        let mut st = lock(&self.ch);
+        if !st.receiver_alive {
+            return Err(disconnected());
+        }
+        let at = st
+            .queue
+            .iter()
+            .position(|e| !matches!(e, Event::Barrier(b) if b.unaligned))
+            .unwrap_or(st.queue.len());
+        barrier.unaligned = true;
+        barrier.overtaken = st
+            .queue
+            .iter()
+            .skip(at)
+            .filter(|e| matches!(e, Event::Batch(_)))
+            .count();
+        st.queue.insert(at, Event::Barrier(barrier));
+        drop(st);
+        self.ch.receiver.raise_urgent();
+        self.ch.receiver.gate.notify_one();
+        Ok(())
+    }
+
+    /// A watch on this channel that does not keep it alive.
+    pub(crate) fn downgrade(&self) -> WeakChannel {
+        WeakChannel {
+            ch: Arc::downgrade(&self.ch),
+        }
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        lock(&self.ch).sender_alive = false;
+        self.ch.receiver.gate.notify_one();
+    }
+}
+
+impl Rx {
+    /// Serializes the first `k` data batches queued now, without taking them:
+    /// the batches an unaligned barrier overtook become channel state at once.
+    pub(crate) fn peek_encode(
+        &self,
+        k: usize,
+        encode: crate::record::EncodeFn,
+    ) -> Result<Vec<Vec<u8>>> {
+        let st = lock(&self.ch);
+        st.queue
+            .iter()
+            .filter_map(|e| match e {
+                Event::Batch(b) => Some(b),
+                _ => None,
+            })
+            .take(k)
+            .map(encode)
+            .collect()
+    }
+
+    /// An unaligned barrier at the front of the queue, if there is one.
+    pub(crate) fn try_recv_priority(&self) -> Option<Barrier> {
+        let mut st = lock(&self.ch);
+        match st.queue.front() {
+            Some(Event::Barrier(b)) if b.unaligned => {
+                let b = *b;
+                st.queue.pop_front();
+                Some(b)
+            }
+            _ => None,
+        }
+    }
+
+    /// The next event if one is queued; `Err` if the sender is gone and nothing is left.
+    pub(crate) fn try_recv(&self) -> Result<Option<Event>> {
+        let mut st = lock(&self.ch);
+        match st.queue.pop_front() {
+            Some(ev) => {
+                if matches!(ev, Event::Batch(_)) {
+                    st.batches -= 1;
+                    drop(st);
+                    self.ch.space.notify_one();
+                }
+                Ok(Some(ev))
+            }
+            None if !st.sender_alive => Err(Error::Disconnected("upstream subtask stopped".into())),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for Rx {
+    fn drop(&mut self) {
+        lock(&self.ch).receiver_alive = false;
+        self.ch.space.notify_one();
+    }
+}
