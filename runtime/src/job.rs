@@ -20,6 +20,12 @@
 //! [`crate::registry`] and the REST server hold it): counters, checkpoint
 //! statistics, and the job's `Lifecycle` (its [`JobStatus`] and when each
 //! status began, its failures and restores), which the supervisor writes.
+//!
+//! Failovers (started, old subtasks stopped, restoring, deployed) are
+//! reported to the job's observers (`JobShared::observers`); the supervisor
+//! does not know that telemetry is one of them. Only the [`JobHandle`] keeps
+//! the job's [`crate::telemetry::Telemetry`] itself, as the builder gave it,
+//! for [`JobHandle::telemetry_stats`] and the final flush when the job ends.
 //! Requests from outside (kill a subtask, trigger a checkpoint now, cancel)
 //! are messages to the supervisor; a checkpoint request is forwarded to the
 //! coordinator.
@@ -36,6 +42,7 @@ use crate::checkpoint::storage::CheckpointStorage;
 use crate::checkpoint::{CheckpointConfig, CheckpointStats};
 use crate::graph::{OperatorCounters, SubtaskSpec};
 use crate::job_shared::JobShared;
+use crate::observer::FailoverObserver;
 use crate::task::{CheckpointLink, SubtaskActor, SubtaskArgs};
 use crate::{Error, KillError, Result};
 
@@ -407,6 +414,9 @@ pub struct JobHandle {
     pub(crate) done: oneshot::Receiver<Result<()>>,
     pub(crate) outcome: Option<Result<()>>,
     pub(crate) runtime: Arc<tokio::runtime::Runtime>,
+    /// The job's telemetry as [`crate::stream`] built it, for
+    /// [`JobHandle::telemetry_stats`] and the final flush when the job ends
+    /// (the job's events reach it as one of its observers, not from here).
     pub(crate) telemetry: Option<crate::telemetry::Telemetry>,
     pub(crate) rest: Option<std::net::SocketAddr>,
 }
@@ -756,7 +766,8 @@ pub(crate) struct JobArgs {
     pub io: Vec<Arc<crate::metrics::SubtaskIo>>,
     pub lifecycle: Arc<Lifecycle>,
     pub done: oneshot::Sender<Result<()>>,
-    pub telemetry: Option<crate::telemetry::Telemetry>,
+    /// Who is told about the job's checkpoints and failovers.
+    pub observers: crate::observer::Observers,
 }
 
 /// Checkpointing settings, storage and statistics of a job, kept across attempts.
@@ -1129,7 +1140,7 @@ impl JobState {
                 None
             }
         };
-        if let (Some(t), Some(_)) = (&self.shared.telemetry, delay) {
+        if delay.is_some() && !self.shared.observers.is_empty() {
             let r = region.filter(|_| self.region_failover);
             let members: Vec<usize> = match r {
                 Some(r) => self.regions[r].clone(),
@@ -1137,7 +1148,9 @@ impl JobState {
             };
             let failed = task.map(|t| self.plan.subtask_name(t));
             let n = self.restarts.load(Ordering::Relaxed) + 1;
-            t.failover_started(r, &members, failed, &err, n);
+            self.shared
+                .observers
+                .failover_started(r, &members, failed.as_deref(), &err, n);
         }
         self.lifecycle.record_failure(FailureRecord {
             timestamp: crate::checkpoint::now_ms(),
@@ -1329,7 +1342,7 @@ impl Actor for JobMaster {
             recovering: None,
             cancelled: false,
             done: Some(args.done),
-            shared: Arc::new(JobShared::with_telemetry(args.telemetry)),
+            shared: Arc::new(JobShared::with_observers(args.observers)),
             coordinator: None,
             shutting_down: false,
         };
@@ -1532,9 +1545,7 @@ impl Actor for JobMaster {
                     myself.send_after(Duration::from_millis(1), move || JobMsg::RestartRegion(r));
                     return Ok(());
                 }
-                if let Some(t) = &state.shared.telemetry {
-                    t.failover_stopped(Some(r));
-                }
+                state.shared.observers.failover_stopped(Some(r));
                 // The restart strategy's delay, without blocking this mailbox.
                 let at = state.regions_recovering[&r].1;
                 let now = std::time::Instant::now();
@@ -1554,12 +1565,10 @@ impl Actor for JobMaster {
                 }
                 tracing::warn!(job = %state.name, region = r, restart = n, cause, "restarting region");
                 state.chaos_quiet();
-                if let Some(t) = &state.shared.telemetry {
-                    t.failover_restoring(Some(r), n);
-                }
+                state.shared.observers.failover_restoring(Some(r), n);
                 let restarted = state.restart_region(&myself, r).await;
-                if let (Some(t), true) = (&state.shared.telemetry, restarted.is_ok()) {
-                    t.failover_deployed(Some(r));
+                if restarted.is_ok() {
+                    state.shared.observers.failover_deployed(Some(r));
                 }
                 if let Err(e) = restarted {
                     let text = e.to_string();
@@ -1577,9 +1586,7 @@ impl Actor for JobMaster {
                     myself.send_after(Duration::from_millis(2), || JobMsg::Restart);
                     return Ok(());
                 }
-                if let Some(t) = &state.shared.telemetry {
-                    t.failover_stopped(None);
-                }
+                state.shared.observers.failover_stopped(None);
                 let now = std::time::Instant::now();
                 if state.restart_at > now {
                     myself.send_after(state.restart_at - now, || JobMsg::Restart);
@@ -1588,9 +1595,7 @@ impl Actor for JobMaster {
                 let cause = state.recovering.take().unwrap_or_default();
                 let _ = state.shared.take_failure();
                 let n = state.restarts.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(t) = &state.shared.telemetry {
-                    t.failover_restoring(None, n);
-                }
+                state.shared.observers.failover_restoring(None, n);
                 let (restore, first_id, latest) = match state.restore_point() {
                     Ok(r) => r,
                     Err(e) => {
@@ -1606,9 +1611,7 @@ impl Actor for JobMaster {
                     .start_attempt(&myself, restore, first_id, latest)
                     .await?;
                 state.lifecycle.set_status(JobStatus::Running);
-                if let Some(t) = &state.shared.telemetry {
-                    t.failover_deployed(None);
-                }
+                state.shared.observers.failover_deployed(None);
             }
         }
         Ok(())

@@ -29,7 +29,12 @@
 //!   watermark valve (`task/watermark.rs`); the asynchronous upload of
 //!   snapshots is `task/upload.rs`.
 //! - [`job_shared`]: what a job's subtasks, coordinator and supervisor share
-//!   (the root-cause failure, the live processing loops).
+//!   (the root-cause failure, the live processing loops, the job's observers).
+//! - `observer`: who is told about a job's checkpoints and failovers
+//!   (`Observers`, fanned out to each registered observer); the protocol and
+//!   the supervisor report events there and never import [`telemetry`],
+//!   which is one observer. The checkpoint events and the data they carry
+//!   are the protocol's own (`checkpoint::events`).
 //! - [`restart`]: restart strategies (fixed-delay, failure-rate,
 //!   exponential-delay) as pure decisions the job supervisor applies.
 //! - [`channel`]: the data plane (bounded queues, partitioners, input gate).
@@ -70,6 +75,7 @@ pub mod job;
 pub mod job_shared;
 pub mod keygroup;
 pub mod metrics;
+pub(crate) mod observer;
 pub mod operations;
 pub mod operator;
 pub mod record;

@@ -247,6 +247,11 @@ impl Env {
         let channels = Arc::new(std::sync::Mutex::new(Vec::new()));
         let restarts = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let telemetry = crate::telemetry::Telemetry::from_conf(&self.conf, &job_id, name)?;
+        // The job's observers: telemetry, when it is on, is the only one.
+        let mut observers = crate::observer::Observers::none();
+        if let Some(t) = &telemetry {
+            observers.register(Arc::new(t.clone()));
+        }
         let lifecycle = Arc::new(Lifecycle::new(restored_from.as_ref().map(|(path, id)| {
             crate::job::RestoreRecord {
                 id: *id,
@@ -275,7 +280,7 @@ impl Env {
             io: io.clone(),
             lifecycle: lifecycle.clone(),
             done: tx,
-            telemetry: telemetry.clone(),
+            observers,
         };
         let (master, _) = self
             .runtime
