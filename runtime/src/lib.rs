@@ -35,6 +35,8 @@
 //!   the supervisor report events there and never import [`telemetry`],
 //!   which is one observer. The checkpoint events and the data they carry
 //!   are the protocol's own (`checkpoint::events`).
+//! - `lifecycle`: a job's status ([`job::JobStatus`]), its failures and
+//!   restores; read by [`job`], [`metrics`] and [`rest`].
 //! - [`restart`]: restart strategies (fixed-delay, failure-rate,
 //!   exponential-delay) as pure decisions the job supervisor applies.
 //! - [`channel`]: the data plane (bounded queues, partitioners, input gate).
@@ -74,6 +76,7 @@ pub mod graph;
 pub mod job;
 pub mod job_shared;
 pub mod keygroup;
+pub(crate) mod lifecycle;
 pub mod metrics;
 pub(crate) mod observer;
 pub mod operations;

@@ -39,8 +39,8 @@ use crate::config::{options, Conf};
 use crate::graph::{Edge, JobPlan, Node, NodeKind, OperatorCounters, Ship, StreamGraph};
 use crate::job::{
     CheckpointSetup, Failover, JobArgs, JobCore, JobHandle, JobMaster, JobResult, Lifecycle,
-    OperatorInfo,
 };
+use crate::metrics::OperatorInfo;
 use crate::operator::{
     ChainOp, Collector, FilterOp, FlatMapOp, KeyedOpenContext, KeyedProcessFunction,
     KeyedProcessOp, MapOp, SinkFunction, SinkOp, SourceAdapter, SourceFunction, SourceOp,
@@ -312,10 +312,7 @@ impl Env {
         crate::metrics::start_sampler(&core);
         if let Some(t) = &telemetry {
             let job = Arc::downgrade(&core);
-            t.export_metrics(move || {
-                job.upgrade()
-                    .map(|core| crate::metrics::JobMetrics::of(&core))
-            });
+            t.export_metrics(move || job.upgrade().map(|core| core.metrics()));
         }
         crate::registry::register(core.clone());
         if let Some(addr) = rest {
