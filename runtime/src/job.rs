@@ -21,7 +21,16 @@
 //! What readers share lives in a `JobCore` (the handle, the process's
 //! [`crate::registry`] and the REST server hold it): counters, checkpoint
 //! statistics, and the job's `Lifecycle` (its [`JobStatus`] and when each
-//! status began, its failures and restores), which the supervisor writes.
+//! status began, its failures and restores; defined in `lifecycle.rs` and
+//! re-exported here), which the supervisor writes. The metrics read the core
+//! through a borrowed view (`metrics::JobView`, built by `JobCore`), so
+//! [`crate::metrics`] does not import this module.
+//!
+//! Failovers (started, old subtasks stopped, restoring, deployed) are
+//! reported to the job's observers (`JobShared::observers`); the supervisor
+//! does not know that telemetry is one of them. Only the [`JobHandle`] keeps
+//! the job's [`crate::telemetry::Telemetry`] itself, as the builder gave it,
+//! for [`JobHandle::telemetry_stats`] and the final flush when the job ends.
 //! Requests from outside (kill a subtask, trigger a checkpoint now, cancel)
 //! are messages to the supervisor; a checkpoint request is forwarded to the
 //! coordinator.
@@ -39,6 +48,10 @@ use crate::checkpoint::{CheckpointConfig, CheckpointStats};
 use crate::deploy::{LocalExecutor, SubtaskEnded, TaskExecutor};
 use crate::graph::{OperatorCounters, SubtaskSpec};
 use crate::job_shared::JobShared;
+pub(crate) use crate::lifecycle::Lifecycle;
+pub use crate::lifecycle::{FailureRecord, JobStatus, RestoreRecord};
+use crate::metrics::{JobMetrics, JobView, MetricSource, OperatorInfo};
+use crate::observer::FailoverObserver;
 use crate::task::CheckpointLink;
 use crate::{Error, KillError, Result};
 
@@ -79,14 +92,6 @@ impl JobResult {
     }
 }
 
-pub(crate) struct OperatorInfo {
-    pub name: String,
-    pub parallelism: usize,
-    /// The chain (job vertex) the operator runs in.
-    pub chain: usize,
-    pub counters: Arc<OperatorCounters>,
-}
-
 fn snapshot_metrics(ops: &[OperatorInfo]) -> Vec<OperatorMetrics> {
     ops.iter()
         .map(|o| OperatorMetrics {
@@ -96,184 +101,6 @@ fn snapshot_metrics(ops: &[OperatorInfo]) -> Vec<OperatorMetrics> {
             records_out: o.counters.records_out(),
         })
         .collect()
-}
-
-/// The state of a job, Flink's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum JobStatus {
-    /// Subtasks are running (a region may be restarting).
-    Running,
-    /// The whole job is restarting after a failure.
-    Restarting,
-    /// A cancel was requested; subtasks are stopping.
-    Cancelling,
-    /// Every subtask finished its input.
-    Finished,
-    /// The job failed (the restart strategy gave up, or restarts are off).
-    Failed,
-    /// The job was cancelled.
-    Canceled,
-}
-
-impl JobStatus {
-    /// Flink's name: `RUNNING`, `RESTARTING`, `CANCELLING`, `FINISHED`, `FAILED`, `CANCELED`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Running => "RUNNING",
-            JobStatus::Restarting => "RESTARTING",
-            JobStatus::Cancelling => "CANCELLING",
-            JobStatus::Finished => "FINISHED",
-            JobStatus::Failed => "FAILED",
-            JobStatus::Canceled => "CANCELED",
-        }
-    }
-
-    /// Whether the job has ended.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Finished | JobStatus::Failed | JobStatus::Canceled
-        )
-    }
-}
-
-impl std::fmt::Display for JobStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One failure of a job and what it caused (Flink's exception history).
-#[derive(Debug, Clone, PartialEq)]
-pub struct FailureRecord {
-    /// When it happened (ms since the epoch).
-    pub timestamp: u64,
-    /// The error.
-    pub message: String,
-    /// The failed subtask (`chain name (index)`), when one failed.
-    pub task: Option<String>,
-    /// What the failure led to: `region <r> restart`, `full restart` or `job failed`.
-    pub action: String,
-}
-
-/// A restore of the job from a checkpoint (Flink's `latest.restored`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RestoreRecord {
-    /// The checkpoint id.
-    pub id: u64,
-    /// When the restore happened (ms since the epoch).
-    pub timestamp: u64,
-    /// The checkpoint's directory.
-    pub path: std::path::PathBuf,
-}
-
-/// How a job's life went: its status, the time of each transition, its
-/// failures and restores. Shared by the job supervisor (which writes it) and
-/// every reader (handle, REST server).
-#[derive(Debug)]
-pub(crate) struct Lifecycle {
-    inner: Mutex<LifecycleInner>,
-}
-
-#[derive(Debug)]
-struct LifecycleInner {
-    status: JobStatus,
-    /// When the job first reached each status.
-    timestamps: Vec<(JobStatus, u64)>,
-    /// When the status last changed.
-    last_change: u64,
-    end_ms: Option<u64>,
-    failures: std::collections::VecDeque<FailureRecord>,
-    failures_dropped: bool,
-    restored: Option<RestoreRecord>,
-    restores: u64,
-}
-
-/// Failures kept in the history.
-const MAX_FAILURES: usize = 100;
-
-impl Lifecycle {
-    pub(crate) fn new(restored: Option<RestoreRecord>) -> Self {
-        let now = crate::checkpoint::now_ms();
-        Lifecycle {
-            inner: Mutex::new(LifecycleInner {
-                status: JobStatus::Running,
-                timestamps: vec![(JobStatus::Running, now)],
-                last_change: now,
-                end_ms: None,
-                failures: Default::default(),
-                failures_dropped: false,
-                restores: u64::from(restored.is_some()),
-                restored,
-            }),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, LifecycleInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn set_status(&self, status: JobStatus) {
-        let mut l = self.lock();
-        if l.status == status || l.status.is_terminal() {
-            return;
-        }
-        let now = crate::checkpoint::now_ms();
-        l.status = status;
-        l.last_change = now;
-        if !l.timestamps.iter().any(|(s, _)| *s == status) {
-            l.timestamps.push((status, now));
-        }
-        if status.is_terminal() {
-            l.end_ms = Some(now);
-        }
-    }
-
-    pub(crate) fn status(&self) -> JobStatus {
-        self.lock().status
-    }
-
-    /// When the job ended (ms since the epoch).
-    pub(crate) fn end_ms(&self) -> Option<u64> {
-        self.lock().end_ms
-    }
-
-    /// The first time the job reached each status (ms since the epoch).
-    pub(crate) fn timestamps(&self) -> Vec<(JobStatus, u64)> {
-        self.lock().timestamps.clone()
-    }
-
-    /// When the status last changed (ms since the epoch).
-    pub(crate) fn last_change(&self) -> u64 {
-        self.lock().last_change
-    }
-
-    pub(crate) fn record_failure(&self, f: FailureRecord) {
-        let mut l = self.lock();
-        if l.failures.len() == MAX_FAILURES {
-            l.failures.pop_front();
-            l.failures_dropped = true;
-        }
-        l.failures.push_back(f);
-    }
-
-    /// Failures, oldest first, and whether older ones were dropped.
-    pub(crate) fn failures(&self) -> (Vec<FailureRecord>, bool) {
-        let l = self.lock();
-        (l.failures.iter().cloned().collect(), l.failures_dropped)
-    }
-
-    pub(crate) fn record_restore(&self, r: RestoreRecord) {
-        let mut l = self.lock();
-        l.restores += 1;
-        l.restored = Some(r);
-    }
-
-    /// The latest restore and how many there were.
-    pub(crate) fn restores(&self) -> (Option<RestoreRecord>, u64) {
-        let l = self.lock();
-        (l.restored.clone(), l.restores)
-    }
 }
 
 /// Everything readers of a job share: the handle, the process's job
@@ -308,7 +135,31 @@ pub(crate) struct JobCore {
     pub operations: crate::operations::JobOperations,
 }
 
+impl MetricSource for JobCore {
+    fn view(&self) -> JobView<'_> {
+        JobView {
+            job_id: &self.job_id,
+            job_name: &self.name,
+            started: self.started,
+            lifecycle: &self.lifecycle,
+            operators: &self.operators,
+            plan: &self.plan,
+            channels: &self.channels,
+            io: &self.io,
+            restarts: &self.restarts,
+            checkpoints: &self.checkpoints,
+            counts: &self.counts,
+            rates: &self.rates,
+        }
+    }
+}
+
 impl JobCore {
+    /// Every metric of the job, now.
+    pub(crate) fn metrics(&self) -> JobMetrics {
+        JobMetrics::of(&self.view())
+    }
+
     pub(crate) fn checkpoint_stats(&self) -> Vec<CheckpointStats> {
         self.checkpoints
             .lock()
@@ -410,6 +261,9 @@ pub struct JobHandle {
     pub(crate) done: oneshot::Receiver<Result<()>>,
     pub(crate) outcome: Option<Result<()>>,
     pub(crate) runtime: Arc<tokio::runtime::Runtime>,
+    /// The job's telemetry as [`crate::stream`] built it, for
+    /// [`JobHandle::telemetry_stats`] and the final flush when the job ends
+    /// (the job's events reach it as one of its observers, not from here).
     pub(crate) telemetry: Option<crate::telemetry::Telemetry>,
     pub(crate) rest: Option<std::net::SocketAddr>,
 }
@@ -445,7 +299,7 @@ impl JobHandle {
     /// checkpoint counts and sizes, restarts, records and rates per operator
     /// and subtask, back pressure and channel occupancy per subtask.
     pub fn metrics_snapshot(&self) -> crate::metrics::JobMetrics {
-        crate::metrics::JobMetrics::of(&self.core)
+        self.core.metrics()
     }
 
     /// Batches queued right now over all of the job's channels. Backpressure
@@ -759,7 +613,8 @@ pub(crate) struct JobArgs {
     pub io: Vec<Arc<crate::metrics::SubtaskIo>>,
     pub lifecycle: Arc<Lifecycle>,
     pub done: oneshot::Sender<Result<()>>,
-    pub telemetry: Option<crate::telemetry::Telemetry>,
+    /// Who is told about the job's checkpoints and failovers.
+    pub observers: crate::observer::Observers,
 }
 
 /// Checkpointing settings, storage and statistics of a job, kept across attempts.
@@ -1099,7 +954,7 @@ impl JobState {
                 None
             }
         };
-        if let (Some(t), Some(_)) = (&self.shared.telemetry, delay) {
+        if delay.is_some() && !self.shared.observers.is_empty() {
             let r = region.filter(|_| self.region_failover);
             let members: Vec<usize> = match r {
                 Some(r) => self.regions[r].clone(),
@@ -1107,7 +962,9 @@ impl JobState {
             };
             let failed = task.map(|t| self.plan.subtask_name(t));
             let n = self.restarts.load(Ordering::Relaxed) + 1;
-            t.failover_started(r, &members, failed, &err, n);
+            self.shared
+                .observers
+                .failover_started(r, &members, failed.as_deref(), &err, n);
         }
         self.lifecycle.record_failure(FailureRecord {
             timestamp: crate::checkpoint::now_ms(),
@@ -1307,7 +1164,7 @@ impl Actor for JobMaster {
             recovering: None,
             cancelled: false,
             done: Some(args.done),
-            shared: Arc::new(JobShared::with_telemetry(args.telemetry)),
+            shared: Arc::new(JobShared::with_observers(args.observers)),
             coordinator: None,
             shutting_down: false,
         };
@@ -1507,9 +1364,7 @@ impl Actor for JobMaster {
                     myself.send_after(Duration::from_millis(1), move || JobMsg::RestartRegion(r));
                     return Ok(());
                 }
-                if let Some(t) = &state.shared.telemetry {
-                    t.failover_stopped(Some(r));
-                }
+                state.shared.observers.failover_stopped(Some(r));
                 // The restart strategy's delay, without blocking this mailbox.
                 let at = state.regions_recovering[&r].1;
                 let now = std::time::Instant::now();
@@ -1529,12 +1384,10 @@ impl Actor for JobMaster {
                 }
                 tracing::warn!(job = %state.name, region = r, restart = n, cause, "restarting region");
                 state.chaos_quiet();
-                if let Some(t) = &state.shared.telemetry {
-                    t.failover_restoring(Some(r), n);
-                }
+                state.shared.observers.failover_restoring(Some(r), n);
                 let restarted = state.restart_region(&myself, r).await;
-                if let (Some(t), true) = (&state.shared.telemetry, restarted.is_ok()) {
-                    t.failover_deployed(Some(r));
+                if restarted.is_ok() {
+                    state.shared.observers.failover_deployed(Some(r));
                 }
                 if let Err(e) = restarted {
                     let text = e.to_string();
@@ -1552,9 +1405,7 @@ impl Actor for JobMaster {
                     myself.send_after(Duration::from_millis(2), || JobMsg::Restart);
                     return Ok(());
                 }
-                if let Some(t) = &state.shared.telemetry {
-                    t.failover_stopped(None);
-                }
+                state.shared.observers.failover_stopped(None);
                 let now = std::time::Instant::now();
                 if state.restart_at > now {
                     myself.send_after(state.restart_at - now, || JobMsg::Restart);
@@ -1563,9 +1414,7 @@ impl Actor for JobMaster {
                 let cause = state.recovering.take().unwrap_or_default();
                 let _ = state.shared.take_failure();
                 let n = state.restarts.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(t) = &state.shared.telemetry {
-                    t.failover_restoring(None, n);
-                }
+                state.shared.observers.failover_restoring(None, n);
                 let (restore, first_id, latest) = match state.restore_point() {
                     Ok(r) => r,
                     Err(e) => {
@@ -1581,9 +1430,7 @@ impl Actor for JobMaster {
                     .start_attempt(&myself, restore, first_id, latest)
                     .await?;
                 state.lifecycle.set_status(JobStatus::Running);
-                if let Some(t) = &state.shared.telemetry {
-                    t.failover_deployed(None);
-                }
+                state.shared.observers.failover_deployed(None);
             }
         }
         Ok(())
@@ -1614,52 +1461,5 @@ impl Actor for JobMaster {
         }
         state.end_if_idle(&myself);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lifecycle_keeps_first_times_and_ends_once() {
-        let l = Lifecycle::new(None);
-        assert_eq!(l.status(), JobStatus::Running);
-        for s in [
-            JobStatus::Restarting,
-            JobStatus::Running,
-            JobStatus::Restarting,
-            JobStatus::Running,
-        ] {
-            l.set_status(s);
-        }
-        assert_eq!(
-            l.timestamps().iter().map(|t| t.0).collect::<Vec<_>>(),
-            vec![JobStatus::Running, JobStatus::Restarting],
-            "one entry per status however often it recurs"
-        );
-        assert_eq!(l.end_ms(), None);
-        l.set_status(JobStatus::Canceled);
-        l.set_status(JobStatus::Running);
-        assert_eq!(l.status(), JobStatus::Canceled, "an ended job stays ended");
-        assert!(l.end_ms().is_some());
-        assert_eq!(l.restores(), (None, 0));
-    }
-
-    #[test]
-    fn failures_are_bounded() {
-        let l = Lifecycle::new(None);
-        for i in 0..MAX_FAILURES + 5 {
-            l.record_failure(FailureRecord {
-                timestamp: i as u64,
-                message: format!("failure {i}"),
-                task: None,
-                action: "full restart".into(),
-            });
-        }
-        let (f, dropped) = l.failures();
-        assert_eq!(f.len(), MAX_FAILURES);
-        assert!(dropped);
-        assert_eq!(f[0].timestamp, 5, "the oldest are dropped");
     }
 }

@@ -1,13 +1,16 @@
 //! What all subtasks of one job share with the job supervisor and the
 //! checkpoint coordinator: the first root-cause failure (the job's error),
 //! the processing loops still running (a restart waits until a region's
-//! loops have ended), and the job's telemetry.
+//! loops have ended), and the job's observers (who is told about its
+//! checkpoints and failovers, see `crate::observer`; telemetry is one of
+//! them, but nothing here knows it).
 //!
 //! Its own module, below the subtask, the coordinator and the job, so none
 //! of them imports another for it.
 
 use std::sync::{Arc, Mutex};
 
+use crate::observer::Observers;
 use crate::Error;
 
 /// Shared by all subtasks of one job: the first root-cause failure.
@@ -18,14 +21,15 @@ pub(crate) struct JobShared {
     live: std::sync::atomic::AtomicUsize,
     /// Per subtask: its processing-loop thread is running.
     task_live: Mutex<std::collections::HashSet<usize>>,
-    /// The job's telemetry, when it is on.
-    pub(crate) telemetry: Option<crate::telemetry::Telemetry>,
+    /// Who is told about the job's checkpoints and failovers (none when
+    /// telemetry is off).
+    pub(crate) observers: Observers,
 }
 
 impl JobShared {
-    pub(crate) fn with_telemetry(telemetry: Option<crate::telemetry::Telemetry>) -> Self {
+    pub(crate) fn with_observers(observers: Observers) -> Self {
         JobShared {
-            telemetry,
+            observers,
             ..Default::default()
         }
     }

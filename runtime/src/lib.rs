@@ -32,7 +32,14 @@
 //!   watermark valve (`task/watermark.rs`); the asynchronous upload of
 //!   snapshots is `task/upload.rs`.
 //! - [`job_shared`]: what a job's subtasks, coordinator and supervisor share
-//!   (the root-cause failure, the live processing loops).
+//!   (the root-cause failure, the live processing loops, the job's observers).
+//! - `observer`: who is told about a job's checkpoints and failovers
+//!   (`Observers`, fanned out to each registered observer); the protocol and
+//!   the supervisor report events there and never import [`telemetry`],
+//!   which is one observer. The checkpoint events and the data they carry
+//!   are the protocol's own (`checkpoint::events`).
+//! - `lifecycle`: a job's status ([`job::JobStatus`]), its failures and
+//!   restores; read by [`job`], [`metrics`] and [`rest`].
 //! - [`restart`]: restart strategies (fixed-delay, failure-rate,
 //!   exponential-delay) as pure decisions the job supervisor applies.
 //! - [`exchange`]: the data plane: the channel seam (in-process bounded
@@ -75,7 +82,9 @@ pub mod graph;
 pub mod job;
 pub mod job_shared;
 pub mod keygroup;
+pub(crate) mod lifecycle;
 pub mod metrics;
+pub(crate) mod observer;
 pub mod operations;
 pub mod operator;
 pub mod record;

@@ -39,8 +39,8 @@ use crate::exchange::{HashPartition, PartitionSetup};
 use crate::graph::{Edge, JobPlan, Node, NodeKind, OperatorCounters, Ship, StreamGraph};
 use crate::job::{
     CheckpointSetup, Failover, JobArgs, JobCore, JobHandle, JobMaster, JobResult, Lifecycle,
-    OperatorInfo,
 };
+use crate::metrics::OperatorInfo;
 use crate::operator::{
     Aggregate, ChainOp, Collector, FilterOp, FlatMapOp, KeyedProcessFunction, KeyedProcessOp,
     MapOp, Reduce, SinkFunction, SinkOp, SourceAdapter, SourceFunction, SourceOp,
@@ -246,6 +246,11 @@ impl Env {
         let channels = Arc::new(std::sync::Mutex::new(Vec::new()));
         let restarts = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let telemetry = crate::telemetry::Telemetry::from_conf(&self.conf, &job_id, name)?;
+        // The job's observers: telemetry, when it is on, is the only one.
+        let mut observers = crate::observer::Observers::none();
+        if let Some(t) = &telemetry {
+            observers.register(Arc::new(t.clone()));
+        }
         let lifecycle = Arc::new(Lifecycle::new(restored_from.as_ref().map(|(path, id)| {
             crate::job::RestoreRecord {
                 id: *id,
@@ -274,7 +279,7 @@ impl Env {
             io: io.clone(),
             lifecycle: lifecycle.clone(),
             done: tx,
-            telemetry: telemetry.clone(),
+            observers,
         };
         let (master, _) = self
             .runtime
@@ -306,10 +311,7 @@ impl Env {
         crate::metrics::start_sampler(&core);
         if let Some(t) = &telemetry {
             let job = Arc::downgrade(&core);
-            t.export_metrics(move || {
-                job.upgrade()
-                    .map(|core| crate::metrics::JobMetrics::of(&core))
-            });
+            t.export_metrics(move || job.upgrade().map(|core| core.metrics()));
         }
         crate::registry::register(core.clone());
         if let Some(addr) = rest {

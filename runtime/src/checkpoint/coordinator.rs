@@ -28,6 +28,10 @@
 //! The decisions are plain functions of the coordinator's state; the only
 //! I/O is writing `_metadata`, creating savepoint directories and deleting
 //! directories (all through [`super::storage`]).
+//!
+//! Each acknowledgement received and each checkpoint's end are reported to
+//! the job's observers (`JobShared::observers`, see `checkpoint::events`): the
+//! coordinator does not know who watches (telemetry builds trace spans).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -35,6 +39,7 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use super::events::{alignment_name, CheckpointEnded, CheckpointObserver, SubtaskPhases};
 use super::storage::CheckpointStorage;
 use super::{
     now_ms, CheckpointConfig, CheckpointMetadata, CheckpointStats, CheckpointStatus, StateHandle,
@@ -91,7 +96,7 @@ pub(crate) struct Ack {
     pub handle: StateHandle,
     pub stats: SubtaskCheckpointStats,
     /// When each phase of the subtask's part happened (for its trace spans).
-    pub phases: crate::telemetry::SubtaskPhases,
+    pub phases: SubtaskPhases,
 }
 
 /// How the job ended, for the retention policy.
@@ -516,20 +521,29 @@ impl CoordState {
         Ok(())
     }
 
-    /// The root span of checkpoint `id`, when telemetry is on.
+    /// Tells the job's observers that checkpoint `id` ended (nothing is
+    /// computed when there are none).
     fn traced(&self, id: u64, p: &Pending, ended: Instant, failure: Option<&str>) {
-        if let Some(t) = &self.args.shared.telemetry {
+        let observers = &self.args.shared.observers;
+        if !observers.is_empty() {
             let acks = p.acks.values().map(|(_, s)| s);
             let unaligned = acks.clone().any(|s| s.unaligned_checkpoint);
-            let bytes = acks.clone().map(|s| s.state_size).sum();
-            let inflight = acks.map(|s| s.persisted_data).sum();
+            let bytes_written = acks.clone().map(|s| s.state_size).sum();
+            let inflight_bytes = acks.map(|s| s.persisted_data).sum();
             let mode = self.args.cfg.barrier_mode();
-            let alignment = crate::telemetry::alignment_name(mode, unaligned);
+            let alignment = alignment_name(mode, unaligned);
             // Called before the savepoint is unregistered (completed) or discarded.
             let savepoint = self.args.storage.is_savepoint(id);
-            t.checkpoint_ended(
-                id, savepoint, alignment, p.started, ended, bytes, inflight, failure,
-            );
+            observers.checkpoint_ended(&CheckpointEnded {
+                id,
+                savepoint,
+                alignment,
+                started: p.started,
+                ended,
+                bytes_written,
+                inflight_bytes,
+                failure,
+            });
         }
     }
 
@@ -745,9 +759,10 @@ impl Actor for Coordinator {
                     let current = state.is_current(task, from);
                     match state.pending.get_mut(&id) {
                         Some(p) if current => {
-                            if let Some(t) = &state.args.shared.telemetry {
+                            let observers = &state.args.shared.observers;
+                            if !observers.is_empty() {
                                 let mode = state.args.cfg.barrier_mode();
-                                t.subtask_checkpoint(
+                                observers.subtask_acked(
                                     id,
                                     mode,
                                     task,

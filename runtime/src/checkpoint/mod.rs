@@ -98,6 +98,7 @@
 //! before `execute` returns.
 
 pub mod coordinator;
+pub(crate) mod events;
 pub(crate) mod restore;
 pub mod storage;
 pub mod store;

@@ -25,6 +25,10 @@
 //! job, once a second, from the difference of two samples; it stops when the
 //! job ends. Readers ([`crate::job::JobHandle::metrics_snapshot`], the REST
 //! server) take a [`JobMetrics`] snapshot: atomics and short locks only.
+//! Both read a job through a borrowed view of what it shares (`JobView`,
+//! built by the job's core), so this module imports nothing of
+//! [`crate::job`] (which imports it); the job's status comes from
+//! `lifecycle.rs`.
 //!
 //! [`prometheus_text`] renders snapshots in the Prometheus text format
 //! (version 0.0.4), served at `GET /metrics` by [`crate::rest`]. Metric names
@@ -37,11 +41,48 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::checkpoint::CheckpointStatus;
-use crate::job::{JobCore, JobStatus};
+use crate::checkpoint::{CheckpointCounts, CheckpointStats, CheckpointStatus};
+use crate::graph::{JobPlan, OperatorCounters};
+use crate::lifecycle::{JobStatus, Lifecycle};
 
 pub(crate) mod io;
 pub use io::SubtaskIo;
+
+/// One operator of a job, as the metrics see it.
+pub(crate) struct OperatorInfo {
+    pub name: String,
+    pub parallelism: usize,
+    /// The chain (job vertex) the operator runs in.
+    pub chain: usize,
+    pub counters: Arc<OperatorCounters>,
+}
+
+/// What the metrics read of one job: borrowed from the job's shared core
+/// (`crate::job::JobCore` builds it), so that this module needs none of
+/// the job module's types. Everything is read when a snapshot is taken,
+/// in the same order as always: atomics and short locks only.
+pub(crate) struct JobView<'a> {
+    pub job_id: &'a str,
+    pub job_name: &'a str,
+    pub started: Instant,
+    pub lifecycle: &'a Lifecycle,
+    pub operators: &'a [OperatorInfo],
+    pub plan: &'a JobPlan,
+    pub channels: &'a std::sync::Mutex<Vec<crate::exchange::ChannelWatch>>,
+    /// Time accounting per subtask (index among all subtasks).
+    pub io: &'a [Arc<SubtaskIo>],
+    pub restarts: &'a std::sync::atomic::AtomicU64,
+    pub checkpoints: &'a std::sync::Mutex<Vec<CheckpointStats>>,
+    pub counts: &'a CheckpointCounts,
+    /// Written by the sampler.
+    pub rates: &'a std::sync::Mutex<Rates>,
+}
+
+/// A job whose metrics can be read and sampled (the job's shared core).
+pub(crate) trait MetricSource: Send + Sync + 'static {
+    /// The job as the metrics see it, right now.
+    fn view(&self) -> JobView<'_>;
+}
 
 /// Rates of the last sampling interval.
 #[derive(Debug, Clone, Default)]
@@ -67,7 +108,7 @@ struct Sample {
 }
 
 impl Sample {
-    fn take(core: &JobCore) -> Sample {
+    fn take(core: &JobView<'_>) -> Sample {
         let per_sub = |f: fn(&crate::graph::SubtaskCounts) -> u64| {
             core.operators
                 .iter()
@@ -117,15 +158,16 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Starts the job's sampler thread: it computes rates once a second until the
 /// job ends (then the rates are zero) or nobody holds the job any more.
-pub(crate) fn start_sampler(core: &Arc<JobCore>) {
-    let weak = Arc::downgrade(core);
+pub(crate) fn start_sampler<J: MetricSource>(job: &Arc<J>) {
+    let weak = Arc::downgrade(job);
     let spawned = std::thread::Builder::new()
         .name("weir-metrics".into())
         .spawn(move || {
             let mut last: Option<Sample> = None;
             loop {
-                let Some(core) = weak.upgrade() else { break };
-                if core.status().is_terminal() {
+                let Some(job) = weak.upgrade() else { break };
+                let core = job.view();
+                if core.lifecycle.status().is_terminal() {
                     *core.rates.lock().unwrap_or_else(|p| p.into_inner()) = Rates::default();
                     break;
                 }
@@ -135,7 +177,7 @@ pub(crate) fn start_sampler(core: &Arc<JobCore>) {
                     *core.rates.lock().unwrap_or_else(|p| p.into_inner()) = rates;
                 }
                 last = Some(now);
-                drop(core);
+                drop(job);
                 std::thread::sleep(SAMPLE_EVERY);
             }
         });
@@ -268,7 +310,8 @@ pub struct TaskSubtaskMetrics {
 }
 
 impl JobMetrics {
-    pub(crate) fn of(core: &JobCore) -> JobMetrics {
+    /// Every metric of the job `core` shows, now.
+    pub(crate) fn of(core: &JobView<'_>) -> JobMetrics {
         let rates = core.rates.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (in_progress, last, alignment) = {
             let stats = core.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
@@ -398,9 +441,9 @@ impl JobMetrics {
         }
         let (restored, _) = core.lifecycle.restores();
         JobMetrics {
-            job_id: core.job_id.clone(),
-            job_name: core.name.clone(),
-            status: core.status(),
+            job_id: core.job_id.to_string(),
+            job_name: core.job_name.to_string(),
+            status: core.lifecycle.status(),
             uptime_ms: core.started.elapsed().as_millis() as u64,
             last_checkpoint_duration: last.map(|l| l.1),
             last_checkpoint_size: last.map(|l| l.2),

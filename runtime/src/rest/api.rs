@@ -129,10 +129,7 @@ async fn openapi() -> Response {
 }
 
 async fn prometheus() -> Response {
-    let snapshots: Vec<JobMetrics> = crate::registry::all()
-        .iter()
-        .map(|j| JobMetrics::of(j))
-        .collect();
+    let snapshots: Vec<JobMetrics> = crate::registry::all().iter().map(|j| j.metrics()).collect();
     (
         [(
             header::CONTENT_TYPE,
@@ -487,7 +484,7 @@ async fn vertex_backpressure(Path((id, vertex)): Path<(String, String)>) -> ApiR
     let c = (0..job.plan.chains.len())
         .find(|c| docs::vertex_id(&job.job_id, *c) == vertex)
         .ok_or_else(|| ApiError::NotFound(format!("Job {id} has no vertex {vertex}")))?;
-    let m = JobMetrics::of(&job);
+    let m = job.metrics();
     let task = &m.tasks[c];
     let subtasks: Vec<Value> = task
         .subtasks
@@ -520,7 +517,7 @@ async fn regions(Path(id): Path<String>) -> ApiResult<Json<Value>> {
 
 async fn job_metrics(Path(id): Path<String>, RawQuery(query): RawQuery) -> ApiResult<Json<Value>> {
     let job = job_of(&id)?;
-    let m = JobMetrics::of(&job);
+    let m = job.metrics();
     let all = docs::job_metrics(&m);
     let wanted: Option<Vec<&str>> =
         query_value(&query, "get").map(|g| g.split(',').map(str::trim).collect());

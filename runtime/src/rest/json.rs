@@ -71,7 +71,7 @@ pub(crate) fn job_overview(core: &JobCore) -> Value {
 
 /// `/jobs/:id`: Flink's job details plus live metrics per operator and subtask.
 pub(crate) fn job_details(core: &JobCore) -> Value {
-    let m = JobMetrics::of(core);
+    let m = core.metrics();
     let status = core.status();
     let max_p = core.conf.get(&crate::config::options::MAX_PARALLELISM);
     let mut offset = 0;

@@ -160,7 +160,7 @@ impl Actor for SubtaskActor {
             // A panic outside user code (which `guarded` already catches) is
             // a failure of this subtask like any other, never a silent exit.
             let mut runner = runner::Runner::new(&mut spec, checkpoint, control, main, me);
-            runner.telemetry = shared.telemetry.clone();
+            runner.observers = shared.observers.clone();
             let run = runner.run();
             let outcome =
                 match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {

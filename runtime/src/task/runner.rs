@@ -25,13 +25,14 @@ use super::upload::{PendingOperator, Snapshot, SubtaskId, Uploader};
 use super::watermark::WatermarkValve;
 use super::{CheckpointLink, Control};
 use crate::checkpoint::coordinator::CoordMsg;
+use crate::checkpoint::events::{CheckpointObserver, SubtaskNotified, SubtaskPhases};
 use crate::checkpoint::{now_ms, BarrierMode, ChannelStateEntry, SubtaskCheckpointStats};
 use crate::exchange::{Barrier, Event, InputGate};
 use crate::graph::{ChainedOp, Head, SubtaskSpec};
+use crate::observer::{FailoverObserver, Observers};
 use crate::operator::{guarded, SourceContext, SourceStatus};
 use crate::record::AnyBatch;
 use crate::state::OperatorStateStore;
-use crate::telemetry::SubtaskPhases;
 use crate::{Error, Result};
 
 /// Runs one batch through the chain starting at operator `from`, then writes
@@ -112,8 +113,8 @@ pub(super) struct Runner<'a> {
     valve: WatermarkValve,
     /// The last watermark emitted downstream.
     output_wm: i64,
-    /// The job's telemetry, when it is on.
-    pub(super) telemetry: Option<crate::telemetry::Telemetry>,
+    /// Who is told that the subtask runs and that its operators were notified.
+    pub(super) observers: Observers,
     /// A stop-with-savepoint in progress: (savepoint id, drain).
     stop: Option<(u64, bool)>,
     /// Source: the stop savepoint's barrier is out; wait for its outcome.
@@ -170,7 +171,7 @@ impl<'a> Runner<'a> {
             remainder: None,
             valve: WatermarkValve::new(inputs),
             output_wm: i64::MIN,
-            telemetry: None,
+            observers: Observers::none(),
             stop: None,
             stop_barrier_sent: None,
             stopped_without_drain: false,
@@ -179,9 +180,7 @@ impl<'a> Runner<'a> {
 
     pub(super) async fn run(mut self) -> Result<()> {
         self.open().await?;
-        if let Some(t) = &self.telemetry {
-            t.subtask_running(self.spec.task_index);
-        }
+        self.observers.subtask_running(self.spec.task_index);
         let finished_normally = if matches!(self.head, Head::Source { .. }) {
             self.run_source().await?
         } else {
@@ -778,18 +777,18 @@ impl<'a> Runner<'a> {
                 break;
             }
         }
-        if let Some(t) = &self.telemetry {
+        if !self.observers.is_empty() {
             let error = outcome.as_ref().err().map(|e| e.to_string());
             let s = &*self.spec;
-            t.notify(
+            self.observers.subtask_notified(&SubtaskNotified {
                 id,
-                s.task_index,
-                &s.chain,
-                s.subtask,
-                t0,
-                Instant::now(),
-                error.as_deref(),
-            );
+                task: s.task_index,
+                chain: &s.chain,
+                index: s.subtask,
+                start: t0,
+                end: Instant::now(),
+                error: error.as_deref(),
+            });
         }
         outcome
     }

@@ -21,12 +21,12 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use super::CheckpointLink;
 use crate::checkpoint::coordinator::{Ack, CoordMsg};
+use crate::checkpoint::events::SubtaskPhases;
 use crate::checkpoint::{
     now_ms, ChannelStateEntry, KeyedStateHandle, OperatorSnapshot, StateHandle,
     SubtaskCheckpointStats, SubtaskState,
 };
 use crate::state::{OperatorStateStore, PendingKeyedSnapshot, UploadTarget};
-use crate::telemetry::SubtaskPhases;
 use crate::{Error, Result};
 
 /// One operator's snapshot after the synchronous part: its keyed state is

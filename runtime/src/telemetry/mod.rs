@@ -11,9 +11,20 @@
 //! Off by default. It is on when `otel.exporter.otlp.endpoint` is set (or
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`) and `otel.sdk.disabled` is false (or
 //! `OTEL_SDK_DISABLED`); see the `otel.*` options in [`crate::config::options`]
-//! and `conf/weir.yaml`. When it is off no span is ever built: every hook is
-//! behind an `Option` that is `None`, and hooks run once per checkpoint phase
-//! per subtask, never per record; no metric export thread is started either.
+//! and `conf/weir.yaml`. When it is off no span is ever built: no
+//! [`Telemetry`] is registered among the job's observers, so the checkpoint
+//! and failover events find no one to report to (the hooks run once per
+//! checkpoint phase per subtask, never per record); no metric export thread
+//! is started either.
+//!
+//! # How the spans are fed
+//! [`Telemetry`] is an observer of the job (it implements
+//! `checkpoint::events::CheckpointObserver` and `observer::FailoverObserver`):
+//! the coordinator, the subtasks and the job supervisor report events
+//! without knowing that telemetry exists, and [`crate::stream`] registers the
+//! job's `Telemetry` when it is on. The data the protocol carries for the
+//! spans (`SubtaskPhases`, `alignment_name`) belongs to the checkpoint
+//! protocol (`checkpoint::events`).
 //!
 //! # Traces
 //! **One trace per checkpoint.** Its trace id and root span id are derived
@@ -118,8 +129,11 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 pub use export::ExportStats;
 
+pub(crate) use crate::checkpoint::events::{alignment_name, SubtaskPhases};
+use crate::checkpoint::events::{CheckpointEnded, CheckpointObserver, SubtaskNotified};
 use crate::checkpoint::{BarrierMode, SubtaskCheckpointStats};
 use crate::config::{options, Conf, ConfigError, ValueSource};
+use crate::observer::FailoverObserver;
 use crate::Result;
 
 /// Span names.
@@ -262,48 +276,6 @@ impl TelemetryConfig {
             drop_log_interval: conf.get(&options::OTEL_DROP_LOG_INTERVAL),
             metric_export_interval,
         }))
-    }
-}
-
-/// The instants of one subtask's part in one checkpoint, carried with its
-/// acknowledgement to the coordinator (which builds the subtask's spans).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SubtaskPhases {
-    /// The first barrier (none for sources and final checkpoints).
-    pub first_barrier: Option<Instant>,
-    pub sync_start: Instant,
-    pub sync_end: Instant,
-    /// Unaligned: when the channel state was complete.
-    pub capture_end: Option<Instant>,
-    pub upload_start: Instant,
-    pub upload_end: Instant,
-}
-
-impl SubtaskPhases {
-    /// Phases up to the synchronous snapshot; the rest is filled in later.
-    pub(crate) fn synced(
-        first_barrier: Option<Instant>,
-        sync_start: Instant,
-        sync_end: Instant,
-    ) -> Self {
-        SubtaskPhases {
-            first_barrier,
-            sync_start,
-            sync_end,
-            capture_end: None,
-            upload_start: sync_end,
-            upload_end: sync_end,
-        }
-    }
-}
-
-/// The `weir.checkpoint.alignment` value of a barrier mode.
-pub(crate) fn alignment_name(mode: BarrierMode, unaligned: bool) -> &'static str {
-    match mode {
-        BarrierMode::AtLeastOnce => "at_least_once",
-        _ if unaligned => "unaligned",
-        BarrierMode::Unaligned => "unaligned",
-        _ => "aligned",
     }
 }
 
@@ -547,19 +519,117 @@ impl Telemetry {
         ]
     }
 
+    fn failovers(&self) -> std::sync::MutexGuard<'_, Vec<FailoverTrace>> {
+        self.0.failovers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn with_failover(&self, region: Option<usize>, f: impl FnOnce(&mut FailoverTrace)) {
+        if let Some(t) = self.failovers().iter_mut().find(|t| t.region == region) {
+            f(t);
+        }
+    }
+
+    fn finish_failovers(&self) {
+        let done: Vec<FailoverTrace> = {
+            let mut all = self.failovers();
+            let (done, open): (Vec<_>, Vec<_>) = std::mem::take(&mut *all)
+                .into_iter()
+                .partition(|t| t.deployed.is_some() && t.waiting.is_empty());
+            *all = open;
+            done
+        };
+        for t in done {
+            self.emit_failover(t, None);
+        }
+    }
+
+    fn emit_failover(&self, t: FailoverTrace, error: Option<&str>) {
+        let now = Instant::now();
+        let stopped = t.stopped.unwrap_or(now);
+        let restore_start = t.restore_start.unwrap_or(stopped);
+        let deployed = t.deployed.unwrap_or(now);
+        let running = t.last_running.unwrap_or(deployed).max(deployed);
+        let end = if error.is_some() { now } else { running };
+        let mut base = vec![
+            KeyValue::new(
+                attr::STRATEGY,
+                if t.region.is_some() { "region" } else { "full" },
+            ),
+            KeyValue::new(attr::CAUSE, t.cause.clone()),
+        ];
+        if let Some(r) = t.region {
+            base.push(KeyValue::new(attr::REGION, r as i64));
+        }
+        if let Some(f) = &t.failed {
+            base.push(KeyValue::new(attr::FAILED_SUBTASK, f.clone()));
+        }
+        let root = Self::root_id(t.trace);
+        let mut attrs = base.clone();
+        attrs.push(KeyValue::new(attr::JOB_NAME, self.0.job_name.clone()));
+        attrs.push(KeyValue::new(attr::RESTART, t.restart as i64));
+        attrs.push(KeyValue::new(attr::SUBTASKS, t.members as i64));
+        let status = error.map_or(Status::Ok, |e| Status::error(e.to_string()));
+        self.emit(
+            t.trace,
+            root,
+            None,
+            span::FAILOVER,
+            t.started,
+            end,
+            attrs,
+            status,
+        );
+        let parent = Some(root);
+        self.emit(
+            t.trace,
+            Self::span_id(t.trace, P_CANCEL, 0),
+            parent,
+            span::CANCEL_REGION,
+            t.started,
+            stopped,
+            base.clone(),
+            Status::Unset,
+        );
+        if t.restore_start.is_some() {
+            self.emit(
+                t.trace,
+                Self::span_id(t.trace, P_RESTORE, 0),
+                parent,
+                span::RESTORE_STATE,
+                restore_start,
+                deployed,
+                base.clone(),
+                Status::Unset,
+            );
+        }
+        if t.deployed.is_some() {
+            self.emit(
+                t.trace,
+                Self::span_id(t.trace, P_RUNNING, 0),
+                parent,
+                span::RUNNING,
+                deployed,
+                running,
+                base,
+                Status::Unset,
+            );
+        }
+    }
+}
+
+impl CheckpointObserver for Telemetry {
     /// The root span of checkpoint `id`: `failure` is `None` when it completed.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn checkpoint_ended(
-        &self,
-        id: u64,
-        savepoint: bool,
-        alignment: &'static str,
-        started: Instant,
-        ended: Instant,
-        bytes_written: u64,
-        inflight_bytes: u64,
-        failure: Option<&str>,
-    ) {
+    fn checkpoint_ended(&self, e: &CheckpointEnded<'_>) {
+        let CheckpointEnded {
+            id,
+            savepoint,
+            alignment,
+            started,
+            ended,
+            bytes_written,
+            inflight_bytes,
+            failure,
+        } = *e;
         let trace = self.checkpoint_trace_id(id);
         let mut attrs = Self::checkpoint_attrs(id, savepoint, alignment);
         attrs.push(KeyValue::new(attr::JOB_NAME, self.0.job_name.clone()));
@@ -586,7 +656,7 @@ impl Telemetry {
 
     /// The spans of one subtask's part in checkpoint `id`, up to its
     /// acknowledgement (received by the coordinator at `received`).
-    pub(crate) fn subtask_checkpoint(
+    fn subtask_acked(
         &self,
         id: u64,
         mode: BarrierMode,
@@ -675,17 +745,16 @@ impl Telemetry {
     }
 
     /// One subtask's `notify_complete(id)`: `error` when it failed.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn notify(
-        &self,
-        id: u64,
-        task: usize,
-        chain: &str,
-        index: usize,
-        start: Instant,
-        end: Instant,
-        error: Option<&str>,
-    ) {
+    fn subtask_notified(&self, n: &SubtaskNotified<'_>) {
+        let SubtaskNotified {
+            id,
+            task,
+            chain,
+            index,
+            start,
+            end,
+            error,
+        } = *n;
         let trace = self.checkpoint_trace_id(id);
         let mut a = vec![
             KeyValue::new(attr::CHECKPOINT_ID, id as i64),
@@ -711,21 +780,20 @@ impl Telemetry {
             status,
         );
     }
+}
 
-    fn failovers(&self) -> std::sync::MutexGuard<'_, Vec<FailoverTrace>> {
-        self.0.failovers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
+impl FailoverObserver for Telemetry {
     /// A failure: region `region` (`None`: the whole job) with subtasks
     /// `members` is about to be cancelled and restarted.
-    pub(crate) fn failover_started(
+    fn failover_started(
         &self,
         region: Option<usize>,
         members: &[usize],
-        failed: Option<String>,
+        failed: Option<&str>,
         cause: &str,
         restart: u64,
     ) {
+        let failed = failed.map(str::to_string);
         let n = self.0.failover_seq.fetch_add(1, Ordering::Relaxed);
         let trace = self.trace_id(2, n);
         let replaced = {
@@ -755,21 +823,15 @@ impl Telemetry {
         }
     }
 
-    fn with_failover(&self, region: Option<usize>, f: impl FnOnce(&mut FailoverTrace)) {
-        if let Some(t) = self.failovers().iter_mut().find(|t| t.region == region) {
-            f(t);
-        }
-    }
-
     /// Every old subtask of the failover's region has stopped.
-    pub(crate) fn failover_stopped(&self, region: Option<usize>) {
+    fn failover_stopped(&self, region: Option<usize>) {
         self.with_failover(region, |t| {
             t.stopped.get_or_insert_with(Instant::now);
         });
     }
 
     /// The restart (after the strategy's delay) begins: checkpoint read next.
-    pub(crate) fn failover_restoring(&self, region: Option<usize>, restart: u64) {
+    fn failover_restoring(&self, region: Option<usize>, restart: u64) {
         if region.is_none() {
             // Every subtask and the coordinator of the old attempt have stopped.
             self.0.attempt.fetch_add(1, Ordering::SeqCst);
@@ -783,7 +845,7 @@ impl Telemetry {
     }
 
     /// The new subtasks are deployed.
-    pub(crate) fn failover_deployed(&self, region: Option<usize>) {
+    fn failover_deployed(&self, region: Option<usize>) {
         self.with_failover(region, |t| {
             t.deployed = Some(Instant::now());
         });
@@ -791,7 +853,7 @@ impl Telemetry {
     }
 
     /// Subtask `task` has opened (state restored, channel state replayed) and runs.
-    pub(crate) fn subtask_running(&self, task: usize) {
+    fn subtask_running(&self, task: usize) {
         {
             let mut all = self.failovers();
             if all.is_empty() {
@@ -804,93 +866,6 @@ impl Telemetry {
             }
         }
         self.finish_failovers();
-    }
-
-    fn finish_failovers(&self) {
-        let done: Vec<FailoverTrace> = {
-            let mut all = self.failovers();
-            let (done, open): (Vec<_>, Vec<_>) = std::mem::take(&mut *all)
-                .into_iter()
-                .partition(|t| t.deployed.is_some() && t.waiting.is_empty());
-            *all = open;
-            done
-        };
-        for t in done {
-            self.emit_failover(t, None);
-        }
-    }
-
-    fn emit_failover(&self, t: FailoverTrace, error: Option<&str>) {
-        let now = Instant::now();
-        let stopped = t.stopped.unwrap_or(now);
-        let restore_start = t.restore_start.unwrap_or(stopped);
-        let deployed = t.deployed.unwrap_or(now);
-        let running = t.last_running.unwrap_or(deployed).max(deployed);
-        let end = if error.is_some() { now } else { running };
-        let mut base = vec![
-            KeyValue::new(
-                attr::STRATEGY,
-                if t.region.is_some() { "region" } else { "full" },
-            ),
-            KeyValue::new(attr::CAUSE, t.cause.clone()),
-        ];
-        if let Some(r) = t.region {
-            base.push(KeyValue::new(attr::REGION, r as i64));
-        }
-        if let Some(f) = &t.failed {
-            base.push(KeyValue::new(attr::FAILED_SUBTASK, f.clone()));
-        }
-        let root = Self::root_id(t.trace);
-        let mut attrs = base.clone();
-        attrs.push(KeyValue::new(attr::JOB_NAME, self.0.job_name.clone()));
-        attrs.push(KeyValue::new(attr::RESTART, t.restart as i64));
-        attrs.push(KeyValue::new(attr::SUBTASKS, t.members as i64));
-        let status = error.map_or(Status::Ok, |e| Status::error(e.to_string()));
-        self.emit(
-            t.trace,
-            root,
-            None,
-            span::FAILOVER,
-            t.started,
-            end,
-            attrs,
-            status,
-        );
-        let parent = Some(root);
-        self.emit(
-            t.trace,
-            Self::span_id(t.trace, P_CANCEL, 0),
-            parent,
-            span::CANCEL_REGION,
-            t.started,
-            stopped,
-            base.clone(),
-            Status::Unset,
-        );
-        if t.restore_start.is_some() {
-            self.emit(
-                t.trace,
-                Self::span_id(t.trace, P_RESTORE, 0),
-                parent,
-                span::RESTORE_STATE,
-                restore_start,
-                deployed,
-                base.clone(),
-                Status::Unset,
-            );
-        }
-        if t.deployed.is_some() {
-            self.emit(
-                t.trace,
-                Self::span_id(t.trace, P_RUNNING, 0),
-                parent,
-                span::RUNNING,
-                deployed,
-                running,
-                base,
-                Status::Unset,
-            );
-        }
     }
 }
 
