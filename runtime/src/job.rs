@@ -1001,6 +1001,203 @@ impl JobState {
         }
     }
 
+    /// `JobMsg::Cancel`: every subtask stops; the job ends as cancelled
+    /// (unless it had failed already).
+    fn cancel(&mut self, myself: &ActorRef<JobMsg>) {
+        if self.failed.is_none() {
+            self.cancelled = true;
+            self.lifecycle.set_status(JobStatus::Cancelling);
+        }
+        self.recovering = None;
+        self.stop_everything(true);
+        self.end_if_idle(myself);
+    }
+
+    /// `JobMsg::Kill`: kills subtask `index` of the operator or chain called
+    /// `operator`; the kill is the failure the restart strategy handles.
+    fn kill(&mut self, operator: &str, index: usize) -> std::result::Result<(), KillError> {
+        if self.cancelled || self.failed.is_some() || self.shutting_down {
+            return Err(KillError::Ended);
+        }
+        let task = self.plan.subtask_named(operator, index)?;
+        let region_down = self
+            .region_of
+            .get(task)
+            .is_some_and(|r| self.regions_recovering.contains_key(r));
+        if self.recovering.is_some() || region_down || !self.executor.kill(task) {
+            return Err(KillError::Restarting);
+        }
+        tracing::warn!(operator, index, "killing subtask on request");
+        // The failure is the kill, recorded now: neighbours that see the
+        // killed subtask's channels close fail too, and their reports may
+        // reach this mailbox before its termination.
+        self.fail("subtask killed on request".into(), Some(task));
+        Ok(())
+    }
+
+    /// `JobMsg::TriggerCheckpoint`: forwarded to the coordinator, or refused
+    /// with the reason.
+    fn trigger_checkpoint(&mut self, reply: oneshot::Sender<std::result::Result<u64, String>>) {
+        let why_not = if self.checkpoint.is_none() {
+            Some("checkpointing is disabled for this job (execution.checkpointing.interval: off)")
+        } else if self.cancelled || self.failed.is_some() || self.shutting_down {
+            Some("the job is ending")
+        } else if self.recovering.is_some() || self.coordinator.is_none() {
+            Some("the job is restarting")
+        } else {
+            None
+        };
+        match (why_not, &self.coordinator) {
+            (None, Some(c)) => {
+                // A coordinator that just stopped drops the reply: "the job has ended".
+                let _ = c.cast(CoordMsg::TriggerNow(reply));
+            }
+            (why, _) => {
+                let _ = reply.send(Err(why.unwrap_or("the job is restarting").into()));
+            }
+        }
+    }
+
+    /// `JobMsg::TriggerSavepoint`: forwarded to the coordinator, or refused
+    /// with the reason.
+    fn trigger_savepoint(&mut self, req: crate::checkpoint::coordinator::SavepointRequest) {
+        let why_not = if self.cancelled || self.failed.is_some() || self.shutting_down {
+            Some("it is ending")
+        } else if self.recovering.is_some() || self.coordinator.is_none() {
+            Some("it is restarting")
+        } else {
+            None
+        };
+        match (why_not, &self.coordinator) {
+            (None, Some(c)) => {
+                // A coordinator that just stopped drops the request: "it has ended".
+                let _ = c.cast(CoordMsg::TriggerSavepoint(req));
+            }
+            (why, _) => {
+                let _ = req.reply.send(Err(crate::SavepointError::NotRunning(
+                    why.unwrap_or("it is restarting").into(),
+                )));
+            }
+        }
+    }
+
+    /// `JobMsg::ChaosKill`: when a kill is due (`chaos.*`), kills the next
+    /// subtask of the seeded sequence.
+    fn chaos_kill(&mut self, myself: &ActorRef<JobMsg>) {
+        if self.recovering.is_some()
+            || !self.regions_recovering.is_empty()
+            || self.chaos_targets.is_empty()
+            || !self.chaos_due()
+        {
+            return;
+        }
+        self.chaos_quiet();
+        // SplitMix64 step: the same seed kills the same sequence of subtasks.
+        self.chaos_rng = self.chaos_rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.chaos_rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let (op, index) =
+            self.chaos_targets[(z % self.chaos_targets.len() as u64) as usize].clone();
+        let (tx, _rx) = oneshot::channel();
+        tracing::warn!(operator = %op, index, "chaos: killing subtask");
+        let _ = myself.cast(JobMsg::Kill {
+            operator: op,
+            index,
+            reply: tx,
+        });
+    }
+
+    /// `JobMsg::RestartRegion`: once every subtask and loop of region `r`
+    /// has stopped and the strategy's delay has passed, deploys the region
+    /// again from the latest completed checkpoint.
+    async fn restart_region_when_ready(&mut self, myself: &ActorRef<JobMsg>, r: usize) {
+        if !self.regions_recovering.contains_key(&r)
+            || self.region_running[r] > 0
+            || self.recovering.is_some()
+        {
+            return;
+        }
+        if self.shared.any_live(&self.regions[r]) {
+            myself.send_after(Duration::from_millis(1), move || JobMsg::RestartRegion(r));
+            return;
+        }
+        self.shared.observers.failover_stopped(Some(r));
+        // The restart strategy's delay, without blocking this mailbox.
+        let at = self.regions_recovering[&r].1;
+        let now = std::time::Instant::now();
+        if at > now {
+            myself.send_after(at - now, move || JobMsg::RestartRegion(r));
+            return;
+        }
+        let cause = self
+            .regions_recovering
+            .remove(&r)
+            .map(|(c, _)| c)
+            .unwrap_or_default();
+        let _ = self.shared.take_failure();
+        let n = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(c) = self.region_restarts.get(r) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::warn!(job = %self.name, region = r, restart = n, cause, "restarting region");
+        self.chaos_quiet();
+        self.shared.observers.failover_restoring(Some(r), n);
+        match self.restart_region(myself, r).await {
+            Ok(()) => self.shared.observers.failover_deployed(Some(r)),
+            Err(e) => {
+                let text = e.to_string();
+                self.failed = Some(format!("cannot restart region {r}: {text}"));
+                self.stop_everything(true);
+            }
+        }
+        self.end_if_idle(myself);
+    }
+
+    /// `JobMsg::Restart`: once the whole old attempt has stopped and the
+    /// strategy's delay has passed, starts a new attempt from the latest
+    /// completed checkpoint.
+    async fn restart_when_ready(
+        &mut self,
+        myself: &ActorRef<JobMsg>,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        if self.recovering.is_none() || self.running > 0 || self.coordinator.is_some() {
+            return Ok(());
+        }
+        if self.shared.live_loops() > 0 {
+            // Old processing loops finish their current step first.
+            myself.send_after(Duration::from_millis(2), || JobMsg::Restart);
+            return Ok(());
+        }
+        self.shared.observers.failover_stopped(None);
+        let now = std::time::Instant::now();
+        if self.restart_at > now {
+            myself.send_after(self.restart_at - now, || JobMsg::Restart);
+            return Ok(());
+        }
+        let cause = self.recovering.take().unwrap_or_default();
+        let _ = self.shared.take_failure();
+        let n = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shared.observers.failover_restoring(None, n);
+        let (restore, first_id, latest) = match self.restore_point() {
+            Ok(r) => r,
+            Err(e) => {
+                self.failed = Some(format!("cannot restore after a failure: {e}"));
+                self.shared.record_failure(e);
+                self.end_if_idle(myself);
+                return Ok(());
+            }
+        };
+        tracing::warn!(job = %self.name, restart = n, cause, "restarting");
+        self.chaos_quiet();
+        self.start_attempt(myself, restore, first_id, latest)
+            .await?;
+        self.lifecycle.set_status(JobStatus::Running);
+        self.shared.observers.failover_deployed(None);
+        Ok(())
+    }
+
     /// Stops every subtask, and the coordinator too unless `keep_coordinator`
     /// (it then applies the retention policy and reports the job's end).
     fn stop_everything(&mut self, keep_coordinator: bool) {
@@ -1248,190 +1445,19 @@ impl Actor for JobMaster {
         state: &mut JobState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            JobMsg::Cancel => {
-                if state.failed.is_none() {
-                    state.cancelled = true;
-                    state.lifecycle.set_status(JobStatus::Cancelling);
-                }
-                state.recovering = None;
-                state.stop_everything(true);
-                state.end_if_idle(&myself);
-            }
+            JobMsg::Cancel => state.cancel(&myself),
             JobMsg::Kill {
                 operator,
                 index,
                 reply,
             } => {
-                let mut killed_task = None;
-                let outcome = if state.cancelled || state.failed.is_some() || state.shutting_down {
-                    Err(KillError::Ended)
-                } else {
-                    state.plan.subtask_named(&operator, index).and_then(|task| {
-                        let region_down = state
-                            .region_of
-                            .get(task)
-                            .is_some_and(|r| state.regions_recovering.contains_key(r));
-                        if state.recovering.is_none() && !region_down && state.executor.kill(task) {
-                            tracing::warn!(operator, index, "killing subtask on request");
-                            killed_task = Some(task);
-                            Ok(())
-                        } else {
-                            Err(KillError::Restarting)
-                        }
-                    })
-                };
-                // The failure is the kill, recorded now: neighbours that see
-                // the killed subtask's channels close fail too, and their
-                // reports may reach this mailbox before its termination.
-                if let Some(t) = killed_task {
-                    state.fail("subtask killed on request".into(), Some(t));
-                }
-                let _ = reply.send(outcome);
+                let _ = reply.send(state.kill(&operator, index));
             }
-            JobMsg::TriggerCheckpoint(reply) => {
-                let why_not = if state.checkpoint.is_none() {
-                    Some("checkpointing is disabled for this job (execution.checkpointing.interval: off)")
-                } else if state.cancelled || state.failed.is_some() || state.shutting_down {
-                    Some("the job is ending")
-                } else if state.recovering.is_some() || state.coordinator.is_none() {
-                    Some("the job is restarting")
-                } else {
-                    None
-                };
-                match (why_not, &state.coordinator) {
-                    (None, Some(c)) => {
-                        // A coordinator that just stopped drops the reply: "the job has ended".
-                        let _ = c.cast(CoordMsg::TriggerNow(reply));
-                    }
-                    (why, _) => {
-                        let _ = reply.send(Err(why.unwrap_or("the job is restarting").into()));
-                    }
-                }
-            }
-            JobMsg::TriggerSavepoint(req) => {
-                let why_not = if state.cancelled || state.failed.is_some() || state.shutting_down {
-                    Some("it is ending")
-                } else if state.recovering.is_some() || state.coordinator.is_none() {
-                    Some("it is restarting")
-                } else {
-                    None
-                };
-                match (why_not, &state.coordinator) {
-                    (None, Some(c)) => {
-                        // A coordinator that just stopped drops the request: "it has ended".
-                        let _ = c.cast(CoordMsg::TriggerSavepoint(req));
-                    }
-                    (why, _) => {
-                        let _ = req.reply.send(Err(crate::SavepointError::NotRunning(
-                            why.unwrap_or("it is restarting").into(),
-                        )));
-                    }
-                }
-            }
-            JobMsg::ChaosKill => {
-                if state.recovering.is_some()
-                    || !state.regions_recovering.is_empty()
-                    || state.chaos_targets.is_empty()
-                    || !state.chaos_due()
-                {
-                    return Ok(());
-                }
-                state.chaos_quiet();
-                // SplitMix64 step: the same seed kills the same sequence of subtasks.
-                state.chaos_rng = state.chaos_rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = state.chaos_rng;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^= z >> 31;
-                let (op, index) =
-                    state.chaos_targets[(z % state.chaos_targets.len() as u64) as usize].clone();
-                let (tx, _rx) = oneshot::channel();
-                tracing::warn!(operator = %op, index, "chaos: killing subtask");
-                let _ = myself.cast(JobMsg::Kill {
-                    operator: op,
-                    index,
-                    reply: tx,
-                });
-            }
-            JobMsg::RestartRegion(r) => {
-                if !state.regions_recovering.contains_key(&r)
-                    || state.region_running[r] > 0
-                    || state.recovering.is_some()
-                {
-                    return Ok(());
-                }
-                if state.shared.any_live(&state.regions[r]) {
-                    myself.send_after(Duration::from_millis(1), move || JobMsg::RestartRegion(r));
-                    return Ok(());
-                }
-                state.shared.observers.failover_stopped(Some(r));
-                // The restart strategy's delay, without blocking this mailbox.
-                let at = state.regions_recovering[&r].1;
-                let now = std::time::Instant::now();
-                if at > now {
-                    myself.send_after(at - now, move || JobMsg::RestartRegion(r));
-                    return Ok(());
-                }
-                let cause = state
-                    .regions_recovering
-                    .remove(&r)
-                    .map(|(c, _)| c)
-                    .unwrap_or_default();
-                let _ = state.shared.take_failure();
-                let n = state.restarts.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(c) = state.region_restarts.get(r) {
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::warn!(job = %state.name, region = r, restart = n, cause, "restarting region");
-                state.chaos_quiet();
-                state.shared.observers.failover_restoring(Some(r), n);
-                let restarted = state.restart_region(&myself, r).await;
-                if restarted.is_ok() {
-                    state.shared.observers.failover_deployed(Some(r));
-                }
-                if let Err(e) = restarted {
-                    let text = e.to_string();
-                    state.failed = Some(format!("cannot restart region {r}: {text}"));
-                    state.stop_everything(true);
-                }
-                state.end_if_idle(&myself);
-            }
-            JobMsg::Restart => {
-                if state.recovering.is_none() || state.running > 0 || state.coordinator.is_some() {
-                    return Ok(());
-                }
-                if state.shared.live_loops() > 0 {
-                    // Old processing loops finish their current step first.
-                    myself.send_after(Duration::from_millis(2), || JobMsg::Restart);
-                    return Ok(());
-                }
-                state.shared.observers.failover_stopped(None);
-                let now = std::time::Instant::now();
-                if state.restart_at > now {
-                    myself.send_after(state.restart_at - now, || JobMsg::Restart);
-                    return Ok(());
-                }
-                let cause = state.recovering.take().unwrap_or_default();
-                let _ = state.shared.take_failure();
-                let n = state.restarts.fetch_add(1, Ordering::Relaxed) + 1;
-                state.shared.observers.failover_restoring(None, n);
-                let (restore, first_id, latest) = match state.restore_point() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        state.failed = Some(format!("cannot restore after a failure: {e}"));
-                        state.shared.record_failure(e);
-                        state.end_if_idle(&myself);
-                        return Ok(());
-                    }
-                };
-                tracing::warn!(job = %state.name, restart = n, cause, "restarting");
-                state.chaos_quiet();
-                state
-                    .start_attempt(&myself, restore, first_id, latest)
-                    .await?;
-                state.lifecycle.set_status(JobStatus::Running);
-                state.shared.observers.failover_deployed(None);
-            }
+            JobMsg::TriggerCheckpoint(reply) => state.trigger_checkpoint(reply),
+            JobMsg::TriggerSavepoint(req) => state.trigger_savepoint(req),
+            JobMsg::ChaosKill => state.chaos_kill(&myself),
+            JobMsg::RestartRegion(r) => state.restart_region_when_ready(&myself, r).await,
+            JobMsg::Restart => state.restart_when_ready(&myself).await?,
         }
         Ok(())
     }

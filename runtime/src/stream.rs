@@ -141,25 +141,7 @@ impl Env {
             .iter()
             .map(|p| Arc::new(OperatorCounters::new(*p)))
             .collect();
-        let mut chain_of = vec![0; graph.nodes.len()];
-        for c in &plan.chains {
-            for &n in &c.nodes {
-                chain_of[n] = c.id;
-            }
-        }
-        let operators: Vec<OperatorInfo> = graph
-            .nodes
-            .iter()
-            .zip(&counters)
-            .zip(&plan.node_parallelism)
-            .zip(&chain_of)
-            .map(|(((n, c), p), chain)| OperatorInfo {
-                name: n.name.clone(),
-                parallelism: *p,
-                chain: *chain,
-                counters: c.clone(),
-            })
-            .collect();
+        let operators = operator_infos(&graph, &plan, &counters);
         let io: Vec<Arc<crate::metrics::SubtaskIo>> =
             (0..plan.num_subtasks()).map(|_| Arc::default()).collect();
         // The REST server (when configured) is up before the job starts, so
@@ -170,47 +152,12 @@ impl Env {
         crate::checkpoint::store::configure(crate::checkpoint::store::S3Settings::from_conf(
             &self.conf,
         ));
-        let recovery = self.conf.get(&options::RECOVERY_PATH);
-        let claim = self
-            .conf
-            .get(&options::RECOVERY_CLAIM_MODE)
-            .eq_ignore_ascii_case("CLAIM");
-        let mut claimed = None;
-        let (restore, restored_from, first_id) = if recovery.is_empty() {
-            (None, None, 1)
-        } else {
-            let loaded = storage::resolve_restore(std::path::Path::new(&recovery))?;
-            let id = loaded.metadata.checkpoint_id;
-            let kind = if loaded.metadata.is_savepoint {
-                "savepoint"
-            } else {
-                "checkpoint"
-            };
-            let old_parallelism: std::collections::BTreeMap<&str, usize> = loaded
-                .states
-                .iter()
-                .map(|s| (s.chain.as_str(), s.parallelism))
-                .collect();
-            tracing::info!(
-                path = %loaded.dir.display(),
-                id,
-                kind,
-                job = %loaded.metadata.job_id,
-                claim_mode = if claim { "CLAIM" } else { "NO_CLAIM" },
-                ?old_parallelism,
-                "restoring from a {kind}"
-            );
-            if claim && loaded.metadata.is_savepoint {
-                tracing::warn!(path = %loaded.dir.display(), "CLAIM mode on a savepoint: savepoints are never deleted by weir, so it is left as it is");
-            } else if claim {
-                claimed = Some(loaded.dir.clone());
-            }
-            (
-                Some(restore::assign(&loaded, &plan)?),
-                Some((loaded.dir.clone(), id)),
-                id + 1,
-            )
-        };
+        let RestoreStart {
+            restore,
+            restored_from,
+            first_id,
+            claimed,
+        } = restore_start(&self.conf, &plan)?;
         let stats = Arc::new(std::sync::Mutex::new(Vec::new()));
         let counts: Arc<crate::checkpoint::CheckpointCounts> = Arc::default();
         let checkpoint_cfg = cfg.enabled().then(|| cfg.clone());
@@ -326,6 +273,96 @@ impl Env {
             rest,
         })
     }
+}
+
+/// Where a job starts: from nothing, or restored from the checkpoint or
+/// savepoint at `execution.state-recovery.path`.
+struct RestoreStart {
+    /// The subtasks' restore data, `[chain][subtask]`.
+    restore: Option<Vec<Vec<crate::checkpoint::SubtaskRestore>>>,
+    /// The directory restored from and its checkpoint id.
+    restored_from: Option<(std::path::PathBuf, u64)>,
+    /// The id of the job's first checkpoint.
+    first_id: u64,
+    /// A checkpoint restored in CLAIM mode: the job owns it now.
+    claimed: Option<std::path::PathBuf>,
+}
+
+/// Reads and maps the checkpoint to restore from, if the configuration names one.
+fn restore_start(conf: &Conf, plan: &JobPlan) -> Result<RestoreStart> {
+    let recovery = conf.get(&options::RECOVERY_PATH);
+    let claim = conf
+        .get(&options::RECOVERY_CLAIM_MODE)
+        .eq_ignore_ascii_case("CLAIM");
+    if recovery.is_empty() {
+        return Ok(RestoreStart {
+            restore: None,
+            restored_from: None,
+            first_id: 1,
+            claimed: None,
+        });
+    }
+    let loaded = storage::resolve_restore(std::path::Path::new(&recovery))?;
+    let mut claimed = None;
+    let id = loaded.metadata.checkpoint_id;
+    let kind = if loaded.metadata.is_savepoint {
+        "savepoint"
+    } else {
+        "checkpoint"
+    };
+    let old_parallelism: std::collections::BTreeMap<&str, usize> = loaded
+        .states
+        .iter()
+        .map(|s| (s.chain.as_str(), s.parallelism))
+        .collect();
+    tracing::info!(
+        path = %loaded.dir.display(),
+        id,
+        kind,
+        job = %loaded.metadata.job_id,
+        claim_mode = if claim { "CLAIM" } else { "NO_CLAIM" },
+        ?old_parallelism,
+        "restoring from a {kind}"
+    );
+    if claim && loaded.metadata.is_savepoint {
+        tracing::warn!(path = %loaded.dir.display(), "CLAIM mode on a savepoint: savepoints are never deleted by weir, so it is left as it is");
+    } else if claim {
+        claimed = Some(loaded.dir.clone());
+    }
+    Ok(RestoreStart {
+        restore: Some(restore::assign(&loaded, plan)?),
+        restored_from: Some((loaded.dir.clone(), id)),
+        first_id: id + 1,
+        claimed,
+    })
+}
+
+/// The operators of `graph` as the metrics see them: name, parallelism,
+/// chain and record counters.
+fn operator_infos(
+    graph: &StreamGraph,
+    plan: &JobPlan,
+    counters: &[Arc<OperatorCounters>],
+) -> Vec<OperatorInfo> {
+    let mut chain_of = vec![0; graph.nodes.len()];
+    for c in &plan.chains {
+        for &n in &c.nodes {
+            chain_of[n] = c.id;
+        }
+    }
+    graph
+        .nodes
+        .iter()
+        .zip(counters)
+        .zip(&plan.node_parallelism)
+        .zip(&chain_of)
+        .map(|(((n, c), p), chain)| OperatorInfo {
+            name: n.name.clone(),
+            parallelism: *p,
+            chain: *chain,
+            counters: c.clone(),
+        })
+        .collect()
 }
 
 /// The user's function object that every subtask gets a clone of. Kept

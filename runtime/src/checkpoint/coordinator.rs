@@ -209,6 +209,158 @@ pub(crate) struct CoordState {
 pub(crate) struct Coordinator;
 
 impl CoordState {
+    /// `Start`: the subtasks of the first attempt; starts the trigger clock.
+    fn on_start(&mut self, myself: &ActorRef<CoordMsg>, tasks: Vec<TaskRef>) {
+        self.tasks = tasks;
+        // Subtasks that finished before the coordinator started.
+        if self.finished.len() == self.tasks.len() && self.final_id.is_none() {
+            self.trigger(myself, true);
+        }
+        if let Some(interval) = self.args.cfg.interval {
+            // A thread of its own: busy subtask loops on the runtime's
+            // workers must not delay the trigger clock.
+            let me = myself.clone();
+            let _ = std::thread::Builder::new()
+                .name("weir-checkpoint-timer".into())
+                .spawn(move || loop {
+                    std::thread::sleep(interval);
+                    if me.cast(CoordMsg::Tick).is_err() {
+                        break;
+                    }
+                });
+        }
+    }
+
+    /// `RegionDown`: a region failed; what is in flight is aborted and
+    /// nothing is triggered until it is back.
+    fn on_region_down(&mut self, tasks: Vec<usize>) -> Result<(), Error> {
+        self.down.extend(tasks.iter().copied());
+        for t in &tasks {
+            self.finished.remove(t);
+        }
+        // A final checkpoint (pending or even complete) no longer covers
+        // the region: a new one follows when its subtasks finish again.
+        self.final_id = None;
+        for id in self.pending.keys().copied().collect::<Vec<_>>() {
+            self.abort(id, "a region failed", false)?;
+        }
+        Ok(())
+    }
+
+    /// `RegionUp`: the region's new subtasks replace the old ones.
+    fn on_region_up(&mut self, myself: &ActorRef<CoordMsg>, tasks: Vec<(usize, TaskRef)>) {
+        for (i, t) in tasks {
+            self.down.remove(&i);
+            // The new actor may have finished before this message
+            // arrived (a source restored at its end finishes at once).
+            if self.early_finished.remove(&i) == Some(t.actor.get_id()) {
+                self.finished.insert(i);
+            }
+            if let Some(slot) = self.tasks.get_mut(i) {
+                *slot = t;
+            }
+        }
+        if !self.tasks.is_empty()
+            && self.down.is_empty()
+            && self.finished.len() == self.tasks.len()
+            && self.final_id.is_none()
+        {
+            self.trigger(myself, true);
+        }
+    }
+
+    /// `Ack`: a subtask acknowledged a checkpoint with its state handle; the
+    /// last acknowledgement completes it.
+    async fn on_ack(&mut self, ack: Ack) -> Result<(), Error> {
+        let Ack {
+            id,
+            task,
+            from,
+            handle,
+            stats,
+            phases,
+        } = ack;
+        let current = self.is_current(task, from);
+        match self.pending.get_mut(&id) {
+            Some(p) if current => {
+                let observers = &self.args.shared.observers;
+                if !observers.is_empty() {
+                    let mode = self.args.cfg.barrier_mode();
+                    observers.subtask_acked(id, mode, task, &stats, &phases, Instant::now());
+                }
+                p.acks.insert(task, (handle, stats.clone()));
+                let n = p.acks.len();
+                // Each acknowledgement is visible at once (the REST
+                // API's timeline of a checkpoint in progress).
+                self.record(id, |s| {
+                    s.num_acknowledged_subtasks = n;
+                    s.latest_ack_timestamp = s.latest_ack_timestamp.max(stats.ack_timestamp);
+                    s.subtasks.push(stats);
+                });
+                if n == self.tasks.len() {
+                    self.complete(id).await?;
+                }
+            }
+            _ if self.aborted.contains(&id) => {
+                self.args.storage.discard(id);
+                self.note_aborted_shared(id, std::slice::from_ref(&handle));
+                self.apply_retention();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `TaskFinished`: a subtask's input ended; when all have, the final
+    /// checkpoint is triggered.
+    fn on_task_finished(
+        &mut self,
+        myself: &ActorRef<CoordMsg>,
+        task: usize,
+        from: ractor::ActorId,
+    ) {
+        // Before `Start` no restart can have happened: the report is current.
+        if !self.tasks.is_empty() && !self.is_current(task, from) {
+            if self.down.contains(&task) {
+                // Perhaps the restarted actor, ahead of its `RegionUp`.
+                self.early_finished.insert(task, from);
+            }
+            return;
+        }
+        self.finished.insert(task);
+        if self.finished.len() == self.tasks.len() && self.final_id.is_none() {
+            self.trigger(myself, true);
+        }
+    }
+
+    /// `Shutdown`: the job ended; requests are answered, what is in flight
+    /// is aborted, and retention applies (`end` decides what is kept).
+    fn on_shutdown(&mut self, myself: &ActorRef<CoordMsg>, end: JobEnd) {
+        self.args.storage.release();
+        for r in self.savepoint_requests.drain(..) {
+            let _ = r
+                .reply
+                .send(Err(SavepointError::NotRunning("it has ended".into())));
+        }
+        for id in self.savepoints.keys().copied().collect::<Vec<_>>() {
+            let _ = self.abort(id, "the job ended", false);
+        }
+        match end {
+            // A finished job keeps its final checkpoint (and what
+            // num-retained keeps): a restart after the end, e.g. by a
+            // supervisor that missed the exit, restores the end state
+            // and emits nothing twice.
+            JobEnd::Finished => {}
+            JobEnd::Cancelled if !self.args.cfg.retain_on_cancel => self.args.storage.discard_all(),
+            _ => {
+                for id in self.pending.keys().copied().collect::<Vec<_>>() {
+                    let _ = self.abort(id, "job ended", false);
+                }
+            }
+        }
+        myself.stop(None);
+    }
+
     fn record(&self, id: u64, f: impl FnOnce(&mut CheckpointStats)) {
         let mut all = self.args.stats.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = all.iter_mut().rev().find(|s| s.id == id) {
@@ -688,58 +840,9 @@ impl Actor for Coordinator {
     ) -> Result<(), ActorProcessingErr> {
         let outcome: Result<(), Error> = async {
             match msg {
-                CoordMsg::Start(tasks) => {
-                    state.tasks = tasks;
-                    // Subtasks that finished before the coordinator started.
-                    if state.finished.len() == state.tasks.len() && state.final_id.is_none() {
-                        state.trigger(&myself, true);
-                    }
-                    if let Some(interval) = state.args.cfg.interval {
-                        // A thread of its own: busy subtask loops on the runtime's
-                        // workers must not delay the trigger clock.
-                        let me = myself.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("weir-checkpoint-timer".into())
-                            .spawn(move || loop {
-                                std::thread::sleep(interval);
-                                if me.cast(CoordMsg::Tick).is_err() {
-                                    break;
-                                }
-                            });
-                    }
-                }
-                CoordMsg::RegionDown(tasks) => {
-                    state.down.extend(tasks.iter().copied());
-                    for t in &tasks {
-                        state.finished.remove(t);
-                    }
-                    // A final checkpoint (pending or even complete) no longer covers
-                    // the region: a new one follows when its subtasks finish again.
-                    state.final_id = None;
-                    for id in state.pending.keys().copied().collect::<Vec<_>>() {
-                        state.abort(id, "a region failed", false)?;
-                    }
-                }
-                CoordMsg::RegionUp(tasks) => {
-                    for (i, t) in tasks {
-                        state.down.remove(&i);
-                        // The new actor may have finished before this message
-                        // arrived (a source restored at its end finishes at once).
-                        if state.early_finished.remove(&i) == Some(t.actor.get_id()) {
-                            state.finished.insert(i);
-                        }
-                        if let Some(slot) = state.tasks.get_mut(i) {
-                            *slot = t;
-                        }
-                    }
-                    if !state.tasks.is_empty()
-                        && state.down.is_empty()
-                        && state.finished.len() == state.tasks.len()
-                        && state.final_id.is_none()
-                    {
-                        state.trigger(&myself, true);
-                    }
-                }
+                CoordMsg::Start(tasks) => state.on_start(&myself, tasks),
+                CoordMsg::RegionDown(tasks) => state.on_region_down(tasks)?,
+                CoordMsg::RegionUp(tasks) => state.on_region_up(&myself, tasks),
                 CoordMsg::Tick => {
                     if state.may_trigger() {
                         state.trigger(&myself, false);
@@ -747,52 +850,7 @@ impl Actor for Coordinator {
                 }
                 CoordMsg::TriggerNow(reply) => state.requested.push(reply),
                 CoordMsg::TriggerSavepoint(req) => state.savepoint_requests.push_back(req),
-                CoordMsg::Ack(ack) => {
-                    let Ack {
-                        id,
-                        task,
-                        from,
-                        handle,
-                        stats,
-                        phases,
-                    } = *ack;
-                    let current = state.is_current(task, from);
-                    match state.pending.get_mut(&id) {
-                        Some(p) if current => {
-                            let observers = &state.args.shared.observers;
-                            if !observers.is_empty() {
-                                let mode = state.args.cfg.barrier_mode();
-                                observers.subtask_acked(
-                                    id,
-                                    mode,
-                                    task,
-                                    &stats,
-                                    &phases,
-                                    Instant::now(),
-                                );
-                            }
-                            p.acks.insert(task, (handle, stats.clone()));
-                            let n = p.acks.len();
-                            // Each acknowledgement is visible at once (the REST
-                            // API's timeline of a checkpoint in progress).
-                            state.record(id, |s| {
-                                s.num_acknowledged_subtasks = n;
-                                s.latest_ack_timestamp =
-                                    s.latest_ack_timestamp.max(stats.ack_timestamp);
-                                s.subtasks.push(stats);
-                            });
-                            if n == state.tasks.len() {
-                                state.complete(id).await?;
-                            }
-                        }
-                        _ if state.aborted.contains(&id) => {
-                            state.args.storage.discard(id);
-                            state.note_aborted_shared(id, std::slice::from_ref(&handle));
-                            state.apply_retention();
-                        }
-                        _ => {}
-                    }
-                }
+                CoordMsg::Ack(ack) => state.on_ack(*ack).await?,
                 CoordMsg::Decline {
                     id,
                     task,
@@ -820,50 +878,11 @@ impl Actor for Coordinator {
                         )?;
                     }
                 }
-                CoordMsg::TaskFinished(task, from) => {
-                    // Before `Start` no restart can have happened: the report is current.
-                    if !state.tasks.is_empty() && !state.is_current(task, from) {
-                        if state.down.contains(&task) {
-                            // Perhaps the restarted actor, ahead of its `RegionUp`.
-                            state.early_finished.insert(task, from);
-                        }
-                        return Ok(());
-                    }
-                    state.finished.insert(task);
-                    if state.finished.len() == state.tasks.len() && state.final_id.is_none() {
-                        state.trigger(&myself, true);
-                    }
-                }
+                CoordMsg::TaskFinished(task, from) => state.on_task_finished(&myself, task, from),
                 CoordMsg::LatestCompleted(reply) => {
                     let _ = reply.send(state.latest);
                 }
-                CoordMsg::Shutdown(end) => {
-                    state.args.storage.release();
-                    for r in state.savepoint_requests.drain(..) {
-                        let _ = r
-                            .reply
-                            .send(Err(SavepointError::NotRunning("it has ended".into())));
-                    }
-                    for id in state.savepoints.keys().copied().collect::<Vec<_>>() {
-                        let _ = state.abort(id, "the job ended", false);
-                    }
-                    match end {
-                        // A finished job keeps its final checkpoint (and what
-                        // num-retained keeps): a restart after the end, e.g. by a
-                        // supervisor that missed the exit, restores the end state
-                        // and emits nothing twice.
-                        JobEnd::Finished => {}
-                        JobEnd::Cancelled if !state.args.cfg.retain_on_cancel => {
-                            state.args.storage.discard_all()
-                        }
-                        _ => {
-                            for id in state.pending.keys().copied().collect::<Vec<_>>() {
-                                let _ = state.abort(id, "job ended", false);
-                            }
-                        }
-                    }
-                    myself.stop(None);
-                }
+                CoordMsg::Shutdown(end) => state.on_shutdown(&myself, end),
             }
             Ok(())
         }

@@ -521,181 +521,196 @@ pub fn prometheus_text(jobs: &[JobMetrics]) -> String {
             label(&j.job_id),
             label(&j.job_name)
         );
-        let opt = |v: Option<u64>| v.map_or(-1.0, |v| v as f64);
-        f.add(
-            "weir_job_uptime",
-            "gauge",
-            "milliseconds since the job started",
-            &job,
-            j.uptime_ms as f64,
-        );
-        f.add(
-            "weir_job_numRestarts",
-            "counter",
-            "restarts after failures",
-            &job,
-            j.num_restarts as f64,
-        );
-        f.add(
-            "weir_job_lastCheckpointDuration",
-            "gauge",
-            "trigger to completion of the latest completed checkpoint, ms (-1: none yet)",
-            &job,
-            opt(j.last_checkpoint_duration),
-        );
-        f.add(
-            "weir_job_lastCheckpointSize",
-            "gauge",
-            "bytes written by the latest completed checkpoint (-1: none yet)",
-            &job,
-            opt(j.last_checkpoint_size),
-        );
-        f.add(
-            "weir_job_lastCheckpointFullSize",
-            "gauge",
-            "full state size of the latest completed checkpoint, bytes (-1: none yet)",
-            &job,
-            opt(j.last_checkpoint_full_size),
-        );
-        f.add(
-            "weir_job_lastCompletedCheckpointId",
-            "gauge",
-            "id of the latest completed checkpoint (-1: none yet)",
-            &job,
-            opt(j.last_completed_checkpoint_id),
-        );
-        f.add(
-            "weir_job_lastCheckpointRestoreTimestamp",
-            "gauge",
-            "when the job last restored from a checkpoint, ms since the epoch (-1: never)",
-            &job,
-            opt(j.last_checkpoint_restore_timestamp),
-        );
-        f.add(
-            "weir_job_numberOfCompletedCheckpoints",
-            "counter",
-            "completed checkpoints",
-            &job,
-            j.number_of_completed_checkpoints as f64,
-        );
-        f.add(
-            "weir_job_numberOfFailedCheckpoints",
-            "counter",
-            "failed checkpoints",
-            &job,
-            j.number_of_failed_checkpoints as f64,
-        );
-        f.add(
-            "weir_job_numberOfInProgressCheckpoints",
-            "gauge",
-            "checkpoints in progress",
-            &job,
-            j.number_of_in_progress_checkpoints as f64,
-        );
-        f.add(
-            "weir_job_totalNumberOfCheckpoints",
-            "counter",
-            "checkpoints triggered",
-            &job,
-            j.total_number_of_checkpoints as f64,
-        );
-        for op in &j.operators {
-            for s in &op.subtasks {
-                let l = format!(
-                    "{job},operator_name=\"{}\",subtask_index=\"{}\"",
-                    label(&op.name),
-                    s.index
-                );
-                f.add(
-                    "weir_operator_numRecordsIn",
-                    "counter",
-                    "records that entered the operator",
-                    &l,
-                    s.num_records_in as f64,
-                );
-                f.add(
-                    "weir_operator_numRecordsOut",
-                    "counter",
-                    "records the operator emitted",
-                    &l,
-                    s.num_records_out as f64,
-                );
-                f.add(
-                    "weir_operator_numRecordsInPerSecond",
-                    "gauge",
-                    "records in per second over the last second",
-                    &l,
-                    s.num_records_in_per_second,
-                );
-                f.add(
-                    "weir_operator_numRecordsOutPerSecond",
-                    "gauge",
-                    "records out per second over the last second",
-                    &l,
-                    s.num_records_out_per_second,
-                );
-            }
-        }
-        for t in &j.tasks {
-            for s in &t.subtasks {
-                let l = format!(
-                    "{job},task_name=\"{}\",subtask_index=\"{}\"",
-                    label(&t.name),
-                    s.index
-                );
-                f.add(
-                    "weir_task_backPressuredTimeMsPerSecond",
-                    "gauge",
-                    "ms per second spent waiting for space on an output",
-                    &l,
-                    s.back_pressured_time_ms_per_second,
-                );
-                f.add(
-                    "weir_task_idleTimeMsPerSecond",
-                    "gauge",
-                    "ms per second spent waiting for input",
-                    &l,
-                    s.idle_time_ms_per_second,
-                );
-                f.add(
-                    "weir_task_busyTimeMsPerSecond",
-                    "gauge",
-                    "ms per second neither idle nor back-pressured",
-                    &l,
-                    s.busy_time_ms_per_second,
-                );
-                f.add(
-                    "weir_task_isBackPressured",
-                    "gauge",
-                    "1 while the subtask waits for space on an output",
-                    &l,
-                    f64::from(u8::from(s.is_back_pressured)),
-                );
-                f.add(
-                    "weir_task_outPoolUsage",
-                    "gauge",
-                    "queued batches / capacity of the fullest output channel",
-                    &l,
-                    s.out_pool_usage,
-                );
-                f.add(
-                    "weir_task_inPoolUsage",
-                    "gauge",
-                    "queued batches / capacity of the fullest input channel",
-                    &l,
-                    s.in_pool_usage,
-                );
-                f.add(
-                    "weir_task_checkpointAlignmentTime",
-                    "gauge",
-                    "barrier alignment of the latest completed checkpoint, ns",
-                    &l,
-                    s.checkpoint_alignment_time as f64,
-                );
-            }
-        }
+        add_job(&mut f, j, &job);
+        add_operator_subtasks(&mut f, j, &job);
+        add_task_subtasks(&mut f, j, &job);
     }
     f.render()
+}
+
+/// The job-level families (`weir_job_*`) of `j`, labelled `job`.
+fn add_job(f: &mut Families, j: &JobMetrics, job: &str) {
+    let opt = |v: Option<u64>| v.map_or(-1.0, |v| v as f64);
+    f.add(
+        "weir_job_uptime",
+        "gauge",
+        "milliseconds since the job started",
+        job,
+        j.uptime_ms as f64,
+    );
+    f.add(
+        "weir_job_numRestarts",
+        "counter",
+        "restarts after failures",
+        job,
+        j.num_restarts as f64,
+    );
+    f.add(
+        "weir_job_lastCheckpointDuration",
+        "gauge",
+        "trigger to completion of the latest completed checkpoint, ms (-1: none yet)",
+        job,
+        opt(j.last_checkpoint_duration),
+    );
+    f.add(
+        "weir_job_lastCheckpointSize",
+        "gauge",
+        "bytes written by the latest completed checkpoint (-1: none yet)",
+        job,
+        opt(j.last_checkpoint_size),
+    );
+    f.add(
+        "weir_job_lastCheckpointFullSize",
+        "gauge",
+        "full state size of the latest completed checkpoint, bytes (-1: none yet)",
+        job,
+        opt(j.last_checkpoint_full_size),
+    );
+    f.add(
+        "weir_job_lastCompletedCheckpointId",
+        "gauge",
+        "id of the latest completed checkpoint (-1: none yet)",
+        job,
+        opt(j.last_completed_checkpoint_id),
+    );
+    f.add(
+        "weir_job_lastCheckpointRestoreTimestamp",
+        "gauge",
+        "when the job last restored from a checkpoint, ms since the epoch (-1: never)",
+        job,
+        opt(j.last_checkpoint_restore_timestamp),
+    );
+    f.add(
+        "weir_job_numberOfCompletedCheckpoints",
+        "counter",
+        "completed checkpoints",
+        job,
+        j.number_of_completed_checkpoints as f64,
+    );
+    f.add(
+        "weir_job_numberOfFailedCheckpoints",
+        "counter",
+        "failed checkpoints",
+        job,
+        j.number_of_failed_checkpoints as f64,
+    );
+    f.add(
+        "weir_job_numberOfInProgressCheckpoints",
+        "gauge",
+        "checkpoints in progress",
+        job,
+        j.number_of_in_progress_checkpoints as f64,
+    );
+    f.add(
+        "weir_job_totalNumberOfCheckpoints",
+        "counter",
+        "checkpoints triggered",
+        job,
+        j.total_number_of_checkpoints as f64,
+    );
+}
+
+/// The per-operator-subtask families (`weir_operator_*`).
+fn add_operator_subtasks(f: &mut Families, j: &JobMetrics, job: &str) {
+    for op in &j.operators {
+        for s in &op.subtasks {
+            let l = format!(
+                "{job},operator_name=\"{}\",subtask_index=\"{}\"",
+                label(&op.name),
+                s.index
+            );
+            f.add(
+                "weir_operator_numRecordsIn",
+                "counter",
+                "records that entered the operator",
+                &l,
+                s.num_records_in as f64,
+            );
+            f.add(
+                "weir_operator_numRecordsOut",
+                "counter",
+                "records the operator emitted",
+                &l,
+                s.num_records_out as f64,
+            );
+            f.add(
+                "weir_operator_numRecordsInPerSecond",
+                "gauge",
+                "records in per second over the last second",
+                &l,
+                s.num_records_in_per_second,
+            );
+            f.add(
+                "weir_operator_numRecordsOutPerSecond",
+                "gauge",
+                "records out per second over the last second",
+                &l,
+                s.num_records_out_per_second,
+            );
+        }
+    }
+}
+
+/// The per-task-subtask families (`weir_task_*`; a task is a chain).
+fn add_task_subtasks(f: &mut Families, j: &JobMetrics, job: &str) {
+    for t in &j.tasks {
+        for s in &t.subtasks {
+            let l = format!(
+                "{job},task_name=\"{}\",subtask_index=\"{}\"",
+                label(&t.name),
+                s.index
+            );
+            f.add(
+                "weir_task_backPressuredTimeMsPerSecond",
+                "gauge",
+                "ms per second spent waiting for space on an output",
+                &l,
+                s.back_pressured_time_ms_per_second,
+            );
+            f.add(
+                "weir_task_idleTimeMsPerSecond",
+                "gauge",
+                "ms per second spent waiting for input",
+                &l,
+                s.idle_time_ms_per_second,
+            );
+            f.add(
+                "weir_task_busyTimeMsPerSecond",
+                "gauge",
+                "ms per second neither idle nor back-pressured",
+                &l,
+                s.busy_time_ms_per_second,
+            );
+            f.add(
+                "weir_task_isBackPressured",
+                "gauge",
+                "1 while the subtask waits for space on an output",
+                &l,
+                f64::from(u8::from(s.is_back_pressured)),
+            );
+            f.add(
+                "weir_task_outPoolUsage",
+                "gauge",
+                "queued batches / capacity of the fullest output channel",
+                &l,
+                s.out_pool_usage,
+            );
+            f.add(
+                "weir_task_inPoolUsage",
+                "gauge",
+                "queued batches / capacity of the fullest input channel",
+                &l,
+                s.in_pool_usage,
+            );
+            f.add(
+                "weir_task_checkpointAlignmentTime",
+                "gauge",
+                "barrier alignment of the latest completed checkpoint, ns",
+                &l,
+                s.checkpoint_alignment_time as f64,
+            );
+        }
+    }
 }
 
 #[cfg(test)]

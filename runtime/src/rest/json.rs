@@ -74,130 +74,14 @@ pub(crate) fn job_details(core: &JobCore) -> Value {
     let m = core.metrics();
     let status = core.status();
     let max_p = core.conf.get(&crate::config::options::MAX_PARALLELISM);
+    // Subtask indices among all of the job's subtasks start at `offset`.
     let mut offset = 0;
     let mut vertices = Vec::new();
     for (c, chain) in core.plan.chains.iter().enumerate() {
-        let ops: Vec<&crate::metrics::OperatorMetricsSnapshot> =
-            m.operators.iter().filter(|o| o.task == c).collect();
-        let head = ops.first();
-        let tail = ops.last();
-        let task = m.tasks.get(c);
-        let io =
-            &core.io[offset.min(core.io.len())..(offset + chain.parallelism).min(core.io.len())];
+        vertices.push(vertex(core, &m, (c, chain), offset, max_p));
         offset += chain.parallelism;
-        let bp_ms: u64 = io.iter().map(|i| i.back_pressured_ns() / 1_000_000).sum();
-        let idle_ms: u64 = io.iter().map(|i| i.idle_ns() / 1_000_000).sum();
-        let busy_ms = (duration(core) * chain.parallelism as u64).saturating_sub(bp_ms + idle_ms);
-        // Records into the chain: its head's input (a source reads none).
-        let is_source = core.plan.channels.iter().all(|e| e.to_chain != c);
-        let read = if is_source {
-            0
-        } else {
-            head.map_or(0, |h| h.num_records_in)
-        };
-        let written = tail.map_or(0, |t| t.num_records_out);
-        let subtasks: Vec<Value> = task
-            .map(|t| {
-                t.subtasks
-                    .iter()
-                    .map(|s| {
-                        json!({
-                            "subtask": s.index,
-                            "status": vertex_state(status),
-                            "backPressuredTimeMsPerSecond": s.back_pressured_time_ms_per_second,
-                            "idleTimeMsPerSecond": s.idle_time_ms_per_second,
-                            "busyTimeMsPerSecond": s.busy_time_ms_per_second,
-                            "isBackPressured": s.is_back_pressured,
-                            "backpressure-level": s.backpressure_level,
-                            "outPoolUsage": s.out_pool_usage,
-                            "inPoolUsage": s.in_pool_usage,
-                            "checkpointAlignmentTime": s.checkpoint_alignment_time,
-                            "numRecordsInPerSecond": head.and_then(|h| h.subtasks.get(s.index)).map_or(0.0, |x| if is_source { 0.0 } else { x.num_records_in_per_second }),
-                            "numRecordsOutPerSecond": tail.and_then(|h| h.subtasks.get(s.index)).map_or(0.0, |x| x.num_records_out_per_second),
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let operators: Vec<Value> = ops
-            .iter()
-            .map(|o| {
-                json!({
-                    "name": o.name,
-                    "parallelism": o.parallelism,
-                    "numRecordsIn": o.num_records_in,
-                    "numRecordsOut": o.num_records_out,
-                    "numRecordsInPerSecond": o.num_records_in_per_second,
-                    "numRecordsOutPerSecond": o.num_records_out_per_second,
-                    "subtasks": o.subtasks.iter().map(|s| json!({
-                        "subtask": s.index,
-                        "numRecordsIn": s.num_records_in,
-                        "numRecordsOut": s.num_records_out,
-                        "numRecordsInPerSecond": s.num_records_in_per_second,
-                        "numRecordsOutPerSecond": s.num_records_out_per_second,
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        vertices.push(json!({
-            "id": vertex_id(&core.job_id, c),
-            "index": c,
-            "name": chain.name(),
-            "maxParallelism": max_p,
-            "parallelism": chain.parallelism,
-            "status": vertex_state(status),
-            "start-time": core.start_ms,
-            "end-time": end_time(core),
-            "duration": duration(core),
-            "tasks": tasks_of(status, chain.parallelism),
-            "metrics": {
-                "read-bytes": 0, "read-bytes-complete": false,
-                "write-bytes": 0, "write-bytes-complete": false,
-                "read-records": read, "read-records-complete": true,
-                "write-records": written, "write-records-complete": true,
-                "accumulated-backpressured-time": bp_ms,
-                "accumulated-idle-time": idle_ms,
-                "accumulated-busy-time": busy_ms,
-            },
-            "numRecordsInPerSecond": if is_source { 0.0 } else { head.map_or(0.0, |h| h.num_records_in_per_second) },
-            "numRecordsOutPerSecond": tail.map_or(0.0, |t| t.num_records_out_per_second),
-            "backpressure-level": task.map_or("ok", |t| t.backpressure_level),
-            "operators": operators,
-            "subtasks": subtasks,
-        }));
     }
-    let nodes: Vec<Value> = core
-        .plan
-        .chains
-        .iter()
-        .enumerate()
-        .map(|(c, chain)| {
-            let inputs: Vec<Value> = core
-                .plan
-                .channels
-                .iter()
-                .filter(|e| e.to_chain == c)
-                .enumerate()
-                .map(|(num, e)| {
-                    json!({
-                        "num": num,
-                        "id": vertex_id(&core.job_id, e.from_chain),
-                        "ship_strategy": e.ship.to_string(),
-                        "exchange": "pipelined_bounded",
-                    })
-                })
-                .collect();
-            json!({
-                "id": vertex_id(&core.job_id, c),
-                "parallelism": chain.parallelism,
-                "operator": "",
-                "operator_strategy": "",
-                "description": chain.name(),
-                "inputs": inputs,
-                "optimizer_properties": {},
-            })
-        })
-        .collect();
+    let nodes = plan_nodes(core);
     let timestamps: serde_json::Map<String, Value> = core
         .lifecycle
         .timestamps()
@@ -227,6 +111,139 @@ pub(crate) fn job_details(core: &JobCore) -> Value {
         "numRestarts": m.num_restarts,
         "checkpointing": core.checkpoint_cfg.is_some(),
     })
+}
+
+/// One vertex (chain) `c` of `/jobs/:id`, whose first subtask has index
+/// `offset` among all of the job's subtasks.
+fn vertex(
+    core: &JobCore,
+    m: &crate::metrics::JobMetrics,
+    (c, chain): (usize, &crate::graph::ChainPlan),
+    offset: usize,
+    max_p: usize,
+) -> Value {
+    let status = core.status();
+    let ops: Vec<&crate::metrics::OperatorMetricsSnapshot> =
+        m.operators.iter().filter(|o| o.task == c).collect();
+    let head = ops.first();
+    let tail = ops.last();
+    let task = m.tasks.get(c);
+    let io = &core.io[offset.min(core.io.len())..(offset + chain.parallelism).min(core.io.len())];
+    let bp_ms: u64 = io.iter().map(|i| i.back_pressured_ns() / 1_000_000).sum();
+    let idle_ms: u64 = io.iter().map(|i| i.idle_ns() / 1_000_000).sum();
+    let busy_ms = (duration(core) * chain.parallelism as u64).saturating_sub(bp_ms + idle_ms);
+    // Records into the chain: its head's input (a source reads none).
+    let is_source = core.plan.channels.iter().all(|e| e.to_chain != c);
+    let read = if is_source {
+        0
+    } else {
+        head.map_or(0, |h| h.num_records_in)
+    };
+    let written = tail.map_or(0, |t| t.num_records_out);
+    let subtasks: Vec<Value> = task
+        .map(|t| {
+            t.subtasks
+                .iter()
+                .map(|s| {
+                    json!({
+                        "subtask": s.index,
+                        "status": vertex_state(status),
+                        "backPressuredTimeMsPerSecond": s.back_pressured_time_ms_per_second,
+                        "idleTimeMsPerSecond": s.idle_time_ms_per_second,
+                        "busyTimeMsPerSecond": s.busy_time_ms_per_second,
+                        "isBackPressured": s.is_back_pressured,
+                        "backpressure-level": s.backpressure_level,
+                        "outPoolUsage": s.out_pool_usage,
+                        "inPoolUsage": s.in_pool_usage,
+                        "checkpointAlignmentTime": s.checkpoint_alignment_time,
+                        "numRecordsInPerSecond": head.and_then(|h| h.subtasks.get(s.index)).map_or(0.0, |x| if is_source { 0.0 } else { x.num_records_in_per_second }),
+                        "numRecordsOutPerSecond": tail.and_then(|h| h.subtasks.get(s.index)).map_or(0.0, |x| x.num_records_out_per_second),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let operators: Vec<Value> = ops
+        .iter()
+        .map(|o| {
+            json!({
+                "name": o.name,
+                "parallelism": o.parallelism,
+                "numRecordsIn": o.num_records_in,
+                "numRecordsOut": o.num_records_out,
+                "numRecordsInPerSecond": o.num_records_in_per_second,
+                "numRecordsOutPerSecond": o.num_records_out_per_second,
+                "subtasks": o.subtasks.iter().map(|s| json!({
+                    "subtask": s.index,
+                    "numRecordsIn": s.num_records_in,
+                    "numRecordsOut": s.num_records_out,
+                    "numRecordsInPerSecond": s.num_records_in_per_second,
+                    "numRecordsOutPerSecond": s.num_records_out_per_second,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "id": vertex_id(&core.job_id, c),
+        "index": c,
+        "name": chain.name(),
+        "maxParallelism": max_p,
+        "parallelism": chain.parallelism,
+        "status": vertex_state(status),
+        "start-time": core.start_ms,
+        "end-time": end_time(core),
+        "duration": duration(core),
+        "tasks": tasks_of(status, chain.parallelism),
+        "metrics": {
+            "read-bytes": 0, "read-bytes-complete": false,
+            "write-bytes": 0, "write-bytes-complete": false,
+            "read-records": read, "read-records-complete": true,
+            "write-records": written, "write-records-complete": true,
+            "accumulated-backpressured-time": bp_ms,
+            "accumulated-idle-time": idle_ms,
+            "accumulated-busy-time": busy_ms,
+        },
+        "numRecordsInPerSecond": if is_source { 0.0 } else { head.map_or(0.0, |h| h.num_records_in_per_second) },
+        "numRecordsOutPerSecond": tail.map_or(0.0, |t| t.num_records_out_per_second),
+        "backpressure-level": task.map_or("ok", |t| t.backpressure_level),
+        "operators": operators,
+        "subtasks": subtasks,
+    })
+}
+
+/// The `plan` of `/jobs/:id`: Flink's JSON plan, one node per chain.
+fn plan_nodes(core: &JobCore) -> Vec<Value> {
+    core.plan
+        .chains
+        .iter()
+        .enumerate()
+        .map(|(c, chain)| {
+            let inputs: Vec<Value> = core
+                .plan
+                .channels
+                .iter()
+                .filter(|e| e.to_chain == c)
+                .enumerate()
+                .map(|(num, e)| {
+                    json!({
+                        "num": num,
+                        "id": vertex_id(&core.job_id, e.from_chain),
+                        "ship_strategy": e.ship.to_string(),
+                        "exchange": "pipelined_bounded",
+                    })
+                })
+                .collect();
+            json!({
+                "id": vertex_id(&core.job_id, c),
+                "parallelism": chain.parallelism,
+                "operator": "",
+                "operator_strategy": "",
+                "description": chain.name(),
+                "inputs": inputs,
+                "optimizer_properties": {},
+            })
+        })
+        .collect()
 }
 
 /// A vertex's (and its subtasks') state for a job in `status`.

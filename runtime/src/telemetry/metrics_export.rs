@@ -301,11 +301,21 @@ fn with(job: &[KeyValue; 2], operator: &str, index: usize) -> [KeyValue; 4] {
     ]
 }
 
+/// The latest sample, when there is one.
+fn read(latest: &Latest) -> Option<JobMetrics> {
+    latest.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 /// Registers every instrument; their callbacks read `latest`.
 fn register(meter: &Meter, latest: &Latest, job: &[KeyValue; 2]) {
+    register_job(meter, latest, job);
+    register_operator_subtasks(meter, latest, job);
+    register_task_subtasks(meter, latest, job);
+}
+
+/// Job-level gauges and sums (counters).
+fn register_job(meter: &Meter, latest: &Latest, job: &[KeyValue; 2]) {
     type JobU64 = fn(&JobMetrics) -> Option<u64>;
-    let read = |latest: &Latest| latest.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    // Job-level gauges and sums (counters).
     let job_gauges: [(&'static str, &'static str, &'static str, JobU64); 7] = [
         ("uptime", "ms", "time since the job started", |m| {
             Some(m.uptime_ms)
@@ -388,8 +398,10 @@ fn register(meter: &Meter, latest: &Latest, job: &[KeyValue; 2]) {
             })
             .build();
     }
+}
 
-    // Per operator subtask.
+/// Per operator subtask: records in and out, and their rates.
+fn register_operator_subtasks(meter: &Meter, latest: &Latest, job: &[KeyValue; 2]) {
     type OpU64 = fn(&crate::metrics::OperatorSubtaskMetrics) -> u64;
     type OpF64 = fn(&crate::metrics::OperatorSubtaskMetrics) -> f64;
     let op_sums: [(&'static str, &'static str, OpU64); 2] = [
@@ -445,8 +457,11 @@ fn register(meter: &Meter, latest: &Latest, job: &[KeyValue; 2]) {
             })
             .build();
     }
+}
 
-    // Per task (chain) subtask: `weir.operator` is the chain's name.
+/// Per task (chain) subtask: waits, channel usage, alignment;
+/// `weir.operator` is the chain's name.
+fn register_task_subtasks(meter: &Meter, latest: &Latest, job: &[KeyValue; 2]) {
     type TaskF64 = fn(&crate::metrics::TaskSubtaskMetrics) -> f64;
     let task_gauges: [(&'static str, &'static str, &'static str, TaskF64); 7] = [
         (
