@@ -94,6 +94,12 @@ pub(crate) struct LocalExecutor {
 }
 
 impl LocalExecutor {
+    /// Records `cell` as the newest attempt of subtask `index`.
+    fn track(&mut self, index: usize, cell: ActorCell) {
+        self.live.insert(cell.get_id(), (index, cell.clone()));
+        self.current.insert(index, cell);
+    }
+
     /// The end of a subtask actor this executor deployed, from a supervision
     /// event of the supervisor (`None` for events that are not an end, or
     /// not of a subtask).
@@ -136,9 +142,7 @@ impl TaskExecutor for LocalExecutor {
             supervisor.clone(),
         )
         .await?;
-        let cell = actor.get_cell();
-        self.live.insert(cell.get_id(), (index, cell.clone()));
-        self.current.insert(index, cell);
+        self.track(index, actor.get_cell());
         Ok((
             index,
             TaskRef {
@@ -170,5 +174,137 @@ impl TaskExecutor for LocalExecutor {
             }
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor::{ActorProcessingErr, ActorRef};
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+    /// A supervisor that hands every supervision event to the test.
+    struct Supervisor;
+
+    impl Actor for Supervisor {
+        type Msg = ();
+        type State = UnboundedSender<SupervisionEvent>;
+        type Arguments = UnboundedSender<SupervisionEvent>;
+        async fn pre_start(
+            &self,
+            _: ActorRef<()>,
+            tx: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(tx)
+        }
+        async fn handle_supervisor_evt(
+            &self,
+            _: ActorRef<()>,
+            evt: SupervisionEvent,
+            tx: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            let _ = tx.send(evt);
+            Ok(())
+        }
+    }
+
+    /// A stand-in subtask: fails when told to, else runs until stopped.
+    struct Subtask;
+
+    impl Actor for Subtask {
+        type Msg = &'static str;
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+        async fn handle(
+            &self,
+            _: ActorRef<Self::Msg>,
+            failure: Self::Msg,
+            _: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            Err(failure.into())
+        }
+    }
+
+    /// The next end of a subtask, skipping events that are not ends.
+    async fn next_end(
+        exec: &mut LocalExecutor,
+        events: &mut UnboundedReceiver<SupervisionEvent>,
+    ) -> SubtaskEnded {
+        loop {
+            let evt = tokio::time::timeout(std::time::Duration::from_secs(10), events.recv())
+                .await
+                .expect("no supervision event within 10 s")
+                .expect("supervisor gone");
+            if let Some(end) = exec.ended(&evt) {
+                return end;
+            }
+        }
+    }
+
+    /// The executor's contract: each deployed subtask ends once, a kill is
+    /// reported as a kill, a failure with its message, a stop as a normal
+    /// end; stopping or killing an ended subtask reports nothing new.
+    #[tokio::test]
+    async fn every_subtask_ends_once_with_how_it_ended() {
+        let (tx, mut events) = unbounded_channel();
+        let (sup, _) = Actor::spawn(None, Supervisor, tx).await.unwrap();
+        let mut exec = LocalExecutor::default();
+        let mut refs = Vec::new();
+        for index in 0..3 {
+            let (a, _) = Subtask::spawn_linked(None, Subtask, (), sup.get_cell())
+                .await
+                .unwrap();
+            exec.track(index, a.get_cell());
+            refs.push(a);
+        }
+
+        assert!(exec.kill(1));
+        let end = next_end(&mut exec, &mut events).await;
+        assert_eq!(
+            end,
+            SubtaskEnded {
+                task: Some(1),
+                failure: None,
+                killed: true
+            }
+        );
+
+        refs[2].cast("user code failed").unwrap();
+        let end = next_end(&mut exec, &mut events).await;
+        assert_eq!(end.task, Some(2));
+        assert!(!end.killed);
+        assert!(
+            end.failure
+                .as_deref()
+                .is_some_and(|f| f.contains("user code failed")),
+            "{end:?}"
+        );
+
+        // Stops reach only what still runs: subtask 0, once.
+        exec.stop(1, "again");
+        exec.stop_all("job stopping");
+        let end = next_end(&mut exec, &mut events).await;
+        assert_eq!(
+            end,
+            SubtaskEnded {
+                task: Some(0),
+                failure: None,
+                killed: false
+            }
+        );
+        assert!(exec.live.is_empty());
+        // A kill of a subtask that never ran is refused.
+        assert!(!exec.kill(7));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        while let Ok(evt) = events.try_recv() {
+            assert!(
+                exec.ended(&evt).is_none_or(|e| e.task.is_none()),
+                "a second end"
+            );
+        }
+        sup.stop(None);
     }
 }
