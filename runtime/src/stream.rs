@@ -589,7 +589,7 @@ impl<T: Data> DataStream<T> {
     /// (Flink's `forBoundedOutOfOrderness`); `i64::MAX` at the end of input.
     /// Watermarks travel in order with the records; an operator with several
     /// inputs uses the smallest. Keyed functions read it with
-    /// [`KeyedContext::current_watermark`].
+    /// [`KeyedContext::current_watermark`](crate::state::KeyedContext::current_watermark).
     pub fn assign_timestamps_and_watermarks<F: Fn(&T) -> i64 + Send + Sync + 'static>(
         &self,
         timestamp: F,
