@@ -94,3 +94,32 @@ fn bad_environment_override() {
         ],
     );
 }
+
+/// A mistyped `WEIR_FAILPOINTS` is refused at start with the item and what
+/// was expected (it used to arm an `error` every time, or nothing at all).
+#[test]
+fn bad_failpoints_spec() {
+    let run = |spec: &str| {
+        let mut cmd = std::process::Command::new(example("wordcount"));
+        cmd.args(["--words", "1000", "--no-ui", "-q"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("WEIR_FAILPOINTS", spec);
+        cmd.output().unwrap()
+    };
+    let out = run("sync-snapshot=exitt");
+    assert_clean_failure(&out, &["WEIR_FAILPOINTS", "unknown action 'exitt'"]);
+    let out = run("sync-snapshot=exit@x");
+    assert_clean_failure(&out, &["WEIR_FAILPOINTS", "bad hit count '@x'"]);
+    let out = run("sync-snaphot=exit");
+    assert_clean_failure(
+        &out,
+        &["WEIR_FAILPOINTS", "unknown failure point 'sync-snaphot'"],
+    );
+    // A good one still runs.
+    let out = run("sync-snapshot=exit@1000000");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

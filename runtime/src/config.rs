@@ -308,6 +308,9 @@ pub enum ConfigError {
         /// The cargo feature that enables it.
         feature: &'static str,
     },
+    /// `WEIR_FAILPOINTS` is not a valid list of failure points.
+    #[error("bad WEIR_FAILPOINTS: {0}")]
+    Failpoints(String),
     /// A `-D` argument without `=`.
     #[error("malformed dynamic property '{0}': expected -D key=value")]
     Malformed(String),
@@ -381,7 +384,11 @@ impl Conf {
         }
         for (name, value) in env {
             if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
-                if name == CONF_DIR_ENV || name == crate::failpoint::ENV || rest.is_empty() {
+                if name == crate::failpoint::ENV {
+                    crate::failpoint::parse_spec(value).map_err(ConfigError::Failpoints)?;
+                    continue;
+                }
+                if name == CONF_DIR_ENV || rest.is_empty() {
                     continue;
                 }
                 let def = options::ALL.iter().find(|d| env_name(d.key) == *name);
@@ -669,7 +676,7 @@ pub mod options {
             min: 1,
             max: 1 << 30,
         },
-        "bytes of records (their in-memory size) per batch sent between subtasks, at most; at least one record",
+        "bytes of records per batch sent between subtasks, at most, each record counted by its inline size (size_of: a String's or Vec's heap bytes are not counted); at least one record",
     );
     /// Records a source emits per poll.
     pub const SOURCE_BATCH_SIZE: ConfigOption<usize> = ConfigOption::new(
@@ -688,12 +695,13 @@ pub mod options {
         Kind::Int { min: 1, max: 65536 },
         "batches one channel holds before its sender waits (backpressure)",
     );
-    /// Threads that run subtasks; 0 means one per CPU core.
+    /// Threads of the job's shared tokio runtime (actors, coordinator,
+    /// uploads); 0 means one per CPU core. Processing loops have their own threads.
     pub const WORKER_THREADS: ConfigOption<usize> = ConfigOption::new(
         "taskmanager.worker-threads",
         "0",
         Kind::Int { min: 0, max: 4096 },
-        "threads that run subtasks (0: one per CPU core)",
+        "threads of the job's shared runtime (actors, the checkpoint coordinator, uploads); each subtask's processing loop has a thread of its own (0: one per CPU core)",
     );
     /// Where keyed state lives.
     pub const STATE_BACKEND: ConfigOption<String> = ConfigOption::new(
