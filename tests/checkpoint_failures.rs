@@ -274,3 +274,50 @@ fn checkpoint_timeout_aborts_and_tolerance_decides() {
         "nothing committed"
     );
 }
+
+/// A checkpoint's keyed state is partitioned into `pipeline.max-parallelism`
+/// key groups: a restore with another value is refused, naming the operator
+/// and both values (it used to run to the end with wrong counts), and the
+/// same value restores exactly once.
+#[test]
+fn restore_with_another_max_parallelism_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, ckpt) = (dir.path().join("out"), dir.path().join("ckpt"));
+    let crashed = wordcount(
+        &out,
+        &ckpt,
+        &[],
+        Some("before-notify-complete=exit@2"),
+        None,
+    );
+    assert_eq!(
+        crashed.status.code(),
+        Some(86),
+        "{}",
+        String::from_utf8_lossy(&crashed.stderr)
+    );
+    let job = single_job_dir(&ckpt);
+    let refused = wordcount(
+        &out,
+        &dir.path().join("ckpt2"),
+        &["-D", "pipeline.max-parallelism=64"],
+        None,
+        Some(&job),
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(
+        err.contains("pipeline.max-parallelism 128")
+            && err.contains("this job has 64")
+            && err.contains("'Count'"),
+        "{err}"
+    );
+    // Nothing was emitted by the refused run: the output is the crashed run's.
+    let restored = wordcount(&out, &dir.path().join("ckpt3"), &[], None, Some(&job));
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_running_counts(&read_output(&out), &reference());
+}

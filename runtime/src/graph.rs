@@ -503,6 +503,8 @@ pub(crate) struct SubtaskSpec {
     pub task_index: usize,
     pub subtask: usize,
     pub parallelism: usize,
+    /// `pipeline.max-parallelism` (recorded in each checkpoint's state files).
+    pub max_parallelism: usize,
     pub input_codec: Option<(EncodeFn, DecodeFn)>,
     pub input_chunk: Option<ChunkFn>,
     pub signals: Arc<TaskSignals>,
@@ -596,6 +598,7 @@ pub(crate) fn instantiate(
                 task_index,
                 subtask: i,
                 parallelism: chain.parallelism,
+                max_parallelism: max_p,
                 input_codec: head_node.in_codec,
                 input_chunk: head_node.in_chunk,
                 signals: gates[c][i].clone(),

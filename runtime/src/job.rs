@@ -1234,7 +1234,11 @@ impl JobState {
         };
         let dir = storage.job_dir().join(format!("chk-{id}"));
         let loaded = crate::checkpoint::storage::load_checkpoint(&dir)?;
-        let assigned = crate::checkpoint::restore::assign(&loaded, &self.plan)?;
+        let assigned = crate::checkpoint::restore::assign(
+            &loaded,
+            &self.plan,
+            self.conf.get(&crate::config::options::MAX_PARALLELISM),
+        )?;
         self.lifecycle.record_restore(RestoreRecord {
             id,
             timestamp: crate::checkpoint::now_ms(),
@@ -1277,7 +1281,11 @@ impl JobState {
             next_id = ids.iter().map(|c| c.id + 1).max().unwrap_or(1);
             if let Some(best) = ids.iter().rev().find(|c| c.status == "complete") {
                 let loaded = crate::checkpoint::storage::load_checkpoint(&best.dir)?;
-                let assigned = crate::checkpoint::restore::assign(&loaded, &self.plan)?;
+                let assigned = crate::checkpoint::restore::assign(
+                    &loaded,
+                    &self.plan,
+                    self.conf.get(&crate::config::options::MAX_PARALLELISM),
+                )?;
                 return Ok((
                     Some(assigned),
                     next_id.max(loaded.metadata.checkpoint_id + 1),
@@ -1289,7 +1297,11 @@ impl JobState {
         match &self.restored_from {
             Some(p) => {
                 let loaded = crate::checkpoint::storage::load_checkpoint(p)?;
-                let assigned = crate::checkpoint::restore::assign(&loaded, &self.plan)?;
+                let assigned = crate::checkpoint::restore::assign(
+                    &loaded,
+                    &self.plan,
+                    self.conf.get(&crate::config::options::MAX_PARALLELISM),
+                )?;
                 Ok((
                     Some(assigned),
                     next_id.max(loaded.metadata.checkpoint_id + 1),

@@ -330,7 +330,11 @@ fn restore_start(conf: &Conf, plan: &JobPlan) -> Result<RestoreStart> {
         claimed = Some(loaded.dir.clone());
     }
     Ok(RestoreStart {
-        restore: Some(restore::assign(&loaded, plan)?),
+        restore: Some(restore::assign(
+            &loaded,
+            plan,
+            conf.get(&options::MAX_PARALLELISM),
+        )?),
         restored_from: Some((loaded.dir.clone(), id)),
         first_id: id + 1,
         claimed,

@@ -232,6 +232,14 @@ pub struct SubtaskState {
     pub operators: Vec<OperatorSnapshot>,
     /// Captured in-flight data (unaligned checkpoints).
     pub channel_state: Vec<ChannelStateEntry>,
+    /// `pipeline.max-parallelism` the subtask ran with: the number of key
+    /// groups its keyed state is partitioned into (every keyed operator of a
+    /// job shares it). A restore with another value is refused, as Flink
+    /// does: key groups would not line up. Stored after the state itself in
+    /// the file (see `checkpoint::storage::StateFileExtension`), so files
+    /// written before it was recorded still read (`None`: not checked).
+    #[serde(skip)]
+    pub max_parallelism: Option<usize>,
 }
 
 /// Where one subtask's state of a checkpoint is stored.

@@ -13,6 +13,9 @@
 //!   parallelism works (rescaling), and either backend restores either form.
 //! - Operator state: the list elements of all old subtasks are dealt
 //!   round-robin to the new subtasks (Flink's even-split redistribution).
+//! - Max parallelism: keyed state is partitioned into `pipeline.max-parallelism`
+//!   key groups, recorded in each state file; a job with another value is
+//!   refused, naming the operator and both values (Flink does the same).
 //! - Channel state (unaligned checkpoints): goes back to the same subtask of
 //!   the same chain; restoring in-flight data needs the same chains and parallelism.
 
@@ -25,8 +28,39 @@ use crate::graph::JobPlan;
 use crate::state::{OperatorStateStore, RestoredKeyed};
 use crate::{Error, Result};
 
-/// Per chain and subtask of `plan`, what to restore.
-pub(crate) fn assign(cp: &LoadedCheckpoint, plan: &JobPlan) -> Result<Vec<Vec<SubtaskRestore>>> {
+/// Refuses a checkpoint whose keyed state was partitioned into another
+/// number of key groups than `max_parallelism` (the new job's
+/// `pipeline.max-parallelism`), naming the operator and both values.
+/// Files from before the value was recorded are not checked.
+pub(crate) fn check_max_parallelism(cp: &LoadedCheckpoint, max_parallelism: usize) -> Result<()> {
+    for st in &cp.states {
+        let Some(old) = st.max_parallelism else {
+            continue;
+        };
+        if old == max_parallelism {
+            continue;
+        }
+        if let Some(op) = st.operators.iter().find(|o| o.keyed.is_some()) {
+            return Err(Error::Restore(format!(
+                "checkpoint {}: the keyed state of operator '{}' was written with \
+                 pipeline.max-parallelism {old}, and this job has {max_parallelism}: its key groups \
+                 would not line up; run with -D pipeline.max-parallelism={old}",
+                cp.dir.display(),
+                op.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Per chain and subtask of `plan`, what to restore; `max_parallelism` is
+/// the job's (see [`check_max_parallelism`]).
+pub(crate) fn assign(
+    cp: &LoadedCheckpoint,
+    plan: &JobPlan,
+    max_parallelism: usize,
+) -> Result<Vec<Vec<SubtaskRestore>>> {
+    check_max_parallelism(cp, max_parallelism)?;
     let known: BTreeSet<&str> = plan
         .chains
         .iter()

@@ -142,6 +142,16 @@ pub fn frame<T: Serialize>(kind: FileKind, value: &T) -> Result<Vec<u8>> {
 
 /// Decodes a framed file's bytes, checking magic, kind, version, length and checksum.
 pub fn unframe<T: DeserializeOwned>(kind: FileKind, bytes: &[u8], path: &Path) -> Result<T> {
+    let payload = check_frame(kind, bytes, path)?;
+    postcard::from_bytes(payload).map_err(|e| Error::CorruptCheckpoint {
+        path: path.to_path_buf(),
+        reason: format!("undecodable payload: {e}"),
+    })
+}
+
+/// The payload of a framed file's bytes, once magic, kind, version, length
+/// and checksum are checked.
+fn check_frame<'a>(kind: FileKind, bytes: &'a [u8], path: &Path) -> Result<&'a [u8]> {
     let corrupt = |why: String| Error::CorruptCheckpoint {
         path: path.to_path_buf(),
         reason: why,
@@ -170,7 +180,35 @@ pub fn unframe<T: DeserializeOwned>(kind: FileKind, bytes: &[u8], path: &Path) -
     if crc32fast::hash(payload) != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
-    postcard::from_bytes(payload).map_err(|e| corrupt(format!("undecodable payload: {e}")))
+    Ok(payload)
+}
+
+/// What a state file holds after its [`SubtaskState`]: fields added since
+/// format version 2 without changing it. postcard reads a value from the
+/// front of its bytes and leaves what follows, so a reader that knows only
+/// the state (an older build, `weir checkpoints`) still reads these files,
+/// and this build reads older files, which end after the state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct StateFileExtension {
+    /// `pipeline.max-parallelism` of the job that wrote the file.
+    pub max_parallelism: Option<u64>,
+}
+
+/// Reads a subtask's state file with its extension, if it has one.
+pub fn read_state_file(path: &Path) -> Result<SubtaskState> {
+    let (st, key) = store::resolve(path)?;
+    let bytes = st.get(&key)?;
+    let payload = check_frame(FileKind::State, &bytes, path)?;
+    let corrupt = |e: postcard::Error| Error::CorruptCheckpoint {
+        path: path.to_path_buf(),
+        reason: format!("undecodable payload: {e}"),
+    };
+    let (mut state, rest) = postcard::take_from_bytes::<SubtaskState>(payload).map_err(corrupt)?;
+    if !rest.is_empty() {
+        let ext: StateFileExtension = postcard::from_bytes(rest).map_err(corrupt)?;
+        state.max_parallelism = ext.max_parallelism.map(|m| m as usize);
+    }
+    Ok(state)
 }
 
 /// Reads and checks a framed file (a location: bare path or URI).
@@ -381,7 +419,10 @@ impl CheckpointStorage {
     ) -> Result<(String, u64)> {
         let (st, dir) = self.target(id)?;
         let name = format!("{chain}-{subtask}.state");
-        let bytes = frame(FileKind::State, state)?;
+        let ext = StateFileExtension {
+            max_parallelism: state.max_parallelism.map(|m| m as u64),
+        };
+        let bytes = frame(FileKind::State, &(state, ext))?;
         let len = bytes.len() as u64;
         st.put(&child(&dir, &name), bytes, &|| Ok(()))?;
         Ok((name, len))
@@ -569,8 +610,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
     let mut states = Vec::with_capacity(metadata.subtasks.len());
     for h in &metadata.subtasks {
         let path = dir.join(&h.file);
-        let st: SubtaskState = read_framed(FileKind::State, &path)?;
-        states.push(st);
+        states.push(read_state_file(&path)?);
     }
     let c = LoadedCheckpoint {
         dir: dir.to_path_buf(),
@@ -1012,6 +1052,34 @@ pub fn sweep(job_dir: &Path) -> Result<Vec<PathBuf>> {
 mod tests {
     use super::*;
     use crate::checkpoint::StateHandle;
+
+    /// A state file carries the max parallelism after the state; a file
+    /// written before that (the state alone) still reads, without it; and a
+    /// reader of the state alone reads the new files.
+    #[test]
+    fn state_files_read_with_and_without_their_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = CheckpointStorage::create(dir.path(), "job").unwrap();
+        let state = SubtaskState {
+            chain: "count".into(),
+            parallelism: 2,
+            max_parallelism: Some(64),
+            ..Default::default()
+        };
+        let (name, _) = st.write_state(1, 0, 0, &state).unwrap();
+        let path = st.job_dir().join("chk-1").join(&name);
+        assert_eq!(read_state_file(&path).unwrap(), state);
+        let plain: SubtaskState = read_framed(FileKind::State, &path).unwrap();
+        assert_eq!(plain.max_parallelism, None);
+        assert_eq!(plain.chain, "count");
+        // The format before the extension: the state alone.
+        let old = SubtaskState {
+            max_parallelism: None,
+            ..state
+        };
+        std::fs::write(&path, frame(FileKind::State, &old).unwrap()).unwrap();
+        assert_eq!(read_state_file(&path).unwrap(), old);
+    }
 
     fn meta(id: u64, file: &str, files: &[&str]) -> CheckpointMetadata {
         CheckpointMetadata {

@@ -152,6 +152,7 @@ impl<'a> Runner<'a> {
                 chain_index: spec.chain_index,
                 subtask: spec.subtask,
                 parallelism: spec.parallelism,
+                max_parallelism: spec.max_parallelism,
                 task: spec.task_index,
                 actor: me,
             };

@@ -44,6 +44,8 @@ pub(crate) struct SubtaskId {
     pub chain_index: usize,
     pub subtask: usize,
     pub parallelism: usize,
+    /// `pipeline.max-parallelism`: recorded in the state file.
+    pub max_parallelism: usize,
     /// The job-wide task index (the coordinator's numbering).
     pub task: usize,
     /// This subtask's actor: the coordinator ignores messages of replaced actors.
@@ -218,6 +220,7 @@ fn write(
         parallelism: sub.parallelism,
         operators: snapshots,
         channel_state,
+        max_parallelism: Some(sub.max_parallelism),
     };
     let (file, size) = storage.write_state(id, sub.chain_index, sub.subtask, &state)?;
     Ok(Written {
