@@ -12,8 +12,22 @@
 //! or that a subtask declines is aborted: every subtask is told, its files are
 //! deleted, and it counts towards `tolerable-failed-checkpoints`; exceeding
 //! that fails the job. When `m` completes, pending checkpoints `n < m` are
-//! subsumed. When every subtask has finished its input, the coordinator takes
-//! the final checkpoint by asking every subtask directly.
+//! subsumed.
+//!
+//! **Checkpoints after tasks finished** (Flink's FLIP-147): a subtask whose
+//! input ended reports `TaskFinished` and waits, alive, for the final
+//! checkpoint. Checkpoints go on meanwhile: running sources inject the
+//! barrier; a finished subtask, which no barrier reaches any more, is asked
+//! directly (`SnapshotFinished`) and snapshots its final state, unless it
+//! snapshotted that checkpoint already from a barrier that reached it
+//! before its input ended. This is consistent: a finished source's position
+//! is its end, and everything it emitted precedes its end of stream, which
+//! downstream alignment waits for (an ended input counts as aligned;
+//! unaligned, the records before it are captured as channel state). When a
+//! subtask reports `TaskFinished` while checkpoints are pending, it is asked
+//! for those too. When every subtask has finished its input, the coordinator
+//! takes the final checkpoint by asking every subtask directly; two-phase
+//! commit sinks commit on every completed checkpoint, the final one last.
 //!
 //! When the job ends: finished, its retained checkpoints (the final one
 //! included) stay, so restoring a finished job re-emits nothing; cancelled,
@@ -73,6 +87,11 @@ pub(crate) enum CheckpointControl {
     StopAfter { id: u64, drain: bool },
     /// Snapshot now: every subtask has finished its input.
     FinalCheckpoint(Barrier),
+    /// Checkpoint `n` runs while this subtask has finished (its input ended
+    /// and it waits for the final checkpoint): it snapshots its final state
+    /// for `n`, unless it has taken a snapshot of `n` or later already (the
+    /// barrier reached it before its input ended).
+    SnapshotFinished(Barrier),
     /// Checkpoint complete.
     Complete(u64),
     /// Checkpoint aborted.
@@ -330,6 +349,26 @@ impl CoordState {
         self.finished.insert(task);
         if self.finished.len() == self.tasks.len() && self.final_id.is_none() {
             self.trigger(myself, true);
+            return;
+        }
+        // Checkpoints in flight that this subtask may never see a barrier
+        // of (its inputs ended before it): it snapshots its final state
+        // for them, or ignores what it has taken already.
+        if let Some(t) = self.tasks.get(task) {
+            for (&id, p) in &self.pending {
+                if !p.acks.contains_key(&task) && Some(id) != self.final_id {
+                    let barrier = Barrier {
+                        id,
+                        timestamp_ms: p.trigger_ts,
+                        savepoint: self.savepoints.contains_key(&id),
+                        unaligned: false,
+                        overtaken: 0,
+                    };
+                    let _ = t
+                        .actor
+                        .send_message(CheckpointControl::SnapshotFinished(barrier));
+                }
+            }
         }
     }
 
@@ -423,9 +462,23 @@ impl CoordState {
                     .send_message(CheckpointControl::FinalCheckpoint(barrier));
             }
         } else {
-            tracing::debug!(id, savepoint, "triggering checkpoint");
-            for t in self.tasks.iter().filter(|t| t.is_source) {
-                let _ = t.actor.send_message(CheckpointControl::Trigger(barrier));
+            tracing::debug!(
+                id,
+                savepoint,
+                finished = self.finished.len(),
+                "triggering checkpoint"
+            );
+            // Running sources inject the barrier; subtasks that finished
+            // (checkpoints after tasks finished, Flink's FLIP-147) are not
+            // reached by it and snapshot their final state.
+            for (i, t) in self.tasks.iter().enumerate() {
+                if self.finished.contains(&i) {
+                    let _ = t
+                        .actor
+                        .send_message(CheckpointControl::SnapshotFinished(barrier));
+                } else if t.is_source {
+                    let _ = t.actor.send_message(CheckpointControl::Trigger(barrier));
+                }
             }
         }
         let timeout = self.args.cfg.timeout;
@@ -714,7 +767,7 @@ impl CoordState {
         if self.requested.is_empty() || !self.pending.is_empty() {
             return;
         }
-        if self.final_id.is_some() || !self.finished.is_empty() {
+        if self.final_id.is_some() || self.finished.len() == self.tasks.len() {
             for r in self.requested.drain(..) {
                 let _ = r.send(Err(
                     "the job is finishing: its final checkpoint is under way".into(),
@@ -787,7 +840,9 @@ impl CoordState {
             && !self.stopping
             && !self.tasks.is_empty()
             && self.down.is_empty()
-            && self.finished.is_empty()
+            // Checkpoints go on while some subtasks have finished; when all
+            // have, the final checkpoint is the last.
+            && self.finished.len() < self.tasks.len()
             && self.final_id.is_none()
             && self.pending.len() < self.args.cfg.max_concurrent
             && self

@@ -121,6 +121,9 @@ pub(super) struct Runner<'a> {
     stop_barrier_sent: Option<u64>,
     /// The job stopped with a savepoint without drain: end without finishing operators.
     stopped_without_drain: bool,
+    /// The newest checkpoint this subtask snapshotted: after its input
+    /// ended, a checkpoint it has not snapshotted takes its final state.
+    last_snapshot: Option<u64>,
 }
 
 /// Records per chunk when batches are processed in chunks (unaligned checkpoints).
@@ -176,6 +179,7 @@ impl<'a> Runner<'a> {
             stop: None,
             stop_barrier_sent: None,
             stopped_without_drain: false,
+            last_snapshot: None,
         }
     }
 
@@ -474,6 +478,7 @@ impl<'a> Runner<'a> {
     /// Synchronous part of a snapshot: the source position and every operator's state.
     fn snapshot_operators(&mut self, id: u64) -> Result<Vec<PendingOperator>> {
         crate::failpoint::hit("sync-snapshot")?;
+        self.last_snapshot = Some(self.last_snapshot.map_or(id, |l| l.max(id)));
         let mut out = Vec::with_capacity(self.spec.ops.len() + 1);
         if let Head::Source { op, ctx, .. } = &mut self.head {
             let st = guarded(ctx, || op.snapshot())?;
@@ -697,7 +702,7 @@ impl<'a> Runner<'a> {
         match c {
             Control::Trigger(b) => self.on_trigger(b).await?,
             Control::StopAfter { id, drain } => self.stop = Some((id, drain)),
-            Control::FinalCheckpoint(b) => {
+            Control::FinalCheckpoint(b) | Control::SnapshotFinished(b) => {
                 let t0 = Instant::now();
                 let operators = self.snapshot_operators(b.id)?;
                 let t1 = Instant::now();
@@ -873,14 +878,13 @@ impl<'a> Runner<'a> {
         let mut final_id = None;
         while let Some(c) = self.control.recv().await {
             match c {
-                Control::Trigger(b) => {
-                    let _ = link.coordinator.cast(CoordMsg::Decline {
-                        from: self.me,
-                        id: b.id,
-                        task: self.spec.task_index,
-                        reason: "the source has finished".into(),
-                        finished: true,
-                    });
+                // A checkpoint after this subtask finished: its final state
+                // is its state for `n` (a source's position is its end; all
+                // it emitted precedes its end of stream downstream).
+                Control::Trigger(b) | Control::SnapshotFinished(b) => {
+                    if self.last_snapshot.is_none_or(|l| l < b.id) {
+                        self.on_control(Control::SnapshotFinished(b)).await?;
+                    }
                 }
                 Control::FinalCheckpoint(b) => {
                     final_id = Some(b.id);
