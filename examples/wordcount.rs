@@ -8,7 +8,12 @@
 //! ```text
 //! cargo run --release --example wordcount
 //! cargo run --release --example wordcount -- --input book.txt --output out/ --parallelism 2
+//! cargo run --release --example wordcount -- --words 0 --rate 1000000   # without end, paced
 //! ```
+//!
+//! `--words 0` generates the built-in text without end (stop it with
+//! `weir stop` or `weir cancel`, or Ctrl-C) and `--rate N` paces it to about
+//! N words per second over all source subtasks.
 //!
 //! A word is a maximal run of alphanumeric characters (`char::is_alphanumeric`),
 //! lowercased. With `--output DIR` every update is written as a line
@@ -31,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use weir::cli::{human_rate, print_checkpoints, ConfArgs};
-use weir::operators::text::generated_lines;
+use weir::operators::text::generated_text;
 use weir::prelude::*;
 use weir::runtime::config::{options, ValueSource};
 use weir::runtime::telemetry::{OtlpProtocol, TelemetryConfig};
@@ -56,9 +61,14 @@ struct Args {
     /// Parallelism of every operator (default: parallelism.default).
     #[arg(long, short = 'p')]
     parallelism: Option<usize>,
-    /// Words in the built-in text.
+    /// Words in the built-in text; 0: without end (stop it with `weir stop`
+    /// or `weir cancel`, or Ctrl-C).
     #[arg(long, default_value_t = 20_000_000)]
     words: u64,
+    /// Paces the built-in text to about this many words per second over all
+    /// source subtasks (default: as fast as it goes).
+    #[arg(long, value_name = "WORDS_PER_SECOND", value_parser = parse_rate, conflicts_with = "input")]
+    rate: Option<f64>,
     /// Size of the built-in text's vocabulary.
     #[arg(long, default_value_t = 10_000)]
     vocabulary: usize,
@@ -76,6 +86,16 @@ struct Args {
     no_ui: bool,
     #[command(flatten)]
     conf: ConfArgs,
+}
+
+/// A positive number of words per second.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "'{s}' is not a rate: a positive number of words per second, e.g. 100000"
+        )),
+    }
 }
 
 fn main() -> ExitCode {
@@ -142,11 +162,21 @@ fn run(args: Args) -> anyhow::Result<()> {
             env.add_source(src)
         }
         None => {
+            let words = (args.words > 0).then_some(args.words);
             eprintln!(
-                "counting words of the built-in text: about {} words, vocabulary {}, seed {}",
-                args.words, args.vocabulary, args.seed
+                "counting words of the built-in text: {}, vocabulary {}, seed {}{}",
+                words.map_or("without end".to_string(), |w| format!("about {w} words")),
+                args.vocabulary,
+                args.seed,
+                args.rate
+                    .map_or(String::new(), |r| format!(", about {r} words/s"))
             );
-            env.add_source(generated_lines(args.words, args.vocabulary, args.seed))
+            let mut source = generated_text(words, args.vocabulary, args.seed);
+            if let Some(rate) = args.rate {
+                // Ten words per line on average.
+                source = source.with_rate(rate / 10.0);
+            }
+            env.add_source(source)
         }
     }
     .name("Source");

@@ -4,7 +4,8 @@
 //! A word is a maximal run of characters for which `char::is_alphanumeric`
 //! holds, lowercased ([`for_each_word`]). The count emits `(word, count so
 //! far)` per word (Flink's running count). The sink keeps the top words (for
-//! the summary) and, given an output directory, writes every update as a line
+//! the summary; in its operator state, so a restored job reports them too)
+//! and, given an output directory, writes every update as a line
 //! `word<TAB>count` with a [`FileSink`].
 
 use std::path::Path;
@@ -27,11 +28,15 @@ pub struct TopWords {
 impl TopWords {
     /// The `n` most frequent words with their counts, most frequent first (ties by word).
     pub fn top(&self, n: usize) -> Vec<(Word, u64)> {
-        let mut all = self
-            .merged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        // A word can be a candidate at two subtasks after a rescaled
+        // restore (its restored count at one, its newer counts at its
+        // owner): its largest count is its total.
+        let mut best: FxHashMap<Word, u64> = FxHashMap::default();
+        for (w, c) in self.merged.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let e = best.entry(w.clone()).or_default();
+            *e = (*e).max(*c);
+        }
+        let mut all: Vec<(Word, u64)> = best.into_iter().collect();
         all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         all.truncate(n);
         all
@@ -97,12 +102,33 @@ impl Clone for Top {
 
 impl Top {
     const N: usize = 10;
+    /// Its operator state: the candidates, so a restored job's top words
+    /// include the words that see no update after the restore.
+    const STATE: &'static str = "wordcount-top-words";
+
+    fn snapshot(&self, state: &mut OperatorStateStore) -> Result<()> {
+        let best: Vec<(String, u64)> = self
+            .best
+            .iter()
+            .map(|(w, c)| (w.as_str().to_string(), *c))
+            .collect();
+        state.update_list(Self::STATE, &best)
+    }
+
+    /// Adds the candidates of a snapshot (of one or, after rescaling,
+    /// several old subtasks: a word's updates all went to one of them).
+    fn restore(&mut self, state: &OperatorStateStore) -> Result<()> {
+        let restored: Vec<(String, u64)> = state.get_list(Self::STATE)?;
+        let batch: Vec<(Word, u64)> = restored.iter().map(|(w, c)| (Word::new(w), *c)).collect();
+        self.observe(&batch);
+        Ok(())
+    }
 
     fn observe(&mut self, batch: &[(Word, u64)]) {
         for (w, c) in batch {
             if *c >= self.threshold {
                 match self.best.get_mut(w) {
-                    Some(v) => *v = *c,
+                    Some(v) => *v = (*v).max(*c),
                     None => {
                         self.best.insert(w.clone(), *c);
                     }
@@ -141,12 +167,14 @@ impl SinkFunction<(Word, u64)> for WordCountSink {
         }
     }
     fn snapshot_state(&mut self, checkpoint_id: u64, state: &mut OperatorStateStore) -> Result<()> {
+        self.top.snapshot(state)?;
         match &mut self.file {
             Some(f) => f.snapshot_state(checkpoint_id, state),
             None => Ok(()),
         }
     }
     fn restore_state(&mut self, state: &OperatorStateStore) -> Result<()> {
+        self.top.restore(state)?;
         match &mut self.file {
             Some(f) => f.restore_state(state),
             None => Ok(()),

@@ -321,3 +321,45 @@ fn restore_with_another_max_parallelism_is_refused() {
     );
     assert_running_counts(&read_output(&out), &reference());
 }
+
+/// The top words the example prints are part of its checkpoint: restored
+/// from its final checkpoint (a crash right after it completed), the job
+/// reads nothing more and still prints the whole text's top 10 (it printed
+/// an empty list).
+#[test]
+fn top_words_survive_a_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, ckpt) = (dir.path().join("out"), dir.path().join("ckpt"));
+    // No periodic checkpoint: the first to complete is the final one.
+    let interval = ["-D", "execution.checkpointing.interval=1h"];
+    let crashed = wordcount(
+        &out,
+        &ckpt,
+        &interval,
+        Some("before-notify-complete=exit@1"),
+        None,
+    );
+    assert_eq!(
+        crashed.status.code(),
+        Some(86),
+        "{}",
+        String::from_utf8_lossy(&crashed.stderr)
+    );
+    let restored = wordcount(
+        &out,
+        &dir.path().join("ckpt2"),
+        &interval,
+        None,
+        Some(&single_job_dir(&ckpt)),
+    );
+    let stdout = String::from_utf8_lossy(&restored.stdout);
+    assert!(
+        restored.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let mut expected: Vec<(String, u64)> = reference().into_iter().collect();
+    expected.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    expected.truncate(10);
+    assert_eq!(top_words(&stdout), expected, "{stdout}");
+}

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::top_words;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -169,20 +171,6 @@ impl Drop for Wordcount {
     }
 }
 
-/// The `top 10 words:` lines of a wordcount's output: (word, count).
-fn top_words(stdout: &str) -> Vec<(String, u64)> {
-    stdout
-        .lines()
-        .skip_while(|l| *l != "top 10 words:")
-        .skip(1)
-        .map_while(|l| {
-            let mut it = l.split_whitespace();
-            let c = it.next()?.parse().ok()?;
-            Some((it.next()?.to_string(), c))
-        })
-        .collect()
-}
-
 fn value(stdout: &str, label: &str) -> u64 {
     stdout
         .lines()
@@ -343,4 +331,42 @@ fn a_result_nobody_reads_holds_the_process_only_for_the_linger() {
     assert_eq!(saved.len(), 1, "one savepoint in {}", sps.display());
     assert!(saved[0].path().join("_metadata").is_file());
     assert_eq!(top_words(&end.stdout).len(), 10, "{}", end.stdout);
+}
+
+/// `--words 0 --rate N`: the built-in text without end, paced to about N
+/// words/s; the job runs until `weir stop` ends it with a savepoint.
+#[test]
+fn an_unbounded_paced_wordcount_runs_until_stopped() {
+    const RATE: f64 = 200_000.0;
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let sps = dir.path().join("savepoints");
+    let started = Instant::now();
+    let mut wc = Wordcount::start(&ckpt, &["--words", "0", "--rate", "200000"]);
+    let (url, _) = wc.web_ui();
+    wc.counting();
+    // An unbounded job is still running seconds later.
+    std::thread::sleep(Duration::from_secs(2));
+    let listed = ok(&weir(&["list", "--url", &url]));
+    assert!(listed.contains("RUNNING"), "{listed}");
+    let out = ok(&weir(&[
+        "stop",
+        "--url",
+        &url,
+        "--savepoint-path",
+        sps.to_str().unwrap(),
+        "wordcount",
+    ]));
+    let secs = started.elapsed().as_secs_f64();
+    assert!(savepoint_path(&out).join("_metadata").is_file(), "{out}");
+    let end = wc.ended();
+    assert!(end.status.success(), "{}\n{}", end.stdout, end.stderr);
+    let counted = value(&end.stdout, "total words: ");
+    // Paced: not more than the rate allows over the run (with slack for
+    // lines of more than ten words), and it did count.
+    assert!(
+        counted > 0 && (counted as f64) < RATE * secs * 1.5,
+        "{counted} words in {secs:.1} s at {RATE} words/s"
+    );
+    assert!(end.stderr.contains("without end"), "{}", end.stderr);
 }

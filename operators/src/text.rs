@@ -544,8 +544,19 @@ pub fn generated_lines(
     seed: u64,
 ) -> GeneratorSource<String, impl Fn(u64, &mut SplitMix64) -> String + Send + Sync + Clone + 'static>
 {
+    generated_text(Some(words), vocabulary, seed)
+}
+
+/// [`generated_lines`] for about `words` words, or without end for `None`
+/// (an unbounded source: the job runs until it is stopped or cancelled).
+pub fn generated_text(
+    words: Option<u64>,
+    vocabulary: usize,
+    seed: u64,
+) -> GeneratorSource<String, impl Fn(u64, &mut SplitMix64) -> String + Send + Sync + Clone + 'static>
+{
     let vocab = Arc::new(Vocabulary::zipf(vocabulary, seed));
-    GeneratorSource::new(seed, Some(lines_for_words(words)), move |i, _rng| {
+    GeneratorSource::new(seed, words.map(lines_for_words), move |i, _rng| {
         let mut line = String::with_capacity(128);
         generate_line(&vocab, seed, i, &mut line);
         line

@@ -498,3 +498,17 @@ pub fn keyed_count_until_checkpoints(
         .collect();
     (job_id, ids)
 }
+
+/// The `top 10 words:` lines of a wordcount's output: (word, count).
+pub fn top_words(stdout: &str) -> Vec<(String, u64)> {
+    stdout
+        .lines()
+        .skip_while(|l| *l != "top 10 words:")
+        .skip(1)
+        .map_while(|l| {
+            let mut it = l.split_whitespace();
+            let c = it.next()?.parse().ok()?;
+            Some((it.next()?.to_string(), c))
+        })
+        .collect()
+}

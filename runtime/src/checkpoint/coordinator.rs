@@ -347,13 +347,10 @@ impl CoordState {
             return;
         }
         self.finished.insert(task);
-        if self.finished.len() == self.tasks.len() && self.final_id.is_none() {
-            self.trigger(myself, true);
-            return;
-        }
         // Checkpoints in flight that this subtask may never see a barrier
         // of (its inputs ended before it): it snapshots its final state
-        // for them, or ignores what it has taken already.
+        // for them, or ignores what it has taken already. (Before the final
+        // checkpoint: its acknowledgements come in this order.)
         if let Some(t) = self.tasks.get(task) {
             for (&id, p) in &self.pending {
                 if !p.acks.contains_key(&task) && Some(id) != self.final_id {
@@ -369,6 +366,9 @@ impl CoordState {
                         .send_message(CheckpointControl::SnapshotFinished(barrier));
                 }
             }
+        }
+        if self.finished.len() == self.tasks.len() && self.final_id.is_none() {
+            self.trigger(myself, true);
         }
     }
 

@@ -317,6 +317,11 @@ pub struct SubtaskCheckpointStats {
     pub unaligned_checkpoint: bool,
     /// In-flight bytes persisted as channel state.
     pub persisted_data: u64,
+    /// Its input had ended: it was asked for its final state directly (the
+    /// final checkpoint, or a checkpoint after it finished), so no barrier
+    /// reached it and it aligned nothing.
+    #[serde(default)]
+    pub finished: bool,
 }
 
 /// Statistics of one checkpoint, kept by the coordinator.

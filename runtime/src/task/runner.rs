@@ -708,6 +708,7 @@ impl<'a> Runner<'a> {
                 let t1 = Instant::now();
                 let stats = SubtaskCheckpointStats {
                     sync_duration: (t1 - t0).as_secs_f64() * 1e3,
+                    finished: true,
                     ..Default::default()
                 };
                 self.upload(Snapshot {
