@@ -25,6 +25,9 @@
 //! or `OTEL_EXPORTER_OTLP_ENDPOINT`; `otel.exporter.otlp.protocol` picks `grpc`
 //! or `http/protobuf`) every checkpoint and failover is exported as a trace.
 //!
+//! SIGTERM or Ctrl-C cancels the job cleanly and exits non-zero (a second
+//! one exits at once): see [`weir::cli::Termination`].
+//!
 //! While it runs it serves the REST API and web UI and prints the UI's URL
 //! (on `rest.port`, 8081 by default, else any free port when 8081 is taken;
 //! off with `--no-ui` or `-D rest.enabled=false`); `--serve` keeps serving
@@ -35,7 +38,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use weir::cli::{human_rate, print_checkpoints, ConfArgs};
+use weir::cli::{human_rate, print_checkpoints, ConfArgs, Termination};
 use weir::operators::text::generated_text;
 use weir::prelude::*;
 use weir::runtime::config::{options, ValueSource};
@@ -193,12 +196,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         eprintln!("restored from {kind} {id} ({})", dir.display());
     }
+    let termination = Termination::watch()?;
+    let mut cancelled_by = None;
     let mut checkpoints_seen = 0;
     let interval = env.conf().get(&options::PROGRESS_INTERVAL);
     let (mut last_words, mut last_time) = (0u64, Instant::now());
     let mut next_report = interval;
     while !job.is_done() {
         std::thread::sleep(Duration::from_millis(10));
+        if let (None, Some(sig)) = (cancelled_by, termination.received()) {
+            eprintln!("received {sig}: cancelling the job (a second {sig} exits at once)");
+            job.cancel();
+            cancelled_by = Some(sig);
+        }
         if !args.quiet {
             checkpoints_seen = print_checkpoints(&job.checkpoint_stats(), checkpoints_seen);
         }
@@ -215,7 +225,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let traces = job.telemetry_stats();
-    let result = job.wait()?;
+    let result = match (job.wait(), cancelled_by) {
+        (Ok(r), _) => r,
+        (Err(e), Some(sig)) => anyhow::bail!("{e} (on {sig})"),
+        (Err(e), None) => return Err(e.into()),
+    };
     if !args.quiet {
         print_checkpoints(&result.checkpoints, checkpoints_seen);
     }
@@ -248,8 +262,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("the job ended; still serving the web UI on http://{addr}/ (Ctrl-C stops)");
             use std::io::Write;
             let _ = std::io::stdout().flush();
-            loop {
-                std::thread::sleep(Duration::from_secs(3600));
+            while termination.received().is_none() {
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
     }

@@ -5,7 +5,71 @@
 //! `WEIR_*` environment variables. [`init_tracing`] sets up logging: `RUST_LOG`
 //! (e.g. `RUST_LOG=weir_runtime=debug`) chooses what is shown, warnings by default.
 
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
 use weir_runtime::config::{Conf, ConfigError};
+
+/// The termination signals of the process: SIGTERM (what Kubernetes and
+/// systemd send) and SIGINT (Ctrl-C). Once watched, they no longer kill the
+/// process at once: the program asks its job to cancel cleanly (uploads
+/// finish or are aborted, temporary files go, retention applies, the job
+/// directory's `.running` lock is removed) and exits non-zero. A second
+/// signal while that runs exits at once.
+#[derive(Clone, Default)]
+pub struct Termination(Arc<AtomicI32>);
+
+impl Termination {
+    /// Starts watching (a thread of its own).
+    pub fn watch() -> std::io::Result<Termination> {
+        let t = Termination::default();
+        let seen = t.0.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // Registered here, so a signal right after `watch` returns is seen.
+        let (mut term, mut int) = rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        })?;
+        std::thread::Builder::new()
+            .name("weir-signals".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    loop {
+                        let n = tokio::select! {
+                            _ = term.recv() => 15,
+                            _ = int.recv() => 2,
+                        };
+                        if seen.swap(n, Ordering::SeqCst) != 0 {
+                            eprintln!("second {}: exiting now", signal_name(n));
+                            std::process::exit(128 + n);
+                        }
+                    }
+                })
+            })?;
+        Ok(t)
+    }
+
+    /// The signal received (`SIGTERM` or `SIGINT`), if any.
+    pub fn received(&self) -> Option<&'static str> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => None,
+            n => Some(signal_name(n)),
+        }
+    }
+}
+
+fn signal_name(n: i32) -> &'static str {
+    if n == 15 {
+        "SIGTERM"
+    } else {
+        "SIGINT"
+    }
+}
 
 /// Options every example takes.
 #[derive(Debug, Clone, Default, clap::Args)]

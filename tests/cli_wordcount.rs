@@ -370,3 +370,62 @@ fn an_unbounded_paced_wordcount_runs_until_stopped() {
     );
     assert!(end.stderr.contains("without end"), "{}", end.stderr);
 }
+
+/// SIGTERM (what Kubernetes and systemd send) cancels the job cleanly: the
+/// process exits non-zero saying why, and its job directory holds complete
+/// checkpoints only, without the `.running` lock or temporary files.
+#[test]
+fn sigterm_cancels_the_job_cleanly_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let mut wc = Wordcount::start(
+        &ckpt,
+        &[
+            "--words",
+            "0",
+            "--rate",
+            "500000",
+            "-D",
+            "execution.checkpointing.interval=50ms",
+        ],
+    );
+    wc.wait_line("completed checkpoint", |l| {
+        l.starts_with("checkpoint ").then_some(())
+    });
+    let killed = Command::new("kill")
+        .args(["-TERM", &wc.child.id().to_string()])
+        .status()
+        .expect("the kill command");
+    assert!(killed.success());
+    let end = wc.ended();
+    assert_eq!(end.status.code(), Some(1), "{}", end.stderr);
+    assert!(
+        end.stderr.contains("received SIGTERM: cancelling the job")
+            && end.stderr.contains("(on SIGTERM)"),
+        "{}",
+        end.stderr
+    );
+    let job = common::single_job_dir(&ckpt);
+    assert!(!job.join(".running").exists(), "the lock is left");
+    let mut complete = 0;
+    let mut stack = vec![job.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.ends_with(".inprogress"),
+                "temporary file {}",
+                p.display()
+            );
+            if p.is_dir() {
+                if name.starts_with("chk-") {
+                    assert!(p.join("_metadata").is_file(), "incomplete {}", p.display());
+                    complete += 1;
+                }
+                stack.push(p);
+            }
+        }
+    }
+    assert!(complete >= 1, "the retained checkpoint of a cancelled job");
+}
