@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use weir::prelude::*;
@@ -86,22 +86,8 @@ fn run(dir: &std::path::Path, kill: Option<usize>) -> (usize, u64, BTreeMap<u64,
     .name("sink");
     let job = env.execute_async("uneven").unwrap();
     if let Some(n) = kill {
-        let t = Instant::now();
-        loop {
-            let done = job
-                .checkpoint_stats()
-                .iter()
-                .filter(|s| s.status == CheckpointStatus::Completed)
-                .count();
-            if done >= n {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "only {done} checkpoints completed in 60 s after a subtask finished"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // A subtask of the source has finished by then (it ends at once).
+        wait_for_completed_checkpoints(&job, n, Duration::from_secs(60));
         job.kill_subtask("count", 0).unwrap();
     }
     let r = job.wait().unwrap();

@@ -453,7 +453,7 @@ pub fn keyed_count_until_checkpoints(
     n: usize,
 ) -> (String, Vec<u64>) {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use weir::prelude::{DiscardSink, Env};
     use weir::runtime::checkpoint::CheckpointStatus;
     let env = Env::from_conf(conf).unwrap();
@@ -472,22 +472,7 @@ pub fn keyed_count_until_checkpoints(
     .name("sink");
     let job = env.execute_async(name).unwrap();
     let job_id = job.job_id().to_string();
-    let t = Instant::now();
-    loop {
-        let done = job
-            .checkpoint_stats()
-            .iter()
-            .filter(|s| s.status == CheckpointStatus::Completed)
-            .count();
-        if done >= n {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(300),
-            "only {done} checkpoints in 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_completed_checkpoints(&job, n, Duration::from_secs(300));
     stop.store(true, Ordering::SeqCst);
     let r = job.wait().unwrap();
     let ids = r
@@ -511,4 +496,29 @@ pub fn top_words(stdout: &str) -> Vec<(String, u64)> {
             Some((it.next()?.to_string(), c))
         })
         .collect()
+}
+
+/// Waits until `job` has completed `n` checkpoints; fails after `limit`.
+pub fn wait_for_completed_checkpoints(
+    job: &weir::prelude::JobHandle,
+    n: usize,
+    limit: std::time::Duration,
+) {
+    use weir::runtime::checkpoint::CheckpointStatus;
+    let t = std::time::Instant::now();
+    loop {
+        let done = job
+            .checkpoint_stats()
+            .iter()
+            .filter(|s| s.status == CheckpointStatus::Completed)
+            .count();
+        if done >= n {
+            return;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "only {done} checkpoints completed in {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
