@@ -363,3 +363,39 @@ fn top_words_survive_a_restore() {
     expected.truncate(10);
     assert_eq!(top_words(&stdout), expected, "{stdout}");
 }
+
+/// A job that failed (here: more failed checkpoints than tolerated) leaves
+/// only complete checkpoints in its directory: no `.running` lock (it
+/// stayed), no incomplete `chk-<n>`, no temporary file.
+#[test]
+fn a_failed_job_leaves_only_complete_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, ckpt) = (dir.path().join("out"), dir.path().join("ckpt"));
+    let failed = wordcount(
+        &out,
+        &ckpt,
+        &[
+            "-D",
+            "execution.checkpointing.tolerable-failed-checkpoints=2",
+        ],
+        Some("during-upload=error"),
+        None,
+    );
+    assert!(!failed.status.success());
+    let job = single_job_dir(&ckpt);
+    assert!(!job.join(".running").exists(), "the lock of a failed job");
+    let mut stack = vec![job.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(!name.ends_with(".inprogress"), "temporary {}", p.display());
+            if p.is_dir() {
+                if name.starts_with("chk-") {
+                    assert!(p.join("_metadata").is_file(), "incomplete {}", p.display());
+                }
+                stack.push(p);
+            }
+        }
+    }
+}

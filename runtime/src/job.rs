@@ -899,6 +899,9 @@ impl JobState {
                 return;
             }
         }
+        if self.failed.is_some() {
+            self.clean_up_after_failure();
+        }
         let outcome = if let Some(fallback) = self.failed.take() {
             // The best cause is known only now: a root cause recorded by any
             // subtask wins over the disconnections it caused.
@@ -1196,6 +1199,28 @@ impl JobState {
         self.lifecycle.set_status(JobStatus::Running);
         self.shared.observers.failover_deployed(None);
         Ok(())
+    }
+
+    /// A failed job's directory keeps its complete checkpoints only: the
+    /// coordinator, which cleans up at a normal end, may have failed itself
+    /// (too many failed checkpoints) with aborted checkpoints half written.
+    /// Removes the `.running` lock and what no complete checkpoint
+    /// references (incomplete `chk-<n>` directories, temporary files,
+    /// unreferenced shared files: `checkpoint::storage::sweep`).
+    fn clean_up_after_failure(&self) {
+        let Some((_, storage, _)) = &self.checkpoint else {
+            return;
+        };
+        storage.release();
+        match crate::checkpoint::storage::sweep(storage.job_dir()) {
+            Ok(gone) if !gone.is_empty() => {
+                tracing::info!(job = %self.name, removed = gone.len(), "removed what no complete checkpoint references");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(job = %self.name, error = %e, "cannot clean up the job directory");
+            }
+        }
     }
 
     /// Stops every subtask, and the coordinator too unless `keep_coordinator`

@@ -182,11 +182,18 @@ fn publish_local<R>(
     fs::create_dir_all(&dir)
         .map_err(|e| Error::io("cannot create checkpoint directory", &dir, e))?;
     let tmp = dir.join(tmp_name);
-    let r = write(&tmp)?;
-    before_publish()?;
-    fs::rename(&tmp, path).map_err(|e| Error::io("cannot publish checkpoint file", path, e))?;
-    sync_dir(&dir);
-    Ok(r)
+    let published = write(&tmp).and_then(|r| {
+        before_publish()?;
+        fs::rename(&tmp, path).map_err(|e| Error::io("cannot publish checkpoint file", path, e))?;
+        Ok(r)
+    });
+    if published.is_err() {
+        // A failed write (a full disk) leaves no temporary file behind.
+        let _ = fs::remove_file(&tmp);
+    } else {
+        sync_dir(&dir);
+    }
+    published
 }
 
 impl Store for LocalStore {
@@ -896,6 +903,25 @@ mod tests {
         });
         assert!(r.is_err());
         assert_eq!(s.size("k/_metadata").unwrap(), None);
+    }
+
+    /// On the local filesystem a write that fails before it is published
+    /// (a full disk, an injected failure) leaves neither the file nor its
+    /// temporary file.
+    #[test]
+    fn a_failed_local_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("chk-3").join("0-0.state");
+        let r = LocalStore.put(key.to_str().unwrap(), b"x".to_vec(), &|| {
+            Err(Error::Injected("test".into()))
+        });
+        assert!(r.is_err());
+        let left: Vec<String> = fs::read_dir(dir.path().join("chk-3"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]
