@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, SupervisionEvent};
 
-use crate::checkpoint::coordinator::TaskRef;
+use crate::coordinator::TaskRef;
 use crate::graph::{Head, SubtaskSpec};
 use crate::job_shared::JobShared;
 use crate::task::{CheckpointLink, SubtaskActor, SubtaskArgs};

@@ -521,7 +521,7 @@ pub(crate) struct SubtaskSpec {
 #[derive(Clone, Copy)]
 pub(crate) struct Instruments<'a> {
     pub counters: &'a [Arc<OperatorCounters>],
-    pub io: &'a [Arc<crate::metrics::io::SubtaskIo>],
+    pub io: &'a [Arc<crate::waits::SubtaskIo>],
 }
 
 /// Builds every subtask of `plan` with its channels.
@@ -631,7 +631,7 @@ fn wire(
     graph: &StreamGraph,
     plan: &JobPlan,
     conf: &Conf,
-    io: &[Arc<crate::metrics::io::SubtaskIo>],
+    io: &[Arc<crate::waits::SubtaskIo>],
     watch: &mut Vec<ChannelWatch>,
 ) -> Result<Wiring> {
     let max_p = conf.get(&options::MAX_PARALLELISM);

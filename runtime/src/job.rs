@@ -42,9 +42,9 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
-use crate::checkpoint::coordinator::{CoordMsg, Coordinator, CoordinatorArgs, JobEnd};
 use crate::checkpoint::storage::CheckpointStorage;
 use crate::checkpoint::{CheckpointConfig, CheckpointStats};
+use crate::coordinator::{CoordMsg, Coordinator, CoordinatorArgs, JobEnd};
 use crate::deploy::{LocalExecutor, SubtaskEnded, TaskExecutor};
 use crate::graph::{OperatorCounters, SubtaskSpec};
 use crate::job_shared::JobShared;
@@ -190,7 +190,7 @@ impl JobCore {
     ) -> std::result::Result<std::path::PathBuf, crate::SavepointError> {
         let target = self.savepoint_target(target)?;
         let (tx, rx) = oneshot::channel();
-        let req = crate::checkpoint::coordinator::SavepointRequest {
+        let req = crate::coordinator::SavepointRequest {
             target,
             stop,
             reply: tx,
@@ -566,7 +566,7 @@ pub(crate) enum JobMsg {
     /// Trigger a checkpoint now; the reply is its id once triggered.
     TriggerCheckpoint(oneshot::Sender<std::result::Result<u64, String>>),
     /// Take a savepoint (or stop with one); the reply comes when it is complete.
-    TriggerSavepoint(crate::checkpoint::coordinator::SavepointRequest),
+    TriggerSavepoint(crate::coordinator::SavepointRequest),
 }
 
 pub(crate) struct JobMaster;
@@ -1063,7 +1063,7 @@ impl JobState {
 
     /// `JobMsg::TriggerSavepoint`: forwarded to the coordinator, or refused
     /// with the reason.
-    fn trigger_savepoint(&mut self, req: crate::checkpoint::coordinator::SavepointRequest) {
+    fn trigger_savepoint(&mut self, req: crate::coordinator::SavepointRequest) {
         let why_not = if self.cancelled || self.failed.is_some() || self.shutting_down {
             Some("it is ending")
         } else if self.recovering.is_some() || self.coordinator.is_none() {
@@ -1259,7 +1259,7 @@ impl JobState {
         };
         let dir = storage.job_dir().join(format!("chk-{id}"));
         let loaded = crate::checkpoint::storage::load_checkpoint(&dir)?;
-        let assigned = crate::checkpoint::restore::assign(
+        let assigned = crate::restore::assign(
             &loaded,
             &self.plan,
             self.conf.get(&crate::config::options::MAX_PARALLELISM),
@@ -1306,7 +1306,7 @@ impl JobState {
             next_id = ids.iter().map(|c| c.id + 1).max().unwrap_or(1);
             if let Some(best) = ids.iter().rev().find(|c| c.status == "complete") {
                 let loaded = crate::checkpoint::storage::load_checkpoint(&best.dir)?;
-                let assigned = crate::checkpoint::restore::assign(
+                let assigned = crate::restore::assign(
                     &loaded,
                     &self.plan,
                     self.conf.get(&crate::config::options::MAX_PARALLELISM),
@@ -1322,7 +1322,7 @@ impl JobState {
         match &self.restored_from {
             Some(p) => {
                 let loaded = crate::checkpoint::storage::load_checkpoint(p)?;
-                let assigned = crate::checkpoint::restore::assign(
+                let assigned = crate::restore::assign(
                     &loaded,
                     &self.plan,
                     self.conf.get(&crate::config::options::MAX_PARALLELISM),

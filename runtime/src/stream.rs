@@ -33,7 +33,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::checkpoint::{restore, storage, CheckpointConfig};
+use crate::checkpoint::{storage, CheckpointConfig};
 use crate::config::{options, Conf};
 use crate::exchange::{HashPartition, PartitionSetup};
 use crate::graph::{Edge, JobPlan, Node, NodeKind, OperatorCounters, Ship, StreamGraph};
@@ -46,6 +46,7 @@ use crate::operator::{
     MapOp, Reduce, SinkFunction, SinkOp, SourceAdapter, SourceFunction, SourceOp,
 };
 use crate::record::{batch_len, serde_clone, Data, Key};
+use crate::restore;
 use crate::{Error, Result};
 
 /// The execution environment: configuration, the job graph being built, and

@@ -22,7 +22,7 @@
 //!    checkpoints can be in flight: a batch is captured by each that it precedes.
 //! 4. **At-least-once**: no input is blocked; the snapshot is taken when the
 //!    last barrier `n` arrives.
-//! 5. **Coordinator** ([`coordinator`]): triggers on the interval, honouring
+//! 5. **Coordinator** ([`crate::coordinator`]): triggers on the interval, honouring
 //!    min-pause, max-concurrent and timeout; a checkpoint completes when every
 //!    subtask acknowledged; only then is `_metadata` written (locally temp +
 //!    fsync + rename; on an object store one atomic PUT), then subtasks are
@@ -97,9 +97,7 @@
 //! data is in flight any more), so two-phase-commit sinks commit everything
 //! before `execute` returns.
 
-pub mod coordinator;
 pub(crate) mod events;
-pub(crate) mod restore;
 pub mod storage;
 pub mod store;
 
@@ -109,10 +107,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{options, Conf};
-pub use crate::state::snapshot::{KeyedStateHandle, RocksStateHandle, StateFile};
-use crate::state::snapshot::{OperatorStateStore, RestoredKeyed};
+pub use crate::snapshot::{KeyedStateHandle, RocksStateHandle, StateFile};
+use crate::snapshot::{OperatorStateStore, RestoredKeyed};
 
-/// What one new subtask restores (assigned by [`restore`] from a checkpoint;
+/// What one new subtask restores (assigned by [`crate::restore`] from a checkpoint;
 /// carried to the subtask by its spec, `crate::graph::SubtaskSpec`).
 #[derive(Default)]
 pub(crate) struct SubtaskRestore {

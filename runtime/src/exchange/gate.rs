@@ -97,7 +97,7 @@ impl InputGate {
         tokio::pin!(wake);
         let signals = self.signals.clone();
         // Started at the first wait for input: idle time (metrics).
-        let mut _waiting: Option<crate::metrics::io::Waiting<'_>> = None;
+        let mut _waiting: Option<crate::waits::Waiting<'_>> = None;
         loop {
             let notified = signals.gate.notified();
             tokio::pin!(notified);

@@ -103,7 +103,7 @@ impl Tx {
     pub(crate) async fn send_batch(&self, batch: AnyBatch) -> Result<()> {
         let mut batch = Some(batch);
         // Started at the first wait for space: back-pressured time (metrics).
-        let mut _waiting: Option<crate::metrics::io::Waiting<'_>> = None;
+        let mut _waiting: Option<crate::waits::Waiting<'_>> = None;
         loop {
             let space = self.ch.space.notified();
             let urgent = self.ch.sender.urgent_wake.notified();

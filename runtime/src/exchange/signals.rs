@@ -22,12 +22,12 @@ pub(crate) struct TaskSignals {
     pub urgent_wake: Notify,
     /// Time this subtask spent back-pressured (waiting for space on an
     /// output) and idle (waiting for input): the job's metrics read it.
-    pub io: Arc<crate::metrics::io::SubtaskIo>,
+    pub io: Arc<crate::waits::SubtaskIo>,
 }
 
 impl TaskSignals {
     /// Signals of a subtask whose time is accounted in `io`.
-    pub(crate) fn with_io(io: Arc<crate::metrics::io::SubtaskIo>) -> Self {
+    pub(crate) fn with_io(io: Arc<crate::waits::SubtaskIo>) -> Self {
         TaskSignals {
             io,
             ..TaskSignals::default()

@@ -45,8 +45,7 @@ use crate::checkpoint::{CheckpointCounts, CheckpointStats, CheckpointStatus};
 use crate::graph::{JobPlan, OperatorCounters};
 use crate::lifecycle::{JobStatus, Lifecycle};
 
-pub(crate) mod io;
-pub use io::SubtaskIo;
+pub use crate::waits::SubtaskIo;
 
 /// One operator of a job, as the metrics see it.
 pub(crate) struct OperatorInfo {

@@ -53,12 +53,11 @@
 pub mod heap;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
-pub mod snapshot;
 
 use std::marker::PhantomData;
 use std::path::PathBuf;
 
-pub use snapshot::{
+pub use crate::snapshot::{
     KeyedStateHandle, KeyedStateSnapshot, OperatorStateStore, RestoredKeyed, RocksStateHandle,
     StateFile, StateKind, StateSnapshot,
 };

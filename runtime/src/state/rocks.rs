@@ -57,12 +57,12 @@ use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::snapshot::{KeyedStateHandle, RocksStateHandle, StateFile};
 use super::BackendScope;
 use super::{KeyedStateSnapshot, StateKind, StateSnapshot, UploadTarget, UploadedKeyed};
 use crate::checkpoint::storage::{copy_crc, link_or_copy_crc};
 use crate::keygroup::{key_group_for, KeyGroupRange};
 use crate::record::{Data, Key};
+use crate::snapshot::{KeyedStateHandle, RocksStateHandle, StateFile};
 use crate::{Error, Result};
 
 fn db_err(e: rocksdb::Error) -> Error {

@@ -43,15 +43,15 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use crate::checkpoint::coordinator::CoordMsg;
 use crate::checkpoint::storage::CheckpointStorage;
 use crate::checkpoint::BarrierMode;
+use crate::coordinator::CoordMsg;
 use crate::graph::SubtaskSpec;
 use crate::job_shared::JobShared;
 use crate::Error;
 
 /// Checkpoint control for the loop: what the coordinator sends.
-pub(crate) use crate::checkpoint::coordinator::CheckpointControl as Control;
+pub(crate) use crate::coordinator::CheckpointControl as Control;
 
 /// Messages to a subtask actor.
 pub(crate) enum SubtaskMsg {

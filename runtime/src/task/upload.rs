@@ -20,12 +20,12 @@ use std::time::Instant;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use super::CheckpointLink;
-use crate::checkpoint::coordinator::{Ack, CoordMsg};
 use crate::checkpoint::events::SubtaskPhases;
 use crate::checkpoint::{
     now_ms, ChannelStateEntry, KeyedStateHandle, OperatorSnapshot, StateHandle,
     SubtaskCheckpointStats, SubtaskState,
 };
+use crate::coordinator::{Ack, CoordMsg};
 use crate::state::{OperatorStateStore, PendingKeyedSnapshot, UploadTarget};
 use crate::{Error, Result};
 

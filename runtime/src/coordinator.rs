@@ -4,7 +4,7 @@
 //! fewer than `max-concurrent-checkpoints` are in flight and `min-pause` has
 //! passed since the last one ended), collects one acknowledgement per subtask,
 //! and completes `n` when all are in: `_metadata` is written (atomically,
-//! see [`super::storage`]), then every subtask is told `complete(n)`, then
+//! see [`crate::checkpoint::storage`]), then every subtask is told `complete(n)`, then
 //! checkpoints beyond `num-retained` are deleted, and with them the shared
 //! files (incremental RocksDB checkpoints) whose reference count, kept here
 //! over the retained checkpoints, drops to zero. A new attempt of the job
@@ -41,7 +41,7 @@
 //!
 //! The decisions are plain functions of the coordinator's state; the only
 //! I/O is writing `_metadata`, creating savepoint directories and deleting
-//! directories (all through [`super::storage`]).
+//! directories (all through [`crate::checkpoint::storage`]).
 //!
 //! Each acknowledgement received and each checkpoint's end are reported to
 //! the job's observers (`JobShared::observers`, see `checkpoint::events`): the
@@ -53,9 +53,11 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::events::{alignment_name, CheckpointEnded, CheckpointObserver, SubtaskPhases};
-use super::storage::CheckpointStorage;
-use super::{
+use crate::checkpoint::events::{
+    alignment_name, CheckpointEnded, CheckpointObserver, SubtaskPhases,
+};
+use crate::checkpoint::storage::CheckpointStorage;
+use crate::checkpoint::{
     now_ms, CheckpointConfig, CheckpointMetadata, CheckpointStats, CheckpointStatus, StateHandle,
     SubtaskCheckpointStats,
 };
@@ -176,10 +178,10 @@ pub(crate) struct CoordinatorArgs {
     /// The checkpoint of this job's directory the attempt was restored from.
     pub latest: Option<u64>,
     pub stats: Arc<Mutex<Vec<CheckpointStats>>>,
-    pub counts: Arc<super::CheckpointCounts>,
+    pub counts: Arc<crate::checkpoint::CheckpointCounts>,
     pub shared: Arc<JobShared>,
     /// `CLAIM` mode: the checkpoint directory restored from, which this job
-    /// now owns (deleted once subsumed, see [`super::storage::discard_claimed`]).
+    /// now owns (deleted once subsumed, see [`crate::checkpoint::storage::discard_claimed`]).
     pub claimed: Option<std::path::PathBuf>,
 }
 
@@ -493,13 +495,15 @@ impl CoordState {
     /// the job directory (a restarted attempt keeps and counts them).
     fn adopt_existing(&mut self) {
         // Only the `_metadata` files are read: they list every referenced file.
-        let Ok(dirs) = super::storage::chk_dirs(self.args.storage.job_dir()) else {
+        let Ok(dirs) = crate::checkpoint::storage::chk_dirs(self.args.storage.job_dir()) else {
             return;
         };
         let mut ids: Vec<u64> = dirs.into_iter().map(|(id, _)| id).collect();
         ids.sort_unstable();
         for id in ids {
-            if let Ok(m) = super::storage::read_metadata(&self.args.storage.checkpoint_dir(id)) {
+            if let Ok(m) =
+                crate::checkpoint::storage::read_metadata(&self.args.storage.checkpoint_dir(id))
+            {
                 self.retain(id, &m.subtasks);
                 self.latest_completed = self.latest_completed.max(id);
             }
@@ -522,7 +526,7 @@ impl CoordState {
         if self.retained.len() >= self.args.cfg.num_retained {
             // CLAIM: the restored checkpoint counts as the oldest retained one.
             if let Some(dir) = self.args.claimed.take() {
-                super::storage::discard_claimed(&dir);
+                crate::checkpoint::storage::discard_claimed(&dir);
             }
         }
         let mut unreferenced = Vec::new();

@@ -22,10 +22,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::storage::LoadedCheckpoint;
-use super::{KeyedStateHandle, SubtaskRestore};
+use crate::checkpoint::storage::LoadedCheckpoint;
+use crate::checkpoint::{KeyedStateHandle, SubtaskRestore};
 use crate::graph::JobPlan;
-use crate::state::{OperatorStateStore, RestoredKeyed};
+use crate::snapshot::{OperatorStateStore, RestoredKeyed};
 use crate::{Error, Result};
 
 /// Refuses a checkpoint whose keyed state was partitioned into another
@@ -67,7 +67,8 @@ pub(crate) fn assign(
         .flat_map(|c| c.operators.iter().map(String::as_str))
         .collect();
     // Operator name -> (old subtask index, snapshot) in old subtask order.
-    let mut by_op: BTreeMap<&str, Vec<(usize, &super::OperatorSnapshot)>> = BTreeMap::new();
+    let mut by_op: BTreeMap<&str, Vec<(usize, &crate::checkpoint::OperatorSnapshot)>> =
+        BTreeMap::new();
     for st in &cp.states {
         for op in &st.operators {
             if !known.contains(op.name.as_str()) {
