@@ -249,6 +249,9 @@ fn failing_uploads_abort_checkpoints_and_exceed_tolerance() {
     }
     // Nothing was committed.
     assert!(read_output(&out).is_empty());
+    // The failed job leaves only complete checkpoints (here none): no lock,
+    // no incomplete `chk-<n>`, no temporary file (the lock used to stay).
+    assert_eq!(only_complete_checkpoints(&job), 0);
 }
 
 #[test]
@@ -362,40 +365,4 @@ fn top_words_survive_a_restore() {
     expected.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     expected.truncate(10);
     assert_eq!(top_words(&stdout), expected, "{stdout}");
-}
-
-/// A job that failed (here: more failed checkpoints than tolerated) leaves
-/// only complete checkpoints in its directory: no `.running` lock (it
-/// stayed), no incomplete `chk-<n>`, no temporary file.
-#[test]
-fn a_failed_job_leaves_only_complete_checkpoints() {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, ckpt) = (dir.path().join("out"), dir.path().join("ckpt"));
-    let failed = wordcount(
-        &out,
-        &ckpt,
-        &[
-            "-D",
-            "execution.checkpointing.tolerable-failed-checkpoints=2",
-        ],
-        Some("during-upload=error"),
-        None,
-    );
-    assert!(!failed.status.success());
-    let job = single_job_dir(&ckpt);
-    assert!(!job.join(".running").exists(), "the lock of a failed job");
-    let mut stack = vec![job.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
-            assert!(!name.ends_with(".inprogress"), "temporary {}", p.display());
-            if p.is_dir() {
-                if name.starts_with("chk-") {
-                    assert!(p.join("_metadata").is_file(), "incomplete {}", p.display());
-                }
-                stack.push(p);
-            }
-        }
-    }
 }

@@ -182,6 +182,19 @@ fn value(stdout: &str, label: &str) -> u64 {
 }
 
 /// The path `weir` printed after `Savepoint completed. Path: `.
+/// The README's `weir stop` of the job named wordcount, its savepoint
+/// into `sps`; the command's output (it succeeded).
+fn stop_wordcount(url: &str, sps: &Path) -> String {
+    ok(&weir(&[
+        "stop",
+        "--url",
+        url,
+        "--savepoint-path",
+        sps.to_str().unwrap(),
+        "wordcount",
+    ]))
+}
+
 fn savepoint_path(out: &str) -> PathBuf {
     PathBuf::from(
         out.lines()
@@ -201,14 +214,7 @@ fn stop_prints_the_savepoint_and_the_top_words_and_the_resumed_run_is_exact() {
     wc.counting();
 
     // The README's command, by job name.
-    let out = ok(&weir(&[
-        "stop",
-        "--url",
-        &url,
-        "--savepoint-path",
-        sps.to_str().unwrap(),
-        "wordcount",
-    ]));
+    let out = stop_wordcount(&url, &sps);
     let sp = savepoint_path(&out);
     assert!(sp.starts_with(&sps), "{}", sp.display());
     assert!(sp.join("_metadata").is_file(), "{}", sp.display());
@@ -349,14 +355,7 @@ fn an_unbounded_paced_wordcount_runs_until_stopped() {
     std::thread::sleep(Duration::from_secs(2));
     let listed = ok(&weir(&["list", "--url", &url]));
     assert!(listed.contains("RUNNING"), "{listed}");
-    let out = ok(&weir(&[
-        "stop",
-        "--url",
-        &url,
-        "--savepoint-path",
-        sps.to_str().unwrap(),
-        "wordcount",
-    ]));
+    let out = stop_wordcount(&url, &sps);
     let secs = started.elapsed().as_secs_f64();
     assert!(savepoint_path(&out).join("_metadata").is_file(), "{out}");
     let end = wc.ended();
@@ -406,26 +405,8 @@ fn sigterm_cancels_the_job_cleanly_and_exits_non_zero() {
         end.stderr
     );
     let job = common::single_job_dir(&ckpt);
-    assert!(!job.join(".running").exists(), "the lock is left");
-    let mut complete = 0;
-    let mut stack = vec![job.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
-            assert!(
-                !name.ends_with(".inprogress"),
-                "temporary file {}",
-                p.display()
-            );
-            if p.is_dir() {
-                if name.starts_with("chk-") {
-                    assert!(p.join("_metadata").is_file(), "incomplete {}", p.display());
-                    complete += 1;
-                }
-                stack.push(p);
-            }
-        }
-    }
-    assert!(complete >= 1, "the retained checkpoint of a cancelled job");
+    assert!(
+        common::only_complete_checkpoints(&job) >= 1,
+        "the retained checkpoint of a cancelled job"
+    );
 }

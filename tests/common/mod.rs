@@ -522,3 +522,35 @@ pub fn wait_for_completed_checkpoints(
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// Asserts that the job directory `job` holds what a job that ended leaves:
+/// no `.running` lock, no temporary `.inprogress` file, only complete
+/// `chk-<n>` directories; returns how many there are.
+pub fn only_complete_checkpoints(job: &Path) -> usize {
+    assert!(
+        !job.join(".running").exists(),
+        "the lock is left in {}",
+        job.display()
+    );
+    let mut complete = 0;
+    let mut stack = vec![job.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.ends_with(".inprogress"),
+                "temporary file {}",
+                p.display()
+            );
+            if p.is_dir() {
+                if name.starts_with("chk-") {
+                    assert!(p.join("_metadata").is_file(), "incomplete {}", p.display());
+                    complete += 1;
+                }
+                stack.push(p);
+            }
+        }
+    }
+    complete
+}
