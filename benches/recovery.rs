@@ -208,6 +208,7 @@ fn main() {
             "execution.checkpointing.externalized-checkpoint-retention",
             "DELETE_ON_CANCELLATION",
         ),
+        ("restart-strategy.type", "fixed-delay"),
         ("restart-strategy.fixed-delay.attempts", "1000000"),
         ("state.backend.type", a.backend.as_str()),
         (

@@ -65,6 +65,7 @@ fn run(dir: &std::path::Path, kill: Option<usize>) -> (usize, u64, BTreeMap<u64,
         dir,
         &[
             ("execution.checkpointing.interval", "20ms"),
+            ("restart-strategy.type", "fixed-delay"),
             ("restart-strategy.fixed-delay.delay", "10ms"),
         ],
     );

@@ -228,6 +228,9 @@ fn failing_uploads_abort_checkpoints_and_exceed_tolerance() {
         &[
             "-D",
             "execution.checkpointing.tolerable-failed-checkpoints=2",
+            // The default (exponential-delay) would restart the job forever.
+            "-D",
+            "restart-strategy.type=none",
         ],
         Some("during-upload=error"),
         None,
@@ -262,7 +265,12 @@ fn checkpoint_timeout_aborts_and_tolerance_decides() {
     let strict = wordcount(
         &dir.path().join("out1"),
         &dir.path().join("ckpt1"),
-        &["-D", "execution.checkpointing.timeout=1ms"],
+        &[
+            "-D",
+            "execution.checkpointing.timeout=1ms",
+            "-D",
+            "restart-strategy.type=none",
+        ],
         None,
         None,
     );

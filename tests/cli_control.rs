@@ -53,6 +53,7 @@ fn cli_controls_a_running_job() {
         dir.path(),
         &[
             ("execution.checkpointing.interval", "1h"),
+            ("restart-strategy.type", "fixed-delay"),
             ("restart-strategy.fixed-delay.attempts", "1000"),
             ("parallelism.default", "2"),
         ],

@@ -70,6 +70,7 @@ fn chaos_wordcount(seed: u64, mode: &[(&str, &str)], copies: usize) -> Run {
         ("parallelism.default", "2"),
         ("chaos.kill-interval", "40ms"),
         ("chaos.seed", &seed.to_string()),
+        ("restart-strategy.type", "fixed-delay"),
         ("restart-strategy.fixed-delay.attempts", "1000000"),
         // Small batches: the throttle takes about 3 ms per batch, so a barrier
         // never waits long behind one and checkpoints complete between kills.

@@ -57,6 +57,7 @@ fn exactly_once_through_random_kills() {
         let mut pairs = vec![
             ("execution.checkpointing.interval", "20ms"),
             ("parallelism.default", "2"),
+            ("restart-strategy.type", "fixed-delay"),
             ("restart-strategy.fixed-delay.attempts", "1000"),
         ];
         pairs.extend(extra);
@@ -89,7 +90,10 @@ fn restart_strategy_gives_up_after_its_attempts() {
     let dir = tempfile::tempdir().unwrap();
     let env = Env::from_conf(conf(
         dir.path(),
-        &[("restart-strategy.fixed-delay.attempts", "2")],
+        &[
+            ("restart-strategy.type", "fixed-delay"),
+            ("restart-strategy.fixed-delay.attempts", "2"),
+        ],
     ))
     .unwrap();
     env.add_source(GeneratorSource::new(3, None, |i, _| i))
@@ -150,6 +154,7 @@ fn forward_job(strategy: &str) -> (Vec<u64>, u64, bool) {
             ("parallelism.default", "4"),
             ("execution.checkpointing.interval", "20ms"),
             ("jobmanager.execution.failover-strategy", strategy),
+            ("restart-strategy.type", "fixed-delay"),
             ("restart-strategy.fixed-delay.delay", "300ms"),
         ],
     ))
@@ -268,6 +273,7 @@ fn chaos_kills_during_wordcount_keep_exactly_once() {
         .args(["--input", input.to_str().unwrap()])
         // Kills further apart than a checkpoint cycle, so the job makes progress between them.
         .args(["-D", "chaos.kill-interval=120ms", "-D", "chaos.seed=7"])
+        .args(["-D", "restart-strategy.type=fixed-delay"])
         .args(["-D", "restart-strategy.fixed-delay.attempts=100000"])
         .output()
         .unwrap();
@@ -420,6 +426,101 @@ fn exponential_delay_backoff_grows_and_resets_after_a_quiet_period() {
             && err.contains("attempts-before-reset-backoff = 5"),
         "{err}"
     );
+}
+
+/// Not set, the restart strategy is Flink's default. With checkpointing on it
+/// is exponential-delay with unlimited attempts: kills keep being recovered
+/// (the previous default, fixed-delay with 3 attempts, failed the job at the
+/// fourth kill). With checkpointing off the first failure fails the job,
+/// saying why.
+#[test]
+fn the_default_restart_strategy_depends_on_checkpointing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = killable(
+        &dir.path().join("on"),
+        &[
+            ("execution.checkpointing.interval", "50ms"),
+            // Short pauses keep the test fast; the type stays unset.
+            ("restart-strategy.exponential-delay.initial-backoff", "10ms"),
+            ("restart-strategy.exponential-delay.max-backoff", "40ms"),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    for _ in 0..6 {
+        kill_and_time_restart(&job);
+    }
+    assert_eq!(job.num_restarts(), 6);
+    assert!(!job.is_done());
+    job.cancel();
+    let err = job.wait().unwrap_err().to_string();
+    assert!(err.contains("cancel"), "{err}");
+
+    let job = killable(
+        &dir.path().join("off"),
+        &[("execution.checkpointing.interval", "off")],
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    job.kill_subtask("src", 0).unwrap();
+    let err = job.wait().unwrap_err().to_string();
+    assert!(
+        err.contains("restart-strategy.type is not set and checkpointing is off")
+            && err.contains("killed on request"),
+        "{err}"
+    );
+}
+
+/// A subtask stuck in user code (it neither returns nor awaits) does not
+/// stop when its region restarts. The restart used to wait for it forever,
+/// silently; now the job fails after `task.cancellation.timeout`, naming the
+/// subtask and the failure the restart was for.
+#[test]
+fn a_subtask_stuck_in_user_code_fails_the_job_after_the_cancellation_timeout() {
+    static RELEASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::from_conf(conf(
+        dir.path(),
+        &[
+            ("restart-strategy.type", "fixed-delay"),
+            ("restart-strategy.fixed-delay.attempts", "5"),
+            ("task.cancellation.interval", "100ms"),
+            ("task.cancellation.timeout", "700ms"),
+        ],
+    ))
+    .unwrap();
+    env.add_source(GeneratorSource::new(1, None, |i, _| i).with_rate(20_000.0))
+        .name("src")
+        .map(|i: u64| {
+            if i == 200 {
+                // Blocks its thread: never returns, never awaits.
+                while !RELEASE.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            i
+        })
+        .name("stuck")
+        .add_sink(DiscardSink);
+    let mut job = env.execute_async("stuck-job").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    job.kill_subtask("stuck", 0).unwrap();
+    let killed = Instant::now();
+    while !job.is_done() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the restart waits for the stuck subtask forever"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = killed.elapsed();
+    let err = job.wait().unwrap_err().to_string();
+    RELEASE.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        err.contains("subtask 'src -> stuck -> Sink (0)'")
+            && err.contains("did not stop within task.cancellation.timeout (700ms)")
+            && err.contains("killed on request"),
+        "{err}"
+    );
+    assert!(took >= Duration::from_millis(700), "{took:?}: {err}");
 }
 
 #[test]

@@ -8,6 +8,20 @@ use std::time::{Duration, Instant};
 
 use weir::prelude::*;
 
+/// `Env::local()` with no restart: with checkpointing on, the default
+/// restart strategy (exponential-delay, as in Flink) would restart a job that
+/// fails on every run forever.
+fn env_failing_at_once() -> Env {
+    let mut conf = Conf::defaults();
+    conf.set(
+        "execution.checkpointing.dir",
+        std::env::temp_dir().join("weir-checkpoints").display(),
+    )
+    .unwrap();
+    conf.set("restart-strategy.type", "none").unwrap();
+    Env::from_conf(conf).unwrap()
+}
+
 #[test]
 fn bounded_job_finishes_with_record_counts() {
     let mut env = Env::local().unwrap();
@@ -47,7 +61,7 @@ fn bounded_job_finishes_with_record_counts() {
 
 #[test]
 fn panic_in_operator_fails_the_job_with_its_name_and_message() {
-    let env = Env::local().unwrap();
+    let env = env_failing_at_once();
     env.add_source(GeneratorSource::new(3, None, |i, _| i))
         .map(|i: u64| {
             if i == 5_000 {
@@ -98,7 +112,7 @@ impl KeyedProcessFunction<u64, u64, u64> for Picky {
 
 #[test]
 fn error_from_user_function_is_reported_as_the_root_cause() {
-    let mut env = Env::local().unwrap();
+    let mut env = env_failing_at_once();
     env.set_parallelism(2).unwrap();
     env.add_source(CollectionSource::new((0..100_000u64).collect()))
         .key_by(|v: &u64| *v)

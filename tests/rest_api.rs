@@ -20,6 +20,7 @@ fn start(name: &str, extra: &[(&str, &str)]) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = vec![
         ("execution.checkpointing.interval", "100ms"),
+        ("restart-strategy.type", "fixed-delay"),
         ("restart-strategy.fixed-delay.attempts", "1000"),
         ("parallelism.default", "2"),
     ];

@@ -220,6 +220,7 @@ fn ui_shows_checkpoints_and_kill_restarts_a_subtask() {
         &dir.path().join("ckpt"),
         &[
             ("execution.checkpointing.interval", "200ms"),
+            ("restart-strategy.type", "fixed-delay"),
             ("restart-strategy.fixed-delay.attempts", "1000"),
             ("parallelism.default", "2"),
             (

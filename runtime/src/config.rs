@@ -84,7 +84,13 @@ impl Kind {
                     .into()
             }
             Kind::Bool => "true or false".into(),
-            Kind::Enum(words) => format!("one of {}", words.join(", ")),
+            Kind::Enum(words) => {
+                let words: Vec<&str> = words
+                    .iter()
+                    .map(|w| if w.is_empty() { "\"\" (not set)" } else { w })
+                    .collect();
+                format!("one of {}", words.join(", "))
+            }
             Kind::Text => "any text".into(),
             Kind::DurationOrOff => "off, or a duration such as 500ms, 1s or 10min".into(),
             Kind::Float { min, max } => format!("a number from {min} to {max}"),
@@ -883,8 +889,9 @@ pub mod options {
     /// Restart strategy.
     pub const RESTART_STRATEGY: ConfigOption<String> = ConfigOption::new(
         "restart-strategy.type",
-        "fixed-delay",
+        "",
         Kind::Enum(&[
+            "",
             "none",
             "off",
             "disable",
@@ -895,7 +902,7 @@ pub mod options {
             "exponential-delay",
             "exponentialdelay",
         ]),
-        "what a failure does: none fails the job; fixed-delay, failure-rate and exponential-delay restart it from the latest checkpoint",
+        "what a failure does: none fails the job; fixed-delay, failure-rate and exponential-delay restart it from the latest checkpoint; not set (\"\"): exponential-delay when checkpointing is on (execution.checkpointing.interval), none when it is off, as in Flink",
     );
     /// Fixed-delay attempts.
     pub const RESTART_ATTEMPTS: ConfigOption<u64> = ConfigOption::new(
@@ -986,12 +993,26 @@ pub mod options {
         },
         "exponential-delay: restarts allowed without a reset before the job fails",
     );
+    /// Cancellation watchdog: report interval.
+    pub const TASK_CANCELLATION_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
+        "task.cancellation.interval",
+        "30s",
+        Kind::PositiveDuration,
+        "while a subtask stopped for a restart still runs user code, log a warning naming it this often",
+    );
+    /// Cancellation watchdog: timeout.
+    pub const TASK_CANCELLATION_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
+        "task.cancellation.timeout",
+        "180s",
+        Kind::Duration,
+        "a subtask stopped for a restart that still runs user code this long fails the job, naming the subtask (instead of a restart that waits forever); 0 waits forever",
+    );
     /// Chaos: kill interval.
     pub const CHAOS_KILL_INTERVAL: ConfigOption<Option<Duration>> = ConfigOption::new(
         "chaos.kill-interval",
         "off",
         Kind::DurationOrOff,
-        "kill a random subtask after each such span of running without a kill or a recovery (failure testing); off disables",
+        "kill a random subtask after each such span of running without a kill or a recovery (failure testing); off disables. Each kill is a failure for the restart strategy: the default (exponential-delay) pauses 1 s before the first restart, growing to 1 min; for fast chaos runs set restart-strategy.exponential-delay.initial-backoff: 10ms and .max-backoff: 100ms (or restart-strategy.type: fixed-delay with a large .attempts)",
     );
     /// Chaos: seed.
     pub const CHAOS_SEED: ConfigOption<u64> = ConfigOption::new(
@@ -1202,6 +1223,8 @@ pub mod options {
         RESTART_EXP_JITTER.def,
         RESTART_EXP_RESET.def,
         RESTART_EXP_ATTEMPTS.def,
+        TASK_CANCELLATION_INTERVAL.def,
+        TASK_CANCELLATION_TIMEOUT.def,
         CHAOS_KILL_INTERVAL.def,
         CHAOS_SEED.def,
         CHAOS_TARGETS.def,

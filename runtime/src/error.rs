@@ -71,6 +71,22 @@ pub enum Error {
         cause: Box<Error>,
     },
 
+    /// Subtasks stopped for a restart were still running user code after
+    /// `task.cancellation.timeout` (see `crate::cancellation`).
+    #[error(
+        "subtask {subtasks} did not stop within task.cancellation.timeout ({timeout:?}) after \
+         it was cancelled for a restart (after: {cause}); it is stuck in user code that \
+         neither returns nor awaits, so the job cannot restart and fails"
+    )]
+    CancellationTimeout {
+        /// The stuck subtasks, e.g. `'slow' (subtask 1)`.
+        subtasks: String,
+        /// The timeout that passed.
+        timeout: std::time::Duration,
+        /// The failure the restart was for.
+        cause: String,
+    },
+
     /// The job was cancelled before it finished.
     #[error("job '{0}' was cancelled")]
     Cancelled(String),

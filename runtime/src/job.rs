@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
+use crate::cancellation::{CancellationConfig, CancellationWatch, Verdict};
 use crate::checkpoint::storage::CheckpointStorage;
 use crate::checkpoint::{CheckpointConfig, CheckpointStats};
 use crate::coordinator::{CoordMsg, Coordinator, CoordinatorArgs, JobEnd};
@@ -672,6 +673,10 @@ pub(crate) struct JobState {
     region_running: Vec<usize>,
     /// Regions being restarted, with the failure and when the restart may start.
     regions_recovering: std::collections::BTreeMap<usize, (String, std::time::Instant)>,
+    /// `task.cancellation.*`, and one watch per wait for stopped subtasks
+    /// (key: the region, `None` for a full restart), see [`crate::cancellation`].
+    cancellation: CancellationConfig,
+    cancel_watches: std::collections::BTreeMap<Option<usize>, CancellationWatch>,
     /// Where the subtasks run ([`crate::deploy`]).
     executor: LocalExecutor,
     running: usize,
@@ -910,7 +915,15 @@ impl JobState {
                 .take_failure()
                 .unwrap_or_else(|| Error::Internal(format!("subtask actor failed: {fallback}")));
             let n = self.restarts.load(Ordering::Relaxed);
-            if let (Some(reason), true) = (self.gave_up.take(), self.tracker.may_restart()) {
+            // A strategy that may restart says why it stopped; so does
+            // `none` when it was chosen for the user (not set, no
+            // checkpointing): they did not ask for it.
+            let explain = self.tracker.may_restart()
+                || matches!(
+                    self.tracker.strategy(),
+                    crate::restart::RestartStrategy::None { defaulted: true }
+                );
+            if let (Some(reason), true) = (self.gave_up.take(), explain) {
                 Err(Error::RestartsExhausted {
                     restarts: n,
                     strategy: reason,
@@ -983,6 +996,8 @@ impl JobState {
             tracing::warn!(job = %self.name, error = %err, region = r, ?delay, "subtask failed; restarting its region from the latest checkpoint");
             self.regions_recovering
                 .insert(r, (err, std::time::Instant::now() + delay));
+            self.cancel_watches
+                .insert(Some(r), CancellationWatch::new(std::time::Instant::now()));
             for &t in &self.regions[r] {
                 self.executor.stop(t, "region restarting");
             }
@@ -996,6 +1011,8 @@ impl JobState {
             self.lifecycle.set_status(JobStatus::Restarting);
             self.recovering = Some(err);
             self.restart_at = std::time::Instant::now() + delay;
+            self.cancel_watches
+                .insert(None, CancellationWatch::new(std::time::Instant::now()));
             self.stop_everything(false);
         } else {
             tracing::error!(job = %self.name, error = %err, "job failed; stopping all subtasks");
@@ -1123,9 +1140,13 @@ impl JobState {
             return;
         }
         if self.shared.any_live(&self.regions[r]) {
+            if self.stuck_subtasks_fail_the_job(myself, Some(r)) {
+                return;
+            }
             myself.send_after(Duration::from_millis(1), move || JobMsg::RestartRegion(r));
             return;
         }
+        self.cancel_watches.remove(&Some(r));
         self.shared.observers.failover_stopped(Some(r));
         // The restart strategy's delay, without blocking this mailbox.
         let at = self.regions_recovering[&r].1;
@@ -1169,10 +1190,14 @@ impl JobState {
             return Ok(());
         }
         if self.shared.live_loops() > 0 {
+            if self.stuck_subtasks_fail_the_job(myself, None) {
+                return Ok(());
+            }
             // Old processing loops finish their current step first.
             myself.send_after(Duration::from_millis(2), || JobMsg::Restart);
             return Ok(());
         }
+        self.cancel_watches.remove(&None);
         self.shared.observers.failover_stopped(None);
         let now = std::time::Instant::now();
         if self.restart_at > now {
@@ -1199,6 +1224,72 @@ impl JobState {
         self.lifecycle.set_status(JobStatus::Running);
         self.shared.observers.failover_deployed(None);
         Ok(())
+    }
+
+    /// The cancellation watchdog ([`crate::cancellation`]) over the wait for
+    /// region `region`'s (`None`: every) stopped subtasks: logs the stuck
+    /// ones each `task.cancellation.interval`; after
+    /// `task.cancellation.timeout` fails the job naming them and returns
+    /// `true`.
+    fn stuck_subtasks_fail_the_job(
+        &mut self,
+        myself: &ActorRef<JobMsg>,
+        region: Option<usize>,
+    ) -> bool {
+        let now = std::time::Instant::now();
+        let cfg = self.cancellation;
+        let watch = self
+            .cancel_watches
+            .entry(region)
+            .or_insert_with(|| CancellationWatch::new(now));
+        let verdict = watch.check(&cfg, now);
+        let waited = watch.waited(now);
+        if verdict == Verdict::Wait {
+            return false;
+        }
+        let members: Vec<usize> = match region {
+            Some(r) => self.regions[r].clone(),
+            None => (0..self.plan.num_subtasks()).collect(),
+        };
+        let stuck = members
+            .into_iter()
+            .filter(|t| self.shared.any_live(&[*t]))
+            .map(|t| format!("'{}'", self.plan.subtask_name(t)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if verdict == Verdict::Report {
+            tracing::warn!(job = %self.name, subtasks = %stuck, ?waited, "stopped for a restart, still running user code (task.cancellation.interval); the restart waits");
+            return false;
+        }
+        let cause = match region {
+            Some(r) => self.regions_recovering.remove(&r).map(|(c, _)| c),
+            None => self.recovering.take(),
+        }
+        .unwrap_or_default();
+        let err = Error::CancellationTimeout {
+            subtasks: stuck,
+            timeout: cfg.timeout.unwrap_or(waited),
+            cause,
+        };
+        let text = err.to_string();
+        tracing::error!(job = %self.name, error = %text, "job failed");
+        self.lifecycle.record_failure(FailureRecord {
+            timestamp: crate::checkpoint::now_ms(),
+            message: text.clone(),
+            task: None,
+            action: "job failed".to_string(),
+        });
+        // This failure, not the one the restart was for, is the job's.
+        let _ = self.shared.take_failure();
+        self.shared.record_failure(err);
+        self.recovering = None;
+        self.regions_recovering.clear();
+        self.cancel_watches.clear();
+        self.gave_up = None;
+        self.failed = Some(text);
+        self.stop_everything(true);
+        self.end_if_idle(myself);
+        true
     }
 
     /// A failed job's directory keeps its complete checkpoints only: the
@@ -1359,6 +1450,7 @@ impl Actor for JobMaster {
         args: JobArgs,
     ) -> Result<JobState, ActorProcessingErr> {
         let first_id = args.checkpoint.as_ref().map_or(1, |c| c.first_id);
+        let cancellation = CancellationConfig::from_conf(&args.conf);
         let mut state = JobState {
             name: args.name,
             job_id: args.job_id,
@@ -1391,6 +1483,8 @@ impl Actor for JobMaster {
             region_of: Vec::new(),
             region_running: Vec::new(),
             regions_recovering: Default::default(),
+            cancellation,
+            cancel_watches: Default::default(),
             regions: Vec::new(),
             executor: LocalExecutor::default(),
             running: 0,

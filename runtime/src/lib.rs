@@ -42,6 +42,8 @@
 //!   restores; read by [`job`], [`metrics`] and [`rest`].
 //! - [`restart`]: restart strategies (fixed-delay, failure-rate,
 //!   exponential-delay) as pure decisions the job supervisor applies.
+//! - `cancellation`: the watchdog that bounds how long a restart waits for
+//!   stopped subtasks stuck in user code (`task.cancellation.*`).
 //! - [`exchange`]: the data plane: the channel seam (in-process bounded
 //!   queues today, a network channel beside them in cluster mode),
 //!   partitioners, output edges, the input gate.
@@ -84,6 +86,7 @@
 
 #![warn(missing_docs)]
 
+pub(crate) mod cancellation;
 pub mod checkpoint;
 pub mod config;
 pub mod coordinator;

@@ -11,6 +11,13 @@
 //! | `failure-rate` | `restart-strategy.failure-rate.max-failures-per-interval`, `.failure-rate-interval`, `.delay` | restart after `delay` unless more than `max-failures-per-interval` failures fall in the last `failure-rate-interval` |
 //! | `exponential-delay` | `restart-strategy.exponential-delay.initial-backoff`, `.max-backoff`, `.backoff-multiplier`, `.jitter-factor`, `.reset-backoff-threshold`, `.attempts-before-reset-backoff` | restart after the current backoff (± jitter); the backoff is multiplied after each restart up to `max-backoff`; a failure that comes at least `reset-backoff-threshold` after the previous one resets the backoff and the attempt count; give up after `attempts-before-reset-backoff` restarts without a reset |
 //!
+//! When `restart-strategy.type` is not set, the strategy is Flink's default:
+//! `exponential-delay` (1 s growing by 1.5 to 1 min, ±10 % jitter, reset
+//! after 1 h without failures, unlimited attempts) when checkpointing is on,
+//! `none` when it is off (a restart without a checkpoint would replay the
+//! input from its start). Setting any `restart-strategy.<type>.*` option does
+//! not select that type: only `restart-strategy.type` does.
+//!
 //! With region failover every region failure is one failure for the
 //! strategy, as in Flink (one strategy per job, not per region). A failure
 //! that is only a consequence of a failure being recovered (a subtask of the
@@ -32,7 +39,11 @@ use crate::config::{options, Conf};
 #[derive(Debug, Clone, PartialEq)]
 pub enum RestartStrategy {
     /// `none`: never restart.
-    None,
+    None {
+        /// `restart-strategy.type` was not set (and checkpointing is off),
+        /// for the message that explains the job's failure.
+        defaulted: bool,
+    },
     /// `fixed-delay`.
     FixedDelay {
         /// Restarts allowed over the job's life.
@@ -74,19 +85,25 @@ impl RestartStrategy {
             .to_ascii_lowercase()
             .as_str()
         {
-            "none" | "off" | "disable" => RestartStrategy::None,
-            "failure-rate" | "failurerate" => RestartStrategy::FailureRate {
-                max_failures_per_interval: conf.get(&options::RESTART_FAILURE_RATE_MAX),
-                interval: conf.get(&options::RESTART_FAILURE_RATE_INTERVAL),
-                delay: conf.get(&options::RESTART_FAILURE_RATE_DELAY),
-            },
-            "exponential-delay" | "exponentialdelay" => RestartStrategy::ExponentialDelay {
+            "none" | "off" | "disable" => RestartStrategy::None { defaulted: false },
+            // Not set: Flink's default, exponential-delay with checkpointing
+            // and none without (a restart without a checkpoint would replay
+            // from the start and duplicate what was written).
+            "" if conf.get(&options::CHECKPOINTING_INTERVAL).is_none() => {
+                RestartStrategy::None { defaulted: true }
+            }
+            "" | "exponential-delay" | "exponentialdelay" => RestartStrategy::ExponentialDelay {
                 initial_backoff: conf.get(&options::RESTART_EXP_INITIAL),
                 max_backoff: conf.get(&options::RESTART_EXP_MAX),
                 multiplier: conf.get(&options::RESTART_EXP_MULTIPLIER),
                 jitter: conf.get(&options::RESTART_EXP_JITTER),
                 reset_threshold: conf.get(&options::RESTART_EXP_RESET),
                 attempts: conf.get(&options::RESTART_EXP_ATTEMPTS),
+            },
+            "failure-rate" | "failurerate" => RestartStrategy::FailureRate {
+                max_failures_per_interval: conf.get(&options::RESTART_FAILURE_RATE_MAX),
+                interval: conf.get(&options::RESTART_FAILURE_RATE_INTERVAL),
+                delay: conf.get(&options::RESTART_FAILURE_RATE_DELAY),
             },
             _ => RestartStrategy::FixedDelay {
                 attempts: conf.get(&options::RESTART_ATTEMPTS),
@@ -98,7 +115,7 @@ impl RestartStrategy {
     /// The strategy's name and settings, as a user would write them.
     pub fn describe(&self) -> String {
         match self {
-            RestartStrategy::None => "restart-strategy.type = none".into(),
+            RestartStrategy::None { defaulted } => none_reason(*defaulted).into(),
             RestartStrategy::FixedDelay { attempts, delay } => format!(
                 "fixed-delay: restart-strategy.fixed-delay.attempts = {attempts}, delay {delay:?}"
             ),
@@ -119,6 +136,15 @@ impl RestartStrategy {
                  = {attempts} without {reset_threshold:?} free of failures"
             ),
         }
+    }
+}
+
+fn none_reason(defaulted: bool) -> &'static str {
+    if defaulted {
+        "restart-strategy.type is not set and checkpointing is off (execution.checkpointing.interval), \
+         so no restart (set restart-strategy.type to restart without checkpoints)"
+    } else {
+        "restart-strategy.type = none"
     }
 }
 
@@ -181,7 +207,7 @@ impl RestartTracker {
     pub fn may_restart(&self) -> bool {
         !matches!(
             self.strategy,
-            RestartStrategy::None | RestartStrategy::FixedDelay { attempts: 0, .. }
+            RestartStrategy::None { .. } | RestartStrategy::FixedDelay { attempts: 0, .. }
         )
     }
 
@@ -189,8 +215,8 @@ impl RestartTracker {
     pub fn on_failure(&mut self, now: Duration) -> RestartDecision {
         let previous = self.last_failure.replace(now);
         match self.strategy.clone() {
-            RestartStrategy::None => RestartDecision::GiveUp {
-                reason: "restart-strategy.type = none".into(),
+            RestartStrategy::None { defaulted } => RestartDecision::GiveUp {
+                reason: none_reason(defaulted).into(),
             },
             RestartStrategy::FixedDelay { attempts, delay } => {
                 if self.restarts < attempts {
@@ -290,9 +316,64 @@ mod tests {
         }
     }
 
+    /// Not set, the strategy is Flink's default: exponential-delay with its
+    /// defaults when checkpointing is on, none when it is off.
+    #[test]
+    fn the_default_depends_on_checkpointing() {
+        let mut off = Conf::defaults();
+        off.set("execution.checkpointing.interval", "off").unwrap();
+        assert_eq!(
+            RestartStrategy::from_conf(&off),
+            RestartStrategy::None { defaulted: true }
+        );
+        // Checkpointing is on by default (every second).
+        let mut conf = Conf::defaults();
+        assert_eq!(
+            RestartStrategy::from_conf(&conf),
+            RestartStrategy::ExponentialDelay {
+                initial_backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(60),
+                multiplier: 1.5,
+                jitter: 0.1,
+                reset_threshold: Duration::from_secs(3600),
+                attempts: 2_147_483_647,
+            }
+        );
+        // An option of another type does not select it; the type does.
+        conf.set("restart-strategy.fixed-delay.attempts", "7")
+            .unwrap();
+        assert!(matches!(
+            RestartStrategy::from_conf(&conf),
+            RestartStrategy::ExponentialDelay { .. }
+        ));
+        conf.set("restart-strategy.type", "fixed-delay").unwrap();
+        assert_eq!(
+            RestartStrategy::from_conf(&conf),
+            RestartStrategy::FixedDelay {
+                attempts: 7,
+                delay: Duration::ZERO
+            }
+        );
+        conf.set("restart-strategy.type", "none").unwrap();
+        let mut t = RestartTracker::new(RestartStrategy::from_conf(&conf), 0);
+        match t.on_failure(ms(0)) {
+            RestartDecision::GiveUp { reason } => {
+                assert_eq!(reason, "restart-strategy.type = none")
+            }
+            d => panic!("{d:?}"),
+        }
+        let mut t = RestartTracker::new(RestartStrategy::from_conf(&off), 0);
+        match t.on_failure(ms(0)) {
+            RestartDecision::GiveUp { reason } => {
+                assert!(reason.contains("checkpointing is off"), "{reason}")
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
     #[test]
     fn none_never_restarts() {
-        let mut t = RestartTracker::new(RestartStrategy::None, 0);
+        let mut t = RestartTracker::new(RestartStrategy::None { defaulted: false }, 0);
         assert!(!t.may_restart());
         assert!(matches!(
             t.on_failure(ms(0)),
