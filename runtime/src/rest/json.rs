@@ -5,6 +5,23 @@
 //! Durations are milliseconds and timestamps milliseconds since the epoch,
 //! as integers like Flink's; `durations_us` adds microseconds where
 //! sub-millisecond phases matter (the checkpoint timeline).
+//!
+//! Every number says what it measures; a field Flink has that weir cannot
+//! measure is left out rather than filled with a made-up 0:
+//! - `checkpointed_size` is what the checkpoint uploaded (per subtask, task
+//!   and checkpoint): with incremental checkpoints, less than `state_size`,
+//!   the size of everything the checkpoint references.
+//! - `alignment_buffered` (checkpoint, task) and `alignment.buffered`
+//!   (subtask): Flink has reported 0 there since 1.11, when alignment
+//!   stopped buffering; weir never buffers either, so the field is absent.
+//! - `processed_data` and `alignment.processed` (bytes processed during
+//!   alignment), and a vertex's `read-bytes` / `write-bytes`: Flink counts
+//!   the serialized bytes of network buffers. weir's in-process channels
+//!   carry records as values and never serialize them, so there are no
+//!   bytes to count; records are counted (`read-records`, `write-records`)
+//!   and in-flight data that is serialized (unaligned checkpoints) is
+//!   `persisted_data`. Network channels (cluster mode) serialize, and will
+//!   report bytes there.
 
 use std::sync::atomic::Ordering;
 
@@ -195,8 +212,6 @@ fn vertex(
         "duration": duration(core),
         "tasks": tasks_of(status, chain.parallelism),
         "metrics": {
-            "read-bytes": 0, "read-bytes-complete": false,
-            "write-bytes": 0, "write-bytes-complete": false,
             "read-records": read, "read-records-complete": true,
             "write-records": written, "write-records-complete": true,
             "accumulated-backpressured-time": bp_ms,
@@ -330,8 +345,6 @@ pub(crate) fn checkpoint(
         "checkpointed_size": s.checkpointed_size,
         "state_size": s.state_size,
         "end_to_end_duration": e2e(s),
-        "alignment_buffered": 0,
-        "processed_data": 0,
         "persisted_data": s.persisted_data,
         "num_subtasks": s.num_subtasks,
         "num_acknowledged_subtasks": s.num_acknowledged_subtasks,
@@ -385,6 +398,7 @@ pub(crate) fn task_checkpoint(
     let acks: Vec<&SubtaskCheckpointStats> = s.subtasks.iter().filter(|t| t.task == name).collect();
     let latest = acks.iter().map(|a| a.ack_timestamp).max().unwrap_or(0);
     let size: u64 = acks.iter().map(|a| a.state_size).sum();
+    let uploaded: u64 = acks.iter().map(|a| a.checkpointed_size).sum();
     let persisted: u64 = acks.iter().map(|a| a.persisted_data).sum();
     let subtasks: Vec<Value> = (0..chain.parallelism)
         .map(|i| match acks.iter().find(|a| a.index == i) {
@@ -394,9 +408,9 @@ pub(crate) fn task_checkpoint(
                 "ack_timestamp": a.ack_timestamp,
                 "end_to_end_duration": a.ack_timestamp.saturating_sub(s.trigger_timestamp),
                 "state_size": a.state_size,
-                "checkpointed_size": a.state_size,
+                "checkpointed_size": a.checkpointed_size,
                 "checkpoint": { "sync": ms(a.sync_duration), "async": ms(a.async_duration) },
-                "alignment": { "buffered": 0, "processed": 0, "persisted": a.persisted_data, "duration": ms(a.alignment_duration) },
+                "alignment": { "persisted": a.persisted_data, "duration": ms(a.alignment_duration) },
                 "start_delay": ms(a.start_delay),
                 "unaligned_checkpoint": a.unaligned_checkpoint,
                 "aborted": false,
@@ -417,11 +431,9 @@ pub(crate) fn task_checkpoint(
         "name": name,
         "status": status_str(s.status),
         "latest_ack_timestamp": latest,
-        "checkpointed_size": size,
+        "checkpointed_size": uploaded,
         "state_size": size,
         "end_to_end_duration": latest.saturating_sub(s.trigger_timestamp),
-        "alignment_buffered": 0,
-        "processed_data": 0,
         "persisted_data": persisted,
         "num_subtasks": chain.parallelism,
         "num_acknowledged_subtasks": acks.len(),
@@ -436,10 +448,10 @@ pub(crate) fn task_checkpoint(
                 "summary".into(),
                 json!({
                     "state_size": stat(&|a| a.state_size as f64),
-                    "checkpointed_size": stat(&|a| a.state_size as f64),
+                    "checkpointed_size": stat(&|a| a.checkpointed_size as f64),
                     "end_to_end_duration": stat(&|a| a.ack_timestamp.saturating_sub(s.trigger_timestamp) as f64),
                     "checkpoint_duration": { "sync": stat(&|a| a.sync_duration), "async": stat(&|a| a.async_duration) },
-                    "alignment": { "buffered": stats_summary(&[]), "processed": stats_summary(&[]), "persisted": stat(&|a| a.persisted_data as f64), "duration": stat(&|a| a.alignment_duration) },
+                    "alignment": { "persisted": stat(&|a| a.persisted_data as f64), "duration": stat(&|a| a.alignment_duration) },
                     "start_delay": stat(&|a| a.start_delay),
                 }),
             );
@@ -530,8 +542,6 @@ pub(crate) fn checkpoints(core: &JobCore) -> Value {
             "checkpointed_size": field(&|s| s.checkpointed_size as f64),
             "state_size": field(&|s| s.state_size as f64),
             "end_to_end_duration": field(&|s| s.end_to_end_duration),
-            "alignment_buffered": stats_summary(&[]),
-            "processed_data": stats_summary(&[]),
             "persisted_data": field(&|s| s.persisted_data as f64),
         },
         "latest": {
