@@ -31,7 +31,7 @@
 //! While it runs it serves the REST API and web UI and prints the UI's URL
 //! (on `rest.port`, 8081 by default, else any free port when 8081 is taken;
 //! off with `--no-ui` or `-D rest.enabled=false`); `--serve` keeps serving
-//! after the input ended, until Ctrl-C.
+//! after the job ended (finished, failed or cancelled), until Ctrl-C.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,7 +81,8 @@ struct Args {
     /// No progress lines.
     #[arg(long, short = 'q')]
     quiet: bool,
-    /// Keep serving the web UI and REST API after the job ended, until Ctrl-C.
+    /// Keep serving the web UI and REST API after the job ended (finished, failed or
+    /// cancelled), until Ctrl-C.
     #[arg(long)]
     serve: bool,
     /// No web UI / REST API (same as -D rest.enabled=false).
@@ -228,7 +229,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     let result = match (job.wait(), cancelled_by) {
         (Ok(r), _) => r,
         (Err(e), Some(sig)) => anyhow::bail!("{e} (on {sig})"),
-        (Err(e), None) => return Err(e.into()),
+        (Err(e), None) => {
+            // A failed or cancelled job is worth a look in the UI too.
+            if args.serve {
+                eprintln!("error: {e}");
+                serve_until_terminated(&termination);
+            }
+            return Err(e.into());
+        }
     };
     if !args.quiet {
         print_checkpoints(&result.checkpoints, checkpoints_seen);
@@ -258,14 +266,20 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     if args.serve {
-        if let Some(addr) = weir::runtime::rest::address() {
-            eprintln!("the job ended; still serving the web UI on http://{addr}/ (Ctrl-C stops)");
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-            while termination.received().is_none() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        serve_until_terminated(&termination);
     }
     Ok(())
+}
+
+/// `--serve`: the job has ended (finished, failed or cancelled); the REST
+/// API and web UI keep answering until SIGTERM or Ctrl-C.
+fn serve_until_terminated(termination: &weir::cli::Termination) {
+    if let Some(addr) = weir::runtime::rest::address() {
+        eprintln!("the job ended; still serving the web UI on http://{addr}/ (Ctrl-C stops)");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        while termination.received().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

@@ -11,7 +11,8 @@
 # apt-get when running as root; otherwise the exact command is printed and
 # the script exits non-zero. (`cargo run --release --example wordcount`
 # needs none of this: rocksdb is not a default feature.)
-# The S3 storage tests need python3 with moto[server] (pip-installed below).
+# The S3 storage tests need python3 with moto[server], the OpenAPI test
+# schemathesis (both pip-installed below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
@@ -68,6 +69,16 @@ if ! python3 -c "import moto.server, flask, werkzeug" >/dev/null 2>&1; then
   echo "installing moto[server] for the S3 storage tests" >&2
   python3 -m pip install --quiet --disable-pip-version-check "moto[server]>=5,<6" >&2 || {
     echo "cannot install moto[server]; run: python3 -m pip install 'moto[server]'" >&2
+    exit 1
+  }
+fi
+# The OpenAPI test (tests/rest_schemathesis.rs) runs schemathesis (PyPI)
+# against live jobs; installed here when missing. Without it that test fails
+# with the command that installs it.
+if ! command -v schemathesis >/dev/null 2>&1 && ! python3 -c "import schemathesis" >/dev/null 2>&1; then
+  echo "installing schemathesis for the OpenAPI test" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "schemathesis>=4,<5" >&2 || {
+    echo "cannot install schemathesis; run: python3 -m pip install 'schemathesis>=4,<5'" >&2
     exit 1
   }
 fi

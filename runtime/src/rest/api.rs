@@ -373,6 +373,18 @@ fn string_field(body: &serde_json::Map<String, Value>, key: &str) -> ApiResult<O
     }
 }
 
+/// A savepoint's target directory field (absent or null: the configured
+/// default); an empty string is not a directory and is refused (the OpenAPI
+/// document says `minLength: 1`).
+fn target_field(body: &serde_json::Map<String, Value>, key: &str) -> ApiResult<Option<String>> {
+    match string_field(body, key)? {
+        Some(t) if t.is_empty() => Err(ApiError::BadRequest(format!(
+            "{key} must not be empty: leave it out (or null) to use execution.checkpointing.savepoint-dir"
+        ))),
+        t => Ok(t),
+    }
+}
+
 /// A boolean field of a request body (absent: false).
 fn bool_field(body: &serde_json::Map<String, Value>, key: &str) -> ApiResult<bool> {
     match body.get(key) {
@@ -432,7 +444,7 @@ fn start_savepoint(
 async fn savepoint(Path(id): Path<String>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
     let job = job_of(&id)?;
     let body = object_body(&body)?;
-    let target = string_field(&body, "target-directory")?;
+    let target = target_field(&body, "target-directory")?;
     let cancel = bool_field(&body, "cancel-job")?;
     start_savepoint(job, target, None, cancel)
 }
@@ -440,7 +452,7 @@ async fn savepoint(Path(id): Path<String>, body: Bytes) -> ApiResult<(StatusCode
 async fn stop(Path(id): Path<String>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
     let job = job_of(&id)?;
     let body = object_body(&body)?;
-    let target = string_field(&body, "targetDirectory")?;
+    let target = target_field(&body, "targetDirectory")?;
     let drain = bool_field(&body, "drain")?;
     start_savepoint(job, target, Some(drain), false)
 }
