@@ -103,6 +103,37 @@ fn check_checkpoint_traces(
             .filter(|s| s.trace_id == root.trace_id && s.span_id != root.span_id)
             .collect();
         assert_eq!(cp.subtasks.len(), 4, "four subtasks acknowledged");
+        // The tree: root -> one span per task -> one per subtask -> phases.
+        let tasks: Vec<&&Span> = children
+            .iter()
+            .filter(|s| s.name == "checkpoint.task")
+            .collect();
+        let mut task_names: Vec<&str> = tasks.iter().map(|t| t.attr("weir.operator")).collect();
+        task_names.sort();
+        let mut expected: Vec<&str> = cp.subtasks.iter().map(|s| s.task.as_str()).collect();
+        expected.sort();
+        expected.dedup();
+        assert_eq!(
+            task_names, expected,
+            "one task span per task of checkpoint {id}"
+        );
+        for t in &tasks {
+            assert_eq!(
+                t.parent_span_id, root.span_id,
+                "a task's parent is the root"
+            );
+            let mine: Vec<_> = cp
+                .subtasks
+                .iter()
+                .filter(|s| s.task == t.attr("weir.operator"))
+                .collect();
+            assert_eq!(t.attr("weir.checkpoint.subtasks"), mine.len().to_string());
+            assert_eq!(
+                t.attr("weir.checkpoint.bytes_written"),
+                mine.iter().map(|s| s.state_size).sum::<u64>().to_string()
+            );
+            assert!(t.start_ns >= root.start_ns && t.end_ns <= root.end_ns);
+        }
         for st in &cp.subtasks {
             let mine = |name: &str| -> Option<&Span> {
                 let found: Vec<&&Span> = children
@@ -128,6 +159,25 @@ fn check_checkpoint_traces(
                 mine("checkpoint.async_upload").unwrap_or_else(|| panic!("no upload span: {who}"));
             let ack = mine("checkpoint.ack").unwrap_or_else(|| panic!("no ack span: {who}"));
             let notify = mine("checkpoint.notify");
+            let subtask = mine("checkpoint.subtask").unwrap_or_else(|| {
+                panic!(
+                    "no subtask span: checkpoint {id}, {} ({})",
+                    st.task, st.index
+                )
+            });
+            let task = tasks
+                .iter()
+                .find(|t| t.attr("weir.operator") == st.task)
+                .unwrap();
+            assert_eq!(
+                subtask.parent_span_id, task.span_id,
+                "a subtask's parent is its task"
+            );
+            assert!(subtask.start_ns >= task.start_ns && subtask.end_ns <= task.end_ns);
+            assert_eq!(
+                subtask.attr("weir.checkpoint.bytes_written"),
+                st.state_size.to_string()
+            );
             assert!(
                 notify.is_some() || cp.id <= notify_optional_upto,
                 "no notify span: {who}"
@@ -202,8 +252,13 @@ fn check_checkpoint_traces(
             phases.extend(before_sync);
             for s in &phases {
                 assert_eq!(
-                    s.parent_span_id, root.span_id,
-                    "{} is a child of the root: {who}",
+                    s.parent_span_id, subtask.span_id,
+                    "{} is a child of its subtask's span: {who}",
+                    s.name
+                );
+                assert!(
+                    s.start_ns >= subtask.start_ns && s.end_ns <= subtask.end_ns,
+                    "{} lies within its subtask's time: {who}",
                     s.name
                 );
                 assert_eq!(s.attr("weir.job.id"), job_id);
@@ -233,7 +288,7 @@ fn check_checkpoint_traces(
             );
             // The commit reacts to the completion.
             if let Some(notify) = notify {
-                assert_eq!(notify.parent_span_id, root.span_id);
+                assert_eq!(notify.parent_span_id, subtask.span_id);
                 assert!(
                     notify.start_ns >= root.end_ns,
                     "notify follows completion: {who}"
@@ -289,10 +344,14 @@ fn a_savepoint_is_traced_as_a_savepoint() {
         &dir.path().join("ckpt"),
         &rx.endpoint(),
         "grpc",
-        &[(
-            "execution.checkpointing.savepoint-dir",
-            dir.path().join("savepoints").to_str().unwrap(),
-        )],
+        &[
+            (
+                "execution.checkpointing.savepoint-dir",
+                dir.path().join("savepoints").to_str().unwrap(),
+            ),
+            // Savepoints are aligned also in a job with unaligned checkpoints.
+            ("execution.checkpointing.unaligned.enabled", "true"),
+        ],
     ))
     .unwrap();
     numbers_into_files(&env, n, 200_000.0, &out, Duration::ZERO);
@@ -314,7 +373,31 @@ fn a_savepoint_is_traced_as_a_savepoint() {
         .find(|s| s.name == "checkpoint" && s.attrs.get("weir.checkpoint.id") == Some(&id))
         .unwrap_or_else(|| panic!("no root span for savepoint {id}"));
     assert_eq!(root.attr("weir.checkpoint.kind"), "savepoint");
+    assert_eq!(root.attr("weir.checkpoint.alignment"), "aligned");
     assert_eq!(root.attr("weir.job.id"), result.job_id);
+    // Every span of its trace (tasks, subtasks, phases, commits) says savepoint
+    // and, but for commits, aligned (they said checkpoint and unaligned).
+    let mine: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.trace_id == root.trace_id)
+        .collect();
+    for name in [
+        "checkpoint.task",
+        "checkpoint.subtask",
+        "checkpoint.sync_snapshot",
+        "checkpoint.notify",
+    ] {
+        assert!(
+            mine.iter().any(|s| s.name == name),
+            "the savepoint's trace has {name} spans"
+        );
+    }
+    for s in &mine {
+        assert_eq!(s.attr("weir.checkpoint.kind"), "savepoint", "{}", s.name);
+        if s.name != "checkpoint.notify" {
+            assert_eq!(s.attr("weir.checkpoint.alignment"), "aligned", "{}", s.name);
+        }
+    }
     // Every other root is a checkpoint.
     for s in spans
         .iter()
@@ -440,6 +523,21 @@ fn failover_is_traced(strategy: &str) {
         root.attrs
     );
     assert_eq!(root.attr("weir.failover.restart"), "1");
+    // A link to the root of the checkpoint it restored from.
+    let restored = root.attr("weir.failover.restored_checkpoint");
+    let from = spans
+        .iter()
+        .find(|s| {
+            s.name == "checkpoint"
+                && s.status_code == 1
+                && s.attrs.get("weir.checkpoint.id").map(String::as_str) == Some(restored)
+        })
+        .unwrap_or_else(|| panic!("no completed checkpoint {restored} traced"));
+    assert_eq!(
+        root.links,
+        vec![(from.trace_id.clone(), from.span_id.clone())],
+        "the failover links to checkpoint {restored}'s root"
+    );
     assert_eq!(
         root.attr("weir.failover.subtasks"),
         regions[region].len().to_string()
@@ -488,6 +586,89 @@ fn failover_is_traced(strategy: &str) {
         "aligned",
         before_kill + 1,
     );
+}
+
+/// `traces.checkpoint.span-detail-level`: Flink's four levels, each adding
+/// to the one before (root only; root with per-task arrays; task spans;
+/// subtask spans and their phases).
+#[test]
+fn the_span_detail_level_decides_how_deep_the_tree_goes() {
+    for (level, names) in [
+        ("SPAN_PER_CHECKPOINT", &["checkpoint"][..]),
+        ("SPAN_PER_CHECKPOINT_WITH_TASKS", &["checkpoint"][..]),
+        (
+            "CHILDREN_SPANS_PER_TASK",
+            &["checkpoint", "checkpoint.task"][..],
+        ),
+    ] {
+        let rx = otlp::grpc_receiver(Duration::ZERO);
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env::from_conf(traced(
+            &dir.path().join("ckpt"),
+            &rx.endpoint(),
+            "grpc",
+            &[("traces.checkpoint.span-detail-level", level)],
+        ))
+        .unwrap();
+        numbers_into_files(
+            &env,
+            60_000,
+            200_000.0,
+            &dir.path().join("out"),
+            Duration::ZERO,
+        );
+        let result = env.execute("traced-detail").unwrap();
+        let spans = rx.spans();
+        let seen: std::collections::BTreeSet<&str> =
+            spans.iter().map(|s| s.name.as_str()).collect();
+        let want: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(seen, want, "{level}");
+        let cp = result
+            .checkpoints
+            .iter()
+            .find(|c| c.status == CheckpointStatus::Completed)
+            .unwrap();
+        let root = spans
+            .iter()
+            .find(|s| s.name == "checkpoint" && s.attr("weir.checkpoint.id") == cp.id.to_string())
+            .unwrap();
+        let mut tasks: Vec<&str> = cp.subtasks.iter().map(|s| s.task.as_str()).collect();
+        tasks.sort();
+        tasks.dedup();
+        if level == "SPAN_PER_CHECKPOINT" {
+            assert!(!root.attrs.contains_key("weir.checkpoint.tasks"), "{level}");
+        } else {
+            assert_eq!(
+                root.attr("weir.checkpoint.tasks"),
+                tasks.join(","),
+                "{level}"
+            );
+            let bytes: Vec<String> = tasks
+                .iter()
+                .map(|t| {
+                    cp.subtasks
+                        .iter()
+                        .filter(|s| s.task == *t)
+                        .map(|s| s.state_size)
+                        .sum::<u64>()
+                        .to_string()
+                })
+                .collect();
+            assert_eq!(
+                root.attr("weir.checkpoint.task_bytes_written"),
+                bytes.join(","),
+                "{level}"
+            );
+        }
+        if level == "CHILDREN_SPANS_PER_TASK" {
+            let under: Vec<&Span> = spans
+                .iter()
+                .filter(|s| s.name == "checkpoint.task" && s.trace_id == root.trace_id)
+                .collect();
+            assert_eq!(under.len(), tasks.len());
+            assert!(under.iter().all(|t| t.parent_span_id == root.span_id));
+        }
+    }
 }
 
 /// Runs the test job with `extra` options; returns its wall time, its

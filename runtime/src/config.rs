@@ -1157,6 +1157,18 @@ pub mod options {
         Kind::Duration,
         "dropped spans and failed exports are counted and logged at most once per this interval",
     );
+    /// Detail of checkpoint traces.
+    pub const TRACES_SPAN_DETAIL: ConfigOption<String> = ConfigOption::new(
+        "traces.checkpoint.span-detail-level",
+        "CHILDREN_SPANS_PER_SUBTASK",
+        Kind::Enum(&[
+            "SPAN_PER_CHECKPOINT",
+            "SPAN_PER_CHECKPOINT_WITH_TASKS",
+            "CHILDREN_SPANS_PER_TASK",
+            "CHILDREN_SPANS_PER_SUBTASK",
+        ]),
+        "how much of a checkpoint each trace shows: SPAN_PER_CHECKPOINT (the root span only), SPAN_PER_CHECKPOINT_WITH_TASKS (the root with per-task arrays), CHILDREN_SPANS_PER_TASK (plus one child span per task), CHILDREN_SPANS_PER_SUBTASK (plus one span per subtask under its task, with the subtask's phases under it; weir's default, Flink's is SPAN_PER_CHECKPOINT)",
+    );
 
     /// OpenTelemetry's standard environment variables and the options they
     /// set (weir's own `WEIR_OTEL_*` variables win over them).
@@ -1245,6 +1257,7 @@ pub mod options {
         OTEL_METRIC_EXPORT_INTERVAL.def,
         OTEL_FLUSH_TIMEOUT.def,
         OTEL_DROP_LOG_INTERVAL.def,
+        TRACES_SPAN_DETAIL.def,
     ];
 }
 

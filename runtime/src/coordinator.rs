@@ -54,7 +54,7 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::checkpoint::events::{
-    alignment_name, CheckpointEnded, CheckpointObserver, SubtaskPhases,
+    alignment_name, CheckpointEnded, CheckpointObserver, SubtaskAcked, SubtaskPhases,
 };
 use crate::checkpoint::storage::CheckpointStorage;
 use crate::checkpoint::{
@@ -306,8 +306,15 @@ impl CoordState {
             Some(p) if current => {
                 let observers = &self.args.shared.observers;
                 if !observers.is_empty() {
-                    let mode = self.args.cfg.barrier_mode();
-                    observers.subtask_acked(id, mode, task, &stats, &phases, Instant::now());
+                    observers.subtask_acked(&SubtaskAcked {
+                        id,
+                        savepoint: self.args.storage.is_savepoint(id),
+                        mode: self.args.cfg.barrier_mode(),
+                        task,
+                        stats: &stats,
+                        phases: &phases,
+                        received: Instant::now(),
+                    });
                 }
                 p.acks.insert(task, (handle, stats.clone()));
                 let n = p.acks.len();
@@ -740,9 +747,9 @@ impl CoordState {
             let bytes_written = acks.clone().map(|s| s.state_size).sum();
             let inflight_bytes = acks.map(|s| s.persisted_data).sum();
             let mode = self.args.cfg.barrier_mode();
-            let alignment = alignment_name(mode, unaligned);
             // Called before the savepoint is unregistered (completed) or discarded.
             let savepoint = self.args.storage.is_savepoint(id);
+            let alignment = alignment_name(mode, unaligned, savepoint);
             observers.checkpoint_ended(&CheckpointEnded {
                 id,
                 savepoint,

@@ -766,12 +766,13 @@ impl JobState {
         Ok((specs, channels))
     }
 
-    /// Spawns the subtasks of region `r` again, restored from the newest checkpoint.
+    /// Spawns the subtasks of region `r` again, restored from the newest
+    /// checkpoint; returns its id when it is one of this job's.
     async fn restart_region(
         &mut self,
         myself: &ActorRef<JobMsg>,
         r: usize,
-    ) -> std::result::Result<(), ActorProcessingErr> {
+    ) -> std::result::Result<Option<u64>, ActorProcessingErr> {
         // The coordinator, not a directory listing, says which checkpoint is
         // the latest: a `_metadata` write in flight when the region failed
         // may land after a listing, and its sinks may have committed already.
@@ -780,9 +781,12 @@ impl JobState {
                 .map_err(|e| format!("checkpoint coordinator did not answer: {e}"))?,
             None => None,
         };
-        let restore = match latest {
-            Some(id) => Some(self.restore_from(id)?),
-            None => self.restore_point()?.0,
+        let (restore, restored) = match latest {
+            Some(id) => (Some(self.restore_from(id)?), Some(id)),
+            None => {
+                let (restore, _, own) = self.restore_point()?;
+                (restore, own)
+            }
         };
         let link = match (&self.checkpoint, &self.coordinator) {
             (Some((cfg, storage, _)), Some(c)) => Some(CheckpointLink {
@@ -818,7 +822,7 @@ impl JobState {
         if let Some(c) = &self.coordinator {
             c.cast(CoordMsg::RegionUp(refs))?;
         }
-        Ok(())
+        Ok(restored)
     }
 
     /// Checkpoints completed since the job started.
@@ -1169,7 +1173,7 @@ impl JobState {
         self.chaos_quiet();
         self.shared.observers.failover_restoring(Some(r), n);
         match self.restart_region(myself, r).await {
-            Ok(()) => self.shared.observers.failover_deployed(Some(r)),
+            Ok(restored) => self.shared.observers.failover_deployed(Some(r), restored),
             Err(e) => {
                 let text = e.to_string();
                 self.failed = Some(format!("cannot restart region {r}: {text}"));
@@ -1222,7 +1226,7 @@ impl JobState {
         self.start_attempt(myself, restore, first_id, latest)
             .await?;
         self.lifecycle.set_status(JobStatus::Running);
-        self.shared.observers.failover_deployed(None);
+        self.shared.observers.failover_deployed(None, latest);
         Ok(())
     }
 

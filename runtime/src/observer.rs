@@ -17,11 +17,9 @@
 //! not block.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 pub(crate) use crate::checkpoint::events::CheckpointObserver;
-use crate::checkpoint::events::{CheckpointEnded, SubtaskNotified, SubtaskPhases};
-use crate::checkpoint::{BarrierMode, SubtaskCheckpointStats};
+use crate::checkpoint::events::{CheckpointEnded, SubtaskAcked, SubtaskNotified};
 
 /// Receives the failover events of a job. Every method does nothing by
 /// default. `region` is the failover region's index, `None` when the whole
@@ -53,9 +51,11 @@ pub(crate) trait FailoverObserver: Send + Sync {
         let _ = (region, restart);
     }
 
-    /// The region's new subtasks are deployed.
-    fn failover_deployed(&self, region: Option<usize>) {
-        let _ = region;
+    /// The region's new subtasks are deployed, restored from checkpoint
+    /// `restored` of this job (`None`: from their start, or from a
+    /// checkpoint of another job).
+    fn failover_deployed(&self, region: Option<usize>, restored: Option<u64>) {
+        let _ = (region, restored);
     }
 
     /// Subtask `task` has opened (state restored, channel state replayed)
@@ -102,17 +102,9 @@ impl std::fmt::Debug for Observers {
 }
 
 impl CheckpointObserver for Observers {
-    fn subtask_acked(
-        &self,
-        id: u64,
-        mode: BarrierMode,
-        task: usize,
-        stats: &SubtaskCheckpointStats,
-        phases: &SubtaskPhases,
-        received: Instant,
-    ) {
+    fn subtask_acked(&self, acked: &SubtaskAcked<'_>) {
         for o in &self.0 {
-            o.subtask_acked(id, mode, task, stats, phases, received);
+            o.subtask_acked(acked);
         }
     }
 
@@ -155,9 +147,9 @@ impl FailoverObserver for Observers {
         }
     }
 
-    fn failover_deployed(&self, region: Option<usize>) {
+    fn failover_deployed(&self, region: Option<usize>, restored: Option<u64>) {
         for o in &self.0 {
-            o.failover_deployed(region);
+            o.failover_deployed(region, restored);
         }
     }
 
@@ -208,7 +200,7 @@ mod tests {
         obs.register(a.clone());
         obs.register(b.clone());
         assert!(!obs.is_empty());
-        let now = Instant::now();
+        let now = std::time::Instant::now();
         obs.subtask_notified(&SubtaskNotified {
             id: 3,
             task: 1,
@@ -220,7 +212,7 @@ mod tests {
         });
         obs.failover_started(Some(0), &[0, 1], Some("a (0)"), "boom", 1);
         // Events an observer does not implement are dropped.
-        obs.failover_deployed(Some(0));
+        obs.failover_deployed(Some(0), Some(2));
         obs.subtask_running(1);
         for log in [a, b] {
             assert_eq!(

@@ -44,6 +44,8 @@ pub struct Span {
     pub status_message: String,
     /// The resource's `service.name`.
     pub service: String,
+    /// Span links: (trace id, span id) of each linked span.
+    pub links: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Span {
@@ -139,6 +141,11 @@ impl Sink {
                         status_code: status.code,
                         status_message: status.message,
                         service: service.clone(),
+                        links: s
+                            .links
+                            .iter()
+                            .map(|l| (l.trace_id.clone(), l.span_id.clone()))
+                            .collect(),
                     });
                 }
             }
@@ -214,6 +221,12 @@ fn text(v: &Option<Value>) -> String {
         Some(Value::IntValue(i)) => i.to_string(),
         Some(Value::BoolValue(b)) => b.to_string(),
         Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(Value::ArrayValue(a)) => a
+            .values
+            .iter()
+            .map(|v| text(&v.value))
+            .collect::<Vec<_>>()
+            .join(","),
         other => format!("{other:?}"),
     }
 }

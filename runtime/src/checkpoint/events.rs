@@ -11,8 +11,9 @@
 //!   carried with its acknowledgement to the coordinator;
 //! - [`alignment_name`]: the name of a barrier mode (`aligned`, `unaligned`,
 //!   `at_least_once`);
-//! - [`CheckpointEnded`] and [`SubtaskNotified`]: what a checkpoint's end
-//!   and one subtask's `notify_complete` report.
+//! - [`SubtaskAcked`], [`CheckpointEnded`] and [`SubtaskNotified`]: what
+//!   one subtask's acknowledgement, a checkpoint's end and one subtask's
+//!   `notify_complete` report.
 //!
 //! Observers are called on the coordinator's actor and on the subtasks'
 //! processing loops, once per checkpoint phase per subtask, never per
@@ -56,14 +57,36 @@ impl SubtaskPhases {
 
 /// The alignment name of a barrier mode (`weir.checkpoint.alignment` on
 /// trace spans): `unaligned` is whether the subtask (or, for a whole
-/// checkpoint, any subtask) took its snapshot unaligned.
-pub(crate) fn alignment_name(mode: BarrierMode, unaligned: bool) -> &'static str {
+/// checkpoint, any subtask) took its snapshot unaligned. A savepoint is
+/// aligned, as in Flink, also in a job with unaligned checkpoints.
+pub(crate) fn alignment_name(mode: BarrierMode, unaligned: bool, savepoint: bool) -> &'static str {
     match mode {
         BarrierMode::AtLeastOnce => "at_least_once",
         _ if unaligned => "unaligned",
+        _ if savepoint => "aligned",
         BarrierMode::Unaligned => "unaligned",
         _ => "aligned",
     }
+}
+
+/// The coordinator received one subtask's acknowledgement of a checkpoint
+/// still pending (only a current subtask's is reported).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SubtaskAcked<'a> {
+    /// The checkpoint id.
+    pub id: u64,
+    /// Whether it is a savepoint.
+    pub savepoint: bool,
+    /// The job's barrier mode.
+    pub mode: BarrierMode,
+    /// The subtask (index among all of the job's subtasks).
+    pub task: usize,
+    /// Its statistics (chain name, index, sizes, durations).
+    pub stats: &'a SubtaskCheckpointStats,
+    /// The instants of its phases.
+    pub phases: &'a SubtaskPhases,
+    /// When the coordinator received the acknowledgement.
+    pub received: Instant,
 }
 
 /// A checkpoint (or savepoint) ended: completed (`_metadata` written) or aborted.
@@ -110,19 +133,9 @@ pub(crate) struct SubtaskNotified<'a> {
 /// Receives the events of a job's checkpoints. Every method does nothing
 /// by default, so an observer implements only what it needs.
 pub(crate) trait CheckpointObserver: Send + Sync {
-    /// The coordinator received subtask `task`'s acknowledgement of
-    /// checkpoint `id` at `received` (only a current subtask's
-    /// acknowledgement of a checkpoint still pending is reported).
-    fn subtask_acked(
-        &self,
-        id: u64,
-        mode: BarrierMode,
-        task: usize,
-        stats: &SubtaskCheckpointStats,
-        phases: &SubtaskPhases,
-        received: Instant,
-    ) {
-        let _ = (id, mode, task, stats, phases, received);
+    /// The coordinator received a subtask's acknowledgement.
+    fn subtask_acked(&self, acked: &SubtaskAcked<'_>) {
+        let _ = acked;
     }
 
     /// A checkpoint completed or was aborted.

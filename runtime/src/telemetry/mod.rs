@@ -34,21 +34,33 @@
 //! its phase (the same instants [`crate::checkpoint::CheckpointStats`]'
 //! durations are computed from), when the phase is over.
 //!
+//! A checkpoint's trace is a tree: the root, one span per task (operator
+//! chain), under each one span per subtask, under each its phases. How deep
+//! it goes is `traces.checkpoint.span-detail-level` (Flink's option and
+//! levels, each adding to the one before): `SPAN_PER_CHECKPOINT` emits the
+//! root only; `SPAN_PER_CHECKPOINT_WITH_TASKS` adds per-task arrays to the
+//! root (`weir.checkpoint.tasks`, `weir.checkpoint.task_bytes_written`);
+//! `CHILDREN_SPANS_PER_TASK` adds the task spans; `CHILDREN_SPANS_PER_SUBTASK`
+//! (weir's default; Flink's is `SPAN_PER_CHECKPOINT`) adds the subtask spans
+//! and their phases.
+//!
 //! | span | parent | from → to |
 //! |---|---|---|
 //! | `checkpoint` | — (root) | trigger → completion (`_metadata` written; `end_to_end_duration`) or abort (status error with the reason) |
-//! | `checkpoint.alignment` | root | aligned or at-least-once subtask: first barrier → all barriers in (`alignment_duration`); sources and final checkpoints have none |
-//! | `checkpoint.unaligned_capture` | root | unaligned subtask: first barrier → its in-flight data (channel state) is captured |
-//! | `checkpoint.sync_snapshot` | root | synchronous snapshot on the subtask's loop (`sync_duration`) |
-//! | `checkpoint.async_upload` | root | state file written and synced (`async_duration`) |
-//! | `checkpoint.ack` | root | acknowledgement sent → received by the coordinator |
-//! | `checkpoint.notify` | root | `notify_complete` of the subtask's operators (two-phase-commit sinks commit); it follows the root's end, since completion is what it reacts to |
+//! | `checkpoint.task` | root | the task's first subtask's first phase → its last acknowledgement received (emitted when the checkpoint ends, for the subtasks that acknowledged) |
+//! | `checkpoint.subtask` | its task | its first barrier (or snapshot, for sources and finished subtasks) → its acknowledgement received |
+//! | `checkpoint.alignment` | its subtask | aligned or at-least-once subtask: first barrier → all barriers in (`alignment_duration`); sources and final checkpoints have none |
+//! | `checkpoint.unaligned_capture` | its subtask | unaligned subtask: first barrier → its in-flight data (channel state) is captured |
+//! | `checkpoint.sync_snapshot` | its subtask | synchronous snapshot on the subtask's loop (`sync_duration`) |
+//! | `checkpoint.async_upload` | its subtask | state file written and synced (`async_duration`) |
+//! | `checkpoint.ack` | its subtask | acknowledgement sent → received by the coordinator |
+//! | `checkpoint.notify` | its subtask | `notify_complete` of the subtask's operators (two-phase-commit sinks commit); it follows the root's end, since completion is what it reacts to |
 //!
 //! **One trace per failover**, from a failure to the restarted subtasks running again:
 //!
 //! | span | parent | from → to |
 //! |---|---|---|
-//! | `failover` | — (root) | failure seen by the job supervisor → every restarted subtask is running |
+//! | `failover` | — (root) | failure seen by the job supervisor → every restarted subtask is running; a span link to the root of the checkpoint it restored from (when that checkpoint completed in this process) |
 //! | `failover.cancel_region` | root | failure → every subtask of the region (or job, with `full`) has stopped |
 //! | `failover.restore_state` | root | after the restart strategy's delay: latest completed checkpoint read and assigned, new subtasks deployed |
 //! | `failover.running` | root | deployed → every new subtask has restored its operators and replayed its channel state |
@@ -61,11 +73,13 @@
 //! | `weir.job.name` | root spans | the job's name |
 //! | `weir.checkpoint.id` | checkpoint spans | the checkpoint id |
 //! | `weir.checkpoint.kind` | checkpoint spans | `checkpoint` or `savepoint` |
-//! | `weir.checkpoint.alignment` | checkpoint spans but `checkpoint.notify` | `aligned`, `unaligned` or `at_least_once` (the root: `unaligned` when any subtask was) |
-//! | `weir.operator` | subtask spans | the subtask's chain, e.g. `Source -> flat_map` |
+//! | `weir.checkpoint.alignment` | checkpoint spans but `checkpoint.notify` | `aligned`, `unaligned` or `at_least_once` (the root and task spans: `unaligned` when any subtask was); a savepoint is `aligned` also in a job with unaligned checkpoints |
+//! | `weir.operator` | task and subtask spans | the chain, e.g. `Source -> flat_map` |
 //! | `weir.subtask.index` | subtask spans | the subtask index (0-based) |
-//! | `weir.checkpoint.bytes_written` | root, `checkpoint.async_upload` | bytes of state written (the root: over all subtasks) |
-//! | `weir.checkpoint.inflight_bytes` | root, `checkpoint.async_upload`, `checkpoint.unaligned_capture` | in-flight bytes persisted as channel state |
+//! | `weir.checkpoint.subtasks` | `checkpoint.task` | its subtasks that acknowledged |
+//! | `weir.checkpoint.tasks`, `weir.checkpoint.task_bytes_written` | root, from `SPAN_PER_CHECKPOINT_WITH_TASKS` | the tasks (chains) that acknowledged, and the bytes each wrote, in the same order |
+//! | `weir.checkpoint.bytes_written` | root, `checkpoint.task`, `checkpoint.subtask`, `checkpoint.async_upload` | bytes of state written (root and task: summed) |
+//! | `weir.checkpoint.inflight_bytes` | root, `checkpoint.task`, `checkpoint.subtask`, `checkpoint.async_upload`, `checkpoint.unaligned_capture` | in-flight bytes persisted as channel state |
 //! | `weir.checkpoint.failure` | root of an aborted checkpoint | why it was aborted (also the status message) |
 //! | `error.message` | a `checkpoint.notify` that failed | the error (also the status message) |
 //! | `weir.failover.region` | failover spans | the failover region's index; absent when the whole job restarts |
@@ -74,6 +88,7 @@
 //! | `weir.failover.cause` | failover spans | the failure's message |
 //! | `weir.failover.restart` | root `failover` | the job's restart count after this restart (`numRestarts`) |
 //! | `weir.failover.subtasks` | root `failover` | how many subtasks were restarted |
+//! | `weir.failover.restored_checkpoint` | root `failover` | the id of this job's checkpoint the subtasks were restored from (absent: none) |
 //!
 //! Resource: `service.name` (`otel.service.name`), `service.version`.
 //! Instrumentation scope: `weir`.
@@ -129,9 +144,10 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 pub use export::ExportStats;
 
-pub(crate) use crate::checkpoint::events::{alignment_name, SubtaskPhases};
-use crate::checkpoint::events::{CheckpointEnded, CheckpointObserver, SubtaskNotified};
-use crate::checkpoint::{BarrierMode, SubtaskCheckpointStats};
+pub(crate) use crate::checkpoint::events::alignment_name;
+use crate::checkpoint::events::{
+    CheckpointEnded, CheckpointObserver, SubtaskAcked, SubtaskNotified,
+};
 use crate::config::{options, Conf, ConfigError, ValueSource};
 use crate::observer::FailoverObserver;
 use crate::Result;
@@ -140,6 +156,10 @@ use crate::Result;
 pub mod span {
     /// Root of a checkpoint's trace.
     pub const CHECKPOINT: &str = "checkpoint";
+    /// One task's (operator chain's) part in a checkpoint.
+    pub const TASK: &str = "checkpoint.task";
+    /// One subtask's part in a checkpoint.
+    pub const SUBTASK: &str = "checkpoint.subtask";
     /// Barrier alignment of one subtask.
     pub const ALIGNMENT: &str = "checkpoint.alignment";
     /// Capture of in-flight data by one subtask (unaligned).
@@ -182,6 +202,14 @@ pub mod attr {
     pub const BYTES_WRITTEN: &str = "weir.checkpoint.bytes_written";
     /// In-flight bytes persisted.
     pub const INFLIGHT_BYTES: &str = "weir.checkpoint.inflight_bytes";
+    /// Subtasks of a task that acknowledged.
+    pub const SUBTASKS_ACKED: &str = "weir.checkpoint.subtasks";
+    /// The tasks of a checkpoint (root, with tasks).
+    pub const TASKS: &str = "weir.checkpoint.tasks";
+    /// Bytes written per task, in the order of `weir.checkpoint.tasks`.
+    pub const TASK_BYTES: &str = "weir.checkpoint.task_bytes_written";
+    /// The checkpoint a failover restored from.
+    pub const RESTORED_CHECKPOINT: &str = "weir.failover.restored_checkpoint";
     /// Why a checkpoint was aborted.
     pub const FAILURE: &str = "weir.checkpoint.failure";
     /// The failover region.
@@ -230,6 +258,34 @@ pub struct TelemetryConfig {
     pub drop_log_interval: Duration,
     /// How often the job's metrics are exported.
     pub metric_export_interval: Duration,
+    /// How much of a checkpoint each trace shows (`traces.checkpoint.span-detail-level`).
+    pub detail: SpanDetail,
+}
+
+/// `traces.checkpoint.span-detail-level`: Flink's levels, each one adding
+/// to the one before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SpanDetail {
+    /// `SPAN_PER_CHECKPOINT`: the root span only.
+    PerCheckpoint,
+    /// `SPAN_PER_CHECKPOINT_WITH_TASKS`: the root, with per-task arrays.
+    PerCheckpointWithTasks,
+    /// `CHILDREN_SPANS_PER_TASK`: plus one child span per task.
+    PerTask,
+    /// `CHILDREN_SPANS_PER_SUBTASK`: plus one span per subtask under its
+    /// task, with the subtask's phases under it (weir's default).
+    PerSubtask,
+}
+
+impl SpanDetail {
+    fn from_conf(conf: &Conf) -> SpanDetail {
+        match conf.get(&options::TRACES_SPAN_DETAIL).as_str() {
+            "SPAN_PER_CHECKPOINT" => SpanDetail::PerCheckpoint,
+            "SPAN_PER_CHECKPOINT_WITH_TASKS" => SpanDetail::PerCheckpointWithTasks,
+            "CHILDREN_SPANS_PER_TASK" => SpanDetail::PerTask,
+            _ => SpanDetail::PerSubtask,
+        }
+    }
 }
 
 impl TelemetryConfig {
@@ -275,6 +331,7 @@ impl TelemetryConfig {
             flush_timeout: conf.get(&options::OTEL_FLUSH_TIMEOUT),
             drop_log_interval: conf.get(&options::OTEL_DROP_LOG_INTERVAL),
             metric_export_interval,
+            detail: SpanDetail::from_conf(conf),
         }))
     }
 }
@@ -293,7 +350,34 @@ struct FailoverTrace {
     members: usize,
     last_running: Option<Instant>,
     restart: u64,
+    /// The checkpoint of this job the new subtasks were restored from.
+    restored: Option<u64>,
 }
+
+/// One task's acknowledged subtasks in a checkpoint in progress: what its
+/// `checkpoint.task` span and the root's per-task arrays show.
+#[derive(Debug, Clone)]
+struct TaskAgg {
+    start: Instant,
+    end: Instant,
+    subtasks: usize,
+    bytes_written: u64,
+    inflight_bytes: u64,
+}
+
+/// Checkpoints in progress (their acknowledged subtasks per task) and
+/// recently completed ones (for notify spans and failover links).
+#[derive(Default)]
+struct Checkpoints {
+    open: std::collections::BTreeMap<u64, std::collections::BTreeMap<String, TaskAgg>>,
+    /// `(id, trace, savepoint)`, newest last, at most [`COMPLETED_KEPT`].
+    completed: std::collections::VecDeque<(u64, TraceId, bool)>,
+}
+
+/// Completed checkpoints remembered for links and notify spans.
+const COMPLETED_KEPT: usize = 256;
+/// Checkpoints in progress tracked at most (a restart drops the old ones).
+const OPEN_KEPT: usize = 64;
 
 struct Inner {
     job_id: String,
@@ -307,6 +391,7 @@ struct Inner {
     cfg: TelemetryConfig,
     flush_timeout: Duration,
     failovers: Mutex<Vec<FailoverTrace>>,
+    checkpoints: Mutex<Checkpoints>,
     failover_seq: AtomicU64,
     /// Full restarts so far: a restarted job may take a checkpoint id again
     /// (one that was aborted and deleted), in another trace.
@@ -335,6 +420,8 @@ const P_NOTIFY: u64 = 6;
 const P_CANCEL: u64 = 7;
 const P_RESTORE: u64 = 8;
 const P_RUNNING: u64 = 9;
+const P_TASK: u64 = 10;
+const P_SUBTASK: u64 = 11;
 
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -381,6 +468,7 @@ impl Telemetry {
             cfg: cfg.clone(),
             flush_timeout: cfg.flush_timeout,
             failovers: Mutex::new(Vec::new()),
+            checkpoints: Mutex::new(Checkpoints::default()),
             failover_seq: AtomicU64::new(0),
             attempt: AtomicU64::new(0),
         })))
@@ -463,6 +551,32 @@ impl Telemetry {
         Self::span_id(trace, 0, 0)
     }
 
+    /// The `checkpoint.task` span of the chain called `chain`.
+    fn task_id(trace: TraceId, chain: &str) -> SpanId {
+        let h = chain.bytes().fold(0u64, |h, b| mix(h ^ u64::from(b)));
+        Self::span_id(trace, P_TASK, h)
+    }
+
+    /// The `checkpoint.subtask` span of subtask `task` (index among all of the job's).
+    fn subtask_id(trace: TraceId, task: usize) -> SpanId {
+        Self::span_id(trace, P_SUBTASK, task as u64)
+    }
+
+    fn checkpoints(&self) -> std::sync::MutexGuard<'_, Checkpoints> {
+        self.0.checkpoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The trace of completed checkpoint `id` and whether it was a
+    /// savepoint, when it is remembered.
+    fn completed(&self, id: u64) -> Option<(TraceId, bool)> {
+        self.checkpoints()
+            .completed
+            .iter()
+            .rev()
+            .find(|c| c.0 == id)
+            .map(|c| (c.1, c.2))
+    }
+
     fn wall(&self, at: Instant) -> SystemTime {
         let (i0, s0) = self.0.anchor;
         if at >= i0 {
@@ -481,9 +595,35 @@ impl Telemetry {
         name: &'static str,
         start: Instant,
         end: Instant,
-        mut attributes: Vec<KeyValue>,
+        attributes: Vec<KeyValue>,
         status: Status,
     ) {
+        self.emit_linked(
+            trace,
+            id,
+            parent,
+            name,
+            (start, end),
+            attributes,
+            status,
+            Vec::new(),
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit_linked(
+        &self,
+        trace: TraceId,
+        id: SpanId,
+        parent: Option<SpanId>,
+        name: &'static str,
+        (start, end): (Instant, Instant),
+        mut attributes: Vec<KeyValue>,
+        status: Status,
+        links: Vec<opentelemetry::trace::Link>,
+    ) {
+        let mut span_links = SpanLinks::default();
+        span_links.links = links;
         attributes.push(KeyValue::new(attr::JOB_ID, self.0.job_id.clone()));
         self.0.pipeline.push(SpanData {
             span_context: SpanContext::new(
@@ -502,7 +642,7 @@ impl Telemetry {
             attributes,
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
-            links: SpanLinks::default(),
+            links: span_links,
             status,
             instrumentation_scope: self.0.scope.clone(),
         });
@@ -569,15 +709,33 @@ impl Telemetry {
         attrs.push(KeyValue::new(attr::RESTART, t.restart as i64));
         attrs.push(KeyValue::new(attr::SUBTASKS, t.members as i64));
         let status = error.map_or(Status::Ok, |e| Status::error(e.to_string()));
-        self.emit(
+        // A link to the trace of the checkpoint the failover restored from.
+        let mut links = Vec::new();
+        if let Some(id) = t.restored {
+            attrs.push(KeyValue::new(attr::RESTORED_CHECKPOINT, id as i64));
+            if let Some((trace, _)) = self.completed(id) {
+                links.push(opentelemetry::trace::Link::new(
+                    SpanContext::new(
+                        trace,
+                        Self::root_id(trace),
+                        TraceFlags::SAMPLED,
+                        false,
+                        TraceState::default(),
+                    ),
+                    vec![KeyValue::new(attr::CHECKPOINT_ID, id as i64)],
+                    0,
+                ));
+            }
+        }
+        self.emit_linked(
             t.trace,
             root,
             None,
             span::FAILOVER,
-            t.started,
-            end,
+            (t.started, end),
             attrs,
             status,
+            links,
         );
         let parent = Some(root);
         self.emit(
@@ -618,7 +776,8 @@ impl Telemetry {
 }
 
 impl CheckpointObserver for Telemetry {
-    /// The root span of checkpoint `id`: `failure` is `None` when it completed.
+    /// The root span of checkpoint `id` (`failure` is `None` when it
+    /// completed), and its task spans.
     fn checkpoint_ended(&self, e: &CheckpointEnded<'_>) {
         let CheckpointEnded {
             id,
@@ -631,10 +790,34 @@ impl CheckpointObserver for Telemetry {
             failure,
         } = *e;
         let trace = self.checkpoint_trace_id(id);
+        let tasks = {
+            let mut cps = self.checkpoints();
+            if failure.is_none() {
+                cps.completed.push_back((id, trace, savepoint));
+                if cps.completed.len() > COMPLETED_KEPT {
+                    cps.completed.pop_front();
+                }
+            }
+            cps.open.remove(&id).unwrap_or_default()
+        };
+        let detail = self.0.cfg.detail;
         let mut attrs = Self::checkpoint_attrs(id, savepoint, alignment);
         attrs.push(KeyValue::new(attr::JOB_NAME, self.0.job_name.clone()));
         attrs.push(KeyValue::new(attr::BYTES_WRITTEN, bytes_written as i64));
         attrs.push(KeyValue::new(attr::INFLIGHT_BYTES, inflight_bytes as i64));
+        if detail >= SpanDetail::PerCheckpointWithTasks {
+            let names: Vec<opentelemetry::StringValue> =
+                tasks.keys().map(|k| k.clone().into()).collect();
+            let bytes: Vec<i64> = tasks.values().map(|t| t.bytes_written as i64).collect();
+            attrs.push(KeyValue::new(
+                attr::TASKS,
+                opentelemetry::Value::Array(names.into()),
+            ));
+            attrs.push(KeyValue::new(
+                attr::TASK_BYTES,
+                opentelemetry::Value::Array(bytes.into()),
+            ));
+        }
         let status = match failure {
             Some(reason) => {
                 attrs.push(KeyValue::new(attr::FAILURE, reason.to_string()));
@@ -642,9 +825,10 @@ impl CheckpointObserver for Telemetry {
             }
             None => Status::Ok,
         };
+        let root = Self::root_id(trace);
         self.emit(
             trace,
-            Self::root_id(trace),
+            root,
             None,
             span::CHECKPOINT,
             started,
@@ -652,33 +836,102 @@ impl CheckpointObserver for Telemetry {
             attrs,
             status,
         );
+        if detail < SpanDetail::PerTask {
+            return;
+        }
+        for (chain, t) in tasks {
+            let mut a = Self::checkpoint_attrs(id, savepoint, alignment);
+            a.push(KeyValue::new(attr::SUBTASKS_ACKED, t.subtasks as i64));
+            a.push(KeyValue::new(attr::BYTES_WRITTEN, t.bytes_written as i64));
+            a.push(KeyValue::new(attr::INFLIGHT_BYTES, t.inflight_bytes as i64));
+            let id = Self::task_id(trace, &chain);
+            a.push(KeyValue::new(attr::OPERATOR, chain));
+            self.emit(
+                trace,
+                id,
+                Some(root),
+                span::TASK,
+                t.start,
+                t.end,
+                a,
+                Status::Unset,
+            );
+        }
     }
 
-    /// The spans of one subtask's part in checkpoint `id`, up to its
-    /// acknowledgement (received by the coordinator at `received`).
-    fn subtask_acked(
-        &self,
-        id: u64,
-        mode: BarrierMode,
-        task: usize,
-        stats: &SubtaskCheckpointStats,
-        phases: &SubtaskPhases,
-        received: Instant,
-    ) {
+    /// One subtask's part in checkpoint `id`, up to its acknowledgement:
+    /// counted for its task, and (per subtask detail) its `checkpoint.subtask`
+    /// span with its phases under it.
+    fn subtask_acked(&self, acked: &SubtaskAcked<'_>) {
+        let SubtaskAcked {
+            id,
+            savepoint,
+            mode,
+            task,
+            stats,
+            phases,
+            received,
+        } = *acked;
         let trace = self.checkpoint_trace_id(id);
-        let root = Some(Self::root_id(trace));
-        let alignment = alignment_name(mode, stats.unaligned_checkpoint);
+        let start = phases
+            .first_barrier
+            .map_or(phases.sync_start, |f| f.min(phases.sync_start));
+        {
+            let mut cps = self.checkpoints();
+            let agg = cps
+                .open
+                .entry(id)
+                .or_default()
+                .entry(stats.task.clone())
+                .or_insert(TaskAgg {
+                    start,
+                    end: received,
+                    subtasks: 0,
+                    bytes_written: 0,
+                    inflight_bytes: 0,
+                });
+            agg.start = agg.start.min(start);
+            agg.end = agg.end.max(received);
+            agg.subtasks += 1;
+            agg.bytes_written += stats.state_size;
+            agg.inflight_bytes += stats.persisted_data;
+            while cps.open.len() > OPEN_KEPT {
+                cps.open.pop_first();
+            }
+        }
+        if self.0.cfg.detail < SpanDetail::PerSubtask {
+            return;
+        }
+        let alignment = alignment_name(mode, stats.unaligned_checkpoint, savepoint);
         let base = {
-            let mut a = Self::checkpoint_attrs(id, false, alignment);
+            let mut a = Self::checkpoint_attrs(id, savepoint, alignment);
             a.push(KeyValue::new(attr::OPERATOR, stats.task.clone()));
             a.push(KeyValue::new(attr::SUBTASK_INDEX, stats.index as i64));
             a
         };
         let t = task as u64;
+        let subtask = Self::subtask_id(trace, task);
+        let mut a = base.clone();
+        a.push(KeyValue::new(attr::BYTES_WRITTEN, stats.state_size as i64));
+        a.push(KeyValue::new(
+            attr::INFLIGHT_BYTES,
+            stats.persisted_data as i64,
+        ));
+        self.emit(
+            trace,
+            subtask,
+            Some(Self::task_id(trace, &stats.task)),
+            span::SUBTASK,
+            start,
+            received,
+            a.clone(),
+            Status::Unset,
+        );
+        let parent = Some(subtask);
         if let Some(first) = phases.first_barrier {
             if stats.unaligned_checkpoint {
-                let mut a = base.clone();
-                a.push(KeyValue::new(
+                let mut c = base.clone();
+                c.push(KeyValue::new(
                     attr::INFLIGHT_BYTES,
                     stats.persisted_data as i64,
                 ));
@@ -686,18 +939,18 @@ impl CheckpointObserver for Telemetry {
                 self.emit(
                     trace,
                     Self::span_id(trace, P_CAPTURE, t),
-                    root,
+                    parent,
                     span::UNALIGNED_CAPTURE,
                     first,
                     end,
-                    a,
+                    c,
                     Status::Unset,
                 );
             } else {
                 self.emit(
                     trace,
                     Self::span_id(trace, P_ALIGN, t),
-                    root,
+                    parent,
                     span::ALIGNMENT,
                     first,
                     phases.sync_start,
@@ -709,23 +962,17 @@ impl CheckpointObserver for Telemetry {
         self.emit(
             trace,
             Self::span_id(trace, P_SYNC, t),
-            root,
+            parent,
             span::SYNC_SNAPSHOT,
             phases.sync_start,
             phases.sync_end,
             base.clone(),
             Status::Unset,
         );
-        let mut a = base.clone();
-        a.push(KeyValue::new(attr::BYTES_WRITTEN, stats.state_size as i64));
-        a.push(KeyValue::new(
-            attr::INFLIGHT_BYTES,
-            stats.persisted_data as i64,
-        ));
         self.emit(
             trace,
             Self::span_id(trace, P_UPLOAD, t),
-            root,
+            parent,
             span::ASYNC_UPLOAD,
             phases.upload_start,
             phases.upload_end,
@@ -735,7 +982,7 @@ impl CheckpointObserver for Telemetry {
         self.emit(
             trace,
             Self::span_id(trace, P_ACK, t),
-            root,
+            parent,
             span::ACK,
             phases.upload_end,
             received,
@@ -744,7 +991,8 @@ impl CheckpointObserver for Telemetry {
         );
     }
 
-    /// One subtask's `notify_complete(id)`: `error` when it failed.
+    /// One subtask's `notify_complete(id)` (per subtask detail only), under
+    /// its `checkpoint.subtask` span: `error` when it failed.
     fn subtask_notified(&self, n: &SubtaskNotified<'_>) {
         let SubtaskNotified {
             id,
@@ -755,10 +1003,18 @@ impl CheckpointObserver for Telemetry {
             end,
             error,
         } = *n;
-        let trace = self.checkpoint_trace_id(id);
+        if self.0.cfg.detail < SpanDetail::PerSubtask {
+            return;
+        }
+        let (trace, savepoint) = self
+            .completed(id)
+            .unwrap_or_else(|| (self.checkpoint_trace_id(id), false));
         let mut a = vec![
             KeyValue::new(attr::CHECKPOINT_ID, id as i64),
-            KeyValue::new(attr::CHECKPOINT_KIND, "checkpoint"),
+            KeyValue::new(
+                attr::CHECKPOINT_KIND,
+                if savepoint { "savepoint" } else { "checkpoint" },
+            ),
             KeyValue::new(attr::OPERATOR, chain.to_string()),
             KeyValue::new(attr::SUBTASK_INDEX, index as i64),
         ];
@@ -772,7 +1028,7 @@ impl CheckpointObserver for Telemetry {
         self.emit(
             trace,
             Self::span_id(trace, P_NOTIFY, task as u64),
-            Some(Self::root_id(trace)),
+            Some(Self::subtask_id(trace, task)),
             span::NOTIFY,
             start,
             end,
@@ -815,6 +1071,7 @@ impl FailoverObserver for Telemetry {
                 members: members.len(),
                 last_running: None,
                 restart,
+                restored: None,
             });
             old
         };
@@ -833,8 +1090,10 @@ impl FailoverObserver for Telemetry {
     /// The restart (after the strategy's delay) begins: checkpoint read next.
     fn failover_restoring(&self, region: Option<usize>, restart: u64) {
         if region.is_none() {
-            // Every subtask and the coordinator of the old attempt have stopped.
+            // Every subtask and the coordinator of the old attempt have
+            // stopped: its checkpoints in progress never end.
             self.0.attempt.fetch_add(1, Ordering::SeqCst);
+            self.checkpoints().open.clear();
         }
         self.with_failover(region, |t| {
             let now = Instant::now();
@@ -844,10 +1103,11 @@ impl FailoverObserver for Telemetry {
         });
     }
 
-    /// The new subtasks are deployed.
-    fn failover_deployed(&self, region: Option<usize>) {
+    /// The new subtasks are deployed, restored from checkpoint `restored`.
+    fn failover_deployed(&self, region: Option<usize>, restored: Option<u64>) {
         self.with_failover(region, |t| {
             t.deployed = Some(Instant::now());
+            t.restored = restored;
         });
         self.finish_failovers();
     }
