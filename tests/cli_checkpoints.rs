@@ -140,7 +140,7 @@ fn list_verify_gc_after_a_crash() {
 }
 
 #[test]
-fn gc_leaves_a_running_job_alone() {
+fn gc_leaves_a_running_job_alone_and_a_job_elsewhere_unless_forced() {
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("0123456789abcdef0123456789abcdef");
     std::fs::create_dir_all(job.join("chk-7")).unwrap();
@@ -155,4 +155,21 @@ fn gc_leaves_a_running_job_alone() {
         text(&out)
     );
     assert!(job.join("chk-7/0-0.state").exists());
+
+    // Locked from another machine or container: its pid says nothing here,
+    // so gc leaves it and says why, unless told --force.
+    let mut owner = weir::runtime::checkpoint::lock::LockOwner::this_process();
+    owner.boot_id = "another-boot".into();
+    owner.pid = 1;
+    std::fs::write(job.join(".running"), owner.encode()).unwrap();
+    let out = weir(&["checkpoints", "gc", dir.path().to_str().unwrap()]);
+    assert!(
+        text(&out).contains("another machine or container") && text(&out).contains("--force"),
+        "{}",
+        text(&out)
+    );
+    assert!(job.join("chk-7/0-0.state").exists());
+    let out = weir(&["checkpoints", "gc", "--force", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!job.join("chk-7").exists(), "{}", text(&out));
 }

@@ -524,6 +524,73 @@ pub(crate) struct Instruments<'a> {
     pub io: &'a [Arc<crate::waits::SubtaskIo>],
 }
 
+/// The in-flight data of chains whose parallelism changed
+/// (`SubtaskRestore::rescaled` of their subtask 0) spread over their new
+/// subtasks by their input edges ([`crate::rescale`]).
+fn spread_rescaled_channel_state(
+    graph: &StreamGraph,
+    plan: &JobPlan,
+    conf: &Conf,
+    restore: &mut [Vec<SubtaskRestore>],
+) -> Result<()> {
+    for (c, chain) in plan.chains.iter().enumerate() {
+        let Some(first) = restore.get_mut(c).and_then(|r| r.first_mut()) else {
+            continue;
+        };
+        if first.rescaled.is_empty() {
+            continue;
+        }
+        let old = std::mem::take(&mut first.rescaled);
+        let head = &graph.nodes[chain.nodes[0]];
+        let codec = head.in_codec.ok_or_else(|| {
+            Error::Restore(format!(
+                "in-flight data for '{}', which has no input",
+                chain.name()
+            ))
+        })?;
+        let hash: Vec<&PartitionFactory> = head
+            .inputs
+            .iter()
+            .filter_map(|e| match &e.ship {
+                Ship::Hash(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        let broadcast = head
+            .inputs
+            .iter()
+            .any(|e| matches!(e.ship, Ship::Broadcast));
+        let spread = if broadcast || (!hash.is_empty() && hash.len() != head.inputs.len()) {
+            crate::rescale::Spread::Refused(format!(
+                "the checkpoint holds in-flight data of '{}' at another parallelism, and its \
+                 inputs include a broadcast edge or mix keyed and unkeyed edges: that data cannot \
+                 be spread over {} subtasks; restore at the old parallelism, or from an aligned \
+                 checkpoint or a savepoint",
+                chain.name(),
+                chain.parallelism
+            ))
+        } else if let Some(f) = hash.first() {
+            crate::rescale::Spread::ByKey(
+                (*f).clone(),
+                PartitionSetup {
+                    targets: chain.parallelism,
+                    max_parallelism: conf.get(&options::MAX_PARALLELISM),
+                    batch_size: conf.get(&options::BATCH_SIZE),
+                    segment_bytes: usize::try_from(conf.get(&options::SEGMENT_SIZE).0)
+                        .unwrap_or(usize::MAX),
+                },
+            )
+        } else {
+            crate::rescale::Spread::RoundRobin
+        };
+        let spread = crate::rescale::redistribute(old, chain.parallelism, codec, &spread)?;
+        for (r, entries) in restore[c].iter_mut().zip(spread) {
+            r.channel_state.extend(entries);
+        }
+    }
+    Ok(())
+}
+
 /// Builds every subtask of `plan` with its channels.
 pub(crate) fn instantiate(
     graph: &StreamGraph,
@@ -552,6 +619,9 @@ pub(crate) fn instantiate(
         mut outputs,
         signals: gates,
     } = wire(graph, plan, conf, io, watch)?;
+    if let Some(r) = restore.as_mut() {
+        spread_rescaled_channel_state(graph, plan, conf, r)?;
+    }
     let mut specs = Vec::with_capacity(plan.num_subtasks());
     for (c, chain) in plan.chains.iter().enumerate() {
         let tail = *chain

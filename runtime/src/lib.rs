@@ -57,6 +57,8 @@
 //!   statistics, events) and the checkpoint files (`storage`, `store`).
 //! - [`coordinator`]: the checkpoint coordinator actor.
 //! - [`restore`]: maps a checkpoint onto the subtasks of a new job (rescaling).
+//! - `rescale`: spreads the in-flight data of an unaligned checkpoint over
+//!   a chain's subtasks at another parallelism.
 //! - [`waits`]: the time subtasks wait (back-pressured, idle), written by
 //!   the data plane and read by the metrics.
 //! - [`keygroup`]: key groups, Flink's unit of keyed-state partitioning.
@@ -105,6 +107,7 @@ pub mod operations;
 pub mod operator;
 pub mod record;
 pub mod registry;
+pub(crate) mod rescale;
 pub mod rest;
 pub mod restart;
 pub mod restore;

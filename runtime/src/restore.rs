@@ -17,7 +17,11 @@
 //!   key groups, recorded in each state file; a job with another value is
 //!   refused, naming the operator and both values (Flink does the same).
 //! - Channel state (unaligned checkpoints): goes back to the same subtask of
-//!   the same chain; restoring in-flight data needs the same chains and parallelism.
+//!   the same chain; when the chain's parallelism changed, all of it is
+//!   handed to the chain's subtask 0 (`SubtaskRestore::rescaled`) and
+//!   spread over the new subtasks by the chain's input edges when the job is
+//!   built (`crate::rescale`: by key group for hash edges, round robin for
+//!   forward and rebalance edges).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -118,7 +122,7 @@ pub(crate) fn assign(
         );
     }
     let mut out = Vec::with_capacity(plan.chains.len());
-    for (ci, chain) in plan.chains.iter().enumerate() {
+    for chain in plan.chains.iter() {
         let mut subtasks = Vec::with_capacity(chain.parallelism);
         for i in 0..chain.parallelism {
             let mut r = SubtaskRestore::default();
@@ -135,24 +139,30 @@ pub(crate) fn assign(
             }
             subtasks.push(r);
         }
-        // Channel state: same chain, same parallelism.
-        for st in cp.states.iter().filter(|s| !s.channel_state.is_empty()) {
-            if st.chain != chain.name() {
-                continue;
+        // Channel state: the same subtask at the same parallelism, else
+        // every old subtask's, in order, to be spread (`crate::rescale`).
+        let mut old: Vec<&crate::checkpoint::SubtaskState> = cp
+            .states
+            .iter()
+            .filter(|s| !s.channel_state.is_empty() && s.chain == chain.name())
+            .collect();
+        old.sort_by_key(|s| s.subtask);
+        for st in old {
+            if st.parallelism == chain.parallelism {
+                subtasks[st.subtask].channel_state = st.channel_state.clone();
+            } else if let Some(first) = subtasks.first_mut() {
+                first
+                    .rescaled
+                    .extend(st.channel_state.iter().map(|e| (st.subtask, e.clone())));
             }
-            if st.chain_index != ci || st.parallelism != chain.parallelism {
-                return Err(Error::Restore(format!(
-                    "checkpoint {} holds in-flight data of '{}' at parallelism {}; it can only be restored with the same job graph and parallelism",
-                    cp.dir.display(),
-                    st.chain,
-                    st.parallelism
-                )));
-            }
-            subtasks[st.subtask].channel_state = st.channel_state.clone();
         }
         out.push(subtasks);
     }
-    let placed: usize = out.iter().flatten().map(|r| r.channel_state.len()).sum();
+    let placed: usize = out
+        .iter()
+        .flatten()
+        .map(|r| r.channel_state.len() + r.rescaled.len())
+        .sum();
     let stored: usize = cp.states.iter().map(|s| s.channel_state.len()).sum();
     if placed != stored {
         return Err(Error::Restore(format!(

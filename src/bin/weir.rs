@@ -8,7 +8,7 @@
 //! - `weir checkpoints verify DIR`: checks every file's checksum and every reference (framed
 //!   files, and the size and CRC-32 of the RocksDB files a checkpoint references, in its own
 //!   directory or in `shared/`); exit status 1 if a checkpoint is corrupt.
-//! - `weir checkpoints gc DIR [--dry-run]`: deletes what no complete checkpoint references
+//! - `weir checkpoints gc DIR [--dry-run] [--force]`: deletes what no complete checkpoint references
 //!   (incomplete checkpoints left by a crash, temporary files, unreferenced files, shared
 //!   files no checkpoint references); never a referenced file, never a directory of a job
 //!   that is running.
@@ -38,8 +38,9 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use weir::cli::ConfArgs;
 use weir::client::Client;
+use weir::runtime::checkpoint::lock::{lock_state, LockState};
 use weir::runtime::checkpoint::storage::{
-    self, job_dirs, job_is_running, list_checkpoints, list_savepoints, load_checkpoint, orphans,
+    self, job_dirs, list_checkpoints, list_savepoints, load_checkpoint, orphans,
 };
 use weir::runtime::checkpoint::store;
 use weir::runtime::checkpoint::KeyedStateHandle;
@@ -186,12 +187,18 @@ enum CheckpointsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Deletes files no complete checkpoint references.
+    /// Deletes files no complete checkpoint references, in the directories
+    /// of jobs that are not running.
     Gc {
         dir: PathBuf,
         /// Only print what would be deleted.
         #[arg(long)]
         dry_run: bool,
+        /// Also sweep directories locked by a job of another machine or
+        /// container (whose life cannot be checked from here): only when it
+        /// is known to be stopped. A job running here is never swept.
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         json: bool,
     },
@@ -402,13 +409,26 @@ fn checkpoints(
                 ExitCode::SUCCESS
             })
         }
-        CheckpointsCommand::Gc { dir, dry_run, json } => {
+        CheckpointsCommand::Gc {
+            dir,
+            dry_run,
+            force,
+            json,
+        } => {
             let mut removed = Vec::new();
             let mut skipped = Vec::new();
+            let mut elsewhere = Vec::new();
             for job in job_dirs(&dir)? {
-                if job_is_running(&job) {
-                    skipped.push(job);
-                    continue;
+                match lock_state(&job) {
+                    LockState::Running(_) => {
+                        skipped.push(job);
+                        continue;
+                    }
+                    LockState::Elsewhere(owner) if !force => {
+                        elsewhere.push((job, owner));
+                        continue;
+                    }
+                    _ => {}
                 }
                 for p in orphans(&job)? {
                     if !dry_run {
@@ -421,13 +441,25 @@ fn checkpoints(
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &json!({"removed": removed, "dry_run": dry_run, "skipped_running_jobs": skipped})
-                    )?
+                    serde_json::to_string_pretty(&json!({
+                        "removed": removed,
+                        "dry_run": dry_run,
+                        "skipped_running_jobs": skipped,
+                        "skipped_jobs_elsewhere": elsewhere.iter().map(|(j, _)| j).collect::<Vec<_>>(),
+                    }))?
                 );
             } else {
                 for s in &skipped {
                     println!("skipped {} (its job is running)", s.display());
+                }
+                for (s, owner) in &elsewhere {
+                    println!(
+                        "skipped {} (locked by process {} on host '{}', another machine or container: \
+                         run gc there, or with --force once that job is known to be stopped)",
+                        s.display(),
+                        owner.pid,
+                        owner.host
+                    );
                 }
                 for p in &removed {
                     println!(

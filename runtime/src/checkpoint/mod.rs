@@ -98,6 +98,7 @@
 //! before `execute` returns.
 
 pub(crate) mod events;
+pub mod lock;
 pub mod storage;
 pub mod store;
 
@@ -120,6 +121,11 @@ pub(crate) struct SubtaskRestore {
         (Option<std::sync::Arc<RestoredKeyed>>, OperatorStateStore),
     >,
     pub channel_state: Vec<ChannelStateEntry>,
+    /// Subtask 0 of a chain whose parallelism changed: every old subtask's
+    /// channel state `(old subtask, entry)`, in old subtask order, which
+    /// `crate::graph::instantiate` spreads over the new subtasks
+    /// (`crate::rescale`).
+    pub rescaled: Vec<(usize, ChannelStateEntry)>,
 }
 
 /// The checkpointing settings of a job.

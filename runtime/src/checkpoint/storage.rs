@@ -75,7 +75,8 @@
 //! (1) fails, nothing else of it is deleted. A crash at any point in between
 //! leaves only files that no complete checkpoint references: an incomplete
 //! directory, or unreferenced shared files. The orphan sweep ([`orphans`],
-//! run when a job starts on its own directory and by `weir checkpoints gc`)
+//! run when a job starts on its own directory and on those of jobs that
+//! crashed on this machine, and by `weir checkpoints gc`)
 //! removes exactly those, and never a file a complete checkpoint references.
 //! Shared files uploaded for a checkpoint that was then aborted are deleted
 //! by the coordinator once a later checkpoint completes without them (or by
@@ -94,11 +95,13 @@
 //! retained checkpoints.
 //!
 //! # The lock of a running job
-//! `.running` holds the process id of the job using the directory;
-//! [`job_is_running`] checks it against `/proc` on this machine. On an
-//! object store shared by several machines that check only sees the jobs of
-//! this machine: run `weir checkpoints gc` on one where the job ran, or when
-//! it is known to be stopped.
+//! `.running` names the process using the directory and the namespace its
+//! pid means something in; [`super::lock`] decides from it whether the job
+//! runs, crashed, or runs elsewhere. When a job starts,
+//! [`sweep_dead_jobs`] sweeps (in the background) the other directories of
+//! the base directory whose job crashed on this machine; `weir checkpoints
+//! gc` sweeps every directory whose job is not running, and leaves those
+//! locked from another machine or container unless told `--force`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -107,6 +110,7 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::lock::{lock_state, LockOwner, LockState};
 use super::store::{self, Store};
 use super::{CheckpointMetadata, SubtaskState};
 use crate::{Error, Result};
@@ -311,12 +315,21 @@ impl CheckpointStorage {
             Ok(_) => {}
             Err(e) => tracing::warn!(dir = %job_dir.display(), error = %e, "orphan sweep failed"),
         }
-        // Marks the directory as in use, for `weir checkpoints gc`.
+        // Marks the directory as in use, for `weir checkpoints gc` and the
+        // sweep of dead jobs (see `super::lock`).
         st.put(
             &child(&key, LOCK_FILE),
-            std::process::id().to_string().into_bytes(),
+            LockOwner::this_process().encode().into_bytes(),
             &|| Ok(()),
         )?;
+        // The leftovers of crashed jobs under the same base directory, on a
+        // thread of its own: the job does not wait.
+        let (base, own) = (job_dir.parent().map(Path::to_path_buf), job_dir.clone());
+        if let Some(base) = base {
+            let _ = std::thread::Builder::new()
+                .name("weir-sweep-dead-jobs".into())
+                .spawn(move || sweep_dead_jobs(&base, &own));
+        }
         Ok(CheckpointStorage {
             job_dir,
             store: st,
@@ -955,16 +968,63 @@ pub fn list_savepoints(dir: &Path) -> Result<Vec<CheckpointInfo>> {
     Ok(out)
 }
 
-/// The lock file a running job keeps in its directory (its process id).
-pub const LOCK_FILE: &str = ".running";
+pub use super::lock::LOCK_FILE;
 
-/// Whether the job owning `job_dir` is running (its lock names a live process).
+/// Whether the job owning `job_dir` may be running: its lock names a live
+/// process of this machine, or one of another machine or container (whose
+/// life cannot be seen from here; see [`super::lock`]).
 pub fn job_is_running(job_dir: &Path) -> bool {
-    store::resolve(&job_dir.join(LOCK_FILE))
-        .and_then(|(st, key)| st.get(&key))
-        .ok()
-        .and_then(|s| String::from_utf8_lossy(&s).trim().parse::<u32>().ok())
-        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    matches!(
+        lock_state(job_dir),
+        LockState::Running(_) | LockState::Elsewhere(_)
+    )
+}
+
+/// What [`sweep_dead_jobs`] did to one dead job's directory.
+#[derive(Debug)]
+pub struct Swept {
+    /// The job directory.
+    pub job_dir: PathBuf,
+    /// What was deleted (orphans, then the stale lock).
+    pub removed: Vec<PathBuf>,
+}
+
+/// Sweeps the directories under `base` (but `own`) whose lock is
+/// [`LockState::Dead`] with a recorded namespace: their orphans, then the
+/// stale lock. A directory that cannot be read or swept is logged and left.
+pub fn sweep_dead_jobs(base: &Path, own: &Path) -> Vec<Swept> {
+    let dirs = match job_dirs(base) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(dir = %base.display(), error = %e, "no dead jobs swept");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for job in dirs.into_iter().filter(|d| d != own) {
+        let owner = match lock_state(&job) {
+            LockState::Dead(o) if o.has_namespace() => o,
+            _ => continue,
+        };
+        let swept = sweep(&job).and_then(|mut removed| {
+            remove(&job.join(LOCK_FILE))?;
+            removed.push(job.join(LOCK_FILE));
+            Ok(removed)
+        });
+        match swept {
+            Ok(removed) => {
+                tracing::info!(dir = %job.display(), pid = owner.pid, n = removed.len(), "swept the leftovers of a crashed job");
+                out.push(Swept {
+                    job_dir: job,
+                    removed,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(dir = %job.display(), error = %e, "cannot sweep a crashed job's directory")
+            }
+        }
+    }
+    out
 }
 
 /// Files and directories of `job_dir` that no complete checkpoint references:

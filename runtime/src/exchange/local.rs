@@ -67,6 +67,47 @@ impl WeakChannel {
     pub(crate) fn is_alive(&self) -> bool {
         self.ch.strong_count() > 0
     }
+
+    /// Output-side conversion (aligned checkpoint timeout): the aligned
+    /// barrier `id`, if it is still queued, becomes an unaligned one ahead of
+    /// the batches queued before it (after any unaligned barriers already at
+    /// the front), recording how many it overtook, exactly as if it had been
+    /// sent with [`Tx::send_priority`] at that point. `false` when it is no
+    /// longer queued (taken, or the channel is gone).
+    pub(crate) fn convert_barrier(&self, id: u64) -> bool {
+        let Some(ch) = self.ch.upgrade() else {
+            return false;
+        };
+        let mut st = lock(&ch);
+        let Some(pos) = st
+            .queue
+            .iter()
+            .position(|e| matches!(e, Event::Barrier(b) if b.id == id && !b.unaligned))
+        else {
+            return false;
+        };
+        let at = st
+            .queue
+            .iter()
+            .position(|e| !matches!(e, Event::Barrier(b) if b.unaligned))
+            .unwrap_or(pos)
+            .min(pos);
+        let overtaken = st
+            .queue
+            .range(at..pos)
+            .filter(|e| matches!(e, Event::Batch(_)))
+            .count();
+        let Some(Event::Barrier(mut b)) = st.queue.remove(pos) else {
+            return false;
+        };
+        b.unaligned = true;
+        b.overtaken = overtaken;
+        st.queue.insert(at, Event::Barrier(b));
+        drop(st);
+        ch.receiver.raise_urgent();
+        ch.receiver.gate.notify_one();
+        true
+    }
 }
 
 /// A new channel holding at most `capacity` data batches from `sender` to `receiver`.
@@ -128,12 +169,16 @@ impl Tx {
             if _waiting.is_none() {
                 _waiting = Some(self.ch.sender.io.back_pressured());
             }
+            // Woken by space, or by `urgent` (the flag, checked above, lets
+            // the batch through). A wake-up left from an urgent barrier
+            // already taken is only consumed here: storing it again would
+            // wake this very wait at once, again and again, spinning the
+            // subtask's thread without yielding (its timers, such as the
+            // aligned-checkpoint-timeout conversion, and its control would
+            // wait for space).
             tokio::select! {
                 _ = &mut space => {}
-                _ = &mut urgent => {
-                    // Keep the wake-up for a later wait of this subtask.
-                    self.ch.sender.urgent_wake.notify_one();
-                }
+                _ = &mut urgent => {}
             }
         }
     }
@@ -259,5 +304,94 @@ impl Drop for Rx {
     fn drop(&mut self) {
         lock(&self.ch).receiver_alive = false;
         self.ch.space.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn batch(v: u64) -> AnyBatch {
+        Box::new(vec![v])
+    }
+
+    fn values(rx: &Rx) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(Some(ev)) = rx.try_recv() {
+            out.push(match ev {
+                Event::Batch(b) => crate::record::downcast::<u64>(b)[0].to_string(),
+                Event::Barrier(b) => format!("b{}{}", b.id, if b.unaligned { "u" } else { "" }),
+                Event::Watermark(w) => format!("w{w}"),
+                Event::EndOfStream => "end".into(),
+            });
+        }
+        out
+    }
+
+    /// An aligned barrier still queued moves ahead of the batches queued
+    /// before it, with their count; one already taken is not found.
+    #[test]
+    fn a_queued_aligned_barrier_converts_to_unaligned_ahead_of_its_batches() {
+        let (s, r) = (
+            Arc::new(TaskSignals::default()),
+            Arc::new(TaskSignals::default()),
+        );
+        let (tx, rx) = channel(8, s, r.clone());
+        for v in [1, 2] {
+            tx.send_batch_now(batch(v)).unwrap();
+        }
+        let b = |id| Barrier {
+            id,
+            timestamp_ms: 0,
+            savepoint: false,
+            unaligned: false,
+            overtaken: 0,
+        };
+        tx.send_control(Event::Barrier(b(7))).unwrap();
+        tx.send_batch_now(batch(3)).unwrap();
+        let w = tx.downgrade();
+        assert!(!w.convert_barrier(6), "no barrier 6 queued");
+        assert!(w.convert_barrier(7));
+        assert!(r.take_urgent(), "the receiver is told");
+        assert_eq!(
+            rx.try_recv_priority().map(|b| (b.id, b.overtaken)),
+            Some((7, 2))
+        );
+        assert_eq!(values(&rx), ["1", "2", "3"]);
+        assert!(!w.convert_barrier(7), "taken already");
+    }
+
+    /// A send blocked on a full channel waits (yields) even with a wake-up
+    /// left from an urgent barrier already taken: it used to store that
+    /// wake-up again and spin, so nothing else on its thread ran and the
+    /// space freed by a task of that thread never came.
+    #[test]
+    fn a_stale_urgent_wake_up_does_not_spin_a_blocked_send() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let s = Arc::new(TaskSignals::default());
+                let (tx, rx) = channel(1, s.clone(), Arc::new(TaskSignals::default()));
+                tx.send_batch(batch(1)).await.unwrap();
+                s.raise_urgent();
+                assert!(s.take_urgent());
+                // Frees the space later, on this same thread.
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let _ = rx.try_recv();
+                    std::mem::forget(rx);
+                });
+                tx.send_batch(batch(2)).await.unwrap();
+            });
+            let _ = done_tx.send(());
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the blocked send spins instead of waiting for space");
     }
 }

@@ -36,6 +36,11 @@
 //!   (`Barrier::overtaken`); the receiver reads it before anything else and
 //!   can serialize exactly those overtaken batches, still queued, as channel
 //!   state (`ChannelReceiver::peek_encode`).
+//! - **Conversion.** An aligned barrier still queued can be turned into an
+//!   unaligned one later (`BarrierConverter`: the aligned checkpoint
+//!   timeout at the output side): it moves ahead of the batches queued
+//!   before it and carries their count, as if it had been sent unaligned
+//!   then.
 //! - **Wake-ups.** A send wakes the receiving subtask's gate
 //!   (`TaskSignals`); a receive wakes a sender waiting for space.
 //! - **Ends.** A dropped sender ends the channel once it is drained
@@ -194,6 +199,31 @@ impl ChannelSender {
     pub(crate) fn send_priority(&self, barrier: Barrier) -> Result<()> {
         match self {
             ChannelSender::Local(tx) => tx.send_priority(barrier),
+        }
+    }
+
+    /// A handle that converts a queued aligned barrier into an unaligned one
+    /// later (output-side conversion), without keeping the channel alive.
+    pub(crate) fn barrier_converter(&self) -> BarrierConverter {
+        match self {
+            ChannelSender::Local(tx) => BarrierConverter::Local(tx.downgrade()),
+        }
+    }
+}
+
+/// Converts an aligned barrier still queued on one channel into an unaligned
+/// one (`execution.checkpointing.aligned-checkpoint-timeout` at the output
+/// side): a network channel does the same in its send queue.
+pub(crate) enum BarrierConverter {
+    /// An in-process channel.
+    Local(local::WeakChannel),
+}
+
+impl BarrierConverter {
+    /// Converts barrier `id` if it is still queued aligned; whether it was.
+    pub(crate) fn convert(&self, id: u64) -> bool {
+        match self {
+            BarrierConverter::Local(w) => w.convert_barrier(id),
         }
     }
 }

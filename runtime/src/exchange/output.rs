@@ -42,9 +42,13 @@ impl OutputEdge {
 
     /// Emits a barrier on every channel after every record routed so far:
     /// partial buffers are flushed first. Unaligned barriers overtake the
-    /// batches queued in the channels.
-    pub(crate) async fn barrier(&mut self, barrier: Barrier) -> Result<()> {
-        if barrier.unaligned {
+    /// batches queued in the channels. With `convertible` (an aligned
+    /// barrier that may be converted to an unaligned one later, see
+    /// `BarrierConverter`) the partial buffers go out without waiting for
+    /// space too, so the barrier is queued at once, where the conversion can
+    /// find it, instead of after the queue drained.
+    pub(crate) async fn barrier(&mut self, barrier: Barrier, convertible: bool) -> Result<()> {
+        if barrier.unaligned || convertible {
             // Records routed before the snapshot precede the barrier: they go
             // out now, whatever the channel's occupancy, then the barrier
             // overtakes everything queued.

@@ -96,8 +96,9 @@ pub(crate) struct SubtaskArgs {
 
 pub(crate) struct SubtaskActorState {
     args: Option<SubtaskArgs>,
-    /// Raised when a trigger arrives for an unaligned checkpoint, so a
-    /// source blocked by backpressure takes it at once.
+    /// Raised when a trigger arrives for an unaligned checkpoint (or one
+    /// aligned with a timeout, which may switch), so a source blocked by
+    /// backpressure takes it at once.
     urgent: Option<Arc<crate::exchange::TaskSignals>>,
     control: UnboundedSender<Control>,
     control_rx: Option<UnboundedReceiver<Control>>,
@@ -124,7 +125,12 @@ impl Actor for SubtaskActor {
         let urgent = args
             .checkpoint
             .as_ref()
-            .filter(|c| c.mode == BarrierMode::Unaligned)
+            .filter(|c| {
+                matches!(
+                    c.mode,
+                    BarrierMode::Unaligned | BarrierMode::AlignedThenUnaligned(_)
+                )
+            })
             .map(|_| args.spec.signals.clone());
         Ok(SubtaskActorState {
             urgent,

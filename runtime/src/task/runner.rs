@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -500,15 +500,57 @@ impl<'a> Runner<'a> {
         Ok(out)
     }
 
-    /// Sends barrier `b` on every output edge (ahead of queued batches when unaligned).
+    /// Sends barrier `b` on every output edge (ahead of queued batches when
+    /// unaligned).
+    ///
+    /// Aligned with timeout (`execution.checkpointing.aligned-checkpoint-timeout`),
+    /// a checkpoint's barrier goes out aligned while its timeout, measured
+    /// from the trigger, has not passed, and a timer of this loop's runtime
+    /// converts it where it still waits in an output queue when it passes
+    /// (Flink's output-side conversion): it then overtakes the queued
+    /// batches, which the receiver persists as channel state. The timer runs
+    /// while this loop waits for output space, so a backpressured sender's
+    /// barrier no longer waits for the whole queue. Past the timeout already,
+    /// the barrier goes out unaligned at once. Savepoints stay aligned.
     async fn forward_barrier(&mut self, b: Barrier, unaligned: bool) -> Result<()> {
+        let mut unaligned = unaligned;
+        let mut convertible = false;
+        if let (BarrierMode::AlignedThenUnaligned(timeout), false, false) =
+            (self.mode, unaligned, b.savepoint)
+        {
+            convertible = true;
+            let deadline = b.timestamp_ms + timeout.as_millis() as u64;
+            let now = now_ms();
+            if now >= deadline {
+                unaligned = true;
+            } else {
+                let converters: Vec<crate::exchange::BarrierConverter> = self
+                    .spec
+                    .outputs
+                    .iter()
+                    .flat_map(|o| o.senders.iter().map(|s| s.barrier_converter()))
+                    .collect();
+                let id = b.id;
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+                    let converted = converters.iter().filter(|c| c.convert(id)).count();
+                    if converted > 0 {
+                        tracing::debug!(
+                            checkpoint = id,
+                            channels = converted,
+                            "aligned checkpoint timeout: barrier converted in the output queues"
+                        );
+                    }
+                });
+            }
+        }
         let b = Barrier {
             unaligned,
             overtaken: 0,
             ..b
         };
         for o in self.spec.outputs.iter_mut() {
-            o.barrier(b).await?;
+            o.barrier(b, convertible).await?;
         }
         Ok(())
     }
@@ -751,13 +793,15 @@ impl<'a> Runner<'a> {
             // (Flink's MAX_WATERMARK), so every timer fires first.
             self.end_of_time().await?;
         }
+        // Trigger to its arrival here (Flink's start delay of a source).
+        let start_delay = now_ms().saturating_sub(b.timestamp_ms) as f64;
         let t0 = Instant::now();
         let operators = self.snapshot_operators(b.id)?;
         let t1 = Instant::now();
         self.forward_barrier(b, unaligned).await?;
         let stats = SubtaskCheckpointStats {
             sync_duration: (t1 - t0).as_secs_f64() * 1e3,
-            start_delay: now_ms().saturating_sub(b.timestamp_ms) as f64,
+            start_delay,
             ..Default::default()
         };
         self.upload(Snapshot {
