@@ -54,24 +54,9 @@ impl SourceFunction<(u64, u64)> for Uneven {
 }
 
 const KEYS: u64 = 50;
-const COUNTS: [u64; 2] = [100, 3000];
 
-/// Runs the uneven job (checkpoints every 20 ms); with `kill`, kills the
-/// count subtask 0 once `kill` checkpoints completed after the start.
-/// Returns the completed checkpoints (final one excluded), the restarts and
-/// the largest count seen per key.
-fn run(dir: &std::path::Path, kill: Option<usize>) -> (usize, u64, BTreeMap<u64, u64>) {
-    let conf = conf_with(
-        dir,
-        &[
-            ("execution.checkpointing.interval", "20ms"),
-            ("restart-strategy.type", "fixed-delay"),
-            ("restart-strategy.fixed-delay.delay", "10ms"),
-        ],
-    );
-    let env = Env::from_conf(conf).unwrap();
-    let sink = CollectSink::new();
-    let out = sink.handle();
+/// The uneven source at parallelism 2 -> key_by -> count -> `sink`.
+fn uneven_job(env: &Env, sink: CollectSink<(u64, u64)>) {
     env.add_source(Uneven {
         counts: COUNTS,
         pause: Duration::from_millis(2),
@@ -85,6 +70,36 @@ fn run(dir: &std::path::Path, kill: Option<usize>) -> (usize, u64, BTreeMap<u64,
     .name("count")
     .add_sink(sink)
     .name("sink");
+}
+const COUNTS: [u64; 2] = [100, 3000];
+
+/// What a run of the uneven job did.
+struct Ran {
+    /// Completed checkpoints, the final one excluded.
+    completed: usize,
+    restarts: u64,
+    /// The largest count seen per key.
+    max: BTreeMap<u64, u64>,
+    /// Its checkpoint directory.
+    job_dir: std::path::PathBuf,
+    checkpoints: Vec<weir::runtime::checkpoint::CheckpointStats>,
+}
+
+/// Runs the uneven job (checkpoints every 20 ms, `extra` options); with
+/// `kill`, kills the count subtask 0 once `kill` checkpoints completed
+/// after the start.
+fn run(dir: &std::path::Path, kill: Option<usize>, extra: &[(&str, &str)]) -> Ran {
+    let mut settings = vec![
+        ("execution.checkpointing.interval", "20ms"),
+        ("restart-strategy.type", "fixed-delay"),
+        ("restart-strategy.fixed-delay.delay", "10ms"),
+    ];
+    settings.extend_from_slice(extra);
+    let conf = conf_with(dir, &settings);
+    let env = Env::from_conf(conf).unwrap();
+    let sink = CollectSink::new();
+    let out = sink.handle();
+    uneven_job(&env, sink);
     let job = env.execute_async("uneven").unwrap();
     if let Some(n) = kill {
         // A subtask of the source has finished by then (it ends at once).
@@ -102,8 +117,14 @@ fn run(dir: &std::path::Path, kill: Option<usize>) -> (usize, u64, BTreeMap<u64,
         let m = max.entry(k).or_default();
         *m = (*m).max(c);
     }
-    // Minus the final checkpoint, taken when every subtask has finished.
-    (completed.saturating_sub(1), r.restarts, max)
+    Ran {
+        // Minus the final checkpoint, taken when every subtask has finished.
+        completed: completed.saturating_sub(1),
+        restarts: r.restarts,
+        max,
+        job_dir: dir.join(&r.job_id),
+        checkpoints: r.checkpoints,
+    }
 }
 
 fn expected() -> BTreeMap<u64, u64> {
@@ -120,7 +141,12 @@ fn expected() -> BTreeMap<u64, u64> {
 fn checkpoints_go_on_after_a_source_subtask_finished() {
     let dir = tempfile::tempdir().unwrap();
     // Subtask 0 of the source ends at once; subtask 1 runs for about 0.4 s.
-    let (completed, restarts, max) = run(dir.path(), None);
+    let Ran {
+        completed,
+        restarts,
+        max,
+        ..
+    } = run(dir.path(), None, &[]);
     assert_eq!(restarts, 0);
     assert!(
         completed >= 5,
@@ -132,11 +158,98 @@ fn checkpoints_go_on_after_a_source_subtask_finished() {
 #[test]
 fn a_failure_after_a_subtask_finished_restores_exact_state() {
     let dir = tempfile::tempdir().unwrap();
-    let (completed, restarts, max) = run(dir.path(), Some(3));
+    let Ran {
+        completed,
+        restarts,
+        max,
+        ..
+    } = run(dir.path(), Some(3), &[]);
     assert_eq!(restarts, 1);
     assert!(completed >= 3, "{completed}");
     // The finished subtask restored at its end (it emits nothing twice),
     // the running one at its checkpointed position: every key's final
     // count is its number of records.
     assert_eq!(max, expected());
+}
+
+/// A finished subtask's final state is recorded once: after its end of
+/// input and the commit of its first snapshot after that, every later
+/// checkpoint names one file in `shared/`, written once (nothing uploaded
+/// for it: checkpointed size 0), which a restore reads like any state file.
+/// It used to be snapshotted and written again for every checkpoint.
+#[test]
+fn a_finished_subtask_records_its_final_state_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run(
+        dir.path(),
+        None,
+        &[("execution.checkpointing.num-retained", "100")],
+    );
+    assert_eq!(ran.max, expected());
+    // Source subtask 0 ends at once: its state in every retained checkpoint.
+    let mut files = Vec::new();
+    for c in weir::runtime::checkpoint::storage::list_checkpoints(&ran.job_dir).unwrap() {
+        assert_eq!(c.status, "complete", "{}", c.dir.display());
+        let loaded = weir::runtime::checkpoint::storage::load_checkpoint(&c.dir).unwrap();
+        weir::runtime::checkpoint::storage::verify_checkpoint(&loaded).unwrap();
+        let h = loaded
+            .metadata
+            .subtasks
+            .iter()
+            .find(|h| h.chain.starts_with("uneven") && h.subtask == 0)
+            .unwrap();
+        files.push((c.id, h.file.clone(), h.files.clone()));
+    }
+    let recorded: Vec<_> = files
+        .iter()
+        .filter(|(_, f, _)| f.starts_with("shared/final-"))
+        .collect();
+    assert!(
+        recorded.len() >= 3,
+        "the final state is named by the later checkpoints: {files:?}"
+    );
+    let first = &recorded[0].1;
+    for (id, f, shared) in &recorded {
+        assert_eq!(f, first, "checkpoint {id} names another file: {files:?}");
+        assert!(shared.contains(f), "reference-counted as a shared file");
+    }
+    assert!(ran.job_dir.join(first).is_file());
+    // Once recorded, every later checkpoint names it.
+    let from = files.iter().position(|(_, f, _)| f == first).unwrap();
+    assert!(
+        files[from..].iter().all(|(_, f, _)| f == first),
+        "{files:?}"
+    );
+    // Nothing was uploaded for it after the checkpoint that wrote it.
+    let reused = ran
+        .checkpoints
+        .iter()
+        .filter(|c| c.status == CheckpointStatus::Completed)
+        .flat_map(|c| &c.subtasks)
+        .filter(|s| s.task.starts_with("uneven") && s.index == 0 && s.finished)
+        .filter(|s| s.checkpointed_size == 0 && s.state_size > 0)
+        .count();
+    assert!(
+        reused >= recorded.len() - 1,
+        "{reused} acknowledgements without an upload"
+    );
+    // A restore reads it: from the last checkpoint naming it, every source
+    // subtask is at its end and nothing is emitted twice.
+    let (last, _, _) = recorded.last().unwrap();
+    let conf = conf_with(
+        &dir.path().join("again"),
+        &[(
+            "execution.state-recovery.path",
+            ran.job_dir.join(format!("chk-{last}")).to_str().unwrap(),
+        )],
+    );
+    let env = Env::from_conf(conf).unwrap();
+    let sink = CollectSink::new();
+    let out = sink.handle();
+    uneven_job(&env, sink);
+    env.execute("uneven-again").unwrap();
+    assert!(
+        out.take().is_empty(),
+        "the restored sources were at their end"
+    );
 }

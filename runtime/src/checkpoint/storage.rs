@@ -432,13 +432,29 @@ impl CheckpointStorage {
     ) -> Result<(String, u64)> {
         let (st, dir) = self.target(id)?;
         let name = format!("{chain}-{subtask}.state");
-        let ext = StateFileExtension {
-            max_parallelism: state.max_parallelism.map(|m| m as u64),
-        };
-        let bytes = frame(FileKind::State, &(state, ext))?;
+        let bytes = state_file_bytes(state)?;
         let len = bytes.len() as u64;
         st.put(&child(&dir, &name), bytes, &|| Ok(()))?;
         Ok((name, len))
+    }
+
+    /// Writes the final state of a finished subtask, once, to `shared/`
+    /// (`shared/final-<chain>-<subtask>-<id>.state`): every later
+    /// checkpoint's handle names it (and lists it among its files, so it is
+    /// reference-counted like any shared file). Returns its path relative
+    /// to the job directory and its size.
+    pub fn write_final_state(
+        &self,
+        id: u64,
+        chain: usize,
+        subtask: usize,
+        state: &SubtaskState,
+    ) -> Result<(String, u64)> {
+        let rel = format!("shared/final-{chain}-{subtask}-{id}.state");
+        let bytes = state_file_bytes(state)?;
+        let len = bytes.len() as u64;
+        self.store.put(&child(&self.key, &rel), bytes, &|| Ok(()))?;
+        Ok((rel, len))
     }
 
     /// Writes `_metadata` atomically: locally a temp file, fsync, rename,
@@ -602,6 +618,26 @@ pub struct LoadedCheckpoint {
     pub states: Vec<SubtaskState>,
 }
 
+/// A state file's bytes: the framed state, then its extension (the max
+/// parallelism its keyed state was partitioned with).
+fn state_file_bytes(state: &SubtaskState) -> Result<Vec<u8>> {
+    let ext = StateFileExtension {
+        max_parallelism: state.max_parallelism.map(|m| m as u64),
+    };
+    frame(FileKind::State, &(state, ext))
+}
+
+/// Where a checkpoint's state file `file` is: inside its directory `dir`,
+/// or, for the final state of a finished subtask written once
+/// (`shared/...`), in the job directory.
+pub fn state_file_path(dir: &Path, file: &str) -> PathBuf {
+    if file.starts_with("shared/") {
+        dir.parent().unwrap_or(dir).join(file)
+    } else {
+        dir.join(file)
+    }
+}
+
 /// Reads and checks the `_metadata` of the checkpoint in `dir`.
 pub fn read_metadata(dir: &Path) -> Result<CheckpointMetadata> {
     let meta_path = dir.join("_metadata");
@@ -622,8 +658,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
     let metadata = read_metadata(dir)?;
     let mut states = Vec::with_capacity(metadata.subtasks.len());
     for h in &metadata.subtasks {
-        let path = dir.join(&h.file);
-        states.push(read_state_file(&path)?);
+        states.push(read_state_file(&state_file_path(dir, &h.file))?);
     }
     let c = LoadedCheckpoint {
         dir: dir.to_path_buf(),

@@ -124,6 +124,12 @@ pub(super) struct Runner<'a> {
     /// The newest checkpoint this subtask snapshotted: after its input
     /// ended, a checkpoint it has not snapshotted takes its final state.
     last_snapshot: Option<u64>,
+    /// Checkpoints snapshotted here and not yet completed or aborted: while
+    /// any is, a two-phase-commit operator's state may still change (at its
+    /// commit), so a finished subtask's state is not final yet.
+    unresolved: std::collections::BTreeSet<u64>,
+    /// Snapshots taken since the input ended (directly asked, no barrier).
+    snapshots_after_finish: usize,
 }
 
 /// Records per chunk when batches are processed in chunks (unaligned checkpoints).
@@ -180,6 +186,8 @@ impl<'a> Runner<'a> {
             stop_barrier_sent: None,
             stopped_without_drain: false,
             last_snapshot: None,
+            unresolved: Default::default(),
+            snapshots_after_finish: 0,
         }
     }
 
@@ -479,6 +487,7 @@ impl<'a> Runner<'a> {
     fn snapshot_operators(&mut self, id: u64) -> Result<Vec<PendingOperator>> {
         crate::failpoint::hit("sync-snapshot")?;
         self.last_snapshot = Some(self.last_snapshot.map_or(id, |l| l.max(id)));
+        self.unresolved.insert(id);
         let mut out = Vec::with_capacity(self.spec.ops.len() + 1);
         if let Head::Source { op, ctx, .. } = &mut self.head {
             let st = guarded(ctx, || op.snapshot())?;
@@ -602,6 +611,7 @@ impl<'a> Runner<'a> {
             channel_state: Vec::new(),
             stats,
             phases: SubtaskPhases::synced(Some(a.first_at), t0, t1),
+            final_state: false,
         });
         Ok(())
     }
@@ -683,6 +693,7 @@ impl<'a> Runner<'a> {
             channel_state: channel,
             stats: c.stats,
             phases: c.phases,
+            final_state: false,
         });
     }
 
@@ -745,6 +756,23 @@ impl<'a> Runner<'a> {
             Control::Trigger(b) => self.on_trigger(b).await?,
             Control::StopAfter { id, drain } => self.stop = Some((id, drain)),
             Control::FinalCheckpoint(b) | Control::SnapshotFinished(b) => {
+                // Finished: once every snapshot taken is committed or
+                // aborted, the state no longer changes; it is recorded once
+                // and named by every later checkpoint (see `upload`).
+                if !b.savepoint {
+                    if let Some(u) = &self.uploader {
+                        if u.has_recorded_final() {
+                            u.submit_recorded(b.id);
+                            return Ok(());
+                        }
+                    }
+                }
+                // The first snapshot after the end of input takes what was
+                // written since the last one (a sink's pending files); the
+                // state is final after that one was committed.
+                let final_state =
+                    !b.savepoint && self.snapshots_after_finish > 0 && self.unresolved.is_empty();
+                self.snapshots_after_finish += 1;
                 let t0 = Instant::now();
                 let operators = self.snapshot_operators(b.id)?;
                 let t1 = Instant::now();
@@ -759,10 +787,15 @@ impl<'a> Runner<'a> {
                     channel_state: Vec::new(),
                     stats,
                     phases: SubtaskPhases::synced(None, t0, t1),
+                    final_state,
                 });
             }
-            Control::Complete(id) => self.on_complete(id)?,
+            Control::Complete(id) => {
+                self.unresolved.retain(|s| *s > id);
+                self.on_complete(id)?
+            }
             Control::Abort(id) => {
+                self.unresolved.remove(&id);
                 if self.stop.is_some_and(|(s, _)| s == id) {
                     // The stop failed: the job goes on.
                     self.stop = None;
@@ -810,6 +843,7 @@ impl<'a> Runner<'a> {
             channel_state: Vec::new(),
             stats,
             phases: SubtaskPhases::synced(None, t0, t1),
+            final_state: false,
         });
         if stopping.is_some() {
             // Nothing is emitted after a stop savepoint's barrier.

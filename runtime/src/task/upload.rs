@@ -14,7 +14,23 @@
 //! worker task): acknowledgements arrive in checkpoint order, so a
 //! checkpoint is never subsumed by a later one of the same subtask while
 //! its files are still being written.
+//!
+//! **The final state of a finished subtask is recorded once** (Flink's
+//! FLIP-147 records finished operators once too). A subtask whose input
+//! ended takes part in every later checkpoint; once its state can no longer
+//! change (it finished and every snapshot it took was committed or aborted:
+//! a two-phase-commit sink's state changes at its commit), its next
+//! snapshot is written once to `shared/` ([`Snapshot::final_state`]), and
+//! every later checkpoint acknowledges that same file
+//! ([`Uploader::submit_recorded`]) without a snapshot or a write. The file
+//! is listed among the handle's shared files, so it is reference-counted
+//! and deleted with the last checkpoint that names it. Only a state whose
+//! files are all shared can be recorded so (the heap backend's, and none
+//! keyed); a RocksDB subtask keeps snapshotting (its SST files are shared
+//! and, incremental, not uploaded again). Savepoints are always written
+//! whole, into the savepoint.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
@@ -59,6 +75,23 @@ pub(crate) struct Snapshot {
     pub channel_state: Vec<ChannelStateEntry>,
     pub stats: SubtaskCheckpointStats,
     pub phases: SubtaskPhases,
+    /// The final state of a finished subtask, which no longer changes: write
+    /// it once to `shared/` when it can be (see the module doc).
+    pub final_state: bool,
+}
+
+/// The final state of a finished subtask, as recorded once.
+#[derive(Clone)]
+enum Recorded {
+    /// Not recorded (yet, or its upload failed).
+    No,
+    /// Its upload is queued: a later request, queued behind it, uses it.
+    Pending,
+    /// Written: every later checkpoint names this handle.
+    Done {
+        handle: StateHandle,
+        state_size: u64,
+    },
 }
 
 /// The asynchronous part of one snapshot (upload, then acknowledgement).
@@ -70,6 +103,7 @@ pub(crate) struct Uploader {
     id: SubtaskId,
     queue: UnboundedSender<UploadJob>,
     main: tokio::runtime::Handle,
+    recorded: Arc<Mutex<Recorded>>,
 }
 
 impl Uploader {
@@ -86,12 +120,68 @@ impl Uploader {
             id,
             queue,
             main,
+            recorded: Arc::new(Mutex::new(Recorded::No)),
+        }
+    }
+
+    fn recorded(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        self.recorded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this subtask's final state is recorded (or being recorded):
+    /// then [`Uploader::submit_recorded`] acknowledges a checkpoint with it.
+    pub(crate) fn has_recorded_final(&self) -> bool {
+        !matches!(*self.recorded(), Recorded::No)
+    }
+
+    /// Acknowledges checkpoint `checkpoint` with the final state recorded
+    /// once (queued after its upload); declines it when that upload failed
+    /// (the next checkpoint records it again).
+    pub(crate) fn submit_recorded(&self, checkpoint: u64) {
+        let (link, id, recorded) = (self.link.clone(), self.id.clone(), self.recorded.clone());
+        let job = Box::pin(async move {
+            let now = Instant::now();
+            let done = recorded.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let msg = match done {
+                Recorded::Done { handle, state_size } => CoordMsg::Ack(Box::new(Ack {
+                    id: checkpoint,
+                    from: id.actor,
+                    task: id.task,
+                    handle,
+                    stats: SubtaskCheckpointStats {
+                        task: id.chain.clone(),
+                        index: id.subtask,
+                        ack_timestamp: now_ms(),
+                        state_size,
+                        // Nothing is uploaded: the file is there already.
+                        checkpointed_size: 0,
+                        finished: true,
+                        ..Default::default()
+                    },
+                    phases: SubtaskPhases::synced(None, now, now),
+                })),
+                _ => CoordMsg::Decline {
+                    id: checkpoint,
+                    task: id.task,
+                    from: id.actor,
+                    reason: "the final state of a finished subtask could not be recorded".into(),
+                    finished: false,
+                },
+            };
+            let _ = link.coordinator.cast(msg);
+        });
+        if let Err(e) = self.queue.send(job) {
+            self.main.spawn(e.0);
         }
     }
 
     /// Queues the asynchronous part of `snapshot`; its outcome goes to the coordinator.
     pub(crate) fn submit(&self, snapshot: Snapshot) {
         let (link, id) = (self.link.clone(), self.id.clone());
+        if snapshot.final_state {
+            *self.recorded() = Recorded::Pending;
+        }
+        let recorded = self.recorded.clone();
         let job = Box::pin(async move {
             let checkpoint = snapshot.id;
             let t0 = Instant::now();
@@ -101,10 +191,18 @@ impl Uploader {
                 channel_state,
                 mut stats,
                 mut phases,
+                final_state,
                 ..
             } = snapshot;
             let written = tokio::task::spawn_blocking(move || {
-                write(&storage, &sub, checkpoint, operators, channel_state)
+                write(
+                    &storage,
+                    &sub,
+                    checkpoint,
+                    operators,
+                    channel_state,
+                    final_state,
+                )
             })
             .await
             .unwrap_or_else(|e| Err(Error::Internal(format!("upload panicked: {e}"))))
@@ -133,29 +231,46 @@ impl Uploader {
                     stats.state_size = w.size + w.full;
                     stats.checkpointed_size = w.size + w.uploaded;
                     stats.ack_timestamp = now_ms();
+                    let handle = StateHandle {
+                        chain: id.chain,
+                        chain_index: id.chain_index,
+                        subtask: id.subtask,
+                        file: w.file,
+                        size: w.size,
+                        files: w.files,
+                    };
+                    if final_state {
+                        let mut r = recorded.lock().unwrap_or_else(|p| p.into_inner());
+                        *r = if w.recorded {
+                            Recorded::Done {
+                                handle: handle.clone(),
+                                state_size: stats.state_size,
+                            }
+                        } else {
+                            Recorded::No
+                        };
+                    }
                     CoordMsg::Ack(Box::new(Ack {
                         id: checkpoint,
                         from: id.actor,
                         task: id.task,
-                        handle: StateHandle {
-                            chain: id.chain,
-                            chain_index: id.chain_index,
-                            subtask: id.subtask,
-                            file: w.file,
-                            size: w.size,
-                            files: w.files,
-                        },
+                        handle,
                         stats,
                         phases,
                     }))
                 }
-                Err(e) => CoordMsg::Decline {
-                    id: checkpoint,
-                    task: id.task,
-                    from: id.actor,
-                    reason: e.to_string(),
-                    finished: false,
-                },
+                Err(e) => {
+                    if final_state {
+                        *recorded.lock().unwrap_or_else(|p| p.into_inner()) = Recorded::No;
+                    }
+                    CoordMsg::Decline {
+                        id: checkpoint,
+                        task: id.task,
+                        from: id.actor,
+                        reason: e.to_string(),
+                        finished: false,
+                    }
+                }
             };
             let _ = link.coordinator.cast(msg);
         });
@@ -176,6 +291,8 @@ struct Written {
     uploaded: u64,
     /// Full size of the keyed state.
     full: u64,
+    /// The state file was written once to `shared/` (a final state).
+    recorded: bool,
 }
 
 /// Blocking: uploads each operator's keyed state and writes the state file.
@@ -185,6 +302,7 @@ fn write(
     id: u64,
     operators: Vec<PendingOperator>,
     channel_state: Vec<ChannelStateEntry>,
+    final_state: bool,
 ) -> Result<Written> {
     crate::failpoint::hit("during-upload")?;
     let target = UploadTarget {
@@ -222,12 +340,25 @@ fn write(
         channel_state,
         max_parallelism: Some(sub.max_parallelism),
     };
-    let (file, size) = storage.write_state(id, sub.chain_index, sub.subtask, &state)?;
+    // A final state is written once to `shared/` when everything it names
+    // is shared too (a per-checkpoint file would go with its checkpoint).
+    let recorded = final_state
+        && !savepoint
+        && state.channel_state.is_empty()
+        && files.iter().all(|f| f.starts_with("shared/"));
+    let (file, size) = if recorded {
+        let (rel, size) = storage.write_final_state(id, sub.chain_index, sub.subtask, &state)?;
+        files.push(rel.clone());
+        (rel, size)
+    } else {
+        storage.write_state(id, sub.chain_index, sub.subtask, &state)?
+    };
     Ok(Written {
         file,
         size,
         files,
         uploaded,
         full,
+        recorded,
     })
 }
