@@ -253,3 +253,60 @@ fn a_finished_subtask_records_its_final_state_once() {
         "the restored sources were at their end"
     );
 }
+
+/// Checkpoints after every source subtask finished, while the counting
+/// subtasks still work through the backlog the sources left queued: no
+/// barrier follows a finished source's data, so they waited for their end
+/// of stream, behind the whole backlog, unaligned or not. Now a finished
+/// subtask puts the barrier before the end of stream it sent (unaligned:
+/// ahead of the queued batches), and downstream snapshots at once, the
+/// backlog captured as channel state. The output stays exactly once.
+#[test]
+fn checkpoints_after_the_sources_finished_do_not_wait_for_their_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let n = 120_000;
+    let conf = conf_with(
+        &dir.path().join("ckpt"),
+        &[
+            ("execution.checkpointing.interval", "50ms"),
+            ("execution.checkpointing.unaligned.enabled", "true"),
+            ("parallelism.default", "2"),
+            // Long queues: a backlog of about 1.5 s when the sources end.
+            ("taskmanager.network.memory.buffers-per-channel", "16"),
+        ],
+    );
+    let env = Env::from_conf(conf).unwrap();
+    numbers_into_files(&env, n, 1_000_000.0, &out, Duration::from_micros(25));
+    let r = env.execute("backlog").unwrap();
+    assert_running_counts(&read_output(&out), &numbers_reference(n));
+    let after: Vec<_> = r
+        .checkpoints
+        .iter()
+        .filter(|c| c.status == CheckpointStatus::Completed)
+        .filter(|c| {
+            let (sources, rest): (Vec<_>, Vec<_>) =
+                c.subtasks.iter().partition(|s| s.task == "numbers");
+            sources.iter().all(|s| s.finished) && rest.iter().all(|s| !s.finished)
+        })
+        .collect();
+    eprintln!(
+        "checkpoints after the sources finished: {:?}",
+        after
+            .iter()
+            .map(|c| (c.id, c.end_to_end_duration.round(), c.persisted_data))
+            .collect::<Vec<_>>()
+    );
+    assert!(after.len() >= 3, "{} such checkpoints", after.len());
+    for c in &after {
+        for s in c.subtasks.iter().filter(|s| s.task != "numbers") {
+            assert!(
+                s.unaligned_checkpoint && s.persisted_data > 0,
+                "checkpoint {}: {} ({}) waited for the end of stream: {s:?}",
+                c.id,
+                s.task,
+                s.index
+            );
+        }
+    }
+}

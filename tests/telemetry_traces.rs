@@ -130,7 +130,10 @@ fn check_checkpoint_traces(
             assert_eq!(t.attr("weir.checkpoint.subtasks"), mine.len().to_string());
             assert_eq!(
                 t.attr("weir.checkpoint.bytes_written"),
-                mine.iter().map(|s| s.state_size).sum::<u64>().to_string()
+                mine.iter()
+                    .map(|s| s.checkpointed_size)
+                    .sum::<u64>()
+                    .to_string()
             );
             assert!(t.start_ns >= root.start_ns && t.end_ns <= root.end_ns);
         }
@@ -176,7 +179,7 @@ fn check_checkpoint_traces(
             assert!(subtask.start_ns >= task.start_ns && subtask.end_ns <= task.end_ns);
             assert_eq!(
                 subtask.attr("weir.checkpoint.bytes_written"),
-                st.state_size.to_string()
+                st.checkpointed_size.to_string()
             );
             assert!(
                 notify.is_some() || cp.id <= notify_optional_upto,
@@ -194,7 +197,7 @@ fn check_checkpoint_traces(
             );
             assert_eq!(
                 upload.attr("weir.checkpoint.bytes_written"),
-                st.state_size.to_string()
+                st.checkpointed_size.to_string()
             );
             assert_eq!(
                 upload.attr("weir.checkpoint.inflight_bytes"),
@@ -649,7 +652,7 @@ fn the_span_detail_level_decides_how_deep_the_tree_goes() {
                     cp.subtasks
                         .iter()
                         .filter(|s| s.task == *t)
-                        .map(|s| s.state_size)
+                        .map(|s| s.checkpointed_size)
                         .sum::<u64>()
                         .to_string()
                 })

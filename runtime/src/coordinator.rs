@@ -20,7 +20,9 @@
 //! barrier; a finished subtask, which no barrier reaches any more, is asked
 //! directly (`SnapshotFinished`) and snapshots its final state, unless it
 //! snapshotted that checkpoint already from a barrier that reached it
-//! before its input ended. This is consistent: a finished source's position
+//! before its input ended; it also puts the barrier before the end of
+//! stream it left queued downstream, so a backlog does not hold the
+//! checkpoint back (see `task::runner`). This is consistent: a finished source's position
 //! is its end, and everything it emitted precedes its end of stream, which
 //! downstream alignment waits for (an ended input counts as aligned;
 //! unaligned, the records before it are captured as channel state). When a
@@ -744,7 +746,7 @@ impl CoordState {
         if !observers.is_empty() {
             let acks = p.acks.values().map(|(_, s)| s);
             let unaligned = acks.clone().any(|s| s.unaligned_checkpoint);
-            let bytes_written = acks.clone().map(|s| s.state_size).sum();
+            let bytes_written = acks.clone().map(|s| s.checkpointed_size).sum();
             let inflight_bytes = acks.map(|s| s.persisted_data).sum();
             let mode = self.args.cfg.barrier_mode();
             // Called before the savepoint is unregistered (completed) or discarded.

@@ -103,7 +103,8 @@ pub(crate) struct CheckpointEnded<'a> {
     pub started: Instant,
     /// When it completed or was aborted.
     pub ended: Instant,
-    /// Bytes of state written, over the subtasks that acknowledged.
+    /// Bytes of state written for this checkpoint (`checkpointed_size`),
+    /// over the subtasks that acknowledged.
     pub bytes_written: u64,
     /// In-flight bytes persisted as channel state, over the same subtasks.
     pub inflight_bytes: u64,

@@ -234,6 +234,42 @@ impl Tx {
         Ok(())
     }
 
+    /// A checkpoint barrier from a subtask whose input ended: inserted just
+    /// before the end of stream it sent, while that is still queued (the
+    /// receiver has not reached it); unaligned (`priority`), ahead of the
+    /// queued batches, as [`Tx::send_priority`] does. `false` when the end
+    /// of stream was taken already: the receiver's input has ended, and
+    /// nothing of this sender is in flight.
+    pub(crate) fn barrier_before_end(&self, barrier: Barrier, priority: bool) -> Result<bool> {
+        let mut st = lock(&self.ch);
+        if !st.receiver_alive {
+            return Err(disconnected());
+        }
+        let Some(end) = st
+            .queue
+            .iter()
+            .rposition(|e| matches!(e, Event::EndOfStream))
+        else {
+            return Ok(false);
+        };
+        if priority {
+            drop(st);
+            self.send_priority(barrier)?;
+            return Ok(true);
+        }
+        st.queue.insert(
+            end,
+            Event::Barrier(Barrier {
+                unaligned: false,
+                overtaken: 0,
+                ..barrier
+            }),
+        );
+        drop(st);
+        self.ch.receiver.gate.notify_one();
+        Ok(true)
+    }
+
     /// A watch on this channel that does not keep it alive.
     pub(crate) fn downgrade(&self) -> WeakChannel {
         WeakChannel {

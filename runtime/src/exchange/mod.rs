@@ -202,6 +202,15 @@ impl ChannelSender {
         }
     }
 
+    /// A barrier from a subtask whose input ended, before the end of stream
+    /// it sent while that is still queued (see `local::Tx::barrier_before_end`);
+    /// `false` when the receiver took the end of stream already.
+    pub(crate) fn barrier_before_end(&self, barrier: Barrier, priority: bool) -> Result<bool> {
+        match self {
+            ChannelSender::Local(tx) => tx.barrier_before_end(barrier, priority),
+        }
+    }
+
     /// A handle that converts a queued aligned barrier into an unaligned one
     /// later (output-side conversion), without keeping the channel alive.
     pub(crate) fn barrier_converter(&self) -> BarrierConverter {

@@ -528,30 +528,7 @@ impl<'a> Runner<'a> {
             (self.mode, unaligned, b.savepoint)
         {
             convertible = true;
-            let deadline = b.timestamp_ms + timeout.as_millis() as u64;
-            let now = now_ms();
-            if now >= deadline {
-                unaligned = true;
-            } else {
-                let converters: Vec<crate::exchange::BarrierConverter> = self
-                    .spec
-                    .outputs
-                    .iter()
-                    .flat_map(|o| o.senders.iter().map(|s| s.barrier_converter()))
-                    .collect();
-                let id = b.id;
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(deadline - now)).await;
-                    let converted = converters.iter().filter(|c| c.convert(id)).count();
-                    if converted > 0 {
-                        tracing::debug!(
-                            checkpoint = id,
-                            channels = converted,
-                            "aligned checkpoint timeout: barrier converted in the output queues"
-                        );
-                    }
-                });
-            }
+            unaligned = !self.arm_conversion(b, timeout);
         }
         let b = Barrier {
             unaligned,
@@ -562,6 +539,59 @@ impl<'a> Runner<'a> {
             o.barrier(b, convertible).await?;
         }
         Ok(())
+    }
+
+    /// Aligned with timeout: arms the timer that converts barrier `b` in the
+    /// output queues at its trigger + `timeout` (see [`Runner::forward_barrier`]);
+    /// `false` when that moment has passed (the barrier goes out unaligned).
+    fn arm_conversion(&self, b: Barrier, timeout: Duration) -> bool {
+        let deadline = b.timestamp_ms + timeout.as_millis() as u64;
+        let now = now_ms();
+        if now >= deadline {
+            return false;
+        }
+        let converters: Vec<crate::exchange::BarrierConverter> = self
+            .spec
+            .outputs
+            .iter()
+            .flat_map(|o| o.senders.iter().map(|s| s.barrier_converter()))
+            .collect();
+        let id = b.id;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+            let converted = converters.iter().filter(|c| c.convert(id)).count();
+            if converted > 0 {
+                tracing::debug!(
+                    checkpoint = id,
+                    channels = converted,
+                    "aligned checkpoint timeout: barrier converted in the output queues"
+                );
+            }
+        });
+        true
+    }
+
+    /// A checkpoint after this subtask's input ended: what it sent before
+    /// its end of stream may still be queued downstream (a backlog), and no
+    /// barrier follows it. So that downstream need not wait for the whole
+    /// backlog, barrier `b` goes on each output just before the end of
+    /// stream still queued there: unaligned, ahead of the queued batches,
+    /// which downstream captures as channel state; aligned with timeout, as
+    /// an aligned barrier converted at the deadline; aligned (and for
+    /// savepoints), where alignment would have found the end of stream.
+    fn barrier_before_end_of_stream(&self, b: Barrier) {
+        let priority = !b.savepoint
+            && match self.mode {
+                BarrierMode::Unaligned => true,
+                BarrierMode::AlignedThenUnaligned(timeout) => !self.arm_conversion(b, timeout),
+                _ => false,
+            };
+        for o in &self.spec.outputs {
+            for s in &o.senders {
+                // A receiver that is gone is being recovered from.
+                let _ = s.barrier_before_end(b, priority);
+            }
+        }
     }
 
     /// Hands the asynchronous part of a snapshot to the uploader.
@@ -759,6 +789,9 @@ impl<'a> Runner<'a> {
                 // Finished: once every snapshot taken is committed or
                 // aborted, the state no longer changes; it is recorded once
                 // and named by every later checkpoint (see `upload`).
+                if matches!(c, Control::SnapshotFinished(_)) {
+                    self.barrier_before_end_of_stream(b);
+                }
                 if !b.savepoint {
                     if let Some(u) = &self.uploader {
                         if u.has_recorded_final() {

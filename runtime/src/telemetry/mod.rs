@@ -78,7 +78,7 @@
 //! | `weir.subtask.index` | subtask spans | the subtask index (0-based) |
 //! | `weir.checkpoint.subtasks` | `checkpoint.task` | its subtasks that acknowledged |
 //! | `weir.checkpoint.tasks`, `weir.checkpoint.task_bytes_written` | root, from `SPAN_PER_CHECKPOINT_WITH_TASKS` | the tasks (chains) that acknowledged, and the bytes each wrote, in the same order |
-//! | `weir.checkpoint.bytes_written` | root, `checkpoint.task`, `checkpoint.subtask`, `checkpoint.async_upload` | bytes of state written (root and task: summed) |
+//! | `weir.checkpoint.bytes_written` | root, `checkpoint.task`, `checkpoint.subtask`, `checkpoint.async_upload` | bytes of state written for this checkpoint, `checkpointed_size` (root and task: summed); less than the state's size with incremental checkpoints, 0 for a finished subtask's final state recorded earlier |
 //! | `weir.checkpoint.inflight_bytes` | root, `checkpoint.task`, `checkpoint.subtask`, `checkpoint.async_upload`, `checkpoint.unaligned_capture` | in-flight bytes persisted as channel state |
 //! | `weir.checkpoint.failure` | root of an aborted checkpoint | why it was aborted (also the status message) |
 //! | `error.message` | a `checkpoint.notify` that failed | the error (also the status message) |
@@ -893,7 +893,7 @@ impl CheckpointObserver for Telemetry {
             agg.start = agg.start.min(start);
             agg.end = agg.end.max(received);
             agg.subtasks += 1;
-            agg.bytes_written += stats.state_size;
+            agg.bytes_written += stats.checkpointed_size;
             agg.inflight_bytes += stats.persisted_data;
             while cps.open.len() > OPEN_KEPT {
                 cps.open.pop_first();
@@ -912,7 +912,10 @@ impl CheckpointObserver for Telemetry {
         let t = task as u64;
         let subtask = Self::subtask_id(trace, task);
         let mut a = base.clone();
-        a.push(KeyValue::new(attr::BYTES_WRITTEN, stats.state_size as i64));
+        a.push(KeyValue::new(
+            attr::BYTES_WRITTEN,
+            stats.checkpointed_size as i64,
+        ));
         a.push(KeyValue::new(
             attr::INFLIGHT_BYTES,
             stats.persisted_data as i64,
