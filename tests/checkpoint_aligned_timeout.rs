@@ -46,18 +46,16 @@ fn run(dir: &std::path::Path, extra: &[(&str, &str)], run_for: Duration) -> Vec<
         .add_sink(DiscardSink);
     let job = env.execute_async("aligned-timeout").unwrap();
     std::thread::sleep(run_for);
+    // The first checkpoint may start before the queues are full: left out.
     let done: Vec<CheckpointStats> = job
         .checkpoint_stats()
         .into_iter()
         .filter(|c| c.status == CheckpointStatus::Completed)
+        .skip(1)
         .collect();
     job.cancel();
     assert!(matches!(job.wait(), Err(Error::Cancelled(_))));
-    assert!(
-        done.len() >= 2,
-        "{} checkpoints completed under load",
-        done.len()
-    );
+    assert!(!done.is_empty(), "no checkpoint completed under load");
     done
 }
 
@@ -69,7 +67,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[test]
 fn under_backpressure_the_timeout_switches_to_unaligned_at_the_sender() {
     let dir = tempfile::tempdir().unwrap();
-    let aligned = run(&dir.path().join("aligned"), &[], Duration::from_secs(4));
+    let aligned = run(&dir.path().join("aligned"), &[], Duration::from_secs(5));
     let switched = run(
         &dir.path().join("switched"),
         &[
@@ -83,6 +81,11 @@ fn under_backpressure_the_timeout_switches_to_unaligned_at_the_sender() {
     eprintln!(
         "aligned: median {aligned_ms:.1} ms over {}; with a 20 ms timeout: median {switched_ms:.1} ms over {}",
         aligned.len(),
+        switched.len()
+    );
+    assert!(
+        switched.len() >= 5,
+        "{} checkpoints with the timeout",
         switched.len()
     );
     assert!(aligned
