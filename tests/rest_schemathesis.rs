@@ -26,7 +26,7 @@ use std::process::Command;
 use common::{get_json, wait_for};
 use wordcount_process::Wordcount;
 
-const INSTALL: &str = "python3 -m pip install 'schemathesis>=4,<5'";
+const INSTALL: &str = "python3 -m pip install 'schemathesis==4.32.5'";
 
 /// The schemathesis command, or a failure that says how to install it.
 fn schemathesis() -> Command {

@@ -77,8 +77,8 @@ fi
 # with the command that installs it.
 if ! command -v schemathesis >/dev/null 2>&1 && ! python3 -c "import schemathesis" >/dev/null 2>&1; then
   echo "installing schemathesis for the OpenAPI test" >&2
-  python3 -m pip install --quiet --disable-pip-version-check "schemathesis>=4,<5" >&2 || {
-    echo "cannot install schemathesis; run: python3 -m pip install 'schemathesis>=4,<5'" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "schemathesis==4.32.5" >&2 || {
+    echo "cannot install schemathesis; run: python3 -m pip install 'schemathesis==4.32.5'" >&2
     exit 1
   }
 fi
