@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::*;
@@ -38,22 +38,32 @@ fn chk_ids(job: &Path) -> Vec<u64> {
     ids
 }
 
+/// Runs wordcount with `failpoint` (`point=exit@n`) armed; asserts it
+/// crashed there (exit status 86, the failure named on stderr) and returns
+/// its job directory.
+fn crashed_at(out: &Path, ckpt: &Path, extra: &[&str], failpoint: &str) -> PathBuf {
+    let crashed = wordcount(out, ckpt, extra, Some(failpoint), None);
+    let stderr = String::from_utf8_lossy(&crashed.stderr);
+    assert_eq!(
+        crashed.status.code(),
+        Some(86),
+        "no crash at {failpoint} (did the job end first?): {stderr}"
+    );
+    let point = failpoint.split('=').next().unwrap_or(failpoint);
+    assert!(
+        stderr.contains(&format!("failure injected at '{point}'")),
+        "{stderr}"
+    );
+    single_job_dir(ckpt)
+}
+
 /// A crash (process exit) at `point` on its n-th pass, then a restore from the
 /// job directory and a run to the end: the output is exactly once.
 fn crash_then_restore(point: &str, nth: u32) {
     let reference = reference();
     let dir = tempfile::tempdir().unwrap();
     let (out, ckpt) = (dir.path().join("out"), dir.path().join("ckpt"));
-    let crashed = wordcount(&out, &ckpt, &[], Some(&format!("{point}=exit@{nth}")), None);
-    assert_eq!(
-        crashed.status.code(),
-        Some(86),
-        "{point}: {}",
-        String::from_utf8_lossy(&crashed.stderr)
-    );
-    assert!(String::from_utf8_lossy(&crashed.stderr)
-        .contains(&format!("failure injected at '{point}'")));
-    let job = single_job_dir(&ckpt);
+    let job = crashed_at(&out, &ckpt, &[], &format!("{point}=exit@{nth}"));
     let restored = wordcount(&out, &dir.path().join("ckpt2"), &[], None, Some(&job));
     assert!(
         restored.status.success(),
@@ -70,15 +80,12 @@ fn crash_after_metadata_temp_file_before_rename() {
     // chk-3 has `_metadata.inprogress` only: incomplete, skipped; chk-2 is used.
     let dir = tempfile::tempdir().unwrap();
     let (out, ckpt) = (dir.path().join("out"), dir.path().join("ckpt"));
-    let crashed = wordcount(
+    let job = crashed_at(
         &out,
         &ckpt,
         &["-D", "execution.checkpointing.num-retained=5"],
-        Some("after-metadata-write=exit@3"),
-        None,
+        "after-metadata-write=exit@3",
     );
-    assert_eq!(crashed.status.code(), Some(86));
-    let job = single_job_dir(&ckpt);
     assert!(job.join("chk-3/_metadata.inprogress").exists());
     assert!(!job.join("chk-3/_metadata").exists());
     let restored = wordcount(&out, &dir.path().join("ckpt2"), &[], None, Some(&job));
@@ -124,7 +131,7 @@ fn corrupt_files_are_detected_and_the_previous_checkpoint_is_used() {
     // Keep three checkpoints, crash after the sixth is complete. Every 5 ms
     // (not 20): six checkpoints must complete before the input ends, and a
     // fast run of the whole input took less than six times 20 ms.
-    let crashed = wordcount(
+    let job = crashed_at(
         &out,
         &ckpt,
         &[
@@ -133,16 +140,8 @@ fn corrupt_files_are_detected_and_the_previous_checkpoint_is_used() {
             "-D",
             "execution.checkpointing.interval=5ms",
         ],
-        Some("before-notify-complete=exit@6"),
-        None,
+        "before-notify-complete=exit@6",
     );
-    assert_eq!(
-        crashed.status.code(),
-        Some(86),
-        "the job ended before its sixth checkpoint: {}",
-        String::from_utf8_lossy(&crashed.stderr)
-    );
-    let job = single_job_dir(&ckpt);
     // The crash came before subsumed chk-3 was deleted (deletion follows notification).
     // (A later checkpoint may have started, never completed.)
     let ids = chk_ids(&job);
@@ -294,20 +293,7 @@ fn checkpoint_timeout_aborts_and_tolerance_decides() {
 fn restore_with_another_max_parallelism_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (out, ckpt) = (dir.path().join("out"), dir.path().join("ckpt"));
-    let crashed = wordcount(
-        &out,
-        &ckpt,
-        &[],
-        Some("before-notify-complete=exit@2"),
-        None,
-    );
-    assert_eq!(
-        crashed.status.code(),
-        Some(86),
-        "{}",
-        String::from_utf8_lossy(&crashed.stderr)
-    );
-    let job = single_job_dir(&ckpt);
+    let job = crashed_at(&out, &ckpt, &[], "before-notify-complete=exit@2");
     let refused = wordcount(
         &out,
         &dir.path().join("ckpt2"),
@@ -343,26 +329,8 @@ fn top_words_survive_a_restore() {
     let (out, ckpt) = (dir.path().join("out"), dir.path().join("ckpt"));
     // No periodic checkpoint: the first to complete is the final one.
     let interval = ["-D", "execution.checkpointing.interval=1h"];
-    let crashed = wordcount(
-        &out,
-        &ckpt,
-        &interval,
-        Some("before-notify-complete=exit@1"),
-        None,
-    );
-    assert_eq!(
-        crashed.status.code(),
-        Some(86),
-        "{}",
-        String::from_utf8_lossy(&crashed.stderr)
-    );
-    let restored = wordcount(
-        &out,
-        &dir.path().join("ckpt2"),
-        &interval,
-        None,
-        Some(&single_job_dir(&ckpt)),
-    );
+    let job = crashed_at(&out, &ckpt, &interval, "before-notify-complete=exit@1");
+    let restored = wordcount(&out, &dir.path().join("ckpt2"), &interval, None, Some(&job));
     let stdout = String::from_utf8_lossy(&restored.stdout);
     assert!(
         restored.status.success(),

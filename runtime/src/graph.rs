@@ -524,6 +524,16 @@ pub(crate) struct Instruments<'a> {
     pub io: &'a [Arc<crate::waits::SubtaskIo>],
 }
 
+/// What a partitioner of an edge to `targets` subtasks needs from `conf`.
+fn partition_setup(conf: &Conf, targets: usize) -> PartitionSetup {
+    PartitionSetup {
+        targets,
+        max_parallelism: conf.get(&options::MAX_PARALLELISM),
+        batch_size: conf.get(&options::BATCH_SIZE),
+        segment_bytes: usize::try_from(conf.get(&options::SEGMENT_SIZE).0).unwrap_or(usize::MAX),
+    }
+}
+
 /// The in-flight data of chains whose parallelism changed
 /// (`SubtaskRestore::rescaled` of their subtask 0) spread over their new
 /// subtasks by their input edges ([`crate::rescale`]).
@@ -570,16 +580,7 @@ fn spread_rescaled_channel_state(
                 chain.parallelism
             ))
         } else if let Some(f) = hash.first() {
-            crate::rescale::Spread::ByKey(
-                (*f).clone(),
-                PartitionSetup {
-                    targets: chain.parallelism,
-                    max_parallelism: conf.get(&options::MAX_PARALLELISM),
-                    batch_size: conf.get(&options::BATCH_SIZE),
-                    segment_bytes: usize::try_from(conf.get(&options::SEGMENT_SIZE).0)
-                        .unwrap_or(usize::MAX),
-                },
-            )
+            crate::rescale::Spread::ByKey((*f).clone(), partition_setup(conf, chain.parallelism))
         } else {
             crate::rescale::Spread::RoundRobin
         };
@@ -704,9 +705,6 @@ fn wire(
     io: &[Arc<crate::waits::SubtaskIo>],
     watch: &mut Vec<ChannelWatch>,
 ) -> Result<Wiring> {
-    let max_p = conf.get(&options::MAX_PARALLELISM);
-    let batch_size = conf.get(&options::BATCH_SIZE);
-    let segment_bytes = usize::try_from(conf.get(&options::SEGMENT_SIZE).0).unwrap_or(usize::MAX);
     let capacity = conf.get(&options::BUFFERS_PER_CHANNEL);
     let mut inputs: Vec<Vec<Vec<ChannelReceiver>>> = plan
         .chains
@@ -778,12 +776,7 @@ fn wire(
                 senders.push(tx);
                 ins.push(rx);
             }
-            let setup = PartitionSetup {
-                targets: pb,
-                max_parallelism: max_p,
-                batch_size,
-                segment_bytes,
-            };
+            let setup = partition_setup(conf, pb);
             let partition: Box<dyn crate::exchange::Partition> = match (&edge.ship, ch.ship) {
                 (Ship::Hash(f), _) => f(setup),
                 (_, ShipStrategy::Broadcast) => Box::new(Broadcast {

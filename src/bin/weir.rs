@@ -38,7 +38,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use weir::cli::ConfArgs;
 use weir::client::Client;
-use weir::runtime::checkpoint::lock::{lock_state, LockState};
+use weir::runtime::checkpoint::lock::{lock_state, LockOwner, LockState};
 use weir::runtime::checkpoint::storage::{
     self, job_dirs, list_checkpoints, list_savepoints, load_checkpoint, orphans,
 };
@@ -417,9 +417,10 @@ fn checkpoints(
         } => {
             let mut removed = Vec::new();
             let mut skipped = Vec::new();
+            let me = LockOwner::this_process();
             let mut elsewhere = Vec::new();
             for job in job_dirs(&dir)? {
-                match lock_state(&job) {
+                match lock_state(&job, &me) {
                     LockState::Running(_) => {
                         skipped.push(job);
                         continue;

@@ -151,8 +151,10 @@ pub fn judge(lock: Option<LockOwner>, me: &LockOwner, alive: impl Fn(u32) -> boo
     }
 }
 
-/// The state of `job_dir`'s lock, from this process.
-pub fn lock_state(job_dir: &Path) -> LockState {
+/// The state of `job_dir`'s lock, judged from `me`'s namespace
+/// ([`LockOwner::this_process`], read once by a caller that looks at many
+/// directories).
+pub fn lock_state(job_dir: &Path, me: &LockOwner) -> LockState {
     let text = store::resolve(&job_dir.join(LOCK_FILE))
         .and_then(|(st, key)| st.get(&key))
         .ok();
@@ -165,7 +167,7 @@ pub fn lock_state(job_dir: &Path) -> LockState {
             pid_ns: "?".into(),
         })
     });
-    judge(lock, &LockOwner::this_process(), |pid| {
+    judge(lock, me, |pid| {
         pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
     })
 }

@@ -1005,16 +1005,6 @@ pub fn list_savepoints(dir: &Path) -> Result<Vec<CheckpointInfo>> {
 
 pub use super::lock::LOCK_FILE;
 
-/// Whether the job owning `job_dir` may be running: its lock names a live
-/// process of this machine, or one of another machine or container (whose
-/// life cannot be seen from here; see [`super::lock`]).
-pub fn job_is_running(job_dir: &Path) -> bool {
-    matches!(
-        lock_state(job_dir),
-        LockState::Running(_) | LockState::Elsewhere(_)
-    )
-}
-
 /// What [`sweep_dead_jobs`] did to one dead job's directory.
 #[derive(Debug)]
 pub struct Swept {
@@ -1035,9 +1025,10 @@ pub fn sweep_dead_jobs(base: &Path, own: &Path) -> Vec<Swept> {
             return Vec::new();
         }
     };
+    let me = LockOwner::this_process();
     let mut out = Vec::new();
     for job in dirs.into_iter().filter(|d| d != own) {
-        let owner = match lock_state(&job) {
+        let owner = match lock_state(&job, &me) {
             LockState::Dead(o) if o.has_namespace() => o,
             _ => continue,
         };

@@ -86,26 +86,11 @@ impl WeakChannel {
         else {
             return false;
         };
-        let at = st
-            .queue
-            .iter()
-            .position(|e| !matches!(e, Event::Barrier(b) if b.unaligned))
-            .unwrap_or(pos)
-            .min(pos);
-        let overtaken = st
-            .queue
-            .range(at..pos)
-            .filter(|e| matches!(e, Event::Batch(_)))
-            .count();
-        let Some(Event::Barrier(mut b)) = st.queue.remove(pos) else {
+        let Some(Event::Barrier(b)) = st.queue.remove(pos) else {
             return false;
         };
-        b.unaligned = true;
-        b.overtaken = overtaken;
-        st.queue.insert(at, Event::Barrier(b));
-        drop(st);
-        ch.receiver.raise_urgent();
-        ch.receiver.gate.notify_one();
+        // It overtakes the batches that were queued before it.
+        ch.insert_priority(st, b, pos);
         true
     }
 }
@@ -133,6 +118,37 @@ pub(crate) fn channel(
 
 fn lock(ch: &Channel) -> std::sync::MutexGuard<'_, ChannelState> {
     ch.state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Channel {
+    /// Inserts `barrier`, unaligned, ahead of the queued batches (after any
+    /// unaligned barriers already at the front, so barriers keep their
+    /// order), overtaking the batches queued before index `until`, and tells
+    /// the receiver. Takes the lock held by the caller, so nothing moves in
+    /// between.
+    fn insert_priority(
+        &self,
+        mut st: std::sync::MutexGuard<'_, ChannelState>,
+        mut barrier: Barrier,
+        until: usize,
+    ) {
+        let at = st
+            .queue
+            .iter()
+            .position(|e| !matches!(e, Event::Barrier(b) if b.unaligned))
+            .unwrap_or(st.queue.len())
+            .min(until);
+        barrier.unaligned = true;
+        barrier.overtaken = st
+            .queue
+            .range(at..until)
+            .filter(|e| matches!(e, Event::Batch(_)))
+            .count();
+        st.queue.insert(at, Event::Barrier(barrier));
+        drop(st);
+        self.receiver.raise_urgent();
+        self.receiver.gate.notify_one();
+    }
 }
 
 fn disconnected() -> Error {
@@ -210,27 +226,13 @@ impl Tx {
     }
 
     /// Sends an unaligned barrier ahead of the queued batches.
-    pub(crate) fn send_priority(&self, mut barrier: Barrier) -> Result<()> {
-        let mut st = lock(&self.ch);
+    pub(crate) fn send_priority(&self, barrier: Barrier) -> Result<()> {
+        let st = lock(&self.ch);
         if !st.receiver_alive {
             return Err(disconnected());
         }
-        let at = st
-            .queue
-            .iter()
-            .position(|e| !matches!(e, Event::Barrier(b) if b.unaligned))
-            .unwrap_or(st.queue.len());
-        barrier.unaligned = true;
-        barrier.overtaken = st
-            .queue
-            .iter()
-            .skip(at)
-            .filter(|e| matches!(e, Event::Batch(_)))
-            .count();
-        st.queue.insert(at, Event::Barrier(barrier));
-        drop(st);
-        self.ch.receiver.raise_urgent();
-        self.ch.receiver.gate.notify_one();
+        let until = st.queue.len();
+        self.ch.insert_priority(st, barrier, until);
         Ok(())
     }
 
@@ -253,8 +255,9 @@ impl Tx {
             return Ok(false);
         };
         if priority {
-            drop(st);
-            self.send_priority(barrier)?;
+            // Under the same lock: the end of stream is still queued.
+            let until = st.queue.len();
+            self.ch.insert_priority(st, barrier, until);
             return Ok(true);
         }
         st.queue.insert(
