@@ -124,6 +124,7 @@ fn sync_phase() {
                     local_dir: None,
                     value_cache_entries: 65_536,
                 },
+                auto_watermark_interval: std::time::Duration::from_millis(200),
             };
             let mut b = KeyedStateBackend::<u64>::for_subtask(&ctx).expect("rocksdb");
             let st = fill(&mut b, keys);

@@ -65,6 +65,7 @@ fn backend(kind: BackendKind) -> KeyedStateBackend<u64> {
             local_dir: None,
             value_cache_entries: 0,
         },
+        auto_watermark_interval: std::time::Duration::from_millis(200),
     };
     KeyedStateBackend::for_subtask(&ctx).unwrap()
 }

@@ -38,6 +38,7 @@ fn rocks(
             local_dir: None,
             value_cache_entries: cache,
         },
+        auto_watermark_interval: std::time::Duration::from_millis(200),
     };
     KeyedStateBackend::for_subtask(&ctx).unwrap()
 }

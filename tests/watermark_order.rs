@@ -8,6 +8,18 @@ use std::time::Duration;
 
 use weir::prelude::*;
 
+/// Watermarks every millisecond, so short runs see many of them.
+fn env() -> Env {
+    let mut conf = Conf::defaults();
+    conf.set("pipeline.auto-watermark-interval", "1ms").unwrap();
+    Env::from_conf(conf).unwrap()
+}
+
+fn strategy(ooo: u64) -> WatermarkStrategy<i64, weir::runtime::watermarks::BoundedOutOfOrderness> {
+    WatermarkStrategy::for_bounded_out_of_orderness(Duration::from_millis(ooo))
+        .with_timestamp_assigner(|t: &i64| *t)
+}
+
 #[derive(Clone, Default)]
 struct Observe;
 
@@ -38,18 +50,20 @@ impl KeyedProcessFunction<u64, i64, Seen> for Observe {
 #[test]
 fn watermarks_never_overtake_records_and_only_advance() {
     for (p, ooo) in [(1usize, 0u64), (2, 0), (3, 5)] {
-        let mut env = Env::local().unwrap();
+        let mut env = env();
         env.set_parallelism(p).unwrap();
         let sink = CollectSink::new();
         let got = sink.handle();
         // Timestamps increase with the index within each source subtask.
-        env.add_source(GeneratorSource::new(1, Some(200_000), |i, _| i as i64))
-            .assign_timestamps_and_watermarks(|t: &i64| *t, Duration::from_millis(ooo))
-            .key_by(|t: &i64| (*t as u64) % 101)
-            .process(Observe)
-            .set_parallelism(2)
-            .add_sink(sink)
-            .set_parallelism(2);
+        env.add_source(
+            GeneratorSource::new(1, Some(200_000), |i, _| i as i64).with_rate(400_000.0),
+        )
+        .assign_timestamps_and_watermarks(strategy(ooo))
+        .key_by(|t: &i64| (*t as u64) % 101)
+        .process(Observe)
+        .set_parallelism(2)
+        .add_sink(sink)
+        .set_parallelism(2);
         env.execute("watermarks").unwrap();
         let seen = got.take();
         assert_eq!(seen.len(), 200_000);
@@ -70,16 +84,16 @@ fn watermarks_never_overtake_records_and_only_advance() {
 
 #[test]
 fn the_slowest_input_holds_the_watermark_back() {
-    let env = Env::local().unwrap();
+    let env = env();
     let sink = CollectSink::new();
     let got = sink.handle();
     let fast = env
         .add_source(GeneratorSource::new(1, Some(50_000), |i, _| i as i64))
-        .assign_timestamps_and_watermarks(|t: &i64| *t, Duration::ZERO);
+        .assign_timestamps_and_watermarks(strategy(0));
     // The slow source's event time stays below 1000.
     let slow = env
         .add_source(GeneratorSource::new(2, Some(1_000), |i, _| i as i64).with_rate(5_000.0))
-        .assign_timestamps_and_watermarks(|t: &i64| *t, Duration::ZERO);
+        .assign_timestamps_and_watermarks(strategy(0));
     fast.union(&[slow])
         .key_by(|t: &i64| (*t as u64) % 7)
         .process(Observe)

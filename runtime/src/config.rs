@@ -664,6 +664,13 @@ pub mod options {
         Kind::Int { min: 1, max: 32768 },
         "number of key groups: the highest parallelism keyed state can be rescaled to",
     );
+    /// How often sources and assigners emit periodic watermarks (Flink's key).
+    pub const AUTO_WATERMARK_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
+        "pipeline.auto-watermark-interval",
+        "200ms",
+        Kind::Duration,
+        "how often watermark strategies emit periodic watermarks and check idleness (processing time)",
+    );
     /// Records per batch on key-partitioned channels, at most.
     pub const BATCH_SIZE: ConfigOption<usize> = ConfigOption::new(
         "pipeline.batch-size",
@@ -1194,6 +1201,7 @@ pub mod options {
     pub const ALL: &[OptionDef] = &[
         PARALLELISM_DEFAULT.def,
         MAX_PARALLELISM.def,
+        AUTO_WATERMARK_INTERVAL.def,
         BATCH_SIZE.def,
         SEGMENT_SIZE.def,
         SOURCE_BATCH_SIZE.def,

@@ -42,6 +42,9 @@ pub(crate) enum Ship {
 pub(crate) struct Edge {
     pub from: usize,
     pub ship: Ship,
+    /// A side output's edge: its tag and the copy function of its record
+    /// type (`None`: the main output). Never chained.
+    pub side: Option<(Arc<str>, CloneFn)>,
 }
 
 pub(crate) enum NodeKind {
@@ -72,6 +75,8 @@ pub(crate) struct Node {
 #[derive(Default)]
 pub(crate) struct StreamGraph {
     pub nodes: Vec<Node>,
+    /// Mistakes found while the graph was built (reported by `plan`).
+    pub errors: Vec<String>,
 }
 
 /// How a channel edge distributes records.
@@ -128,6 +133,8 @@ pub struct ChannelPlan {
     pub ship: ShipStrategy,
     pub(crate) from_node: usize,
     pub(crate) to_node: usize,
+    /// The index of the logical edge among `to_node`'s inputs.
+    pub(crate) to_edge: usize,
 }
 
 /// The physical plan: chains and the channel edges between them.
@@ -301,6 +308,9 @@ impl fmt::Display for JobPlan {
 impl StreamGraph {
     /// Computes parallelism, partitioning and chains.
     pub(crate) fn plan(&self, conf: &Conf) -> Result<JobPlan> {
+        if let Some(e) = self.errors.first() {
+            return Err(Error::Graph(e.clone()));
+        }
         if self.nodes.is_empty() {
             return Err(Error::Graph(
                 "the job has no operators: add a source and a sink".into(),
@@ -321,7 +331,7 @@ impl StreamGraph {
         let mut consumers = vec![0usize; self.nodes.len()];
         let mut ships = BTreeMap::new();
         for (d, node) in self.nodes.iter().enumerate() {
-            for e in &node.inputs {
+            for (ei, e) in node.inputs.iter().enumerate() {
                 consumers[e.from] += 1;
                 let ship = match &e.ship {
                     Ship::Auto if par[e.from] == par[d] => ShipStrategy::Forward,
@@ -344,7 +354,7 @@ impl StreamGraph {
                         ShipStrategy::Hash
                     }
                 };
-                ships.insert((e.from, d), ship);
+                ships.insert((d, ei), ship);
             }
         }
         let mut chain_of = vec![usize::MAX; self.nodes.len()];
@@ -352,7 +362,8 @@ impl StreamGraph {
         let mut channels = Vec::new();
         for (d, node) in self.nodes.iter().enumerate() {
             let chained_from = match node.inputs.as_slice() {
-                [e] if ships[&(e.from, d)] == ShipStrategy::Forward
+                [e] if ships[&(d, 0)] == ShipStrategy::Forward
+                    && e.side.is_none()
                     && consumers[e.from] == 1
                     && self.nodes[e.from].chainable
                     && node.chainable =>
@@ -377,13 +388,14 @@ impl StreamGraph {
                         nodes: vec![d],
                     });
                     chain_of[d] = c;
-                    for e in &node.inputs {
+                    for (ei, e) in node.inputs.iter().enumerate() {
                         channels.push(ChannelPlan {
                             from_chain: chain_of[e.from],
                             to_chain: c,
-                            ship: ships[&(e.from, d)],
+                            ship: ships[&(d, ei)],
                             from_node: e.from,
                             to_node: d,
+                            to_edge: ei,
                         });
                     }
                 }
@@ -606,6 +618,7 @@ pub(crate) fn instantiate(
     let checkpointing = crate::checkpoint::CheckpointConfig::from_conf(conf).enabled();
     let state_backend = crate::state::StateBackendConfig::from_conf(conf);
     let max_p = conf.get(&options::MAX_PARALLELISM);
+    let auto_watermark_interval = conf.get(&options::AUTO_WATERMARK_INTERVAL);
     let ctx_for = |node: usize, subtask: usize| RuntimeContext {
         job_id: job_id.to_string(),
         operator: graph.nodes[node].name.clone(),
@@ -614,6 +627,7 @@ pub(crate) fn instantiate(
         max_parallelism: max_p,
         checkpointing,
         state_backend: state_backend.clone(),
+        auto_watermark_interval,
     };
     let Wiring {
         mut inputs,
@@ -748,9 +762,10 @@ fn wire(
         );
         let edge = graph.nodes[ch.to_node]
             .inputs
-            .iter()
-            .find(|e| e.from == ch.from_node)
+            .get(ch.to_edge)
             .ok_or_else(|| Error::Internal("channel without a logical edge".into()))?;
+        let side = edge.side.as_ref().map(|s| s.0.clone());
+        let side_clone = edge.side.as_ref().map(|s| s.1);
         if ch.ship == ShipStrategy::Forward {
             for i in 0..pa {
                 let (tx, rx, w) = connect(
@@ -760,7 +775,9 @@ fn wire(
                 );
                 watch.push(w);
                 inputs[ch.to_chain][i].push(rx);
-                outputs[ch.from_chain][i].push(OutputEdge::new(Box::new(Forward), vec![tx]));
+                outputs[ch.from_chain][i].push(
+                    OutputEdge::new(Box::new(Forward), vec![tx]).for_side(side.clone(), side_clone),
+                );
             }
             continue;
         }
@@ -781,14 +798,14 @@ fn wire(
                 (Ship::Hash(f), _) => f(setup),
                 (_, ShipStrategy::Broadcast) => Box::new(Broadcast {
                     targets: pb,
-                    clone: graph.nodes[ch.from_node].out_clone,
+                    clone: side_clone.unwrap_or(graph.nodes[ch.from_node].out_clone),
                 }),
                 _ => Box::new(Rebalance {
                     next: i % pb,
                     targets: pb,
                 }),
             };
-            outs.push(OutputEdge::new(partition, senders));
+            outs.push(OutputEdge::new(partition, senders).for_side(side.clone(), side_clone));
         }
     }
     Ok(Wiring {

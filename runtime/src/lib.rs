@@ -111,12 +111,16 @@ pub(crate) mod rescale;
 pub mod rest;
 pub mod restart;
 pub mod restore;
+pub mod side_output;
 pub mod snapshot;
 pub mod state;
 pub mod stream;
 pub mod task;
 pub mod telemetry;
+pub mod timers;
 pub mod waits;
+pub mod watermarks;
+pub mod window;
 
 pub use error::{Error, KillError, Result, SavepointError};
 
@@ -129,10 +133,19 @@ pub mod prelude {
         SourceContext, SourceFunction, SourceStatus,
     };
     pub use crate::record::{Data, Key};
+    pub use crate::side_output::OutputTag;
     pub use crate::state::{
         KeyedContext, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
         OperatorStateStore, ValueState, ValueStateDescriptor,
     };
     pub use crate::stream::{DataStream, Env, KeyedStream};
+    pub use crate::timers::{TimeDomain, TimerService};
+    pub use crate::watermarks::{WatermarkGenerator, WatermarkOutput, WatermarkStrategy};
+    pub use crate::window::{
+        AggregateFunction, EventTimeSessionWindows, ProcessWindowFunction,
+        ProcessingTimeSessionWindows, SlidingEventTimeWindows, SlidingProcessingTimeWindows,
+        TimeWindow, TumblingEventTimeWindows, TumblingProcessingTimeWindows, WindowContext,
+        WindowedStream,
+    };
     pub use crate::{Error, Result};
 }

@@ -44,9 +44,13 @@ use crate::metrics::OperatorInfo;
 use crate::operator::{
     Aggregate, ChainOp, Collector, FilterOp, FlatMapOp, KeyedProcessFunction, KeyedProcessOp,
     MapOp, Reduce, SinkFunction, SinkOp, SourceAdapter, SourceFunction, SourceOp,
+    TimestampsAndWatermarksOp, WatermarkedSource,
 };
 use crate::record::{batch_len, serde_clone, Data, Key};
 use crate::restore;
+use crate::side_output::OutputTag;
+use crate::watermarks::{TimestampFn, WatermarkGenerator, WatermarkStrategy};
+use crate::window::{WindowAssigner, WindowedStream};
 use crate::{Error, Result};
 
 /// The execution environment: configuration, the job graph being built, and
@@ -119,6 +123,40 @@ impl Env {
             false,
         );
         DataStream::new(self.graph.clone(), id)
+    }
+
+    /// Adds a parallel source whose records get timestamps and watermarks
+    /// from `strategy` per split (Flink's `env.fromSource`): each split the
+    /// source reports ([`SourceFunction::split_count`]) gets its own
+    /// generator, a subtask's watermark is the minimum over its active
+    /// splits, idle splits (`with_idleness`) stop holding it back, and every
+    /// split's watermark is checkpointed ([`crate::watermarks`]).
+    pub fn from_source<T: Data, S: SourceFunction<T> + Clone, G: WatermarkGenerator<T>>(
+        &self,
+        source: S,
+        strategy: WatermarkStrategy<T, G>,
+        name: &str,
+    ) -> DataStream<T> {
+        let timestamps = strategy.timestamps.clone();
+        if timestamps.is_none() {
+            self.graph.borrow_mut().errors.push(format!(
+                "source '{name}': the watermark strategy has no timestamp assigner; add one with with_timestamp_assigner"
+            ));
+        }
+        let proto = Prototype::new(source);
+        let strategy = Arc::new(strategy);
+        let factory = Arc::new(move || {
+            Box::new(WatermarkedSource::new(proto.get(), (*strategy).clone())) as Box<dyn SourceOp>
+        });
+        let id = push_node::<T>(
+            &self.graph,
+            name,
+            NodeKind::Source(factory),
+            Vec::new(),
+            None,
+            false,
+        );
+        DataStream::new(self.graph.clone(), id).with_timestamps(timestamps)
     }
 
     /// The physical plan of the graph built so far (chains, channels).
@@ -373,13 +411,13 @@ fn operator_infos(
 /// The user's function object that every subtask gets a clone of. Kept
 /// behind a mutex so the function needs to be `Send` but not `Sync`; it is
 /// locked only when subtasks are created.
-struct Prototype<F>(std::sync::Mutex<F>);
+pub(crate) struct Prototype<F>(std::sync::Mutex<F>);
 
 impl<F: Clone> Prototype<F> {
-    fn new(f: F) -> Self {
+    pub(crate) fn new(f: F) -> Self {
         Prototype(std::sync::Mutex::new(f))
     }
-    fn get(&self) -> F {
+    pub(crate) fn get(&self) -> F {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -454,6 +492,10 @@ pub struct DataStream<T> {
     graph: Rc<RefCell<StreamGraph>>,
     node: usize,
     ship: Ship,
+    /// Where the records' event timestamps come from, when they have them
+    /// (set by a watermark strategy; kept by `filter`, `key_by`, the
+    /// partitioning calls and a `union` of streams with the same assigner).
+    timestamps: Option<TimestampFn<T>>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -463,6 +505,7 @@ impl<T> Clone for DataStream<T> {
             graph: self.graph.clone(),
             node: self.node,
             ship: self.ship.clone(),
+            timestamps: self.timestamps.clone(),
             _t: PhantomData,
         }
     }
@@ -474,8 +517,31 @@ impl<T: Data> DataStream<T> {
             graph,
             node,
             ship: Ship::Auto,
+            timestamps: None,
             _t: PhantomData,
         }
+    }
+
+    fn with_timestamps(mut self, timestamps: Option<TimestampFn<T>>) -> Self {
+        self.timestamps = timestamps;
+        self
+    }
+
+    /// The records' timestamp extractor, or a build error naming `what` needs it.
+    pub(crate) fn timestamps_for(&self, what: &str) -> Option<TimestampFn<T>> {
+        if self.timestamps.is_none() {
+            self.graph.borrow_mut().errors.push(format!(
+                "{what} needs event timestamps, and its input has none: call \
+                 assign_timestamps_and_watermarks (or Env::from_source with a watermark strategy) \
+                 with a timestamp assigner upstream (a map or flat_map drops them: assign after it)"
+            ));
+        }
+        self.timestamps.clone()
+    }
+
+    /// Records a mistake found while building, reported when the job is planned.
+    pub(crate) fn record_error(&self, e: String) {
+        self.graph.borrow_mut().errors.push(e);
     }
 
     fn then<O: Data>(
@@ -487,6 +553,7 @@ impl<T: Data> DataStream<T> {
         let edge = Edge {
             from: self.node,
             ship,
+            side: None,
         };
         let id = push_node::<O>(
             &self.graph,
@@ -587,34 +654,70 @@ impl<T: Data> DataStream<T> {
             }),
             self.ship.clone(),
         )
+        .with_timestamps(self.timestamps.clone())
     }
 
-    /// Assigns event time: `timestamp` extracts a record's timestamp, and
-    /// watermarks `max timestamp - out_of_orderness - 1` follow each batch
-    /// (Flink's `forBoundedOutOfOrderness`); `i64::MAX` at the end of input.
-    /// Watermarks travel in order with the records; an operator with several
-    /// inputs uses the smallest. Keyed functions read it with
+    /// The stream of the records this stream's operator emitted to side
+    /// output `tag` ([`crate::side_output`]): a window's late records, or
+    /// what a process function passed to
+    /// [`KeyedContext::output`](crate::state::KeyedContext::output).
+    pub fn get_side_output<S: Data>(&self, tag: &OutputTag<S>) -> DataStream<S> {
+        let edge = Edge {
+            from: self.node,
+            ship: Ship::Auto,
+            side: Some((tag.name.clone(), serde_clone::<S>)),
+        };
+        let factory = Arc::new(|| {
+            Box::new(FilterOp::<S, _> {
+                f: Arc::new(|_: &S| true),
+                _t: PhantomData,
+            }) as Box<dyn ChainOp>
+        });
+        let id = push_node::<S>(
+            &self.graph,
+            &format!("SideOutput({})", tag.name),
+            NodeKind::Op(factory),
+            vec![edge],
+            Some(input_fns::<S>()),
+            false,
+        );
+        let parallelism = self.graph.borrow().nodes[self.node].parallelism;
+        self.graph.borrow_mut().nodes[id].parallelism = parallelism;
+        DataStream::new(self.graph.clone(), id)
+    }
+
+    /// Assigns event time with a [`WatermarkStrategy`] (Flink's
+    /// `assignTimestampsAndWatermarks`): its timestamp assigner gives each
+    /// record's timestamp (kept downstream through `filter`, `key_by` and
+    /// partitioning, for windows and timers), and its generator makes
+    /// watermarks, periodically (`pipeline.auto-watermark-interval`) or per
+    /// record; the whole input of a subtask is one split
+    /// ([`crate::watermarks`]). Watermarks travel in order with the
+    /// records; an operator with several inputs uses the smallest of the
+    /// active ones. Keyed functions read it with
     /// [`KeyedContext::current_watermark`](crate::state::KeyedContext::current_watermark).
-    pub fn assign_timestamps_and_watermarks<F: Fn(&T) -> i64 + Send + Sync + 'static>(
+    /// Watermarks from upstream are dropped here (only the end of input passes).
+    pub fn assign_timestamps_and_watermarks<G: WatermarkGenerator<T>>(
         &self,
-        timestamp: F,
-        out_of_orderness: std::time::Duration,
+        strategy: WatermarkStrategy<T, G>,
     ) -> DataStream<T> {
-        let f = Arc::new(timestamp);
-        let ooo = out_of_orderness.as_millis().min(i64::MAX as u128) as i64;
+        let timestamps = strategy.timestamps.clone();
+        if timestamps.is_none() {
+            self.graph.borrow_mut().errors.push(
+                "assign_timestamps_and_watermarks: the watermark strategy has no timestamp \
+                 assigner; add one with with_timestamp_assigner"
+                    .into(),
+            );
+        }
+        let strategy = Arc::new(strategy);
         self.then(
             "Timestamps/Watermarks",
             Arc::new(move || {
-                Box::new(crate::operator::WatermarkAssigner {
-                    timestamp: f.clone(),
-                    out_of_orderness: ooo,
-                    max_seen: i64::MIN,
-                    emitted: i64::MIN,
-                    _t: PhantomData,
-                }) as Box<dyn ChainOp>
+                Box::new(TimestampsAndWatermarksOp::new((*strategy).clone())) as Box<dyn ChainOp>
             }),
             self.ship.clone(),
         )
+        .with_timestamps(timestamps)
     }
 
     /// Merges this stream with others of the same type.
@@ -622,11 +725,24 @@ impl<T: Data> DataStream<T> {
         let mut inputs = vec![Edge {
             from: self.node,
             ship: self.ship.clone(),
+            side: None,
         }];
         inputs.extend(others.iter().map(|o| Edge {
             from: o.node,
             ship: o.ship.clone(),
+            side: None,
         }));
+        // Records keep their timestamps when every input has the same assigner.
+        let timestamps = match &self.timestamps {
+            Some(t)
+                if others
+                    .iter()
+                    .all(|o| o.timestamps.as_ref().is_some_and(|x| Arc::ptr_eq(x, t))) =>
+            {
+                Some(t.clone())
+            }
+            _ => None,
+        };
         let factory = Arc::new(|| {
             Box::new(FilterOp::<T, _> {
                 f: Arc::new(|_: &T| true),
@@ -641,7 +757,7 @@ impl<T: Data> DataStream<T> {
             Some(input_fns::<T>()),
             false,
         );
-        DataStream::new(self.graph.clone(), id)
+        DataStream::new(self.graph.clone(), id).with_timestamps(timestamps)
     }
 
     /// Partitions by key: records with equal keys go to the same subtask (by
@@ -669,6 +785,7 @@ impl<T: Data> DataStream<T> {
         let edge = Edge {
             from: self.node,
             ship: self.ship.clone(),
+            side: None,
         };
         let id = push_node::<()>(
             &self.graph,
@@ -717,6 +834,16 @@ pub struct KeyedStream<T, K, F> {
     _k: PhantomData<fn() -> K>,
 }
 
+impl<T, K, F> Clone for KeyedStream<T, K, F> {
+    fn clone(&self) -> Self {
+        KeyedStream {
+            stream: self.stream.clone(),
+            selector: self.selector.clone(),
+            _k: PhantomData,
+        }
+    }
+}
+
 impl<T: Data, K: Key, F: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K, F> {
     /// Runs `function` per record with the record's key's state.
     pub fn process<O: Data, P: KeyedProcessFunction<K, T, O> + Clone>(
@@ -726,22 +853,45 @@ impl<T: Data, K: Key, F: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K, 
         self.process_named("KeyedProcess", function)
     }
 
-    fn process_named<O: Data, P: KeyedProcessFunction<K, T, O> + Clone>(
+    /// Cuts the keyed stream into windows ([`crate::window`]).
+    pub fn window(&self, assigner: WindowAssigner) -> WindowedStream<T, K, F> {
+        WindowedStream::new(self.clone(), assigner)
+    }
+
+    pub(crate) fn stream(&self) -> &DataStream<T> {
+        &self.stream
+    }
+
+    pub(crate) fn selector(&self) -> Arc<F> {
+        self.selector.clone()
+    }
+
+    /// Adds a keyed operator (made by `factory`) fed by hash partitioning on the key.
+    pub(crate) fn then_keyed<O: Data>(
         &self,
         name: &str,
-        function: P,
+        factory: Arc<dyn Fn() -> Box<dyn ChainOp> + Send + Sync>,
     ) -> DataStream<O> {
-        let sel = self.selector.clone();
-        let proto = Prototype::new(function);
-        let factory = Arc::new(move || {
-            Box::new(KeyedProcessOp::new(proto.get(), sel.clone())) as Box<dyn ChainOp>
-        });
         let sel = self.selector.clone();
         let partition = Arc::new(move |setup: PartitionSetup| {
             Box::new(HashPartition::<T, K, F>::new(sel.clone(), setup))
                 as Box<dyn crate::exchange::Partition>
         });
         self.stream.then(name, factory, Ship::Hash(partition))
+    }
+
+    fn process_named<O: Data, P: KeyedProcessFunction<K, T, O> + Clone>(
+        &self,
+        name: &str,
+        function: P,
+    ) -> DataStream<O> {
+        let sel = self.selector.clone();
+        let ts = self.stream.timestamps.clone();
+        let proto = Prototype::new(function);
+        let factory = Arc::new(move || {
+            Box::new(KeyedProcessOp::new(proto.get(), sel.clone(), ts.clone())) as Box<dyn ChainOp>
+        });
+        self.then_keyed(name, factory)
     }
 
     /// Running reduction per key: emits the reduced value after every record.

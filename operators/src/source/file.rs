@@ -252,6 +252,7 @@ mod tests {
             max_parallelism: 128,
             checkpointing: false,
             state_backend: Default::default(),
+            auto_watermark_interval: std::time::Duration::from_millis(200),
         }
     }
 

@@ -362,6 +362,7 @@ mod tests {
                 Event::Batch(b) => crate::record::downcast::<u64>(b)[0].to_string(),
                 Event::Barrier(b) => format!("b{}{}", b.id, if b.unaligned { "u" } else { "" }),
                 Event::Watermark(w) => format!("w{w}"),
+                Event::Idle(i) => format!("idle{i}"),
                 Event::EndOfStream => "end".into(),
             });
         }

@@ -1,8 +1,8 @@
 //! The exchange: what a subtask reads from and writes to.
 //!
 //! A **channel** links one upstream subtask to one downstream subtask and
-//! carries `Event`s in order: data batches, watermarks, checkpoint
-//! barriers, end of stream. A subtask writes through one `OutputEdge` per
+//! carries `Event`s in order: data batches, watermarks and watermark
+//! statuses (idle / active), checkpoint barriers, end of stream. A subtask writes through one `OutputEdge` per
 //! downstream edge (a partitioner and one `ChannelSender` per channel) and
 //! reads through its `InputGate` (one `ChannelReceiver` per input
 //! channel, read round-robin, any of them blockable for alignment).
@@ -117,6 +117,9 @@ pub(crate) enum Event {
     Barrier(Barrier),
     /// Event time: no record with a timestamp at or below this follows on this channel (Flink's watermark).
     Watermark(i64),
+    /// The sender's watermark status (Flink's `WatermarkStatus`): idle
+    /// (`true`: leave this channel out of the watermark minimum) or active again.
+    Idle(bool),
     /// The sender has no more records.
     EndOfStream,
 }

@@ -12,6 +12,10 @@ pub(crate) struct OutputEdge {
     pub partition: Box<dyn Partition>,
     pub senders: Vec<ChannelSender>,
     pub ready: Vec<(usize, AnyBatch)>,
+    /// The side output this edge carries (`None`: the main output).
+    pub side: Option<std::sync::Arc<str>>,
+    /// Copies a batch of the side output's type (several consumers of one tag).
+    pub side_clone: Option<crate::record::CloneFn>,
 }
 
 impl OutputEdge {
@@ -20,7 +24,20 @@ impl OutputEdge {
             partition,
             senders,
             ready: Vec::new(),
+            side: None,
+            side_clone: None,
         }
+    }
+
+    /// The same edge carrying side output `tag` instead of the main output.
+    pub(crate) fn for_side(
+        mut self,
+        tag: Option<std::sync::Arc<str>>,
+        clone: Option<crate::record::CloneFn>,
+    ) -> Self {
+        self.side = tag;
+        self.side_clone = clone;
+        self
     }
 
     pub(crate) async fn write(&mut self, batch: AnyBatch) -> Result<()> {
@@ -74,6 +91,16 @@ impl OutputEdge {
         self.flush().await?;
         for s in &self.senders {
             s.send_control(Event::Watermark(wm))?;
+        }
+        Ok(())
+    }
+
+    /// Emits a watermark status (idle or active again) on every channel
+    /// after every record routed so far.
+    pub(crate) async fn idle(&mut self, idle: bool) -> Result<()> {
+        self.flush().await?;
+        for s in &self.senders {
+            s.send_control(Event::Idle(idle))?;
         }
         Ok(())
     }

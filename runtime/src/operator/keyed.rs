@@ -15,22 +15,68 @@ use std::sync::Arc;
 
 use super::{
     non_empty, ChainOp, Collector, KeyedOpenContext, KeyedProcessFunction, RuntimeContext,
+    WatermarkOut,
 };
 use crate::record::{downcast, AnyBatch, Data, Key};
+use crate::side_output::SideOutputs;
 use crate::state::{
     KeyedContext, KeyedStateBackend, OperatorStateStore, PendingKeyedSnapshot, RestoredKeyed,
     ValueState, ValueStateDescriptor,
 };
+use crate::timers::{InternalTimers, TimeDomain};
+use crate::watermarks::TimestampFn;
 use crate::{Error, Result};
 
-/// Runs a [`KeyedProcessFunction`] per record with its key's state.
+/// Runs a [`KeyedProcessFunction`] per record with its key's state, and
+/// its timers ([`crate::timers`]) as the watermark and the clock reach them.
 pub(crate) struct KeyedProcessOp<K: Key, I, O, P, KS> {
     pub(crate) watermark: i64,
     pub(crate) function: P,
     pub(crate) selector: Arc<KS>,
     pub(crate) backend: Option<KeyedStateBackend<K>>,
+    pub(crate) timers: Option<InternalTimers<K, ()>>,
     pub(crate) max_parallelism: usize,
+    /// The input's timestamps, when it has them.
+    pub(crate) timestamps: Option<TimestampFn<I>>,
+    ts_buf: Vec<i64>,
+    side: SideOutputs,
     pub(crate) _t: PhantomData<fn(I) -> O>,
+}
+
+impl<K, I, O, P, KS> KeyedProcessOp<K, I, O, P, KS>
+where
+    K: Key,
+    I: Data,
+    O: Data,
+    P: KeyedProcessFunction<K, I, O>,
+    KS: Fn(&I) -> K + Send + Sync + 'static,
+{
+    /// Fires the timers of `domain` due at `time`, in timestamp order.
+    fn fire(&mut self, domain: TimeDomain, time: i64) -> Result<Option<AnyBatch>> {
+        let (Some(backend), Some(timers)) = (self.backend.as_mut(), self.timers.as_mut()) else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        while let Some(t) = timers.pop_due(backend, self.max_parallelism, domain, time)? {
+            let mut ctx = KeyedContext::new(&t.key, backend, self.max_parallelism)
+                .at(self.watermark, Some(t.timestamp));
+            let mut c = Collector::new(&mut out);
+            self.function
+                .on_timer(t.timestamp, domain, &mut ctx, &mut c)?;
+            let KeyedContext {
+                timers: ops, side, ..
+            } = ctx;
+            for r in side {
+                self.side.add(r)?;
+            }
+            if !ops.is_empty() {
+                let mut ctx = KeyedContext::new(&t.key, backend, self.max_parallelism);
+                timers.apply(&mut ctx, &ops, &())?;
+            }
+        }
+        backend.end_batch()?;
+        Ok(non_empty(out))
+    }
 }
 
 impl<K, I, O, P, KS> ChainOp for KeyedProcessOp<K, I, O, P, KS>
@@ -48,6 +94,7 @@ where
             runtime: ctx,
             backend: &mut backend,
         })?;
+        self.timers = Some(InternalTimers::open(&mut backend)?);
         self.backend = Some(backend);
         Ok(())
     }
@@ -57,24 +104,57 @@ where
             .backend
             .as_mut()
             .ok_or_else(|| Error::Internal("keyed operator used before open".into()))?;
+        let timers = self
+            .timers
+            .as_mut()
+            .ok_or_else(|| Error::Internal("keyed operator used before open".into()))?;
+        if let Some(ts) = &self.timestamps {
+            ts(&input, &mut self.ts_buf);
+        }
         let mut out = Vec::with_capacity(input.len());
         let mut c = Collector::new(&mut out);
-        for v in input {
+        for (i, v) in input.into_iter().enumerate() {
             let key = (self.selector)(&v);
-            let mut ctx = KeyedContext {
-                key: &key,
-                backend,
-                max_parallelism: self.max_parallelism,
-                watermark: self.watermark,
-            };
+            let mut ctx = KeyedContext::new(&key, backend, self.max_parallelism)
+                .at(self.watermark, self.ts_buf.get(i).copied());
             self.function.process_element(v, &mut ctx, &mut c)?;
+            if !ctx.timers.is_empty() || !ctx.side.is_empty() {
+                let KeyedContext {
+                    timers: ops, side, ..
+                } = ctx;
+                for r in side {
+                    self.side.add(r)?;
+                }
+                let mut ctx = KeyedContext::new(&key, backend, self.max_parallelism);
+                timers.apply(&mut ctx, &ops, &())?;
+            }
         }
+        self.ts_buf.clear();
         backend.end_batch()?;
         Ok(non_empty(out))
     }
-    fn on_watermark(&mut self, wm: i64) -> Result<Option<i64>> {
+    fn on_watermark(&mut self, wm: i64) -> Result<WatermarkOut> {
         self.watermark = wm;
-        Ok(Some(wm))
+        let records = self.fire(TimeDomain::EventTime, wm)?;
+        Ok(WatermarkOut {
+            records,
+            watermark: Some(wm),
+        })
+    }
+    fn next_processing_time(&self) -> Option<i64> {
+        self.timers
+            .as_ref()
+            .and_then(|t| t.next(TimeDomain::ProcessingTime))
+    }
+    fn on_processing_time(&mut self, now: i64) -> Result<Option<AnyBatch>> {
+        self.fire(TimeDomain::ProcessingTime, now)
+    }
+    fn take_side_outputs(&mut self) -> Vec<(Arc<str>, AnyBatch)> {
+        if self.side.is_empty() {
+            Vec::new()
+        } else {
+            self.side.take()
+        }
     }
     fn finish(&mut self) -> Result<Option<AnyBatch>> {
         Ok(None)
@@ -95,6 +175,9 @@ where
     fn restore(&mut self, keyed: Option<&RestoredKeyed>, _: &OperatorStateStore) -> Result<()> {
         if let (Some(snap), Some(backend)) = (keyed, self.backend.as_mut()) {
             backend.restore_from(snap)?;
+            if let Some(t) = self.timers.as_mut() {
+                t.rebuild(backend)?;
+            }
         }
         Ok(())
     }
@@ -115,13 +198,17 @@ where
 impl<K: Key, I, O, P, KS> KeyedProcessOp<K, I, O, P, KS> {
     /// The operator running `function`, keyed by `selector`; its state
     /// backend is made in `open`.
-    pub(crate) fn new(function: P, selector: Arc<KS>) -> Self {
+    pub(crate) fn new(function: P, selector: Arc<KS>, timestamps: Option<TimestampFn<I>>) -> Self {
         KeyedProcessOp {
             watermark: i64::MIN,
             function,
             selector,
             backend: None,
+            timers: None,
             max_parallelism: 0,
+            timestamps,
+            ts_buf: Vec::new(),
+            side: SideOutputs::default(),
             _t: PhantomData,
         }
     }

@@ -20,8 +20,10 @@
 //! or boxed.
 
 mod keyed;
+mod timestamps;
 
 pub(crate) use keyed::{Aggregate, KeyedProcessOp, Reduce};
+pub(crate) use timestamps::{TimestampsAndWatermarksOp, WatermarkedSource};
 
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -55,6 +57,8 @@ pub struct RuntimeContext {
     pub checkpointing: bool,
     /// The keyed state backend keyed operators use (`state.backend.*`).
     pub state_backend: StateBackendConfig,
+    /// `pipeline.auto-watermark-interval`.
+    pub auto_watermark_interval: Duration,
 }
 
 impl<'a> From<&'a RuntimeContext> for BackendScope<'a> {
@@ -117,6 +121,29 @@ pub trait SourceFunction<T>: Send + 'static {
     /// Called once after the last poll.
     fn close(&mut self) -> Result<()> {
         Ok(())
+    }
+    /// How many splits this subtask reads (asked after `open`; it may grow
+    /// later). With [`Env::from_source`](crate::stream::Env::from_source)
+    /// each split gets its own watermark generator. A source without
+    /// splits is one split per subtask.
+    fn split_count(&self) -> usize {
+        1
+    }
+    /// The split the records of the last `poll_next` came from: one poll
+    /// returns the records of one split.
+    fn last_split(&self) -> usize {
+        0
+    }
+    /// A name of split `i` that stays the same across restores (its
+    /// watermark is checkpointed under it).
+    fn split_name(&self, i: usize) -> String {
+        i.to_string()
+    }
+    /// Whether split `i` has no more records (it then stops holding the
+    /// watermark back).
+    fn split_finished(&self, i: usize) -> bool {
+        let _ = i;
+        false
     }
 }
 
@@ -228,6 +255,19 @@ pub trait KeyedProcessFunction<K: Key, I, O>: Send + 'static {
         ctx: &mut KeyedContext<'_, K>,
         out: &mut Collector<'_, O>,
     ) -> Result<()>;
+    /// A timer registered through [`KeyedContext::timer_service`] fired:
+    /// `ctx` is its key's, [`KeyedContext::timestamp`] is `timestamp`, and
+    /// `domain` says which clock reached it.
+    fn on_timer(
+        &mut self,
+        timestamp: i64,
+        domain: crate::timers::TimeDomain,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Collector<'_, O>,
+    ) -> Result<()> {
+        let _ = (timestamp, domain, ctx, out);
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -244,14 +284,45 @@ pub(crate) trait ChainOp: Send {
     fn close(&mut self) -> Result<()> {
         Ok(())
     }
-    /// The input watermark advanced to `wm`; returns the watermark to pass on
-    /// (`None`: swallow it, as a watermark assigner does).
-    fn on_watermark(&mut self, wm: i64) -> Result<Option<i64>> {
-        Ok(Some(wm))
+    /// The input watermark advanced to `wm`: the records it fires (event-time
+    /// timers, windows), which go down the chain ahead of it, and the
+    /// watermark to pass on (`None`: swallow it, as a watermark assigner does).
+    fn on_watermark(&mut self, wm: i64) -> Result<WatermarkOut> {
+        Ok(WatermarkOut {
+            records: None,
+            watermark: Some(wm),
+        })
     }
-    /// A watermark this operator generates itself (assigners), after a batch.
+    /// The input became idle (`true`) or active again: whether to pass the
+    /// status on (an assigner decides its own status instead).
+    fn on_idle(&mut self, idle: bool) -> bool {
+        let _ = idle;
+        true
+    }
+    /// A watermark this operator generates itself (assigners), after a batch
+    /// or a processing-time call.
     fn take_watermark(&mut self) -> Option<i64> {
         None
+    }
+    /// A status change this operator generates itself (an assigner's
+    /// idleness): `Some(true)` idle, `Some(false)` active again.
+    fn take_idle(&mut self) -> Option<bool> {
+        None
+    }
+    /// When (wall clock, ms since the epoch) the operator next needs
+    /// [`on_processing_time`](Self::on_processing_time): its earliest
+    /// processing-time timer, or its next periodic watermark.
+    fn next_processing_time(&self) -> Option<i64> {
+        None
+    }
+    /// The wall clock reached `now`: the records that fires.
+    fn on_processing_time(&mut self, now: i64) -> Result<Option<AnyBatch>> {
+        let _ = now;
+        Ok(None)
+    }
+    /// The side-output batches collected since the last call, by tag.
+    fn take_side_outputs(&mut self) -> Vec<(Arc<str>, AnyBatch)> {
+        Vec::new()
     }
     /// Synchronous part of a snapshot: keyed state (to be uploaded) and operator state.
     fn snapshot(
@@ -276,12 +347,29 @@ pub(crate) trait ChainOp: Send {
     }
 }
 
+/// What an operator does when the watermark advances (see [`ChainOp::on_watermark`]).
+pub(crate) struct WatermarkOut {
+    /// Records fired by the watermark, emitted before it.
+    pub(crate) records: Option<AnyBatch>,
+    /// The watermark passed on.
+    pub(crate) watermark: Option<i64>,
+}
+
 /// A type-erased source.
 pub(crate) trait SourceOp: Send {
     fn open(&mut self, ctx: &SourceContext<'_>) -> Result<()>;
     fn poll(&mut self, max: usize) -> Result<(Option<AnyBatch>, SourceStatus)>;
     fn snapshot(&mut self) -> Result<OperatorStateStore>;
     fn close(&mut self) -> Result<()>;
+    /// Watermark and idleness to emit now (sources with a watermark strategy).
+    fn take_time_signals(&mut self, now: i64) -> (Option<i64>, Option<bool>) {
+        let _ = now;
+        (None, None)
+    }
+    /// When `take_time_signals` is next due (ms since the epoch).
+    fn next_processing_time(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// Makes one operator instance per subtask.
@@ -318,7 +406,7 @@ pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-fn non_empty<T: Send + 'static>(v: Vec<T>) -> Option<AnyBatch> {
+pub(crate) fn non_empty<T: Send + 'static>(v: Vec<T>) -> Option<AnyBatch> {
     (!v.is_empty()).then(|| Box::new(v) as AnyBatch)
 }
 
@@ -450,51 +538,5 @@ impl<T: Data, S: SinkFunction<T>> ChainOp for SinkOp<T, S> {
     }
     fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
         self.sink.notify_checkpoint_aborted(checkpoint_id)
-    }
-}
-
-/// Flink's bounded-out-of-orderness watermark generator: after each batch it
-/// emits `max timestamp seen - out_of_orderness - 1`, and `i64::MAX` at the end
-/// of input. Upstream watermarks are ignored. Records pass through untouched.
-pub(crate) struct WatermarkAssigner<T, F> {
-    pub(crate) timestamp: Arc<F>,
-    pub(crate) out_of_orderness: i64,
-    pub(crate) max_seen: i64,
-    pub(crate) emitted: i64,
-    pub(crate) _t: PhantomData<fn(&T)>,
-}
-
-impl<T: Data, F: Fn(&T) -> i64 + Send + Sync + 'static> ChainOp for WatermarkAssigner<T, F> {
-    fn open(&mut self, _: &RuntimeContext) -> Result<()> {
-        Ok(())
-    }
-    fn process(&mut self, batch: AnyBatch) -> Result<Option<AnyBatch>> {
-        if let Some(v) = batch.downcast_ref::<Vec<T>>() {
-            for r in v {
-                self.max_seen = self.max_seen.max((self.timestamp)(r));
-            }
-        }
-        Ok(Some(batch))
-    }
-    fn finish(&mut self) -> Result<Option<AnyBatch>> {
-        self.max_seen = i64::MAX;
-        Ok(None)
-    }
-    fn on_watermark(&mut self, wm: i64) -> Result<Option<i64>> {
-        // Only the end of input passes: everything else is this operator's to decide.
-        Ok((wm == i64::MAX).then_some(wm))
-    }
-    fn take_watermark(&mut self) -> Option<i64> {
-        let wm = if self.max_seen == i64::MAX {
-            i64::MAX
-        } else {
-            self.max_seen
-                .saturating_sub(self.out_of_orderness)
-                .saturating_sub(1)
-        };
-        (wm > self.emitted).then(|| {
-            self.emitted = wm;
-            wm
-        })
     }
 }

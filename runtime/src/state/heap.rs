@@ -111,6 +111,11 @@ impl<K: Key, V: Clone + Send + Sync + 'static> KgMap<K, V> {
         }
     }
 
+    /// Every entry of every key group.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.shards.iter().flat_map(|s| s.map().iter())
+    }
+
     fn len(&self) -> usize {
         self.shards.iter().map(|s| s.map().len()).sum()
     }

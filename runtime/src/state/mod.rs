@@ -427,13 +427,20 @@ impl PendingKeyedSnapshot {
     }
 }
 
-/// What a keyed function sees with each record: the current key and access to
-/// its state.
+/// What a keyed function sees with each record (and each timer): the
+/// current key, its state, its timers, the time, and the side outputs.
 pub struct KeyedContext<'a, K: Key> {
     pub(crate) key: &'a K,
     pub(crate) backend: &'a mut KeyedStateBackend<K>,
-    pub(crate) max_parallelism: usize,
     pub(crate) watermark: i64,
+    /// The key's key group, computed once.
+    pub(crate) kg: u16,
+    /// The current record's timestamp, or the firing timer's.
+    pub(crate) timestamp: Option<i64>,
+    /// Timer changes asked for during this call (applied by the operator after it).
+    pub(crate) timers: Vec<crate::timers::TimerOp>,
+    /// Side records emitted during this call (collected by the operator after it).
+    pub(crate) side: Vec<crate::side_output::SideRecord>,
 }
 
 impl<'a, K: Key> KeyedContext<'a, K> {
@@ -442,9 +449,19 @@ impl<'a, K: Key> KeyedContext<'a, K> {
         KeyedContext {
             key,
             backend,
-            max_parallelism,
             watermark: i64::MIN,
+            kg: key_group_for(key, max_parallelism),
+            timestamp: None,
+            timers: Vec::new(),
+            side: Vec::new(),
         }
+    }
+
+    /// The same with the operator's watermark and the record's timestamp.
+    pub(crate) fn at(mut self, watermark: i64, timestamp: Option<i64>) -> Self {
+        self.watermark = watermark;
+        self.timestamp = timestamp;
+        self
     }
 
     /// The operator's current event-time watermark (`i64::MIN` before the first).
@@ -460,7 +477,29 @@ impl<'a, K: Key> KeyedContext<'a, K> {
     /// The key group of the current key.
     #[inline]
     pub fn key_group(&self) -> u16 {
-        key_group_for(self.key, self.max_parallelism)
+        self.kg
+    }
+
+    /// The event timestamp of the record being processed (when its stream
+    /// has timestamps: see
+    /// [`assign_timestamps_and_watermarks`](crate::stream::DataStream::assign_timestamps_and_watermarks)),
+    /// or, in `on_timer`, the timer's timestamp.
+    pub fn timestamp(&self) -> Option<i64> {
+        self.timestamp
+    }
+
+    /// The current key's timers (Flink's `ctx.timerService()`).
+    pub fn timer_service(&mut self) -> crate::timers::TimerService<'_> {
+        crate::timers::TimerService {
+            ops: &mut self.timers,
+            watermark: self.watermark,
+        }
+    }
+
+    /// Emits `value` to the side output `tag` (Flink's `ctx.output`).
+    pub fn output<T: Data>(&mut self, tag: &crate::side_output::OutputTag<T>, value: T) {
+        self.side
+            .push(crate::side_output::SideRecord::new(tag, value));
     }
 }
 
@@ -628,6 +667,65 @@ impl<UK: Key, UV: Data + Clone> MapState<UK, UV> {
                 Ok(())
             },
             h.map_put::<UK, UV>(self.id, kg, ctx.key, user_key, None))
+    }
+
+    /// Changes the value under `user_key` in the current key's map in
+    /// place: `init()` when there is none, then `f` on it. Says whether the
+    /// entry is new. (Heap: one lookup of the key and one of `user_key`,
+    /// no copy of the value.)
+    #[inline]
+    pub fn update_with<K: Key>(
+        &self,
+        ctx: &mut KeyedContext<'_, K>,
+        user_key: &UK,
+        init: impl FnOnce() -> UV,
+        f: impl FnOnce(&mut UV),
+    ) -> Result<bool> {
+        let kg = ctx.key_group();
+        dispatch!(&mut *ctx.backend, h => {
+            let t = h.table_mut::<heap::MapTable<K, UK, UV>>(self.id)?.map.shard_mut(kg)?;
+            let m = match t.get_mut(ctx.key) {
+                Some(m) => m,
+                None => t.entry(ctx.key.clone()).or_default(),
+            };
+            match m.get_mut(user_key) {
+                Some(v) => {
+                    f(v);
+                    Ok(false)
+                }
+                None => {
+                    let mut v = init();
+                    f(&mut v);
+                    m.insert(user_key.clone(), v);
+                    Ok(true)
+                }
+            }
+        },
+        {
+            let old = h.map_get::<UK, UV>(self.id, kg, ctx.key, user_key)?;
+            let new = old.is_none();
+            let mut v = old.unwrap_or_else(init);
+            f(&mut v);
+            h.map_put::<UK, UV>(self.id, kg, ctx.key, user_key, Some(&v))?;
+            Ok(new)
+        })
+    }
+
+    /// Every `(key, user key)` of this map state over all keys of the
+    /// backend (for rebuilding in-memory indexes, such as the timer queue,
+    /// after a restore).
+    pub fn all_user_keys<K: Key>(
+        &self,
+        backend: &mut KeyedStateBackend<K>,
+    ) -> Result<Vec<(K, UK)>> {
+        dispatch!(backend, h => {
+                let t = h.table::<heap::MapTable<K, UK, UV>>(self.id)?;
+                Ok(t.map
+                    .iter()
+                    .flat_map(|(k, m)| m.keys().map(move |uk| (k.clone(), uk.clone())))
+                    .collect())
+            },
+            h.map_all_user_keys::<UK>(self.id))
     }
 
     /// All entries of the current key's map, in no particular order.

@@ -809,6 +809,29 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         Ok(out)
     }
 
+    /// Every `(key, user key)` of map state `id`, over all key groups.
+    pub(crate) fn map_all_user_keys<UK: Key>(&self, id: usize) -> Result<Vec<(K, UK)>> {
+        let db = db_of(&self.db)?;
+        let cf = cf_of(db, &self.state(id)?.cf)?;
+        let mut it = db.raw_iterator_cf(cf);
+        it.seek_to_first();
+        let mut out = Vec::new();
+        while it.valid() {
+            if let Some(k) = it.key() {
+                let malformed =
+                    || Error::StateBackend("malformed map-state key while listing timers".into());
+                let rest = k.get(2..).ok_or_else(malformed)?;
+                let (len, used) = get_varint(rest).ok_or_else(malformed)?;
+                let key = rest.get(used..used + len as usize).ok_or_else(malformed)?;
+                let uk = &rest[used + len as usize..];
+                out.push((decode(key)?, decode(uk)?));
+            }
+            it.next();
+        }
+        it.status().map_err(db_err)?;
+        Ok(out)
+    }
+
     pub(crate) fn map_clear(&mut self, id: usize, kg: u16, key: &K) -> Result<()> {
         let db = db_of(&self.db)?;
         let cf = cf_of(db, &self.state(id)?.cf)?;

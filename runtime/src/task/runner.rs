@@ -22,7 +22,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::barrier::{BarrierHandler, Decision, Start};
 use super::upload::{PendingOperator, Snapshot, SubtaskId, Uploader};
-use super::watermark::WatermarkValve;
+use super::watermark::{ValveOutput, WatermarkValve};
 use super::{CheckpointLink, Control};
 use crate::checkpoint::events::{CheckpointObserver, SubtaskNotified, SubtaskPhases};
 use crate::checkpoint::{now_ms, BarrierMode, ChannelStateEntry, SubtaskCheckpointStats};
@@ -36,10 +36,14 @@ use crate::state::OperatorStateStore;
 use crate::{Error, Result};
 
 /// Runs one batch through the chain starting at operator `from`, then writes
-/// what comes out of the tail to every output edge.
+/// what comes out of the tail to every main output edge, and the tail's
+/// side outputs to their edges.
 async fn push(spec: &mut SubtaskSpec, from: usize, batch: AnyBatch) -> Result<()> {
-    let mut batch = batch;
-    for op in spec.ops[from..].iter_mut() {
+    let mut batch = Some(batch);
+    let last = spec.ops.len().saturating_sub(1);
+    let mut side = Vec::new();
+    for (k, op) in spec.ops.iter_mut().enumerate().skip(from) {
+        let Some(b) = batch.take() else { break };
         let ChainedOp {
             op,
             ctx,
@@ -47,28 +51,83 @@ async fn push(spec: &mut SubtaskSpec, from: usize, batch: AnyBatch) -> Result<()
             in_len,
             out_len,
         } = op;
-        counters.add_in(in_len(&batch));
-        match guarded(ctx, || op.process(batch))? {
-            Some(out) => {
-                counters.add_out(out_len(&out));
-                batch = out;
-            }
-            None => return Ok(()),
+        counters.add_in(in_len(&b));
+        batch = guarded(ctx, || op.process(b))?;
+        if let Some(out) = &batch {
+            counters.add_out(out_len(out));
+        }
+        // Side records of an operator inside a chain have no consumer (a
+        // consumed side output ends its chain): they are dropped.
+        let s = op.take_side_outputs();
+        if k == last {
+            side = s;
         }
     }
-    emit(spec, batch).await
+    if let Some(b) = batch {
+        emit(spec, b).await?;
+    }
+    emit_side(spec, side).await
 }
 
-async fn emit(spec: &mut SubtaskSpec, batch: AnyBatch) -> Result<()> {
-    let n = spec.outputs.len();
-    if n == 0 {
-        return Ok(());
+/// Runs `batch`, emitted by operator `k` outside `process` (fired timers,
+/// finished input), through the rest of the chain.
+async fn forward_from(spec: &mut SubtaskSpec, k: usize, batch: AnyBatch) -> Result<()> {
+    let op = &spec.ops[k];
+    op.counters.add_out((op.out_len)(&batch));
+    if k + 1 < spec.ops.len() {
+        Box::pin(push(spec, k + 1, batch)).await
+    } else {
+        emit(spec, batch).await
     }
-    for i in 0..n - 1 {
+}
+
+/// Routes the side outputs operator `k` collected (only the tail's have
+/// consumers).
+async fn side_outputs_of(spec: &mut SubtaskSpec, k: usize) -> Result<()> {
+    let side = spec.ops[k].op.take_side_outputs();
+    if k + 1 == spec.ops.len() {
+        emit_side(spec, side).await?;
+    }
+    Ok(())
+}
+
+/// Writes a batch to every main output edge (copies for all but the last).
+async fn emit(spec: &mut SubtaskSpec, batch: AnyBatch) -> Result<()> {
+    let n = spec.outputs.iter().filter(|o| o.side.is_none()).count();
+    let mut seen = 0;
+    for i in 0..spec.outputs.len() {
+        if spec.outputs[i].side.is_some() {
+            continue;
+        }
+        seen += 1;
+        if seen == n {
+            return spec.outputs[i].write(batch).await;
+        }
         let copy = (spec.fanout_clone)(&batch)?;
         spec.outputs[i].write(copy).await?;
     }
-    spec.outputs[n - 1].write(batch).await
+    Ok(())
+}
+
+/// Writes side batches to the edges of their tags (a tag nobody consumes
+/// is dropped). A tag with several consumers gets copies.
+async fn emit_side(spec: &mut SubtaskSpec, side: Vec<(Arc<str>, AnyBatch)>) -> Result<()> {
+    for (tag, batch) in side {
+        let edges: Vec<usize> = (0..spec.outputs.len())
+            .filter(|&i| spec.outputs[i].side.as_deref() == Some(&*tag))
+            .collect();
+        let Some((&last, rest)) = edges.split_last() else {
+            continue;
+        };
+        for &i in rest {
+            let copy = (spec.outputs[i].side_clone.ok_or_else(|| {
+                Error::Internal("a side output edge without a copy function".into())
+            })?)(&batch)?;
+            spec.outputs[i].write(copy).await?;
+        }
+        spec.outputs[last].write(batch).await?;
+    }
+    Ok(())
 }
 
 async fn flush(spec: &mut SubtaskSpec) -> Result<()> {
@@ -113,6 +172,8 @@ pub(super) struct Runner<'a> {
     valve: WatermarkValve,
     /// The last watermark emitted downstream.
     output_wm: i64,
+    /// Whether the outputs were last told the subtask is idle.
+    output_idle: bool,
     /// Who is told that the subtask runs and that its operators were notified.
     pub(super) observers: Observers,
     /// A stop-with-savepoint in progress: (savepoint id, drain).
@@ -130,6 +191,11 @@ pub(super) struct Runner<'a> {
     unresolved: std::collections::BTreeSet<u64>,
     /// Snapshots taken since the input ended (directly asked, no barrier).
     snapshots_after_finish: usize,
+}
+
+/// The wall clock in ms since the epoch (processing time).
+fn now_i64() -> i64 {
+    crate::timers::processing_time_now()
 }
 
 /// Records per chunk when batches are processed in chunks (unaligned checkpoints).
@@ -181,6 +247,7 @@ impl<'a> Runner<'a> {
             remainder: None,
             valve: WatermarkValve::new(inputs),
             output_wm: i64::MIN,
+            output_idle: false,
             observers: Observers::none(),
             stop: None,
             stop_barrier_sent: None,
@@ -285,12 +352,20 @@ impl<'a> Runner<'a> {
             if let Some(b) = batch {
                 counters.add_out(out_len(&b));
                 push(self.spec, 0, b).await?;
-                self.generated_watermarks().await?;
             }
+            self.generated_watermarks().await?;
+            self.processing_time().await?;
             match status {
                 SourceStatus::More => self.maybe_yield().await,
                 SourceStatus::Idle(d) => {
                     flush(self.spec).await?;
+                    // Wake for periodic watermarks and timers too.
+                    let d = match self.next_processing_time() {
+                        Some(t) => d.min(Duration::from_millis(
+                            t.saturating_sub(now_i64()).max(0) as u64
+                        )),
+                        None => d,
+                    };
                     let control = &mut self.control;
                     // Nothing to read: idle time (metrics).
                     let io = self.spec.signals.io.clone();
@@ -351,12 +426,16 @@ impl<'a> Runner<'a> {
                     self.capture(i, &b)?;
                     self.process_input(i, b).await?;
                     self.generated_watermarks().await?;
+                    self.processing_time().await?;
                     self.maybe_yield().await;
                 }
                 Some((i, Event::Watermark(w))) => {
-                    if let Some(w) = self.valve.on_watermark(i, w) {
-                        self.propagate_watermark(0, w).await?;
-                    }
+                    let out = self.valve.on_watermark(i, w);
+                    self.on_valve(out).await?;
+                }
+                Some((i, Event::Idle(idle))) => {
+                    let out = self.valve.on_idle(i, idle);
+                    self.on_valve(out).await?;
                 }
                 Some((i, Event::Barrier(b))) => self.on_barrier(i, b).await?,
                 Some((i, Event::EndOfStream)) => self.on_input_finished(i).await?,
@@ -369,10 +448,19 @@ impl<'a> Runner<'a> {
     /// control or the alignment timer (which it handles; `None` then).
     async fn wait_input(&mut self) -> Result<Option<(usize, Event)>> {
         flush(self.spec).await?;
-        let deadline = self
+        let alignment = self
             .barriers
             .alignment_deadline(now_ms())
             .map(|left| Instant::now() + left);
+        // Processing-time timers and periodic watermarks wake the loop too.
+        let timer = self.next_processing_time().map(|t| {
+            let left = t.saturating_sub(now_i64()).max(0) as u64;
+            Instant::now() + Duration::from_millis(left)
+        });
+        let deadline = match (alignment, timer) {
+            (Some(a), Some(t)) => Some(a.min(t)),
+            (a, t) => a.or(t),
+        };
         let wake = async move {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -390,11 +478,14 @@ impl<'a> Runner<'a> {
         match woke {
             Wake::Input(Some(ev)) => return Ok(Some(ev)),
             Wake::Input(None) => {
-                let d = self.barriers.on_alignment_timeout();
-                if !d.is_empty() {
-                    tracing::debug!("alignment timed out; switching to unaligned");
+                if alignment.is_some_and(|a| a <= Instant::now()) {
+                    let d = self.barriers.on_alignment_timeout();
+                    if !d.is_empty() {
+                        tracing::debug!("alignment timed out; switching to unaligned");
+                    }
+                    self.apply(d).await?;
                 }
-                self.apply(d).await?;
+                self.processing_time().await?;
             }
             Wake::Control(Some(c)) => self.on_control(c).await?,
             Wake::Control(None) => {}
@@ -435,9 +526,24 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    /// Watermarks operators of the chain generated (assigners), passed on.
+    /// Watermarks and statuses operators of the chain generated
+    /// (assigners), and a source's (per-split generators), passed on.
     async fn generated_watermarks(&mut self) -> Result<()> {
+        if let Head::Source { op, .. } = &mut self.head {
+            if op.next_processing_time().is_some() {
+                let (w, idle) = op.take_time_signals(now_i64());
+                if let Some(idle) = idle {
+                    self.propagate_idle(0, idle).await?;
+                }
+                if let Some(w) = w {
+                    self.propagate_watermark(0, w).await?;
+                }
+            }
+        }
         for k in 0..self.spec.ops.len() {
+            if let Some(idle) = self.spec.ops[k].op.take_idle() {
+                self.propagate_idle(k + 1, idle).await?;
+            }
             if let Some(w) = self.spec.ops[k].op.take_watermark() {
                 self.propagate_watermark(k + 1, w).await?;
             }
@@ -445,12 +551,21 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    /// Passes watermark `wm` through the chain from operator `from`, and
-    /// downstream when it advances the chain's output watermark.
+    /// Passes watermark `wm` through the chain from operator `from` (the
+    /// records each operator fires with it go down the chain ahead of it),
+    /// and downstream when it advances the chain's output watermark.
     async fn propagate_watermark(&mut self, from: usize, wm: i64) -> Result<()> {
         let mut w = wm;
-        for op in self.spec.ops[from..].iter_mut() {
-            match guarded(&op.ctx, || op.op.on_watermark(w))? {
+        for k in from..self.spec.ops.len() {
+            let out = {
+                let op = &mut self.spec.ops[k];
+                guarded(&op.ctx, || op.op.on_watermark(w))?
+            };
+            if let Some(b) = out.records {
+                forward_from(self.spec, k, b).await?;
+            }
+            side_outputs_of(self.spec, k).await?;
+            match out.watermark {
                 Some(next) => w = next,
                 None => return Ok(()),
             }
@@ -460,6 +575,80 @@ impl<'a> Runner<'a> {
             for o in self.spec.outputs.iter_mut() {
                 o.watermark(w).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Passes a watermark status (idle or active again) through the chain
+    /// from operator `from`, and downstream when the chain's status changes.
+    async fn propagate_idle(&mut self, from: usize, idle: bool) -> Result<()> {
+        for op in self.spec.ops[from..].iter_mut() {
+            if !op.op.on_idle(idle) {
+                return Ok(());
+            }
+        }
+        if idle != self.output_idle {
+            self.output_idle = idle;
+            for o in self.spec.outputs.iter_mut() {
+                o.idle(idle).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The earliest time an operator of the chain (or the source) asked to
+    /// be called at (timers, periodic watermarks), ms since the epoch.
+    fn next_processing_time(&self) -> Option<i64> {
+        let head = match &self.head {
+            Head::Source { op, .. } => op.next_processing_time(),
+            Head::Input(_) => None,
+        };
+        self.spec
+            .ops
+            .iter()
+            .filter_map(|o| o.op.next_processing_time())
+            .chain(head)
+            .min()
+    }
+
+    /// Calls every operator whose processing time has come (processing-time
+    /// timers, periodic watermarks), passing on what it emits.
+    async fn processing_time(&mut self) -> Result<()> {
+        let now = now_i64();
+        if !self.next_processing_time().is_some_and(|t| t <= now) {
+            return Ok(());
+        }
+        for k in 0..self.spec.ops.len() {
+            if !self.spec.ops[k]
+                .op
+                .next_processing_time()
+                .is_some_and(|t| t <= now)
+            {
+                continue;
+            }
+            let out = {
+                let op = &mut self.spec.ops[k];
+                guarded(&op.ctx, || op.op.on_processing_time(now))?
+            };
+            if let Some(b) = out {
+                forward_from(self.spec, k, b).await?;
+            }
+            side_outputs_of(self.spec, k).await?;
+        }
+        self.generated_watermarks().await
+    }
+
+    /// Passes on what the watermark valve let through: a status change
+    /// (active before the watermark it comes with), a new watermark.
+    async fn on_valve(&mut self, out: ValveOutput) -> Result<()> {
+        if out.idle == Some(false) {
+            self.propagate_idle(0, false).await?;
+        }
+        if let Some(w) = out.watermark {
+            self.propagate_watermark(0, w).await?;
+        }
+        if out.idle == Some(true) {
+            self.propagate_idle(0, true).await?;
         }
         Ok(())
     }
@@ -774,9 +963,8 @@ impl<'a> Runner<'a> {
     }
 
     async fn on_input_finished(&mut self, i: usize) -> Result<()> {
-        if let Some(w) = self.valve.on_input_finished(i) {
-            self.propagate_watermark(0, w).await?;
-        }
+        let out = self.valve.on_input_finished(i);
+        self.on_valve(out).await?;
         let d = self.barriers.on_input_finished(i);
         self.apply(d).await
     }
@@ -940,14 +1128,9 @@ impl<'a> Runner<'a> {
                 guarded(&op.ctx, || op.op.finish())?
             };
             if let Some(b) = out {
-                let op = &spec.ops[i];
-                op.counters.add_out((op.out_len)(&b));
-                if i + 1 < spec.ops.len() {
-                    Box::pin(push(spec, i + 1, b)).await?;
-                } else {
-                    emit(spec, b).await?;
-                }
+                forward_from(spec, i, b).await?;
             }
+            side_outputs_of(spec, i).await?;
         }
         Ok(())
     }
