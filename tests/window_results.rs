@@ -159,7 +159,11 @@ fn tumbling_windows_match_the_reference() {
     for shuffled in [false, true] {
         let want = reference_sliding(&records(shuffled), 10_000, 10_000);
         for p in [1, 3] {
-            let got = run(p, shuffled, TumblingEventTimeWindows::of(Duration::from_secs(10)));
+            let got = run(
+                p,
+                shuffled,
+                TumblingEventTimeWindows::of(Duration::from_secs(10)),
+            );
             assert_eq!(got, want, "p{p} shuffled={shuffled}");
         }
     }
@@ -187,7 +191,11 @@ fn session_windows_match_the_reference() {
         // Keys are ~185 ms apart on average: a gap of 400 ms merges many
         // sessions and still splits some.
         let want = reference_sessions(&records(shuffled), 400);
-        assert!(want.len() > 100, "the reference has {} sessions", want.len());
+        assert!(
+            want.len() > 100,
+            "the reference has {} sessions",
+            want.len()
+        );
         for p in [1, 3] {
             let got = run(
                 p,
@@ -254,15 +262,17 @@ fn reduce_aggregate_and_process_agree() {
 #[test]
 fn event_time_windows_without_timestamps_are_refused() {
     let env = env(1);
-    env.add_source(GeneratorSource::new(1, Some(10), |i, _| (i as u32, i as i64, i)))
-        .assign_timestamps_and_watermarks(
-            WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(|r: &Rec| r.1),
-        )
-        .map(|r: Rec| r)
-        .key_by(|r: &Rec| r.0)
-        .window(TumblingEventTimeWindows::of(Duration::from_secs(1)))
-        .aggregate(CountSum)
-        .add_sink(DiscardSink);
+    env.add_source(GeneratorSource::new(1, Some(10), |i, _| {
+        (i as u32, i as i64, i)
+    }))
+    .assign_timestamps_and_watermarks(
+        WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(|r: &Rec| r.1),
+    )
+    .map(|r: Rec| r)
+    .key_by(|r: &Rec| r.0)
+    .window(TumblingEventTimeWindows::of(Duration::from_secs(1)))
+    .aggregate(CountSum)
+    .add_sink(DiscardSink);
     let err = env.execute("no timestamps").unwrap_err().to_string();
     assert!(
         err.contains("needs event timestamps") && err.contains("assign_timestamps_and_watermarks"),

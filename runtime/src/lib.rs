@@ -91,6 +91,7 @@
 pub(crate) mod cancellation;
 pub mod checkpoint;
 pub mod config;
+pub mod connect;
 pub mod coordinator;
 pub mod deploy;
 pub mod error;
@@ -127,6 +128,9 @@ pub use error::{Error, KillError, Result, SavepointError};
 /// What most programs need.
 pub mod prelude {
     pub use crate::config::{options, Conf};
+    pub use crate::connect::{
+        CoProcessFunction, ConnectedStreams, KeyedCoProcessFunction, ProcessJoinFunction,
+    };
     pub use crate::job::{JobHandle, JobResult, JobStatus, OperatorMetrics};
     pub use crate::operator::{
         Collector, KeyedOpenContext, KeyedProcessFunction, RuntimeContext, SinkFunction,
