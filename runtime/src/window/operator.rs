@@ -363,9 +363,13 @@ where
         self.timers
             .as_ref()
             .and_then(|t| t.next(TimeDomain::ProcessingTime))
+            .map(|t| t.saturating_add(1))
     }
     fn on_processing_time(&mut self, now: i64) -> Result<Option<AnyBatch>> {
-        self.fire(TimeDomain::ProcessingTime, now)
+        // A timer at t fires once the clock is past t (t + 1 ms): records
+        // that still read the clock as t come before it, so a
+        // processing-time window at t never fires twice.
+        self.fire(TimeDomain::ProcessingTime, now.saturating_sub(1))
     }
     fn take_side_outputs(&mut self) -> Vec<(Arc<str>, AnyBatch)> {
         if self.side.is_empty() {

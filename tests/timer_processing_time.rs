@@ -1,0 +1,151 @@
+//! Processing-time timers and processing-time windows: a timer fires once,
+//! not before its time, with its key's state; a deleted timer never fires;
+//! tumbling processing-time windows fire once each, never early, and
+//! count each record in one window.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use weir::prelude::*;
+use weir::runtime::timers::processing_time_now;
+
+#[derive(Clone, Default)]
+struct Remind {
+    count: Option<ValueState<u64>>,
+}
+
+/// (key, timer time, wall time when it fired, records of the key by then)
+type Fired = (u64, i64, i64, u64);
+
+impl KeyedProcessFunction<u64, u64, Fired> for Remind {
+    fn open(&mut self, ctx: &mut KeyedOpenContext<'_, u64>) -> Result<()> {
+        self.count = Some(ctx.value_state(&ValueStateDescriptor::new("count"))?);
+        Ok(())
+    }
+    fn process_element(
+        &mut self,
+        _: u64,
+        ctx: &mut KeyedContext<'_, u64>,
+        _: &mut Collector<'_, Fired>,
+    ) -> Result<()> {
+        let n = self
+            .count
+            .unwrap()
+            .update_with(ctx, |c| c.copied().unwrap_or(0) + 1)?;
+        if n == 1 {
+            // The first record of a key asks for a reminder in 150 ms, and
+            // for one it cancels at once.
+            let now = ctx.timer_service().current_processing_time();
+            ctx.timer_service()
+                .register_processing_time_timer(now + 150);
+            ctx.timer_service()
+                .register_processing_time_timer(now + 100);
+            ctx.timer_service().delete_processing_time_timer(now + 100);
+        }
+        Ok(())
+    }
+    fn on_timer(
+        &mut self,
+        ts: i64,
+        domain: TimeDomain,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Collector<'_, Fired>,
+    ) -> Result<()> {
+        assert_eq!(domain, TimeDomain::ProcessingTime);
+        let n = self.count.unwrap().value(ctx)?.unwrap_or(0);
+        out.collect((*ctx.key(), ts, processing_time_now(), n));
+        Ok(())
+    }
+}
+
+#[test]
+fn processing_time_timers_fire_once_on_time_and_deleted_ones_never() {
+    let mut env = Env::local().unwrap();
+    env.set_parallelism(2).unwrap();
+    let sink = CollectSink::<Fired>::new();
+    let got = sink.handle();
+    // 20 keys, 200 records each, over about 1.6 s: the timers fire while it runs.
+    env.add_source(GeneratorSource::new(1, Some(4_000), |i, _| i % 20).with_rate(2_500.0))
+        .key_by(|v: &u64| *v)
+        .process(Remind::default())
+        .add_sink(sink);
+    env.execute("processing-time timers").unwrap();
+    let fired = got.take();
+    let mut by_key: BTreeMap<u64, Vec<Fired>> = BTreeMap::new();
+    for f in fired {
+        by_key.entry(f.0).or_default().push(f);
+    }
+    assert_eq!(by_key.len(), 20, "every key's timer fired: {by_key:?}");
+    for (k, f) in by_key {
+        assert_eq!(
+            f.len(),
+            1,
+            "key {k}: only the timer that was not deleted fires, once"
+        );
+        let (_, ts, at, n) = f[0];
+        assert!(at >= ts, "key {k}: fired at {at}, before its time {ts}");
+        assert!(
+            n >= 1 && n < 200,
+            "key {k}: fired during the run, with {n} records seen"
+        );
+    }
+}
+
+#[derive(Clone)]
+struct Count;
+impl AggregateFunction<u64> for Count {
+    type Acc = u64;
+    type Out = u64;
+    fn create_accumulator(&self) -> u64 {
+        0
+    }
+    fn add(&self, _: &u64, acc: &mut u64) {
+        *acc += 1
+    }
+    fn get_result(&self, acc: &u64) -> u64 {
+        *acc
+    }
+    fn merge(&self, a: u64, b: u64) -> u64 {
+        a + b
+    }
+}
+
+#[test]
+fn processing_time_windows_fire_once_each_and_never_early() {
+    let mut env = Env::local().unwrap();
+    env.set_parallelism(2).unwrap();
+    let sink = CollectSink::<(u64, i64, u64)>::new();
+    let got = sink.handle();
+    // Bounded input over about 1 s into 200 ms windows. Processing-time
+    // windows still open when the input ends do not fire (as in Flink: the
+    // end of input is the end of event time, not of processing time), so
+    // the last window's records (up to about 600) are not counted.
+    env.add_source(GeneratorSource::new(1, Some(3_000), |i, _| i % 7).with_rate(3_000.0))
+        .key_by(|v: &u64| *v)
+        .window(TumblingProcessingTimeWindows::of(Duration::from_millis(
+            200,
+        )))
+        .aggregate_with(
+            Count,
+            |k: &u64, w: &WindowContext, n: Vec<u64>, out: &mut Collector<'_, (u64, i64, u64)>| {
+                assert!(w.current_processing_time >= w.window.max_timestamp());
+                out.collect((*k, w.window.start, n[0]));
+                Ok(())
+            },
+        )
+        .add_sink(sink);
+    env.execute("processing-time windows").unwrap();
+    let rows = got.take();
+    let total: u64 = rows.iter().map(|r| r.2).sum();
+    let windows: std::collections::BTreeSet<(u64, i64)> = rows.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(windows.len(), rows.len(), "a window fired twice");
+    assert!(
+        windows.len() >= 7 * 3,
+        "only {} windows fired",
+        windows.len()
+    );
+    assert!(
+        total <= 3_000 && total >= 2_000,
+        "{total} of 3000 records counted"
+    );
+}
