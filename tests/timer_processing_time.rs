@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use weir::prelude::*;
-use weir::runtime::timers::processing_time_now;
+use weir::runtime::time::processing_time_now;
 
 #[derive(Clone, Default)]
 struct Remind {

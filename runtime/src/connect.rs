@@ -1,6 +1,8 @@
-//! Two inputs in one operator: [`ConnectedStreams`] (Flink's `connect`),
+//! Two inputs in one operator: what `DataStream::connect` and
+//! `KeyedStream::interval_join` build ([`ConnectedStreams`](crate::stream::ConnectedStreams),
+//! [`IntervalJoin`](crate::stream::IntervalJoin), in `stream`) runs here:
 //! [`CoProcessFunction`], [`KeyedCoProcessFunction`], and the interval
-//! join built on it ([`IntervalJoin`]).
+//! join as a keyed co-process function.
 //!
 //! # How two inputs become one
 //! Each input's records are wrapped, in a chained operator right after
@@ -25,7 +27,7 @@ use crate::operator::{
 };
 use crate::record::{downcast, AnyBatch, Data, Key};
 use crate::state::{KeyedContext, MapState, MapStateDescriptor};
-use crate::timers::TimeDomain;
+use crate::time::TimeDomain;
 use crate::watermarks::TimestampFn;
 use crate::Result;
 
@@ -195,13 +197,6 @@ where
     }
 }
 
-/// Two streams connected (`DataStream::connect`): process them together,
-/// or key both first.
-pub struct ConnectedStreams<A, B> {
-    pub(crate) first: crate::stream::DataStream<A>,
-    pub(crate) second: crate::stream::DataStream<B>,
-}
-
 /// Called per matching pair of an interval join (Flink's `ProcessJoinFunction`):
 /// the left record, the right record, and the output. Closures
 /// `FnMut(&A, &B, &mut Collector<O>) -> Result<()>` are join functions.
@@ -217,15 +212,6 @@ where
     fn process_element(&mut self, left: &A, right: &B, out: &mut Collector<'_, O>) -> Result<()> {
         self(left, right, out)
     }
-}
-
-/// An interval join in the making: `left.interval_join(&right)`, then
-/// [`between`](IntervalJoin::between) and [`process`](IntervalJoin::process).
-pub struct IntervalJoin<A, B, K, FA, FB> {
-    pub(crate) left: crate::stream::KeyedStream<A, K, FA>,
-    pub(crate) right: crate::stream::KeyedStream<B, K, FB>,
-    pub(crate) lower: i64,
-    pub(crate) upper: i64,
 }
 
 /// The interval join as a keyed co-process function (Flink's

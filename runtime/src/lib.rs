@@ -118,6 +118,7 @@ pub mod state;
 pub mod stream;
 pub mod task;
 pub mod telemetry;
+pub mod time;
 pub mod timers;
 pub mod waits;
 pub mod watermarks;
@@ -128,9 +129,7 @@ pub use error::{Error, KillError, Result, SavepointError};
 /// What most programs need.
 pub mod prelude {
     pub use crate::config::{options, Conf};
-    pub use crate::connect::{
-        CoProcessFunction, ConnectedStreams, KeyedCoProcessFunction, ProcessJoinFunction,
-    };
+    pub use crate::connect::{CoProcessFunction, KeyedCoProcessFunction, ProcessJoinFunction};
     pub use crate::job::{JobHandle, JobResult, JobStatus, OperatorMetrics};
     pub use crate::operator::{
         Collector, KeyedOpenContext, KeyedProcessFunction, RuntimeContext, SinkFunction,
@@ -142,14 +141,16 @@ pub mod prelude {
         KeyedContext, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
         OperatorStateStore, ValueState, ValueStateDescriptor,
     };
-    pub use crate::stream::{DataStream, Env, KeyedStream};
-    pub use crate::timers::{TimeDomain, TimerService};
+    pub use crate::stream::{
+        ConnectedKeyedStreams, ConnectedStreams, DataStream, Env, IntervalJoin, KeyedStream,
+        WindowedStream,
+    };
+    pub use crate::time::{TimeDomain, TimerService};
     pub use crate::watermarks::{WatermarkGenerator, WatermarkOutput, WatermarkStrategy};
     pub use crate::window::{
         AggregateFunction, EventTimeSessionWindows, ProcessWindowFunction,
         ProcessingTimeSessionWindows, SlidingEventTimeWindows, SlidingProcessingTimeWindows,
         TimeWindow, TumblingEventTimeWindows, TumblingProcessingTimeWindows, WindowContext,
-        WindowedStream,
     };
     pub use crate::{Error, Result};
 }

@@ -23,7 +23,8 @@ use crate::state::{
     KeyedContext, KeyedStateBackend, OperatorStateStore, PendingKeyedSnapshot, RestoredKeyed,
     ValueState, ValueStateDescriptor,
 };
-use crate::timers::{InternalTimers, TimeDomain};
+use crate::time::TimeDomain;
+use crate::timers::InternalTimers;
 use crate::watermarks::TimestampFn;
 use crate::{Error, Result};
 

@@ -261,7 +261,7 @@ pub trait KeyedProcessFunction<K: Key, I, O>: Send + 'static {
     fn on_timer(
         &mut self,
         timestamp: i64,
-        domain: crate::timers::TimeDomain,
+        domain: crate::time::TimeDomain,
         ctx: &mut KeyedContext<'_, K>,
         out: &mut Collector<'_, O>,
     ) -> Result<()> {

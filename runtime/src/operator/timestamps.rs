@@ -13,7 +13,7 @@ use crate::operator::SourceStatus;
 use crate::record::{AnyBatch, Data};
 use crate::snapshot::{OperatorStateStore, RestoredKeyed};
 use crate::state::PendingKeyedSnapshot;
-use crate::timers::processing_time_now;
+use crate::time::processing_time_now;
 use crate::watermarks::{SplitWatermarks, WatermarkGenerator, WatermarkStrategy};
 use crate::{Error, Result};
 

@@ -438,7 +438,7 @@ pub struct KeyedContext<'a, K: Key> {
     /// The current record's timestamp, or the firing timer's.
     pub(crate) timestamp: Option<i64>,
     /// Timer changes asked for during this call (applied by the operator after it).
-    pub(crate) timers: Vec<crate::timers::TimerOp>,
+    pub(crate) timers: Vec<crate::time::TimerOp>,
     /// Side records emitted during this call (collected by the operator after it).
     pub(crate) side: Vec<crate::side_output::SideRecord>,
 }
@@ -489,8 +489,8 @@ impl<'a, K: Key> KeyedContext<'a, K> {
     }
 
     /// The current key's timers (Flink's `ctx.timerService()`).
-    pub fn timer_service(&mut self) -> crate::timers::TimerService<'_> {
-        crate::timers::TimerService {
+    pub fn timer_service(&mut self) -> crate::time::TimerService<'_> {
+        crate::time::TimerService {
             ops: &mut self.timers,
             watermark: self.watermark,
         }

@@ -195,7 +195,7 @@ pub(super) struct Runner<'a> {
 
 /// The wall clock in ms since the epoch (processing time).
 fn now_i64() -> i64 {
-    crate::timers::processing_time_now()
+    crate::time::processing_time_now()
 }
 
 /// Records per chunk when batches are processed in chunks (unaligned checkpoints).

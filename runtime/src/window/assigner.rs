@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::timers::TimeDomain;
+use crate::time::TimeDomain;
 
 /// A window of time `[start, end)` in ms (Flink's `TimeWindow`).
 #[derive(

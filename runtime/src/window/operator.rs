@@ -37,7 +37,8 @@ use crate::state::{
     KeyedContext, KeyedStateBackend, MapState, MapStateDescriptor, OperatorStateStore,
     PendingKeyedSnapshot, RestoredKeyed,
 };
-use crate::timers::{processing_time_now, InternalTimers, TimeDomain};
+use crate::time::{processing_time_now, TimeDomain};
+use crate::timers::InternalTimers;
 use crate::watermarks::TimestampFn;
 use crate::{Error, Result};
 
