@@ -20,7 +20,9 @@
 //!                      batches ═══ bounded channels (exchange) ═══▶ batches
 //! ```
 //!
-//! - [`stream`]: `Env`, `DataStream`, `KeyedStream`: what users call.
+//! - [`stream`]: `Env`, `DataStream`, `KeyedStream`, and the builders of
+//!   windows (`WindowedStream`) and two-input operators (`ConnectedStreams`,
+//!   `IntervalJoin`): what users call.
 //! - [`graph`]: the logical graph, chaining, the physical plan.
 //! - [`job`]: the job supervisor actor, `JobHandle`, `JobResult`.
 //! - [`deploy`]: the deployment seam between the supervisor and where
@@ -49,6 +51,12 @@
 //!   partitioners, output edges, the input gate.
 //! - [`operator`]: the traits users implement (`SourceFunction`,
 //!   `KeyedProcessFunction`, `SinkFunction`) and the operators that run them.
+//! - Event time: [`watermarks`] (watermark strategies, per-split
+//!   generators, idleness), [`time`] (the clocks and the `TimerService` a
+//!   function registers timers through), [`timers`] (timers kept as keyed
+//!   state), [`window`] (assigners, window functions, the window operator),
+//!   [`connect`] (two inputs in one operator; the interval join),
+//!   [`side_output`] (`OutputTag`). docs/design.md invariant 9.
 //! - [`state`]: keyed state (`ValueState`, `ListState`, `MapState`) and
 //!   operator state, behind a backend enum (heap, RocksDB with the `rocksdb` feature).
 //! - [`snapshot`]: what crosses between the state backends and the
