@@ -149,3 +149,99 @@ fn processing_time_windows_fire_once_each_and_never_early() {
         "{total} of 3000 records counted"
     );
 }
+
+/// Registers one processing-time timer per key, `delay_ms` after the key's first record.
+#[derive(Clone)]
+struct Later {
+    delay_ms: i64,
+    seen: Option<ValueState<bool>>,
+}
+
+impl KeyedProcessFunction<u64, u64, Fired> for Later {
+    fn open(&mut self, ctx: &mut KeyedOpenContext<'_, u64>) -> Result<()> {
+        self.seen = Some(ctx.value_state(&ValueStateDescriptor::new("seen"))?);
+        Ok(())
+    }
+    fn process_element(
+        &mut self,
+        _: u64,
+        ctx: &mut KeyedContext<'_, u64>,
+        _: &mut Collector<'_, Fired>,
+    ) -> Result<()> {
+        let seen = self.seen.unwrap();
+        if seen.value(ctx)?.is_none() {
+            seen.update(ctx, true)?;
+            let now = ctx.timer_service().current_processing_time();
+            ctx.timer_service()
+                .register_processing_time_timer(now + self.delay_ms);
+        }
+        Ok(())
+    }
+    fn on_timer(
+        &mut self,
+        ts: i64,
+        _: TimeDomain,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Collector<'_, Fired>,
+    ) -> Result<()> {
+        out.collect((*ctx.key(), ts, processing_time_now(), 0));
+        Ok(())
+    }
+}
+
+/// Timers are in the savepoint; those whose time passed while the job was
+/// down fire as soon as the restored job runs, once.
+#[test]
+fn processing_time_timers_that_passed_while_down_fire_on_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = |restore: Option<&std::path::Path>, sp: &str, ms: u64| {
+        let mut c = Conf::defaults();
+        c.set(
+            "execution.checkpointing.dir",
+            dir.path().join("ckpt").display(),
+        )
+        .unwrap();
+        c.set("parallelism.default", 2).unwrap();
+        if let Some(r) = restore {
+            c.set("execution.state-recovery.path", r.display()).unwrap();
+        }
+        let env = Env::from_conf(c).unwrap();
+        let sink = CollectSink::<Fired>::new();
+        let got = sink.handle();
+        env.add_source(GeneratorSource::new(1, None, |i, _| i % 10).with_rate(1_000.0))
+            .key_by(|v: &u64| *v)
+            .process(Later {
+                delay_ms: 1_000,
+                seen: None,
+            })
+            .name("Later")
+            .add_sink(sink);
+        let job = env.execute_async("timers across a restore").unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        let sp = job
+            .stop_with_savepoint(Some(&dir.path().join(sp)), false)
+            .unwrap();
+        job.wait().unwrap();
+        (sp, got.take())
+    };
+    // The first run stops before any timer is due.
+    let (sp, fired) = job(None, "sp1", 300);
+    assert!(fired.is_empty(), "fired before their time: {fired:?}");
+    std::thread::sleep(Duration::from_millis(1_000));
+    // Due by now: the restored run fires all ten at once, once each.
+    let started = processing_time_now();
+    let (_, fired) = job(Some(&sp), "sp2", 600);
+    let mut keys: Vec<u64> = fired.iter().map(|f| f.0).collect();
+    keys.sort();
+    assert_eq!(keys, (0..10).collect::<Vec<_>>(), "{fired:?}");
+    for (k, ts, at, _) in fired {
+        assert!(
+            ts < started,
+            "key {k}: a timer of the restored run, not of the first"
+        );
+        assert!(
+            at >= ts && at - started < 600,
+            "key {k}: due at {ts}, fired at {at}"
+        );
+    }
+}
