@@ -418,13 +418,26 @@ pub struct OperatorCounters {
 }
 
 /// The record counters of one subtask of an operator.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(64))]
 pub struct SubtaskCounts {
     /// Records that entered the operator (Flink's `numRecordsIn`).
     pub records_in: AtomicU64,
     /// Records the operator emitted (Flink's `numRecordsOut`).
     pub records_out: AtomicU64,
+    /// The last watermark the operator received (Flink's
+    /// `currentInputWatermark`; `i64::MIN` before the first).
+    pub input_watermark: std::sync::atomic::AtomicI64,
+}
+
+impl Default for SubtaskCounts {
+    fn default() -> Self {
+        SubtaskCounts {
+            records_in: AtomicU64::new(0),
+            records_out: AtomicU64::new(0),
+            input_watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
+        }
+    }
 }
 
 impl OperatorCounters {
@@ -457,6 +470,15 @@ impl OperatorCounters {
             .map(|s| s.records_out.load(Ordering::Relaxed))
             .sum()
     }
+
+    /// The smallest input watermark over the subtasks (`i64::MIN`: not every subtask has one).
+    pub fn input_watermark(&self) -> i64 {
+        self.subtasks
+            .iter()
+            .map(|s| s.input_watermark.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(i64::MIN)
+    }
 }
 
 /// One subtask's handle on its operator's counters.
@@ -484,6 +506,13 @@ impl SubtaskCounter {
         self.op.subtasks[self.index]
             .records_out
             .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The operator received watermark `w` (once per watermark, not per record).
+    pub(crate) fn set_input_watermark(&self, w: i64) {
+        self.op.subtasks[self.index]
+            .input_watermark
+            .store(w, Ordering::Relaxed);
     }
 }
 

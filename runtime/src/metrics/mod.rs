@@ -251,6 +251,8 @@ pub struct OperatorMetricsSnapshot {
     pub num_records_in_per_second: f64,
     /// `numRecordsOutPerSecond`.
     pub num_records_out_per_second: f64,
+    /// `currentInputWatermark`: the smallest over the subtasks (`i64::MIN`: none yet).
+    pub current_input_watermark: i64,
     /// The same, per subtask.
     pub subtasks: Vec<OperatorSubtaskMetrics>,
 }
@@ -268,6 +270,8 @@ pub struct OperatorSubtaskMetrics {
     pub num_records_in_per_second: f64,
     /// `numRecordsOutPerSecond`.
     pub num_records_out_per_second: f64,
+    /// `currentInputWatermark` (`i64::MIN`: none yet).
+    pub current_input_watermark: i64,
 }
 
 /// Metrics of one task (operator chain): time and back pressure per subtask.
@@ -358,6 +362,7 @@ impl JobMetrics {
                         num_records_out: c.records_out.load(Ordering::Relaxed),
                         num_records_in_per_second: at(&rates.records_in, o, i),
                         num_records_out_per_second: at(&rates.records_out, o, i),
+                        current_input_watermark: c.input_watermark.load(Ordering::Relaxed),
                     })
                     .collect();
                 OperatorMetricsSnapshot {
@@ -374,6 +379,11 @@ impl JobMetrics {
                         .iter()
                         .map(|s| s.num_records_out_per_second)
                         .sum(),
+                    current_input_watermark: subtasks
+                        .iter()
+                        .map(|s| s.current_input_watermark)
+                        .min()
+                        .unwrap_or(i64::MIN),
                     subtasks,
                 }
             })
@@ -645,6 +655,13 @@ fn add_operator_subtasks(f: &mut Families, j: &JobMetrics, job: &str) {
                 "records out per second over the last second",
                 &l,
                 s.num_records_out_per_second,
+            );
+            f.add(
+                "weir_operator_currentInputWatermark",
+                "gauge",
+                "the last watermark the operator received, ms since the epoch (-9223372036854775808: none yet)",
+                &l,
+                s.current_input_watermark as f64,
             );
         }
     }

@@ -53,6 +53,10 @@ pub(super) fn router() -> Router {
             "/jobs/{id}/vertices/{vertex}/backpressure",
             get(vertex_backpressure),
         )
+        .route(
+            "/jobs/{id}/vertices/{vertex}/watermarks",
+            get(vertex_watermarks),
+        )
         .route("/jobs/{id}/metrics", get(job_metrics))
         .route("/jobs/{id}/regions", get(regions))
         .route("/jobs/{id}/subtasks/{name}/{index}/kill", post(kill))
@@ -517,6 +521,33 @@ async fn vertex_backpressure(Path((id, vertex)): Path<(String, String)>) -> ApiR
         "end-timestamp": crate::checkpoint::now_ms(),
         "subtasks": subtasks,
     })))
+}
+
+/// Flink's `/jobs/:jobid/vertices/:vertexid/watermarks`: the input
+/// watermark of the vertex's first operator, per subtask, as
+/// `{"id": "<subtask>.currentInputWatermark", "value": "<ms>"}` (Flink's
+/// metric list shape; `i64::MIN` before the first watermark).
+async fn vertex_watermarks(Path((id, vertex)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let job = job_of(&id)?;
+    let c = (0..job.plan.chains.len())
+        .find(|c| docs::vertex_id(&job.job_id, *c) == vertex)
+        .ok_or_else(|| ApiError::NotFound(format!("Job {id} has no vertex {vertex}")))?;
+    let m = job.metrics();
+    let head = m.operators.iter().find(|o| o.task == c);
+    let list: Vec<Value> = head
+        .map(|h| {
+            h.subtasks
+                .iter()
+                .map(|s| {
+                    json!({
+                        "id": format!("{}.currentInputWatermark", s.index),
+                        "value": s.current_input_watermark.to_string(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Json(Value::Array(list)))
 }
 
 async fn exceptions(Path(id): Path<String>) -> ApiResult<Json<Value>> {

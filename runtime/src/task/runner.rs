@@ -559,6 +559,7 @@ impl<'a> Runner<'a> {
         for k in from..self.spec.ops.len() {
             let out = {
                 let op = &mut self.spec.ops[k];
+                op.counters.set_input_watermark(w);
                 guarded(&op.ctx, || op.op.on_watermark(w))?
             };
             if let Some(b) = out.records {
