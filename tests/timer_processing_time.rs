@@ -85,7 +85,7 @@ fn processing_time_timers_fire_once_on_time_and_deleted_ones_never() {
         let (_, ts, at, n) = f[0];
         assert!(at >= ts, "key {k}: fired at {at}, before its time {ts}");
         assert!(
-            n >= 1 && n < 200,
+            (1..200).contains(&n),
             "key {k}: fired during the run, with {n} records seen"
         );
     }
@@ -145,7 +145,7 @@ fn processing_time_windows_fire_once_each_and_never_early() {
         windows.len()
     );
     assert!(
-        total <= 3_000 && total >= 2_000,
+        (2_000..=3_000).contains(&total),
         "{total} of 3000 records counted"
     );
 }

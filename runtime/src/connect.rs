@@ -241,8 +241,11 @@ impl<A, B, J: Clone> Clone for IntervalJoinFn<A, B, J> {
     }
 }
 
+/// Each side's buffer: timestamp -> records at it.
+type Buffers<A, B> = (MapState<i64, Vec<A>>, MapState<i64, Vec<B>>);
+
 impl<A: Data + Clone, B: Data + Clone, J> IntervalJoinFn<A, B, J> {
-    fn states(&self) -> Result<(MapState<i64, Vec<A>>, MapState<i64, Vec<B>>)> {
+    fn states(&self) -> Result<Buffers<A, B>> {
         match (self.left, self.right) {
             (Some(l), Some(r)) => Ok((l, r)),
             _ => Err(crate::Error::Internal(

@@ -32,16 +32,14 @@ pub struct IntervalJoin<A, B, K, FA, FB> {
 }
 
 impl<A: Data, B: Data> ConnectedStreams<A, B> {
-    /// Both inputs wrapped, and whether both have timestamps.
-    fn wrapped(&self) -> (DataStream<CoInput<A, B>>, DataStream<CoInput<A, B>>, bool) {
-        let both = self.first.timestamps.is_some() && self.second.timestamps.is_some();
-        (
+    /// Both inputs wrapped.
+    fn wrapped(&self) -> [DataStream<CoInput<A, B>>; 2] {
+        [
             self.first
                 .wrapped("Connect(1)", |a, t| CoInput::First(a, t)),
             self.second
                 .wrapped("Connect(2)", |b, t| CoInput::Second(b, t)),
-            both,
-        )
+        ]
     }
 
     /// The two-input operator made by `factory`, fed by both inputs over `ship`.
@@ -51,7 +49,7 @@ impl<A: Data, B: Data> ConnectedStreams<A, B> {
         factory: Arc<dyn Fn() -> Box<dyn ChainOp> + Send + Sync>,
         ship: impl Fn(&DataStream<CoInput<A, B>>) -> Ship,
     ) -> DataStream<O> {
-        let (a, b, _) = self.wrapped();
+        let [a, b] = self.wrapped();
         let inputs = vec![
             Edge {
                 from: a.node,

@@ -616,14 +616,14 @@ impl<'a> Runner<'a> {
     /// timers, periodic watermarks), passing on what it emits.
     async fn processing_time(&mut self) -> Result<()> {
         let now = now_i64();
-        if !self.next_processing_time().is_some_and(|t| t <= now) {
+        if self.next_processing_time().is_none_or(|t| t > now) {
             return Ok(());
         }
         for k in 0..self.spec.ops.len() {
-            if !self.spec.ops[k]
+            if self.spec.ops[k]
                 .op
                 .next_processing_time()
-                .is_some_and(|t| t <= now)
+                .is_none_or(|t| t > now)
             {
                 continue;
             }

@@ -95,12 +95,10 @@ impl WatermarkValve {
             .map(|i| self.inputs[i])
             .min();
         match min {
-            None if open > 0 => {
-                // Every open input is idle: so is this subtask.
-                if !self.output_idle {
-                    self.output_idle = true;
-                    out.idle = Some(true);
-                }
+            // Every open input is idle: so is this subtask.
+            None if open > 0 && !self.output_idle => {
+                self.output_idle = true;
+                out.idle = Some(true);
             }
             None => {}
             Some(min) => {
