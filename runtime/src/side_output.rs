@@ -3,14 +3,14 @@
 //! A function emits to a side output with
 //! [`KeyedContext::output`](crate::state::KeyedContext::output); a window
 //! operator sends its late records to one with
-//! [`WindowedStream::side_output_late_data`](crate::window::WindowedStream::side_output_late_data).
+//! [`WindowedStream::side_output_late_data`](crate::stream::WindowedStream::side_output_late_data).
 //! [`DataStream::get_side_output`](crate::stream::DataStream::get_side_output)
 //! is the stream of a tag's records. A tag is its name and its record type:
 //! two tags with the same name must have the same type.
 //!
 //! # How side records travel
 //! The operator collects side records per tag into batches
-//! ([`SideOutputs`]) next to its main output. An operator whose side output
+//! (`SideOutputs`) next to its main output. An operator whose side output
 //! is consumed ends its chain (the plan never chains over a side edge), so
 //! its side batches go straight to the output edges of their tag while its
 //! main batches go to the main edges; side records of a tag nobody consumes

@@ -16,7 +16,7 @@
 //! and moves with its key group when a job is rescaled, on the heap and the
 //! RocksDB backend alike. What is kept in memory besides is only an index
 //! (timestamp -> keys) for finding due timers, rebuilt from the state after
-//! a restore ([`InternalTimers::rebuild`]). The state is the truth: an index
+//! a restore (`InternalTimers::rebuild`). The state is the truth: an index
 //! entry whose state entry is gone (deleted, or fired already) is skipped
 //! when it comes due, so deletion never searches the index.
 //!

@@ -12,7 +12,7 @@
 //! timestamp seen - bound - 1) and
 //! [`WatermarkStrategy::for_monotonous_timestamps`] (bound 0).
 //!
-//! # Per split, combined per subtask ([`SplitWatermarks`])
+//! # Per split, combined per subtask (`SplitWatermarks`)
 //! With [`Env::from_source`](crate::stream::Env::from_source) each split a
 //! source subtask reads gets its own generator; the subtask's watermark is
 //! the minimum over its splits that are neither idle nor finished, and it

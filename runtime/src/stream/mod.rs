@@ -665,8 +665,8 @@ impl<T: Data> DataStream<T> {
     }
 
     /// Connects this stream with `other` for a two-input operator
-    /// ([`crate::connect`]): `process` with a [`CoProcessFunction`], or
-    /// `key_by` both sides first for a [`KeyedCoProcessFunction`].
+    /// ([`crate::connect`]): `process` with a [`CoProcessFunction`](crate::connect::CoProcessFunction), or
+    /// `key_by` both sides first for a [`KeyedCoProcessFunction`](crate::connect::KeyedCoProcessFunction).
     pub fn connect<B: Data>(&self, other: &DataStream<B>) -> ConnectedStreams<T, B> {
         ConnectedStreams {
             first: self.clone(),
