@@ -13,6 +13,7 @@ pub use weir_runtime as runtime;
 
 pub mod cli;
 pub mod client;
+pub mod visit_windows;
 pub mod wordcount;
 
 /// Everything a job needs: the DataStream API, state, and the stock sources and sinks.
