@@ -457,6 +457,24 @@ impl<'a, K: Key> KeyedContext<'a, K> {
         }
     }
 
+    /// A context for `key` whose key group is `kg` (a namespaced key such
+    /// as `(key, window)` lives in its key's group, not its own hash's).
+    pub(crate) fn with_key_group(
+        key: &'a K,
+        kg: u16,
+        backend: &'a mut KeyedStateBackend<K>,
+    ) -> Self {
+        KeyedContext {
+            key,
+            backend,
+            watermark: i64::MIN,
+            kg,
+            timestamp: None,
+            timers: Vec::new(),
+            side: Vec::new(),
+        }
+    }
+
     /// The same with the operator's watermark and the record's timestamp.
     pub(crate) fn at(mut self, watermark: i64, timestamp: Option<i64>) -> Self {
         self.watermark = watermark;
@@ -554,6 +572,47 @@ impl<T: Data + Clone> ValueState<T> {
                 }
             },
             h.value_update_with::<T>(self.id, kg, ctx.key, f))
+    }
+
+    /// Changes the current key's value in place: `init()` when it has
+    /// none, then `f` on it; says whether the value is new. (Heap: one
+    /// lookup, no copy; RocksDB: in the value cache.)
+    #[inline]
+    pub fn modify<K: Key>(
+        &self,
+        ctx: &mut KeyedContext<'_, K>,
+        init: impl FnOnce() -> T,
+        f: impl FnOnce(&mut T),
+    ) -> Result<bool> {
+        let kg = ctx.key_group();
+        dispatch!(&mut *ctx.backend, h => {
+                let m = h.table_mut::<heap::ValueTable<K, T>>(self.id)?.map.shard_mut(kg)?;
+                match m.get_mut(ctx.key) {
+                    Some(v) => {
+                        f(v);
+                        Ok(false)
+                    }
+                    None => {
+                        let mut v = init();
+                        f(&mut v);
+                        m.insert(ctx.key.clone(), v);
+                        Ok(true)
+                    }
+                }
+            },
+            h.value_modify::<T>(self.id, kg, ctx.key, init, f))
+    }
+
+    /// Every `(key, value)` of this state over all keys of the backend
+    /// (for rebuilding in-memory indexes after a restore).
+    pub fn all_entries<K: Key>(&self, backend: &mut KeyedStateBackend<K>) -> Result<Vec<(K, T)>> {
+        dispatch!(backend, h => Ok(h
+                .table::<heap::ValueTable<K, T>>(self.id)?
+                .map
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()),
+            h.value_all_entries::<T>(self.id))
     }
 
     /// Removes the current key's value.

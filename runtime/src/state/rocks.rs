@@ -60,7 +60,7 @@ use serde::Serialize;
 use super::BackendScope;
 use super::{KeyedStateSnapshot, StateKind, StateSnapshot, UploadTarget, UploadedKeyed};
 use crate::checkpoint::storage::{copy_crc, link_or_copy_crc};
-use crate::keygroup::{key_group_for, KeyGroupRange};
+use crate::keygroup::KeyGroupRange;
 use crate::record::{Data, Key};
 use crate::snapshot::{KeyedStateHandle, RocksStateHandle, StateFile};
 use crate::{Error, Result};
@@ -171,11 +171,13 @@ trait Column<K>: Send {
 struct Slot<T> {
     value: Option<T>,
     dirty: bool,
+    /// The key group the entry is written under (a namespaced key's group
+    /// is its key's, not the hash of the whole key).
+    kg: u16,
 }
 
 struct ValueColumn<K, T> {
     cache: FxHashMap<K, Slot<T>>,
-    max_parallelism: usize,
 }
 
 impl<K: Key, T: Data + Clone> Column<K> for ValueColumn<K, T> {
@@ -193,7 +195,7 @@ impl<K: Key, T: Data + Clone> Column<K> for ValueColumn<K, T> {
     ) -> Result<()> {
         let mut val = Vec::new();
         for (k, slot) in self.cache.iter_mut().filter(|(_, s)| s.dirty) {
-            encode_key(buf, key_group_for(k, self.max_parallelism), k)?;
+            encode_key(buf, slot.kg, k)?;
             match &slot.value {
                 Some(v) => {
                     val.clear();
@@ -323,7 +325,6 @@ struct Tracker {
 /// RocksDB keyed state of one subtask.
 pub struct RocksKeyedStateBackend<K> {
     range: KeyGroupRange,
-    max_parallelism: usize,
     db: Option<DB>,
     /// The instance's working directory (database, local checkpoints, restores).
     root: PathBuf,
@@ -423,7 +424,6 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         write_opts.disable_wal(true);
         Ok(RocksKeyedStateBackend {
             range: ctx.key_groups,
-            max_parallelism: ctx.max_parallelism,
             db: Some(db),
             root,
             instance,
@@ -482,10 +482,8 @@ impl<K: Key> RocksKeyedStateBackend<K> {
     }
 
     pub(crate) fn register_value<T: Data + Clone>(&mut self, name: &str) -> Result<usize> {
-        let max_parallelism = self.max_parallelism_hint();
         self.register(name, StateKind::Value, || ValueColumn::<K, T> {
             cache: FxHashMap::default(),
-            max_parallelism,
         })
     }
 
@@ -501,10 +499,6 @@ impl<K: Key> RocksKeyedStateBackend<K> {
             map: true,
             _t: std::marker::PhantomData,
         })
-    }
-
-    fn max_parallelism_hint(&self) -> usize {
-        self.max_parallelism
     }
 
     fn state(&self, id: usize) -> Result<&Registered<K>> {
@@ -596,7 +590,14 @@ impl<K: Key> RocksKeyedStateBackend<K> {
                 slot.dirty = true;
             }
             None => {
-                col.cache.insert(key.clone(), Slot { value, dirty: true });
+                col.cache.insert(
+                    key.clone(),
+                    Slot {
+                        value,
+                        dirty: true,
+                        kg,
+                    },
+                );
             }
         }
         Ok(())
@@ -643,11 +644,90 @@ impl<K: Key> RocksKeyedStateBackend<K> {
                     Slot {
                         value: Some(new.clone()),
                         dirty: true,
+                        kg,
                     },
                 );
                 Ok(new)
             }
         }
+    }
+
+    /// Changes a value in place (`init()` when there is none, then `f`);
+    /// says whether it is new.
+    pub(crate) fn value_modify<T: Data + Clone>(
+        &mut self,
+        id: usize,
+        kg: u16,
+        key: &K,
+        init: impl FnOnce() -> T,
+        f: impl FnOnce(&mut T),
+    ) -> Result<bool> {
+        if self.cache_entries == 0 {
+            let cf = &self.state(id)?.cf;
+            let old: Option<T> = self.db_get(cf, kg, key)?;
+            let new = old.is_none();
+            let mut v = old.unwrap_or_else(init);
+            f(&mut v);
+            self.db_put(cf, kg, key, Some(&v))?;
+            return Ok(new);
+        }
+        let loaded: Option<Option<T>> = if self.value_column::<T>(id)?.cache.contains_key(key) {
+            None
+        } else {
+            Some(self.db_get(&self.states[id].cf, kg, key)?)
+        };
+        let col = self
+            .states
+            .get_mut(id)
+            .and_then(|s| s.column.as_any_mut().downcast_mut::<ValueColumn<K, T>>())
+            .ok_or_else(|| Error::Internal(format!("state handle {id} has another type")))?;
+        match loaded {
+            None => {
+                let slot = col
+                    .cache
+                    .get_mut(key)
+                    .ok_or_else(|| Error::Internal("value cache entry vanished".into()))?;
+                let new = slot.value.is_none();
+                f(slot.value.get_or_insert_with(init));
+                slot.dirty = true;
+                Ok(new)
+            }
+            Some(old) => {
+                let new = old.is_none();
+                let mut v = old.unwrap_or_else(init);
+                f(&mut v);
+                col.cache.insert(
+                    key.clone(),
+                    Slot {
+                        value: Some(v),
+                        dirty: true,
+                        kg,
+                    },
+                );
+                Ok(new)
+            }
+        }
+    }
+
+    /// Every `(key, value)` of value state `id`, over all key groups.
+    pub(crate) fn value_all_entries<T: Data + Clone>(&mut self, id: usize) -> Result<Vec<(K, T)>> {
+        self.write_back(false)?;
+        let db = db_of(&self.db)?;
+        let cf = cf_of(db, &self.state(id)?.cf)?;
+        let mut it = db.raw_iterator_cf(cf);
+        it.seek_to_first();
+        let mut out = Vec::new();
+        while it.valid() {
+            if let (Some(k), Some(v)) = (it.key(), it.value()) {
+                let key = k
+                    .get(2..)
+                    .ok_or_else(|| Error::StateBackend("malformed value-state key".into()))?;
+                out.push((decode(key)?, decode(v)?));
+            }
+            it.next();
+        }
+        it.status().map_err(db_err)?;
+        Ok(out)
     }
 
     /// Writes the value caches back (all of them, or only those over their size).

@@ -1,41 +1,49 @@
 //! The window operator (Flink's `WindowOperator` with the default
-//! triggers): per key and window one accumulator in keyed map state
-//! (`window-contents`, user key = the window), and per window its timers
-//! ([`crate::timers`], namespace = the window).
+//! triggers). Window state is keyed state, kept two ways:
+//!
+//! - **Tumbling and sliding windows** (`Flat`): one value per `(key,
+//!   window)` (`window-contents`: the accumulator and whether the window
+//!   fired already) in a backend keyed by `(key, window)` whose entries
+//!   live in their *key's* key group, so they split by key group on a
+//!   rescale like any keyed state. A record updates its windows in place
+//!   (one hash lookup each on the heap; RocksDB's value cache). Their
+//!   timers are not stored apart: every window in the state has exactly
+//!   one pending timer, its firing time (`max_timestamp`) until it fired
+//!   and its cleanup time (`max_timestamp + allowed_lateness`) after, so
+//!   the in-memory timer index is rebuilt from the state on restore.
+//! - **Session windows** (`Merging`): a record's window merges with the
+//!   windows of its key it touches, which needs the key's windows: a map
+//!   per key (`window-contents`, user key = the window), with timers as
+//!   keyed state ([`crate::timers`], namespace = the window).
 //!
 //! One record's way: its key and timestamp (event time: the stream's
 //! timestamps; processing time: the clock) -> the assigner's windows ->
 //! for each window not already past its cleanup time: add to its
-//! accumulator; a new window registers its firing timer at
-//! `max_timestamp` and, with allowed lateness, its cleanup timer at
-//! `max_timestamp + lateness`; a window the watermark has passed already
-//! (a late record within the allowed lateness) fires again at once. A record
-//! all of whose windows are past cleanup is late: it goes to the late-data
-//! side output, or is dropped.
+//! accumulator; a new window's timer is set; a window the watermark has
+//! passed already (a late record within the allowed lateness) fires again
+//! at once. A record all of whose windows are past cleanup is late: it
+//! goes to the late-data side output, or is dropped.
 //!
-//! One watermark's way: the event-time timers up to it fire in timestamp
-//! order: a firing timer emits the window's result; a cleanup timer (or
-//! the firing timer when there is no lateness) removes the window's
-//! state. So a window's state and timers live exactly until the watermark
-//! passes `max_timestamp + allowed_lateness`.
-//!
-//! Session windows (merging): a record's window `[t, t + gap)` merges
-//! with every window of its key it touches; their accumulators merge into
-//! the covering window, whose timers replace theirs. The merged window is
-//! ordinary state from then on, so it survives checkpoints and rescaling
-//! like any other.
+//! One watermark's way: the timers up to it fire in timestamp order: a
+//! firing timer emits the window's result (and, without lateness, removes
+//! its state); a cleanup timer removes the window's state. So a window's
+//! state and timers live exactly until the watermark passes
+//! `max_timestamp + allowed_lateness`. Processing-time windows fire and go
+//! when the clock passes their end.
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::function::{WindowContext, WindowFn};
 use super::{TimeWindow, WindowAssigner};
+use crate::keygroup::key_group_for;
 use crate::operator::{non_empty, ChainOp, Collector, RuntimeContext, WatermarkOut};
 use crate::record::{downcast, AnyBatch, Data, Key};
 use crate::side_output::{OutputTag, SideOutputs};
 use crate::state::{
     KeyedContext, KeyedStateBackend, MapState, MapStateDescriptor, OperatorStateStore,
-    PendingKeyedSnapshot, RestoredKeyed,
+    PendingKeyedSnapshot, RestoredKeyed, ValueState, ValueStateDescriptor,
 };
 use crate::time::{processing_time_now, TimeDomain};
 use crate::timers::InternalTimers;
@@ -45,16 +53,67 @@ use crate::{Error, Result};
 /// The keyed state of window contents.
 const CONTENTS: &str = "window-contents";
 
+/// A window's accumulator and whether it fired already (flat store).
+type Slot<A> = (A, bool);
+
+/// Tumbling and sliding windows: a value per (key, window); the timer
+/// index derived from it.
+struct Flat<K: Key, A> {
+    backend: KeyedStateBackend<(K, TimeWindow)>,
+    contents: ValueState<Slot<A>>,
+    /// Due time -> windows; each window in the state has one entry.
+    index: BTreeMap<i64, Vec<(K, TimeWindow)>>,
+}
+
+/// Session windows: a map of windows per key, timers as keyed state.
+struct Merging<K: Key, A> {
+    backend: KeyedStateBackend<K>,
+    contents: MapState<TimeWindow, A>,
+    timers: InternalTimers<K, TimeWindow>,
+}
+
+enum Store<K: Key, A> {
+    Flat(Flat<K, A>),
+    Merging(Merging<K, A>),
+}
+
+/// Which clock and bounds a window operator works with (copied out so
+/// the stores can be borrowed while they are used).
+#[derive(Clone, Copy)]
+struct Times {
+    event_time: bool,
+    lateness: i64,
+    watermark: i64,
+}
+
+impl Times {
+    /// When a window's state goes: the end of its allowed lateness (event
+    /// time) or its end (processing time).
+    fn cleanup(&self, w: &TimeWindow) -> i64 {
+        if self.event_time {
+            w.max_timestamp().saturating_add(self.lateness)
+        } else {
+            w.max_timestamp()
+        }
+    }
+    /// A window past its cleanup time takes no more records.
+    fn is_late(&self, w: &TimeWindow) -> bool {
+        self.event_time && self.cleanup(w) <= self.watermark
+    }
+    /// A window the watermark has passed fires again with each record.
+    fn fires_now(&self, w: &TimeWindow) -> bool {
+        self.event_time && w.max_timestamp() <= self.watermark
+    }
+}
+
 pub(crate) struct WindowOperator<K: Key, T, W: WindowFn<K, T>, KS> {
-    pub(crate) assigner: WindowAssigner,
-    pub(crate) lateness: i64,
-    pub(crate) late: Option<OutputTag<T>>,
-    pub(crate) function: W,
-    pub(crate) selector: Arc<KS>,
-    pub(crate) timestamps: Option<TimestampFn<T>>,
-    backend: Option<KeyedStateBackend<K>>,
-    timers: Option<InternalTimers<K, TimeWindow>>,
-    contents: Option<MapState<TimeWindow, W::Acc>>,
+    assigner: WindowAssigner,
+    lateness: i64,
+    late: Option<OutputTag<T>>,
+    function: W,
+    selector: Arc<KS>,
+    timestamps: Option<TimestampFn<T>>,
+    store: Option<Store<K, W::Acc>>,
     watermark: i64,
     max_parallelism: usize,
     ts_buf: Vec<i64>,
@@ -85,9 +144,7 @@ where
             function,
             selector,
             timestamps,
-            backend: None,
-            timers: None,
-            contents: None,
+            store: None,
             watermark: i64::MIN,
             max_parallelism: 0,
             ts_buf: Vec::new(),
@@ -97,207 +154,221 @@ where
         }
     }
 
-    fn event_time(&self) -> bool {
-        self.assigner.domain() == TimeDomain::EventTime
-    }
-
-    /// When a window's state goes: the end of its allowed lateness (event
-    /// time) or its end (processing time).
-    fn cleanup_time(&self, w: &TimeWindow) -> i64 {
-        if self.event_time() {
-            w.max_timestamp().saturating_add(self.lateness)
-        } else {
-            w.max_timestamp()
+    fn times(&self) -> Times {
+        Times {
+            event_time: self.assigner.domain() == TimeDomain::EventTime,
+            lateness: self.lateness,
+            watermark: self.watermark,
         }
     }
 
-    fn context(&self, window: TimeWindow) -> WindowContext {
-        WindowContext {
-            window,
-            current_watermark: self.watermark,
-            current_processing_time: processing_time_now(),
-        }
-    }
-}
-
-/// The parts of the operator one record's handling needs at once.
-struct Parts<'a, K: Key, T, W: WindowFn<K, T>> {
-    backend: &'a mut KeyedStateBackend<K>,
-    timers: &'a mut InternalTimers<K, TimeWindow>,
-    contents: MapState<TimeWindow, W::Acc>,
-    function: &'a mut W,
-}
-
-impl<K, T, W, KS> WindowOperator<K, T, W, KS>
-where
-    K: Key,
-    T: Data,
-    W: WindowFn<K, T>,
-    KS: Fn(&T) -> K + Send + Sync + 'static,
-{
-    fn parts(&mut self) -> Result<Parts<'_, K, T, W>> {
-        match (self.backend.as_mut(), self.timers.as_mut(), self.contents) {
-            (Some(backend), Some(timers), Some(contents)) => Ok(Parts {
-                backend,
-                timers,
-                contents,
-                function: &mut self.function,
-            }),
-            _ => Err(Error::Internal("window operator used before open".into())),
-        }
-    }
-
-    /// Registers a window's timers (firing, and cleanup when it differs).
-    fn register_timers(
-        timers: &mut InternalTimers<K, TimeWindow>,
-        ctx: &mut KeyedContext<'_, K>,
-        domain: TimeDomain,
-        w: TimeWindow,
-        cleanup: i64,
-    ) -> Result<()> {
-        timers.register(ctx, domain, w.max_timestamp(), w)?;
-        if cleanup != w.max_timestamp() {
-            timers.register(ctx, domain, cleanup, w)?;
-        }
-        Ok(())
-    }
-
-    /// Emits window `w` of `key` (if it has contents).
-    fn emit(&mut self, key: &K, w: TimeWindow, out: &mut Vec<W::Out>) -> Result<()> {
-        let context = self.context(w);
-        let mp = self.max_parallelism;
-        let p = self.parts()?;
-        let ctx = KeyedContext::new(key, p.backend, mp);
-        if let Some(acc) = p.contents.get(&ctx, &w)? {
-            p.function
-                .emit(key, &context, &acc, &mut Collector::new(out))?;
-        }
-        Ok(())
+    fn store(&mut self) -> Result<&mut Store<K, W::Acc>> {
+        self.store
+            .as_mut()
+            .ok_or_else(|| Error::Internal("window operator used before open".into()))
     }
 
     /// One record of a non-merging assigner: whether it was late for all its windows.
-    fn add_record(&mut self, value: &T, ts: i64, out: &mut Vec<W::Out>) -> Result<bool> {
+    fn add_flat(&mut self, value: &T, ts: i64, out: &mut Vec<W::Out>) -> Result<bool> {
         let key = (self.selector)(value);
-        let domain = self.assigner.domain();
+        let kg = key_group_for(&key, self.max_parallelism);
+        let times = self.times();
         let mut windows = std::mem::take(&mut self.windows);
         self.assigner.assign(ts, &mut windows);
-        let (event_time, watermark, lateness, mp) = (
-            self.event_time(),
-            self.watermark,
-            self.lateness,
-            self.max_parallelism,
-        );
         let mut all_late = true;
-        let mut fire_now = Vec::new();
-        {
-            let p = self.parts()?;
-            let mut ctx = KeyedContext::new(&key, p.backend, mp);
-            let f = &*p.function;
-            for w in &windows {
-                let cleanup = if event_time {
-                    w.max_timestamp().saturating_add(lateness)
+        let Some(Store::Flat(flat)) = self.store.as_mut() else {
+            return Err(Error::Internal("flat window store expected".into()));
+        };
+        let f = &mut self.function;
+        for w in &windows {
+            if times.is_late(w) {
+                continue;
+            }
+            all_late = false;
+            let nk = (key.clone(), *w);
+            // Late within the allowed lateness: the window fires again
+            // with this record (and counts as fired from then on).
+            let fire_now = times.fires_now(w);
+            let mut ctx = KeyedContext::with_key_group(&nk, kg, &mut flat.backend);
+            let new = flat.contents.modify(
+                &mut ctx,
+                || (f.create(), false),
+                |s| {
+                    f.add(&mut s.0, value);
+                    s.1 |= fire_now;
+                },
+            )?;
+            if fire_now {
+                if let Some((acc, _)) = flat.contents.value(&ctx)? {
+                    let context = WindowContext {
+                        window: *w,
+                        current_watermark: times.watermark,
+                        current_processing_time: processing_time_now(),
+                    };
+                    f.emit(&key, &context, &acc, &mut Collector::new(out))?;
+                }
+            }
+            if new {
+                // Its one pending timer: firing, or cleanup once fired.
+                let due = if fire_now {
+                    times.cleanup(w)
                 } else {
                     w.max_timestamp()
                 };
-                if event_time && cleanup <= watermark {
-                    continue;
-                }
-                all_late = false;
-                let new =
-                    p.contents
-                        .update_with(&mut ctx, w, || f.create(), |acc| f.add(acc, value))?;
-                if new {
-                    Self::register_timers(p.timers, &mut ctx, domain, *w, cleanup)?;
-                }
-                if event_time && w.max_timestamp() <= watermark {
-                    // Late within the allowed lateness: fire again with this record.
-                    fire_now.push(*w);
-                }
+                flat.index.entry(due).or_default().push(nk);
             }
         }
         self.windows = windows;
-        for w in fire_now {
-            self.emit(&key, w, out)?;
-        }
         Ok(all_late)
     }
 
-    /// One record of a merging assigner (sessions).
+    /// Fires the flat store's windows due at `time`.
+    fn fire_flat(&mut self, time: i64, out: &mut Vec<W::Out>) -> Result<()> {
+        let times = self.times();
+        let mp = self.max_parallelism;
+        let now = processing_time_now();
+        let Some(Store::Flat(flat)) = self.store.as_mut() else {
+            return Err(Error::Internal("flat window store expected".into()));
+        };
+        while let Some(mut first) = flat.index.first_entry() {
+            if *first.key() > time {
+                break;
+            }
+            let due = *first.key();
+            let Some((key, w)) = first.get_mut().pop() else {
+                first.remove();
+                continue;
+            };
+            if first.get().is_empty() {
+                first.remove();
+            }
+            let nk = (key, w);
+            let kg = key_group_for(&nk.0, mp);
+            let mut ctx = KeyedContext::with_key_group(&nk, kg, &mut flat.backend);
+            let Some((acc, fired)) = flat.contents.value(&ctx)? else {
+                continue; // cleaned up already
+            };
+            let cleanup = times.cleanup(&w);
+            if !fired && due == w.max_timestamp() {
+                let context = WindowContext {
+                    window: w,
+                    current_watermark: times.watermark,
+                    current_processing_time: now,
+                };
+                self.function
+                    .emit(&nk.0, &context, &acc, &mut Collector::new(out))?;
+                if cleanup > due {
+                    flat.contents.update(&mut ctx, (acc, true))?;
+                    flat.index.entry(cleanup).or_default().push(nk);
+                    continue;
+                }
+            }
+            if due >= cleanup {
+                flat.contents.clear(&mut ctx)?;
+            }
+        }
+        flat.backend.end_batch()
+    }
+
+    /// One record of a merging assigner (sessions): whether it was late.
     fn add_to_session(&mut self, value: &T, ts: i64, out: &mut Vec<W::Out>) -> Result<bool> {
         let key = (self.selector)(value);
         let domain = self.assigner.domain();
+        let times = self.times();
         let mut windows = std::mem::take(&mut self.windows);
         self.assigner.assign(ts, &mut windows);
         let proto = windows[0];
         self.windows = windows;
         let mp = self.max_parallelism;
-        let event_time = self.event_time();
-        let watermark = self.watermark;
-        let lateness = self.lateness;
-        let cleanup_of = |w: &TimeWindow| {
-            if event_time {
-                w.max_timestamp().saturating_add(lateness)
-            } else {
-                w.max_timestamp()
-            }
+        let Some(Store::Merging(m)) = self.store.as_mut() else {
+            return Err(Error::Internal("merging window store expected".into()));
         };
-        let merged;
-        {
-            let p = self.parts()?;
-            let mut ctx = KeyedContext::new(&key, p.backend, mp);
-            let existing = p.contents.entries(&ctx)?;
-            let touching: Vec<(TimeWindow, W::Acc)> = existing
-                .into_iter()
-                .filter(|(w, _)| w.intersects(&proto))
-                .collect();
-            let cover = touching.iter().fold(proto, |c, (w, _)| c.cover(w));
-            if event_time && cleanup_of(&cover) <= watermark {
-                return Ok(true);
-            }
-            let f = &*p.function;
-            let mut acc = f.create();
-            for (w, a) in touching {
-                acc = f.merge(acc, a);
-                if w != cover {
-                    p.contents.remove(&mut ctx, &w)?;
-                    p.timers.delete(&mut ctx, domain, w.max_timestamp(), w)?;
-                    p.timers.delete(&mut ctx, domain, cleanup_of(&w), w)?;
-                }
-            }
-            f.add(&mut acc, value);
-            p.contents.put(&mut ctx, cover, acc)?;
-            Self::register_timers(p.timers, &mut ctx, domain, cover, cleanup_of(&cover))?;
-            merged = cover;
+        let mut ctx = KeyedContext::new(&key, &mut m.backend, mp);
+        let touching: Vec<(TimeWindow, W::Acc)> = m
+            .contents
+            .entries(&ctx)?
+            .into_iter()
+            .filter(|(w, _)| w.intersects(&proto))
+            .collect();
+        let cover = touching.iter().fold(proto, |c, (w, _)| c.cover(w));
+        if times.is_late(&cover) {
+            return Ok(true);
         }
-        if event_time && merged.max_timestamp() <= watermark {
-            self.emit(&key, merged, out)?;
+        let f = &mut self.function;
+        let mut acc = f.create();
+        for (w, a) in touching {
+            acc = f.merge(acc, a);
+            if w != cover {
+                m.contents.remove(&mut ctx, &w)?;
+                m.timers.delete(&mut ctx, domain, w.max_timestamp(), w)?;
+                m.timers.delete(&mut ctx, domain, times.cleanup(&w), w)?;
+            }
+        }
+        f.add(&mut acc, value);
+        if times.fires_now(&cover) {
+            let context = WindowContext {
+                window: cover,
+                current_watermark: times.watermark,
+                current_processing_time: processing_time_now(),
+            };
+            f.emit(&key, &context, &acc, &mut Collector::new(out))?;
+        }
+        m.contents.put(&mut ctx, cover, acc)?;
+        m.timers
+            .register(&mut ctx, domain, cover.max_timestamp(), cover)?;
+        if times.cleanup(&cover) != cover.max_timestamp() {
+            m.timers
+                .register(&mut ctx, domain, times.cleanup(&cover), cover)?;
         }
         Ok(false)
     }
 
-    /// Fires the timers of `domain` due at `time`.
-    fn fire(&mut self, domain: TimeDomain, time: i64) -> Result<Option<AnyBatch>> {
-        let mut out = Vec::new();
+    /// Fires the merging store's timers of `domain` due at `time`.
+    fn fire_merging(&mut self, domain: TimeDomain, time: i64, out: &mut Vec<W::Out>) -> Result<()> {
+        let times = self.times();
         let mp = self.max_parallelism;
         loop {
-            let due = {
-                let p = self.parts()?;
-                p.timers.pop_due(p.backend, mp, domain, time)?
+            let Some(Store::Merging(m)) = self.store.as_mut() else {
+                return Err(Error::Internal("merging window store expected".into()));
             };
-            let Some(t) = due else { break };
+            let Some(t) = m.timers.pop_due(&mut m.backend, mp, domain, time)? else {
+                return m.backend.end_batch();
+            };
             let w = t.namespace;
+            let mut ctx = KeyedContext::new(&t.key, &mut m.backend, mp);
             if t.timestamp == w.max_timestamp() {
-                self.emit(&t.key, w, &mut out)?;
+                if let Some(acc) = m.contents.get(&ctx, &w)? {
+                    let context = WindowContext {
+                        window: w,
+                        current_watermark: times.watermark,
+                        current_processing_time: processing_time_now(),
+                    };
+                    self.function
+                        .emit(&t.key, &context, &acc, &mut Collector::new(out))?;
+                }
             }
-            if t.timestamp == self.cleanup_time(&w) {
-                let p = self.parts()?;
-                let mut ctx = KeyedContext::new(&t.key, p.backend, mp);
-                p.contents.remove(&mut ctx, &w)?;
+            if t.timestamp == times.cleanup(&w) {
+                m.contents.remove(&mut ctx, &w)?;
             }
         }
-        let p = self.parts()?;
-        p.backend.end_batch()?;
+    }
+
+    /// Fires what is due at `time` in `domain`.
+    fn fire(&mut self, domain: TimeDomain, time: i64) -> Result<Option<AnyBatch>> {
+        let mut out = Vec::new();
+        match self.store()? {
+            Store::Flat(_) => self.fire_flat(time, &mut out)?,
+            Store::Merging(_) => self.fire_merging(domain, time, &mut out)?,
+        }
         Ok(non_empty(out))
+    }
+
+    /// The earliest due time of the store's timers.
+    fn next_due(&self) -> Option<i64> {
+        match self.store.as_ref()? {
+            Store::Flat(f) => f.index.keys().next().copied(),
+            Store::Merging(m) => m.timers.next(self.assigner.domain()),
+        }
     }
 }
 
@@ -310,28 +381,41 @@ where
 {
     fn open(&mut self, ctx: &RuntimeContext) -> Result<()> {
         self.assigner.validate().map_err(Error::User)?;
-        if self.event_time() && self.timestamps.is_none() {
+        if self.assigner.domain() == TimeDomain::EventTime && self.timestamps.is_none() {
             return Err(Error::User(format!(
                 "{}: event-time windows need timestamps: assign them upstream",
                 ctx.operator
             )));
         }
         self.max_parallelism = ctx.max_parallelism;
-        let mut backend = KeyedStateBackend::for_subtask(ctx)?;
-        self.contents = Some(backend.map_state(&MapStateDescriptor::new(CONTENTS))?);
-        self.timers = Some(InternalTimers::open(&mut backend)?);
-        self.backend = Some(backend);
+        self.store = Some(if self.assigner.is_merging() {
+            let mut backend = KeyedStateBackend::for_subtask(ctx)?;
+            let contents = backend.map_state(&MapStateDescriptor::new(CONTENTS))?;
+            let timers = InternalTimers::open(&mut backend)?;
+            Store::Merging(Merging {
+                backend,
+                contents,
+                timers,
+            })
+        } else {
+            let mut backend = KeyedStateBackend::for_subtask(ctx)?;
+            let contents = backend.value_state(&ValueStateDescriptor::new(CONTENTS))?;
+            Store::Flat(Flat {
+                backend,
+                contents,
+                index: BTreeMap::new(),
+            })
+        });
         Ok(())
     }
     fn process(&mut self, batch: AnyBatch) -> Result<Option<AnyBatch>> {
         let input = downcast::<T>(batch);
-        let now = processing_time_now();
         let mut ts = std::mem::take(&mut self.ts_buf);
-        match (&self.timestamps, self.event_time()) {
-            (Some(f), true) => f(&input, &mut ts),
+        match (&self.timestamps, self.assigner.domain()) {
+            (Some(f), TimeDomain::EventTime) => f(&input, &mut ts),
             _ => {
                 ts.clear();
-                ts.resize(input.len(), now);
+                ts.resize(input.len(), processing_time_now());
             }
         }
         let mut out = Vec::new();
@@ -340,7 +424,7 @@ where
             let late = if merging {
                 self.add_to_session(&v, t, &mut out)?
             } else {
-                self.add_record(&v, t, &mut out)?
+                self.add_flat(&v, t, &mut out)?
             };
             if late {
                 if let Some(tag) = &self.late {
@@ -349,27 +433,33 @@ where
             }
         }
         self.ts_buf = ts;
-        self.parts()?.backend.end_batch()?;
+        match self.store()? {
+            Store::Flat(f) => f.backend.end_batch()?,
+            Store::Merging(m) => m.backend.end_batch()?,
+        }
         Ok(non_empty(out))
     }
     fn on_watermark(&mut self, wm: i64) -> Result<WatermarkOut> {
         self.watermark = wm;
-        let records = self.fire(TimeDomain::EventTime, wm)?;
+        let records = if self.assigner.domain() == TimeDomain::EventTime {
+            self.fire(TimeDomain::EventTime, wm)?
+        } else {
+            None
+        };
         Ok(WatermarkOut {
             records,
             watermark: Some(wm),
         })
     }
     fn next_processing_time(&self) -> Option<i64> {
-        self.timers
-            .as_ref()
-            .and_then(|t| t.next(TimeDomain::ProcessingTime))
-            .map(|t| t.saturating_add(1))
+        if self.assigner.domain() != TimeDomain::ProcessingTime {
+            return None;
+        }
+        self.next_due().map(|t| t.saturating_add(1))
     }
     fn on_processing_time(&mut self, now: i64) -> Result<Option<AnyBatch>> {
-        // A timer at t fires once the clock is past t (t + 1 ms): records
-        // that still read the clock as t come before it, so a
-        // processing-time window at t never fires twice.
+        // A window ending at t fires once the clock is past t (t + 1 ms):
+        // records that still read the clock as t go into it first.
         self.fire(TimeDomain::ProcessingTime, now.saturating_sub(1))
     }
     fn take_side_outputs(&mut self) -> Vec<(Arc<str>, AnyBatch)> {
@@ -386,26 +476,48 @@ where
         &mut self,
         checkpoint_id: u64,
     ) -> Result<(Option<PendingKeyedSnapshot>, OperatorStateStore)> {
-        let p = self.parts()?;
-        Ok((
-            Some(p.backend.snapshot_async(checkpoint_id)?),
-            OperatorStateStore::new(),
-        ))
+        let keyed = match self.store()? {
+            Store::Flat(f) => f.backend.snapshot_async(checkpoint_id)?,
+            Store::Merging(m) => m.backend.snapshot_async(checkpoint_id)?,
+        };
+        Ok((Some(keyed), OperatorStateStore::new()))
     }
     fn restore(&mut self, keyed: Option<&RestoredKeyed>, _: &OperatorStateStore) -> Result<()> {
-        if let Some(snap) = keyed {
-            let p = self.parts()?;
-            p.backend.restore_from(snap)?;
-            p.timers.rebuild(p.backend)?;
+        let Some(snap) = keyed else { return Ok(()) };
+        let times = self.times();
+        match self.store()? {
+            Store::Flat(f) => {
+                f.backend.restore_from(snap)?;
+                // Every window in the state has one pending timer.
+                f.index.clear();
+                for ((key, w), (_, fired)) in f.contents.all_entries(&mut f.backend)? {
+                    let due = if fired {
+                        times.cleanup(&w)
+                    } else {
+                        w.max_timestamp()
+                    };
+                    f.index.entry(due).or_default().push((key, w));
+                }
+            }
+            Store::Merging(m) => {
+                m.backend.restore_from(snap)?;
+                m.timers.rebuild(&mut m.backend)?;
+            }
         }
         Ok(())
     }
     fn notify_complete(&mut self, checkpoint_id: u64) -> Result<()> {
-        self.parts()?.backend.notify_complete(checkpoint_id);
+        match self.store()? {
+            Store::Flat(f) => f.backend.notify_complete(checkpoint_id),
+            Store::Merging(m) => m.backend.notify_complete(checkpoint_id),
+        }
         Ok(())
     }
     fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
-        self.parts()?.backend.notify_aborted(checkpoint_id);
+        match self.store()? {
+            Store::Flat(f) => f.backend.notify_aborted(checkpoint_id),
+            Store::Merging(m) => m.backend.notify_aborted(checkpoint_id),
+        }
         Ok(())
     }
 }
