@@ -318,6 +318,11 @@ impl<K: Key> HeapKeyedStateBackend<K> {
 
     pub(crate) fn restore(&mut self, snap: &KeyedStateSnapshot) -> Result<()> {
         for (name, st) in &snap.states {
+            if st.key_groups.is_empty() {
+                // Nothing to restore (e.g. the `_timers` of an operator
+                // that never set a timer): not checked against the operator.
+                continue;
+            }
             let s = self
                 .states
                 .iter_mut()
