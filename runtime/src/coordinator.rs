@@ -369,6 +369,7 @@ impl CoordState {
                         id,
                         timestamp_ms: p.trigger_ts,
                         savepoint: self.savepoints.contains_key(&id),
+                        stop_without_drain: self.stops_without_drain(id),
                         unaligned: false,
                         overtaken: 0,
                     };
@@ -418,6 +419,13 @@ impl CoordState {
         }
     }
 
+    /// Whether checkpoint `id` is the savepoint of a stop without drain.
+    fn stops_without_drain(&self, id: u64) -> bool {
+        self.savepoints
+            .get(&id)
+            .is_some_and(|r| r.stop == Some(false))
+    }
+
     fn trigger(&mut self, myself: &ActorRef<CoordMsg>, is_final: bool) {
         self.trigger_kind(myself, is_final, false)
     }
@@ -430,6 +438,7 @@ impl CoordState {
             id,
             timestamp_ms: ts,
             savepoint,
+            stop_without_drain: self.stops_without_drain(id),
             unaligned: false,
             overtaken: 0,
         };

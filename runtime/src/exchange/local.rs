@@ -385,6 +385,7 @@ mod tests {
             id,
             timestamp_ms: 0,
             savepoint: false,
+            stop_without_drain: false,
             unaligned: false,
             overtaken: 0,
         };

@@ -100,6 +100,11 @@ pub struct Barrier {
     pub timestamp_ms: u64,
     /// Whether it is a savepoint.
     pub savepoint: bool,
+    /// A stop-with-savepoint without drain: the savepoint is the job's last
+    /// state, so a subtask that snapshotted for it fires nothing more
+    /// (carried by the barrier so every subtask knows it when it
+    /// snapshots, whatever the order of control messages).
+    pub stop_without_drain: bool,
     /// Unaligned: it overtook queued batches (a priority event) and the
     /// receiver snapshots on the first barrier `n` it sees.
     pub unaligned: bool,

@@ -412,6 +412,7 @@ mod tests {
             id,
             timestamp_ms: T0,
             savepoint: false,
+            stop_without_drain: false,
             unaligned: false,
             overtaken: 0,
         }

@@ -182,6 +182,17 @@ pub(super) struct Runner<'a> {
     stop_barrier_sent: Option<u64>,
     /// The job stopped with a savepoint without drain: end without finishing operators.
     stopped_without_drain: bool,
+    /// This subtask took its snapshot for a stop-with-savepoint without
+    /// drain whose outcome is not known yet: processing-time timers wait
+    /// (what they emitted would not be in the savepoint).
+    stop_pending: Option<u64>,
+    /// That savepoint completed: it is the job's last state. Nothing fires
+    /// any more (inputs ending as the sources stop would let the watermark
+    /// jump and fire timers whose output the savepoint does not hold).
+    frozen: bool,
+    /// What the watermark valve let through while `stop_pending`: passed
+    /// on if the savepoint is aborted, dropped if it completes.
+    deferred: ValveOutput,
     /// The newest checkpoint this subtask snapshotted: after its input
     /// ended, a checkpoint it has not snapshotted takes its final state.
     last_snapshot: Option<u64>,
@@ -252,6 +263,9 @@ impl<'a> Runner<'a> {
             stop: None,
             stop_barrier_sent: None,
             stopped_without_drain: false,
+            stop_pending: None,
+            frozen: false,
+            deferred: ValveOutput::default(),
             last_snapshot: None,
             unresolved: Default::default(),
             snapshots_after_finish: 0,
@@ -615,6 +629,9 @@ impl<'a> Runner<'a> {
     /// Calls every operator whose processing time has come (processing-time
     /// timers, periodic watermarks), passing on what it emits.
     async fn processing_time(&mut self) -> Result<()> {
+        if self.frozen || self.stop_pending.is_some() {
+            return Ok(());
+        }
         let now = now_i64();
         if self.next_processing_time().is_none_or(|t| t > now) {
             return Ok(());
@@ -642,6 +659,15 @@ impl<'a> Runner<'a> {
     /// Passes on what the watermark valve let through: a status change
     /// (active before the watermark it comes with), a new watermark.
     async fn on_valve(&mut self, out: ValveOutput) -> Result<()> {
+        if self.frozen {
+            return Ok(());
+        }
+        if self.stop_pending.is_some() {
+            // The latest of each wins when it is passed on.
+            self.deferred.watermark = out.watermark.or(self.deferred.watermark);
+            self.deferred.idle = out.idle.or(self.deferred.idle);
+            return Ok(());
+        }
         if out.idle == Some(false) {
             self.propagate_idle(0, false).await?;
         }
@@ -815,6 +841,9 @@ impl<'a> Runner<'a> {
 
     /// Snapshot, forward the barrier, and upload (aligned and at-least-once).
     async fn checkpoint_aligned(&mut self, a: Start) -> Result<()> {
+        if a.barrier.stop_without_drain {
+            self.stop_pending = Some(a.barrier.id);
+        }
         let t0 = Instant::now();
         let operators = self.snapshot_operators(a.barrier.id)?;
         let t1 = Instant::now();
@@ -1014,13 +1043,24 @@ impl<'a> Runner<'a> {
             }
             Control::Complete(id) => {
                 self.unresolved.retain(|s| *s > id);
-                self.on_complete(id)?
+                self.on_complete(id)?;
+                if self.stop_pending.is_some_and(|s| id >= s) {
+                    self.stop_pending = None;
+                    self.frozen = true;
+                    self.deferred = ValveOutput::default();
+                }
             }
             Control::Abort(id) => {
                 self.unresolved.remove(&id);
                 if self.stop.is_some_and(|(s, _)| s == id) {
                     // The stop failed: the job goes on.
                     self.stop = None;
+                }
+                if self.stop_pending == Some(id) {
+                    // With what the watermark valve let through meanwhile.
+                    self.stop_pending = None;
+                    let deferred = std::mem::take(&mut self.deferred);
+                    Box::pin(self.on_valve(deferred)).await?;
                 }
                 let d = self.barriers.on_abort(id);
                 if !matches!(self.head, Head::Source { .. }) {
@@ -1043,6 +1083,9 @@ impl<'a> Runner<'a> {
         }
         let unaligned = self.mode == BarrierMode::Unaligned && !b.savepoint;
         let stopping = self.stop.filter(|(id, _)| *id == b.id);
+        if b.stop_without_drain {
+            self.stop_pending = Some(b.id);
+        }
         if let Some((_, true)) = stopping {
             // Drain: event time ends before the savepoint's barrier
             // (Flink's MAX_WATERMARK), so every timer fires first.
