@@ -457,24 +457,6 @@ impl<'a, K: Key> KeyedContext<'a, K> {
         }
     }
 
-    /// A context for `key` whose key group is `kg` (a namespaced key such
-    /// as `(key, window)` lives in its key's group, not its own hash's).
-    pub(crate) fn with_key_group(
-        key: &'a K,
-        kg: u16,
-        backend: &'a mut KeyedStateBackend<K>,
-    ) -> Self {
-        KeyedContext {
-            key,
-            backend,
-            watermark: i64::MIN,
-            kg,
-            timestamp: None,
-            timers: Vec::new(),
-            side: Vec::new(),
-        }
-    }
-
     /// The same with the operator's watermark and the record's timestamp.
     pub(crate) fn at(mut self, watermark: i64, timestamp: Option<i64>) -> Self {
         self.watermark = watermark;

@@ -1,16 +1,17 @@
 //! The window operator (Flink's `WindowOperator` with the default
 //! triggers). Window state is keyed state, kept two ways:
 //!
-//! - **Tumbling and sliding windows** (`Flat`): one value per `(key,
-//!   window)` (`window-contents`: the accumulator and whether the window
-//!   fired already) in a backend keyed by `(key, window)` whose entries
-//!   live in their *key's* key group, so they split by key group on a
-//!   rescale like any keyed state. A record updates its windows in place
-//!   (one hash lookup each on the heap; RocksDB's value cache). Their
-//!   timers are not stored apart: every window in the state has exactly
-//!   one pending timer, its firing time (`max_timestamp`) until it fired
-//!   and its cleanup time (`max_timestamp + allowed_lateness`) after, so
-//!   the in-memory timer index is rebuilt from the state on restore.
+//! - **Tumbling and sliding windows** (`Flat`): per key, one value
+//!   (`window-contents`): the list of the key's open windows, each with
+//!   its accumulator and whether it fired already. A record's windows
+//!   (size / slide of them) are found in that one short contiguous list,
+//!   so a record costs one state lookup, not one per window (on the heap
+//!   the difference is one cache miss against ten; RocksDB's value cache
+//!   holds the list). Their timers are not stored apart: every window in
+//!   the state has exactly one pending timer, its firing time
+//!   (`max_timestamp`) until it fired and its cleanup time (`max_timestamp
+//!   + allowed_lateness`) after, so the in-memory timer index is rebuilt
+//!   from the state on restore.
 //! - **Session windows** (`Merging`): a record's window merges with the
 //!   windows of its key it touches, which needs the key's windows: a map
 //!   per key (`window-contents`, user key = the window), with timers as
@@ -37,7 +38,6 @@ use std::sync::Arc;
 
 use super::function::{WindowContext, WindowFn};
 use super::{TimeWindow, WindowAssigner};
-use crate::keygroup::key_group_for;
 use crate::operator::{non_empty, ChainOp, Collector, RuntimeContext, WatermarkOut};
 use crate::record::{downcast, AnyBatch, Data, Key};
 use crate::side_output::{OutputTag, SideOutputs};
@@ -53,14 +53,16 @@ use crate::{Error, Result};
 /// The keyed state of window contents.
 const CONTENTS: &str = "window-contents";
 
-/// A window's accumulator and whether it fired already (flat store).
-type Slot<A> = (A, bool);
+/// A key's open windows: each with its accumulator and whether it fired
+/// already. Few (size / slide, plus the allowed lateness's worth), so a
+/// record's windows are found by a scan of one small contiguous list.
+type Windows<A> = Vec<(TimeWindow, A, bool)>;
 
-/// Tumbling and sliding windows: a value per (key, window); the timer
-/// index derived from it.
+/// Tumbling and sliding windows: a list of open windows per key; the
+/// timer index derived from it.
 struct Flat<K: Key, A> {
-    backend: KeyedStateBackend<(K, TimeWindow)>,
-    contents: ValueState<Slot<A>>,
+    backend: KeyedStateBackend<K>,
+    contents: ValueState<Windows<A>>,
     /// Due time -> windows; each window in the state has one entry.
     index: BTreeMap<i64, Vec<(K, TimeWindow)>>,
 }
@@ -118,6 +120,8 @@ pub(crate) struct WindowOperator<K: Key, T, W: WindowFn<K, T>, KS> {
     max_parallelism: usize,
     ts_buf: Vec<i64>,
     windows: Vec<TimeWindow>,
+    /// Windows a record added to the state, with their first due time (reused).
+    created: Vec<(TimeWindow, i64)>,
     side: SideOutputs,
     _t: PhantomData<fn(T)>,
 }
@@ -149,6 +153,7 @@ where
             max_parallelism: 0,
             ts_buf: Vec::new(),
             windows: Vec::new(),
+            created: Vec::new(),
             side: SideOutputs::default(),
             _t: PhantomData,
         }
@@ -171,54 +176,63 @@ where
     /// One record of a non-merging assigner: whether it was late for all its windows.
     fn add_flat(&mut self, value: &T, ts: i64, out: &mut Vec<W::Out>) -> Result<bool> {
         let key = (self.selector)(value);
-        let kg = key_group_for(&key, self.max_parallelism);
         let times = self.times();
         let mut windows = std::mem::take(&mut self.windows);
         self.assigner.assign(ts, &mut windows);
-        let mut all_late = true;
+        let mp = self.max_parallelism;
         let Some(Store::Flat(flat)) = self.store.as_mut() else {
             return Err(Error::Internal("flat window store expected".into()));
         };
-        let f = &mut self.function;
-        for w in &windows {
-            if times.is_late(w) {
-                continue;
-            }
-            all_late = false;
-            let nk = (key.clone(), *w);
-            // Late within the allowed lateness: the window fires again
-            // with this record (and counts as fired from then on).
-            let fire_now = times.fires_now(w);
-            let mut ctx = KeyedContext::with_key_group(&nk, kg, &mut flat.backend);
-            let new = flat.contents.modify(
-                &mut ctx,
-                || (f.create(), false),
-                |s| {
-                    f.add(&mut s.0, value);
-                    s.1 |= fire_now;
-                },
-            )?;
-            if fire_now {
-                if let Some((acc, _)) = flat.contents.value(&ctx)? {
-                    let context = WindowContext {
-                        window: *w,
-                        current_watermark: times.watermark,
-                        current_processing_time: processing_time_now(),
-                    };
-                    f.emit(&key, &context, &acc, &mut Collector::new(out))?;
+        let f = &self.function;
+        let mut all_late = true;
+        // Windows new to the state (their timer is set below), and windows
+        // the watermark passed already that this late record fires again.
+        let mut created = std::mem::take(&mut self.created);
+        let mut fire_now: Vec<(TimeWindow, W::Acc)> = Vec::new();
+        let mut ctx = KeyedContext::new(&key, &mut flat.backend, mp);
+        flat.contents.modify(&mut ctx, Vec::new, |list| {
+            for w in &windows {
+                if times.is_late(w) {
+                    continue;
+                }
+                all_late = false;
+                let now = times.fires_now(w);
+                let slot = match list.iter().position(|e| e.0 == *w) {
+                    Some(i) => &mut list[i],
+                    None => {
+                        // Its one pending timer: firing, or cleanup once fired.
+                        let due = if now {
+                            times.cleanup(w)
+                        } else {
+                            w.max_timestamp()
+                        };
+                        created.push((*w, due));
+                        list.push((*w, f.create(), false));
+                        let last = list.len() - 1;
+                        &mut list[last]
+                    }
+                };
+                f.add(&mut slot.1, value);
+                if now {
+                    slot.2 = true;
+                    fire_now.push((*w, slot.1.clone()));
                 }
             }
-            if new {
-                // Its one pending timer: firing, or cleanup once fired.
-                let due = if fire_now {
-                    times.cleanup(w)
-                } else {
-                    w.max_timestamp()
-                };
-                flat.index.entry(due).or_default().push(nk);
-            }
+        })?;
+        for (w, due) in created.drain(..) {
+            flat.index.entry(due).or_default().push((key.clone(), w));
         }
+        self.created = created;
         self.windows = windows;
+        for (w, acc) in fire_now {
+            let context = WindowContext {
+                window: w,
+                current_watermark: times.watermark,
+                current_processing_time: processing_time_now(),
+            };
+            self.function
+                .emit(&key, &context, &acc, &mut Collector::new(out))?;
+        }
         Ok(all_late)
     }
 
@@ -242,29 +256,42 @@ where
             if first.get().is_empty() {
                 first.remove();
             }
-            let nk = (key, w);
-            let kg = key_group_for(&nk.0, mp);
-            let mut ctx = KeyedContext::with_key_group(&nk, kg, &mut flat.backend);
-            let Some((acc, fired)) = flat.contents.value(&ctx)? else {
-                continue; // cleaned up already
-            };
             let cleanup = times.cleanup(&w);
-            if !fired && due == w.max_timestamp() {
+            let mut emit = None;
+            let mut requeue = false;
+            let mut empty = false;
+            let mut ctx = KeyedContext::new(&key, &mut flat.backend, mp);
+            flat.contents.modify(&mut ctx, Vec::new, |list| {
+                // Not there: cleaned up already.
+                if let Some(i) = list.iter().position(|e| e.0 == w) {
+                    let fired = list[i].2;
+                    if !fired && due == w.max_timestamp() {
+                        emit = Some(list[i].1.clone());
+                        if cleanup > due {
+                            list[i].2 = true;
+                            requeue = true;
+                        }
+                    }
+                    if !requeue && due >= cleanup {
+                        list.swap_remove(i);
+                    }
+                }
+                empty = list.is_empty();
+            })?;
+            if empty {
+                flat.contents.clear(&mut ctx)?;
+            }
+            if let Some(acc) = emit {
                 let context = WindowContext {
                     window: w,
                     current_watermark: times.watermark,
                     current_processing_time: now,
                 };
                 self.function
-                    .emit(&nk.0, &context, &acc, &mut Collector::new(out))?;
-                if cleanup > due {
-                    flat.contents.update(&mut ctx, (acc, true))?;
-                    flat.index.entry(cleanup).or_default().push(nk);
-                    continue;
-                }
+                    .emit(&key, &context, &acc, &mut Collector::new(out))?;
             }
-            if due >= cleanup {
-                flat.contents.clear(&mut ctx)?;
+            if requeue {
+                flat.index.entry(cleanup).or_default().push((key, w));
             }
         }
         flat.backend.end_batch()
@@ -490,13 +517,15 @@ where
                 f.backend.restore_from(snap)?;
                 // Every window in the state has one pending timer.
                 f.index.clear();
-                for ((key, w), (_, fired)) in f.contents.all_entries(&mut f.backend)? {
-                    let due = if fired {
-                        times.cleanup(&w)
-                    } else {
-                        w.max_timestamp()
-                    };
-                    f.index.entry(due).or_default().push((key, w));
+                for (key, list) in f.contents.all_entries(&mut f.backend)? {
+                    for (w, _, fired) in list {
+                        let due = if fired {
+                            times.cleanup(&w)
+                        } else {
+                            w.max_timestamp()
+                        };
+                        f.index.entry(due).or_default().push((key.clone(), w));
+                    }
                 }
             }
             Store::Merging(m) => {
