@@ -23,17 +23,15 @@
 //! whose timers did not fire). Modes: aligned, unaligned, and (feature
 //! `rocksdb`) RocksDB with incremental checkpoints; fixed chaos seeds.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use weir::operators::rng::SplitMix64;
+use common::chaos::{assert_same_lines, key_and_time, run_under_chaos, Checks};
 use weir::prelude::*;
-use weir::runtime::checkpoint::CheckpointStatus;
 
-/// Kills per run the tests insist on.
-const KILLS: u64 = 100;
 /// Records in each input.
 const N: u64 = 12_000;
 /// Records per second of each input (over its two source subtasks): the
@@ -62,19 +60,13 @@ const TIMER_DELAY: i64 = 1_000;
 /// After every record's timer: fires only with the end of the input.
 const END: i64 = N as i64 * STEP + 10 * TIMER_DELAY;
 
-/// The runs take turns: each has the machine to itself, so its kill rate
-/// does not depend on what else runs.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
 /// A record: key, event time (ms), id (unique over both inputs).
 type Rec = (u32, i64, u64);
 
 /// Record `i` of the input with `seed` (1: left, 2: right).
 fn record(seed: u64, disorder: i64, i: u64) -> Rec {
-    let mut r = SplitMix64::for_index(seed, i);
-    let key = (r.next_u64() % KEYS) as u32;
-    let late = (r.next_u64() % disorder as u64) as i64;
-    (key, i as i64 * STEP - late, seed * 1_000_000 + i)
+    let (key, ts, _) = key_and_time(seed, i, KEYS, STEP, disorder);
+    (key, ts, seed * 1_000_000 + i)
 }
 
 fn left(i: u64) -> Rec {
@@ -83,21 +75,6 @@ fn left(i: u64) -> Rec {
 
 fn right(i: u64) -> Rec {
     record(2, RIGHT_DISORDER, i)
-}
-
-/// What the co-process function saw that contradicts its own state.
-#[derive(Clone, Default)]
-struct Checks {
-    violations: Arc<Mutex<Vec<String>>>,
-}
-
-impl Checks {
-    fn violation(&self, what: String) {
-        let mut v = self.violations.lock().unwrap();
-        if v.len() < 20 {
-            v.push(what);
-        }
-    }
 }
 
 /// Per key: `pending` maps an event-time timer's time to the number of
@@ -352,169 +329,20 @@ fn reference() -> Vec<String> {
     lines
 }
 
-/// The committed lines of the file sink's directory, sorted (hidden
-/// in-progress files are not committed output).
-fn committed_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.file_name().unwrap().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        lines.extend(
-            std::fs::read_to_string(&p)
-                .unwrap()
-                .lines()
-                .map(String::from),
-        );
-    }
-    lines.sort();
-    lines
-}
-
-/// Asserts `got == want` (both sorted), describing the difference: lines
-/// missing, lines extra (duplicates included), per kind.
-fn assert_same_lines(got: &[String], want: &[String], what: &str) {
-    if got == want {
-        return;
-    }
-    fn count(v: &[String]) -> BTreeMap<&str, i64> {
-        let mut m: BTreeMap<&str, i64> = BTreeMap::new();
-        for l in v {
-            *m.entry(l.as_str()).or_default() += 1;
-        }
-        m
-    }
-    let (g, w) = (count(got), count(want));
-    let mut missing: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    let mut extra: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (l, n) in &w {
-        let d = n - g.get(l).copied().unwrap_or(0);
-        if d > 0 {
-            missing
-                .entry(&l[..1])
-                .or_default()
-                .push(format!("{l} (x{d})"));
-        }
-    }
-    for (l, n) in &g {
-        let d = n - w.get(l).copied().unwrap_or(0);
-        if d > 0 {
-            extra
-                .entry(&l[..1])
-                .or_default()
-                .push(format!("{l} (x{d})"));
-        }
-    }
-    let describe = |m: &BTreeMap<&str, Vec<String>>| {
-        m.iter()
-            .map(|(kind, v)| format!("{kind}: {}, first {:?}", v.len(), &v[..v.len().min(5)]))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    panic!(
-        "{what}: {} lines committed, {} expected; missing: [{}]; extra or duplicated: [{}]",
-        got.len(),
-        want.len(),
-        describe(&missing),
-        describe(&extra)
-    );
-}
-
-struct Run {
-    restarts: u64,
-    lines: Vec<String>,
-    checks: Checks,
-}
-
-/// The job at parallelism 2 with a kill every 40 ms and checkpoints every 10 ms.
-fn chaos_join(seed: u64, mode: &[(&str, &str)], rate: f64) -> Run {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-        .with_test_writer()
-        .try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let mut conf = Conf::defaults();
-    for (k, v) in [
-        (
-            "execution.checkpointing.dir",
-            dir.path().join("ckpt").display().to_string().as_str(),
-        ),
-        ("execution.checkpointing.interval", "10ms"),
-        ("parallelism.default", "2"),
-        ("pipeline.auto-watermark-interval", "5ms"),
-        ("pipeline.batch-size", "64"),
-        ("chaos.kill-interval", "40ms"),
-        ("chaos.seed", &seed.to_string()),
-        ("restart-strategy.type", "fixed-delay"),
-        ("restart-strategy.fixed-delay.attempts", "1000000"),
-    ] {
-        conf.set(k, v).unwrap();
-    }
-    for (k, v) in mode {
-        conf.set(k, v).unwrap();
-    }
-    let env = Env::from_conf(conf).unwrap();
-    let checks = Checks::default();
-    build(&env, &out, rate, checks.clone());
-    let t0 = Instant::now();
-    let mut job = env.execute_async("chaos-join").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while !job.is_done() {
-        if Instant::now() > deadline {
-            let completed = job
-                .checkpoint_stats()
-                .iter()
-                .rev()
-                .find(|c| c.status == CheckpointStatus::Completed)
-                .map(|c| c.id);
-            job.cancel();
-            panic!(
-                "seed {seed} {mode:?}: not done after 240 s ({} restarts, last completed checkpoint {completed:?}, last failure {:?})",
-                job.num_restarts(),
-                job.last_failure()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let durations: Vec<f64> = job
-        .checkpoint_stats()
-        .iter()
-        .filter(|c| c.status == CheckpointStatus::Completed)
-        .map(|c| c.end_to_end_duration)
-        .collect();
-    let result = job
-        .wait()
-        .unwrap_or_else(|e| panic!("seed {seed} {mode:?}: {e}"));
-    eprintln!(
-        "seed {seed} {mode:?}: {} restarts in {:.1} s, {} checkpoints completed (mean {:.0} ms)",
-        result.restarts,
-        t0.elapsed().as_secs_f64(),
-        durations.len(),
-        durations.iter().sum::<f64>() / durations.len().max(1) as f64,
-    );
-    Run {
-        restarts: result.restarts,
-        lines: committed_lines(&out),
-        checks,
-    }
-}
-
+/// The job under chaos kills (`chaos.kill-interval`); asserts its
+/// committed lines are the reference, with no violation and at least
+/// `KILLS` kills.
 fn exactly_once(seed: u64, mode: &[(&str, &str)], rate: f64) {
-    let run = chaos_join(seed, mode, rate);
-    assert_same_lines(&run.lines, &reference(), &format!("seed {seed} {mode:?}"));
-    let violations = run.checks.violations.lock().unwrap().clone();
-    assert!(
-        violations.is_empty(),
-        "seed {seed} {mode:?}: {violations:?}"
-    );
-    assert!(
-        run.restarts >= KILLS,
-        "seed {seed} {mode:?}: only {} kills",
-        run.restarts
-    );
+    let checks = Checks::default();
+    let run = run_under_chaos("chaos-join", seed, mode, |env, out| {
+        build(env, out, rate, checks.clone())
+    });
+    eprintln!("seed {seed} {mode:?}: {}", run.summary());
+    let what = format!("seed {seed} {mode:?}");
+    assert_same_lines(&run.lines, &reference(), &what);
+    let violations = checks.violations();
+    assert!(violations.is_empty(), "{what}: {violations:?}");
+    run.assert_kills(&what);
 }
 
 /// The reference itself: the join pairs records of both inputs, at the

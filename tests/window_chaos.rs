@@ -16,18 +16,19 @@
 //! Modes: aligned, unaligned, and (feature `rocksdb`) RocksDB with
 //! incremental checkpoints; fixed chaos seeds.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use weir::operators::rng::SplitMix64;
+use common::chaos::{
+    assert_same_lines, key_and_time, run_under_chaos, Checks, CountSum, Rec, TimerOut, TimerSums,
+    TIMER_DELAY,
+};
 use weir::prelude::*;
-use weir::runtime::checkpoint::CheckpointStatus;
 
-/// Kills per run the tests insist on.
-const KILLS: u64 = 100;
 /// Records in the input.
 const N: u64 = 24_000;
 /// Records per second over both source subtasks: the input lasts 8 s of
@@ -46,165 +47,11 @@ const DISORDER: i64 = 3_000;
 const TUMBLE: i64 = 10_000;
 /// Keys are about 185 ms apart on average: sessions merge and split.
 const GAP: i64 = 400;
-/// Event-time timers fire this long after their record's timestamp.
-const TIMER_DELAY: i64 = 1_000;
-/// Processing-time timers fire this long after their registration.
-const PROCESSING_DELAY: i64 = 20;
 
-/// The runs take turns: each has the machine to itself, so its kill rate
-/// does not depend on what else runs.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// A record: key, event time (ms), value.
-type Rec = (u32, i64, u64);
-
+/// A record: key, event time, value (below 1000).
 fn record(i: u64) -> Rec {
-    let mut r = SplitMix64::for_index(42, i);
-    let key = (r.next_u64() % KEYS) as u32;
-    let late = (r.next_u64() % DISORDER as u64) as i64;
-    (key, i as i64 * 5 - late, r.next_u64() % 1_000)
-}
-
-#[derive(Clone)]
-struct CountSum;
-impl AggregateFunction<Rec> for CountSum {
-    type Acc = (u64, u64);
-    type Out = (u64, u64);
-    fn create_accumulator(&self) -> (u64, u64) {
-        (0, 0)
-    }
-    fn add(&self, r: &Rec, acc: &mut (u64, u64)) {
-        acc.0 += 1;
-        acc.1 += r.2;
-    }
-    fn get_result(&self, acc: &(u64, u64)) -> (u64, u64) {
-        *acc
-    }
-    fn merge(&self, a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
-        (a.0 + b.0, a.1 + b.1)
-    }
-}
-
-/// What the process function saw that contradicts its own state.
-#[derive(Clone, Default)]
-struct Checks {
-    processing_fired: Arc<AtomicU64>,
-    violations: Arc<Mutex<Vec<String>>>,
-}
-
-impl Checks {
-    fn violation(&self, what: String) {
-        let mut v = self.violations.lock().unwrap();
-        if v.len() < 20 {
-            v.push(what);
-        }
-    }
-}
-
-/// Per key: `pending` maps an event-time timer's time to the (count, sum)
-/// of the records that registered it; `processing` is the time of the
-/// key's registered processing-time timer.
-#[derive(Clone)]
-struct TimerSums {
-    pending: Option<MapState<i64, (u64, u64)>>,
-    processing: Option<ValueState<i64>>,
-    checks: Checks,
-}
-
-impl TimerSums {
-    fn new(checks: Checks) -> Self {
-        TimerSums {
-            pending: None,
-            processing: None,
-            checks,
-        }
-    }
-}
-
-type TimerOut = (u32, i64, u64, u64);
-
-impl KeyedProcessFunction<u32, Rec, TimerOut> for TimerSums {
-    fn open(&mut self, ctx: &mut KeyedOpenContext<'_, u32>) -> Result<()> {
-        self.pending = Some(ctx.map_state(&MapStateDescriptor::new("pending"))?);
-        self.processing = Some(ctx.value_state(&ValueStateDescriptor::new("processing"))?);
-        Ok(())
-    }
-
-    fn process_element(
-        &mut self,
-        r: Rec,
-        ctx: &mut KeyedContext<'_, u32>,
-        _: &mut Collector<'_, TimerOut>,
-    ) -> Result<()> {
-        let (pending, processing) = (self.pending.unwrap(), self.processing.unwrap());
-        let Some(ts) = ctx.timestamp() else {
-            self.checks
-                .violation(format!("record {r:?} without timestamp"));
-            return Ok(());
-        };
-        if ts != r.1 {
-            self.checks
-                .violation(format!("record {r:?} has timestamp {ts}"));
-        }
-        let at = ts + TIMER_DELAY;
-        pending.update_with(
-            ctx,
-            &at,
-            || (0, 0),
-            |acc| {
-                acc.0 += 1;
-                acc.1 += r.2;
-            },
-        )?;
-        ctx.timer_service().register_event_time_timer(at);
-        if processing.value(ctx)?.is_none() {
-            let due = ctx.timer_service().current_processing_time() + PROCESSING_DELAY;
-            processing.update(ctx, due)?;
-            ctx.timer_service().register_processing_time_timer(due);
-        }
-        Ok(())
-    }
-
-    fn on_timer(
-        &mut self,
-        timestamp: i64,
-        domain: TimeDomain,
-        ctx: &mut KeyedContext<'_, u32>,
-        out: &mut Collector<'_, TimerOut>,
-    ) -> Result<()> {
-        let (pending, processing) = (self.pending.unwrap(), self.processing.unwrap());
-        let key = *ctx.key();
-        match domain {
-            TimeDomain::EventTime => {
-                if ctx.current_watermark() < timestamp {
-                    self.checks.violation(format!(
-                        "key {key}: event-time timer {timestamp} fired at watermark {}",
-                        ctx.current_watermark()
-                    ));
-                }
-                match pending.get(ctx, &timestamp)? {
-                    Some((n, sum)) => {
-                        pending.remove(ctx, &timestamp)?;
-                        out.collect((key, timestamp, n, sum));
-                    }
-                    None => self.checks.violation(format!(
-                        "key {key}: event-time timer {timestamp} fired without its state"
-                    )),
-                }
-            }
-            TimeDomain::ProcessingTime => {
-                let registered = processing.value(ctx)?;
-                if registered != Some(timestamp) {
-                    self.checks.violation(format!(
-                        "key {key}: processing-time timer {timestamp} fired, registered {registered:?}"
-                    ));
-                }
-                processing.clear(ctx)?;
-                self.checks.processing_fired.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        Ok(())
-    }
+    let (key, ts, mut r) = key_and_time(42, i, KEYS, 5, DISORDER);
+    (key, ts, r.next_u64() % 1_000)
 }
 
 /// The job: windows and timers over the generated records (`rate` a
@@ -302,163 +149,27 @@ fn reference() -> Vec<String> {
     lines
 }
 
-/// The committed lines of the file sink's directory, sorted (hidden
-/// in-progress files are not committed output).
-fn committed_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.file_name().unwrap().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        lines.extend(
-            std::fs::read_to_string(&p)
-                .unwrap()
-                .lines()
-                .map(String::from),
-        );
-    }
-    lines.sort();
-    lines
-}
-
-/// Asserts `got == want` (both sorted), describing the difference: lines
-/// missing, lines extra (duplicates included), per kind.
-fn assert_same_lines(got: &[String], want: &[String], what: &str) {
-    if got == want {
-        return;
-    }
-    fn count(v: &[String]) -> BTreeMap<&str, i64> {
-        let mut m: BTreeMap<&str, i64> = BTreeMap::new();
-        for l in v {
-            *m.entry(l.as_str()).or_default() += 1;
-        }
-        m
-    }
-    let (g, w) = (count(got), count(want));
-    let mut missing = Vec::new();
-    let mut extra = Vec::new();
-    for (l, n) in &w {
-        let d = n - g.get(l).copied().unwrap_or(0);
-        if d > 0 {
-            missing.push(format!("{l} (x{d})"));
-        }
-    }
-    for (l, n) in &g {
-        let d = n - w.get(l).copied().unwrap_or(0);
-        if d > 0 {
-            extra.push(format!("{l} (x{d})"));
-        }
-    }
-    panic!(
-        "{what}: {} lines committed, {} expected; {} missing, first {:?}; {} extra or duplicated, first {:?}",
-        got.len(),
-        want.len(),
-        missing.len(),
-        &missing[..missing.len().min(10)],
-        extra.len(),
-        &extra[..extra.len().min(10)]
-    );
-}
-
-struct Run {
-    restarts: u64,
-    lines: Vec<String>,
-    checks: Checks,
-}
-
-/// The job at parallelism 2 with a kill every 40 ms and checkpoints every 10 ms.
-fn chaos_windows(seed: u64, mode: &[(&str, &str)], rate: f64) -> Run {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-        .with_test_writer()
-        .try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let mut conf = Conf::defaults();
-    for (k, v) in [
-        (
-            "execution.checkpointing.dir",
-            dir.path().join("ckpt").display().to_string().as_str(),
-        ),
-        ("execution.checkpointing.interval", "10ms"),
-        ("parallelism.default", "2"),
-        ("pipeline.auto-watermark-interval", "5ms"),
-        ("pipeline.batch-size", "64"),
-        ("chaos.kill-interval", "40ms"),
-        ("chaos.seed", &seed.to_string()),
-        ("restart-strategy.type", "fixed-delay"),
-        ("restart-strategy.fixed-delay.attempts", "1000000"),
-    ] {
-        conf.set(k, v).unwrap();
-    }
-    for (k, v) in mode {
-        conf.set(k, v).unwrap();
-    }
-    let env = Env::from_conf(conf).unwrap();
+/// The job under chaos kills (`chaos.kill-interval`); asserts its
+/// committed lines are the reference, with no violation, at least `KILLS`
+/// kills and some processing-time timers.
+fn exactly_once(seed: u64, mode: &[(&str, &str)], rate: f64) {
     let checks = Checks::default();
-    build(&env, &out, rate, checks.clone());
-    let t0 = Instant::now();
-    let mut job = env.execute_async("chaos-windows").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while !job.is_done() {
-        if Instant::now() > deadline {
-            let completed = job
-                .checkpoint_stats()
-                .iter()
-                .rev()
-                .find(|c| c.status == CheckpointStatus::Completed)
-                .map(|c| c.id);
-            job.cancel();
-            panic!(
-                "seed {seed} {mode:?}: not done after 240 s ({} restarts, last completed checkpoint {completed:?}, last failure {:?})",
-                job.num_restarts(),
-                job.last_failure()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let durations: Vec<f64> = job
-        .checkpoint_stats()
-        .iter()
-        .filter(|c| c.status == CheckpointStatus::Completed)
-        .map(|c| c.end_to_end_duration)
-        .collect();
-    let result = job
-        .wait()
-        .unwrap_or_else(|e| panic!("seed {seed} {mode:?}: {e}"));
+    let run = run_under_chaos("chaos-windows", seed, mode, |env, out| {
+        build(env, out, rate, checks.clone())
+    });
     eprintln!(
-        "seed {seed} {mode:?}: {} restarts in {:.1} s, {} checkpoints completed (mean {:.0} ms), {} processing-time timers fired",
-        result.restarts,
-        t0.elapsed().as_secs_f64(),
-        durations.len(),
-        durations.iter().sum::<f64>() / durations.len().max(1) as f64,
+        "seed {seed} {mode:?}: {}, {} processing-time timers fired",
+        run.summary(),
         checks.processing_fired.load(Ordering::SeqCst)
     );
-    Run {
-        restarts: result.restarts,
-        lines: committed_lines(&out),
-        checks,
-    }
-}
-
-fn exactly_once(seed: u64, mode: &[(&str, &str)], rate: f64) {
-    let run = chaos_windows(seed, mode, rate);
-    assert_same_lines(&run.lines, &reference(), &format!("seed {seed} {mode:?}"));
-    let violations = run.checks.violations.lock().unwrap().clone();
+    let what = format!("seed {seed} {mode:?}");
+    assert_same_lines(&run.lines, &reference(), &what);
+    let violations = checks.violations();
+    assert!(violations.is_empty(), "{what}: {violations:?}");
+    run.assert_kills(&what);
     assert!(
-        violations.is_empty(),
-        "seed {seed} {mode:?}: {violations:?}"
-    );
-    assert!(
-        run.restarts >= KILLS,
-        "seed {seed} {mode:?}: only {} kills",
-        run.restarts
-    );
-    assert!(
-        run.checks.processing_fired.load(Ordering::SeqCst) > 0,
-        "seed {seed} {mode:?}: no processing-time timer fired"
+        checks.processing_fired.load(Ordering::SeqCst) > 0,
+        "{what}: no processing-time timer fired"
     );
 }
 

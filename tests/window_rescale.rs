@@ -19,13 +19,17 @@
 //! after the savepoint (timers and windows an ended input no longer holds
 //! back) may reach the committed output, since the next run does it again.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use weir::operators::rng::SplitMix64;
+use common::chaos::{
+    committed_files, key_and_time, Checks, CountSum, Rec, TimerOut, TimerSums, TIMER_DELAY,
+};
 use weir::prelude::*;
 
 /// Records in the input.
@@ -38,148 +42,12 @@ const DISORDER: i64 = 3_000;
 const TUMBLE: i64 = 10_000;
 /// Keys are about 185 ms apart on average: sessions merge and split.
 const GAP: i64 = 400;
-/// Event-time timers fire this long after their record's timestamp.
-const TIMER_DELAY: i64 = 1_000;
-/// Processing-time timers fire this long after their registration.
-const PROCESSING_DELAY: i64 = 20;
 
 /// A record: key, event time (ms), value (its index, so every sum tells
 /// which records it holds).
-type Rec = (u32, i64, u64);
-
 fn record(i: u64) -> Rec {
-    let mut r = SplitMix64::for_index(42, i);
-    let key = (r.next_u64() % KEYS) as u32;
-    let late = (r.next_u64() % DISORDER as u64) as i64;
-    (key, i as i64 * 5 - late, i)
-}
-
-#[derive(Clone)]
-struct CountSum;
-impl AggregateFunction<Rec> for CountSum {
-    type Acc = (u64, u64);
-    type Out = (u64, u64);
-    fn create_accumulator(&self) -> (u64, u64) {
-        (0, 0)
-    }
-    fn add(&self, r: &Rec, acc: &mut (u64, u64)) {
-        acc.0 += 1;
-        acc.1 += r.2;
-    }
-    fn get_result(&self, acc: &(u64, u64)) -> (u64, u64) {
-        *acc
-    }
-    fn merge(&self, a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
-        (a.0 + b.0, a.1 + b.1)
-    }
-}
-
-/// What the process function saw that contradicts its own state, and
-/// how many processing-time timers fired.
-#[derive(Clone, Default)]
-struct Checks {
-    processing_fired: Arc<AtomicU64>,
-    violations: Arc<Mutex<Vec<String>>>,
-}
-
-impl Checks {
-    fn violation(&self, what: String) {
-        let mut v = self.violations.lock().unwrap();
-        if v.len() < 20 {
-            v.push(what);
-        }
-    }
-}
-
-/// Per key: `pending` maps an event-time timer's time to the (count, sum)
-/// of the records that registered it; `processing` is the time of the
-/// key's registered processing-time timer.
-#[derive(Clone)]
-struct TimerSums {
-    pending: Option<MapState<i64, (u64, u64)>>,
-    processing: Option<ValueState<i64>>,
-    checks: Checks,
-}
-
-type TimerOut = (u32, i64, u64, u64);
-
-impl KeyedProcessFunction<u32, Rec, TimerOut> for TimerSums {
-    fn open(&mut self, ctx: &mut KeyedOpenContext<'_, u32>) -> Result<()> {
-        self.pending = Some(ctx.map_state(&MapStateDescriptor::new("pending"))?);
-        self.processing = Some(ctx.value_state(&ValueStateDescriptor::new("processing"))?);
-        Ok(())
-    }
-
-    fn process_element(
-        &mut self,
-        r: Rec,
-        ctx: &mut KeyedContext<'_, u32>,
-        _: &mut Collector<'_, TimerOut>,
-    ) -> Result<()> {
-        let (pending, processing) = (self.pending.unwrap(), self.processing.unwrap());
-        if ctx.timestamp() != Some(r.1) {
-            self.checks
-                .violation(format!("record {r:?} has timestamp {:?}", ctx.timestamp()));
-        }
-        let at = r.1 + TIMER_DELAY;
-        pending.update_with(
-            ctx,
-            &at,
-            || (0, 0),
-            |acc| {
-                acc.0 += 1;
-                acc.1 += r.2;
-            },
-        )?;
-        ctx.timer_service().register_event_time_timer(at);
-        if processing.value(ctx)?.is_none() {
-            let due = ctx.timer_service().current_processing_time() + PROCESSING_DELAY;
-            processing.update(ctx, due)?;
-            ctx.timer_service().register_processing_time_timer(due);
-        }
-        Ok(())
-    }
-
-    fn on_timer(
-        &mut self,
-        timestamp: i64,
-        domain: TimeDomain,
-        ctx: &mut KeyedContext<'_, u32>,
-        out: &mut Collector<'_, TimerOut>,
-    ) -> Result<()> {
-        let (pending, processing) = (self.pending.unwrap(), self.processing.unwrap());
-        let key = *ctx.key();
-        match domain {
-            TimeDomain::EventTime => {
-                if ctx.current_watermark() < timestamp {
-                    self.checks.violation(format!(
-                        "key {key}: event-time timer {timestamp} fired at watermark {}",
-                        ctx.current_watermark()
-                    ));
-                }
-                match pending.get(ctx, &timestamp)? {
-                    Some((n, sum)) => {
-                        pending.remove(ctx, &timestamp)?;
-                        out.collect((key, timestamp, n, sum));
-                    }
-                    None => self.checks.violation(format!(
-                        "key {key}: event-time timer {timestamp} fired without its state"
-                    )),
-                }
-            }
-            TimeDomain::ProcessingTime => {
-                let registered = processing.value(ctx)?;
-                if registered != Some(timestamp) {
-                    self.checks.violation(format!(
-                        "key {key}: processing-time timer {timestamp} fired, registered {registered:?}"
-                    ));
-                }
-                processing.clear(ctx)?;
-                self.checks.processing_fired.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        Ok(())
-    }
+    let (key, ts, _) = key_and_time(42, i, KEYS, 5, DISORDER);
+    (key, ts, i)
 }
 
 /// How far the source got in a run: per source subtask (subtask `s` of `p`
@@ -250,11 +118,7 @@ fn build(env: &Env, out: &Path, sources: usize, checks: Checks, progress: Progre
         .aggregate_with(CountSum, window_line("S"))
         .name("Sessions");
     let timers = keyed
-        .process(TimerSums {
-            pending: None,
-            processing: None,
-            checks,
-        })
+        .process(TimerSums::new(checks))
         .name("Timers")
         .map(|(k, t, n, sum): TimerOut| format!("E\t{k}\t{t}\t{n}\t{sum}"))
         .name("TimerLines");
@@ -334,20 +198,10 @@ fn reference() -> BTreeMap<String, u64> {
 /// characters of its job id name its files, `part-<run>-<subtask>-<n>`).
 fn committed_lines(dir: &Path) -> BTreeMap<String, Vec<String>> {
     let mut runs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
+    for (name, lines) in committed_files(dir) {
         let parts: Vec<&str> = name.split('-').collect();
         assert_eq!(parts.len(), 4, "unexpected file {name}");
-        runs.entry(parts[1].to_string()).or_default().extend(
-            std::fs::read_to_string(&p)
-                .unwrap()
-                .lines()
-                .map(String::from),
-        );
+        runs.entry(parts[1].to_string()).or_default().extend(lines);
     }
     runs
 }
