@@ -9,9 +9,9 @@
 //!   the difference is one cache miss against ten; RocksDB's value cache
 //!   holds the list). Their timers are not stored apart: every window in
 //!   the state has exactly one pending timer, its firing time
-//!   (`max_timestamp`) until it fired and its cleanup time (`max_timestamp
-//!   + allowed_lateness`) after, so the in-memory timer index is rebuilt
-//!   from the state on restore.
+//!   (`max_timestamp`) until it fired and its cleanup time
+//!   (`max_timestamp + allowed_lateness`) after, so the in-memory timer
+//!   index is rebuilt from the state on restore.
 //! - **Session windows** (`Merging`): a record's window merges with the
 //!   windows of its key it touches, which needs the key's windows: a map
 //!   per key (`window-contents`, user key = the window), with timers as
