@@ -617,39 +617,11 @@ impl<K: Key> RocksKeyedStateBackend<K> {
             self.db_put(cf, kg, key, Some(&new))?;
             return Ok(new);
         }
-        let loaded: Option<Option<T>> = if self.value_column::<T>(id)?.cache.contains_key(key) {
-            None
-        } else {
-            Some(self.db_get(&self.states[id].cf, kg, key)?)
-        };
-        let col = self
-            .states
-            .get_mut(id)
-            .and_then(|s| s.column.as_any_mut().downcast_mut::<ValueColumn<K, T>>())
-            .ok_or_else(|| Error::Internal(format!("state handle {id} has another type")))?;
-        match loaded {
-            None => match col.cache.get_mut(key) {
-                Some(slot) => {
-                    let new = f(slot.value.as_ref());
-                    slot.value = Some(new.clone());
-                    slot.dirty = true;
-                    Ok(new)
-                }
-                None => Err(Error::Internal("value cache entry vanished".into())),
-            },
-            Some(old) => {
-                let new = f(old.as_ref());
-                col.cache.insert(
-                    key.clone(),
-                    Slot {
-                        value: Some(new.clone()),
-                        dirty: true,
-                        kg,
-                    },
-                );
-                Ok(new)
-            }
-        }
+        let slot = self.cached_slot::<T>(id, kg, key)?;
+        let new = f(slot.value.as_ref());
+        slot.value = Some(new.clone());
+        slot.dirty = true;
+        Ok(new)
     }
 
     /// Changes a value in place (`init()` when there is none, then `f`);
@@ -671,6 +643,22 @@ impl<K: Key> RocksKeyedStateBackend<K> {
             self.db_put(cf, kg, key, Some(&v))?;
             return Ok(new);
         }
+        let slot = self.cached_slot::<T>(id, kg, key)?;
+        let new = slot.value.is_none();
+        f(slot.value.get_or_insert_with(init));
+        slot.dirty = true;
+        Ok(new)
+    }
+
+    /// The cache slot of `key` in value state `id`, read from the
+    /// database first when it is not cached (its value `None` when the
+    /// key has none).
+    fn cached_slot<T: Data + Clone>(
+        &mut self,
+        id: usize,
+        kg: u16,
+        key: &K,
+    ) -> Result<&mut Slot<T>> {
         let loaded: Option<Option<T>> = if self.value_column::<T>(id)?.cache.contains_key(key) {
             None
         } else {
@@ -681,32 +669,19 @@ impl<K: Key> RocksKeyedStateBackend<K> {
             .get_mut(id)
             .and_then(|s| s.column.as_any_mut().downcast_mut::<ValueColumn<K, T>>())
             .ok_or_else(|| Error::Internal(format!("state handle {id} has another type")))?;
-        match loaded {
-            None => {
-                let slot = col
-                    .cache
-                    .get_mut(key)
-                    .ok_or_else(|| Error::Internal("value cache entry vanished".into()))?;
-                let new = slot.value.is_none();
-                f(slot.value.get_or_insert_with(init));
-                slot.dirty = true;
-                Ok(new)
-            }
-            Some(old) => {
-                let new = old.is_none();
-                let mut v = old.unwrap_or_else(init);
-                f(&mut v);
-                col.cache.insert(
-                    key.clone(),
-                    Slot {
-                        value: Some(v),
-                        dirty: true,
-                        kg,
-                    },
-                );
-                Ok(new)
-            }
+        if let Some(value) = loaded {
+            col.cache.insert(
+                key.clone(),
+                Slot {
+                    value,
+                    dirty: false,
+                    kg,
+                },
+            );
         }
+        col.cache
+            .get_mut(key)
+            .ok_or_else(|| Error::Internal("value cache entry vanished".into()))
     }
 
     /// Every `(key, value)` of value state `id`, over all key groups.
