@@ -11,8 +11,8 @@
 # apt-get when running as root; otherwise the exact command is printed and
 # the script exits non-zero. (`cargo run --release --example wordcount`
 # needs none of this: rocksdb is not a default feature.)
-# The S3 storage tests need python3 with moto[server], the OpenAPI test
-# schemathesis (both pip-installed below).
+# The S3 storage tests need python3 with moto[server], the Kafka connector
+# tests noida-db, the OpenAPI test schemathesis (all pip-installed below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
@@ -69,6 +69,17 @@ if ! python3 -c "import moto.server, flask, werkzeug" >/dev/null 2>&1; then
   echo "installing moto[server] for the S3 storage tests" >&2
   python3 -m pip install --quiet --disable-pip-version-check "moto[server]>=5,<6" >&2 || {
     echo "cannot install moto[server]; run: python3 -m pip install 'moto[server]'" >&2
+    exit 1
+  }
+fi
+# The Kafka connector's tests (tests/kafka_connector.rs) start noida-db
+# (PyPI: noida-db, a local server that speaks the Kafka protocol) on
+# 127.0.0.1; installed here when missing (WEIR_NOIDA_DB may name another
+# one). Without it those tests fail with the command that installs it.
+if [ -z "${WEIR_NOIDA_DB:-}" ] && ! noida-db version >/dev/null 2>&1; then
+  echo "installing noida-db for the Kafka connector tests" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "noida-db==0.2.3" >&2 || {
+    echo "cannot install noida-db; run: python3 -m pip install 'noida-db==0.2.3'" >&2
     exit 1
   }
 fi
