@@ -13,6 +13,8 @@ pub use weir_runtime as runtime;
 
 pub mod cli;
 pub mod client;
+#[cfg(feature = "kafka")]
+pub mod kafka_visits;
 pub mod visit_windows;
 pub mod wordcount;
 
