@@ -125,6 +125,7 @@ fn sync_phase() {
                     value_cache_entries: 65_536,
                 },
                 auto_watermark_interval: std::time::Duration::from_millis(200),
+                num_records_in_errors: Default::default(),
             };
             let mut b = KeyedStateBackend::<u64>::for_subtask(&ctx).expect("rocksdb");
             let st = fill(&mut b, keys);

@@ -66,6 +66,7 @@ fn backend(kind: BackendKind) -> KeyedStateBackend<u64> {
             value_cache_entries: 0,
         },
         auto_watermark_interval: std::time::Duration::from_millis(200),
+        num_records_in_errors: Default::default(),
     };
     KeyedStateBackend::for_subtask(&ctx).unwrap()
 }

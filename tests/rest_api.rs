@@ -552,6 +552,7 @@ fn prometheus_metrics_use_flinks_names() {
     for name in [
         "weir_operator_numRecordsIn{",
         "weir_operator_numRecordsOut{",
+        "weir_operator_numRecordsInErrors{",
         "weir_operator_numRecordsInPerSecond{",
         "weir_operator_numRecordsOutPerSecond{",
         "weir_task_backPressuredTimeMsPerSecond{",
@@ -575,6 +576,168 @@ fn prometheus_metrics_use_flinks_names() {
     assert_eq!(m.tasks[1].subtasks.len(), 2);
     r.job.cancel();
     let _ = r.job.wait();
+}
+
+/// Records the skipping source reads over all subtasks.
+const SKIPPING_N: u64 = 10_000;
+
+/// Whether the skipping source has failed its one time.
+static SKIPPING_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A source that "reads" `i` for `i` in `0..SKIPPING_N` (every `parallelism`th
+/// from its subtask's index), skips those with `i % 7 == 3` as undeserializable
+/// and counts them in its `numRecordsInErrors`. Subtask 0 fails once, in the
+/// middle of its range; without checkpoints its restart reads from the start.
+#[derive(Clone, Default)]
+struct SkippingSource {
+    next: u64,
+    step: u64,
+    subtask: usize,
+    errors: Counter,
+}
+
+impl SkippingSource {
+    fn is_error(i: u64) -> bool {
+        i % 7 == 3
+    }
+
+    /// The errors of subtask `subtask` of `parallelism` over `0..end`.
+    fn errors_below(end: u64, subtask: u64, parallelism: u64) -> u64 {
+        (subtask..end)
+            .step_by(parallelism as usize)
+            .filter(|i| Self::is_error(*i))
+            .count() as u64
+    }
+}
+
+impl SourceFunction<u64> for SkippingSource {
+    fn open(&mut self, ctx: &SourceContext<'_>) -> Result<()> {
+        self.subtask = ctx.runtime.subtask;
+        self.next = ctx.runtime.subtask as u64;
+        self.step = ctx.runtime.parallelism as u64;
+        self.errors = ctx.runtime.num_records_in_errors.clone();
+        Ok(())
+    }
+
+    fn poll_next(&mut self, out: &mut Vec<u64>, max: usize) -> Result<SourceStatus> {
+        let max = max.min(100);
+        while out.len() < max && self.next < SKIPPING_N {
+            if self.subtask == 0
+                && self.next >= SKIPPING_N / 2
+                && !SKIPPING_FAILED.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(Error::User("the broker went away".into()));
+            }
+            let i = self.next;
+            self.next += self.step;
+            if Self::is_error(i) {
+                self.errors.inc();
+            } else {
+                out.push(i);
+            }
+        }
+        Ok(if self.next < SKIPPING_N {
+            SourceStatus::More
+        } else {
+            SourceStatus::Finished
+        })
+    }
+}
+
+#[test]
+fn records_in_errors_counted_by_a_source_show_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = common::rest_env(
+        dir.path(),
+        &[
+            ("execution.checkpointing.interval", "off"),
+            ("parallelism.default", "2"),
+            ("restart-strategy.type", "fixed-delay"),
+            ("restart-strategy.fixed-delay.delay", "10ms"),
+            ("jobmanager.execution.failover-strategy", "region"),
+        ],
+    );
+    env.add_source(SkippingSource::default())
+        .name("skipping")
+        .add_sink(DiscardSink);
+    let mut job = env.execute_async("rest-records-in-errors").unwrap();
+    let base = format!("http://{}", job.rest_address().unwrap());
+    let id = job.job_id().to_string();
+    wait_for("the job's end", 60, || job.is_done().then_some(()));
+    let m = job.metrics_snapshot();
+    let result = job.wait().unwrap();
+    assert_eq!(result.restarts, 1, "subtask 0 failed once");
+    // Subtask 0 counted its errors below the failure, then all of them
+    // again after its restart (the counter lives as long as the job, like
+    // numRecordsIn); subtask 1, another region, ran once.
+    let per_subtask = [
+        SkippingSource::errors_below(SKIPPING_N / 2, 0, 2)
+            + SkippingSource::errors_below(SKIPPING_N, 0, 2),
+        SkippingSource::errors_below(SKIPPING_N, 1, 2),
+    ];
+    let total: u64 = per_subtask.iter().sum();
+    assert!(per_subtask.iter().all(|e| *e > 0), "{per_subtask:?}");
+    assert_eq!(
+        result.operator("skipping").unwrap().records_in_errors,
+        total
+    );
+    assert_eq!(result.operators.len(), 2);
+    assert!(result
+        .operators
+        .iter()
+        .all(|o| o.name == "skipping" || o.records_in_errors == 0));
+
+    // The handle's snapshot.
+    assert_eq!(m.num_restarts, 1);
+    let op = m.operators.iter().find(|o| o.name == "skipping").unwrap();
+    assert_eq!(op.num_records_in_errors, total);
+    let subs: Vec<u64> = op
+        .subtasks
+        .iter()
+        .map(|s| s.num_records_in_errors)
+        .collect();
+    assert_eq!(subs, per_subtask);
+
+    // REST: the vertex's operators, in total and per subtask.
+    let d = wait_for("the FINISHED state", 10, || {
+        let d = get_json(&format!("{base}/jobs/{id}"));
+        (d["state"] == "FINISHED").then_some(d)
+    });
+    let ops = d["vertices"][0]["operators"].as_array().unwrap();
+    let src = ops.iter().find(|o| o["name"] == "skipping").unwrap();
+    assert_eq!(src["numRecordsInErrors"].as_u64(), Some(total), "{src}");
+    for (i, want) in per_subtask.iter().enumerate() {
+        assert_eq!(src["subtasks"][i]["subtask"], i);
+        assert_eq!(
+            src["subtasks"][i]["numRecordsInErrors"].as_u64(),
+            Some(*want),
+            "{src}"
+        );
+    }
+    for o in ops.iter().filter(|o| o["name"] != "skipping") {
+        assert_eq!(o["numRecordsInErrors"], 0, "{o}");
+    }
+
+    // Prometheus: one counter per operator subtask.
+    let (status, text) = http("GET", &format!("{base}/metrics"), None);
+    assert_eq!(status, 200);
+    assert!(text.contains("# TYPE weir_operator_numRecordsInErrors counter"));
+    for (i, want) in per_subtask.iter().enumerate() {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("weir_operator_numRecordsInErrors{")
+                    && l.contains(&format!("job_id=\"{id}\""))
+                    && l.contains("operator_name=\"skipping\"")
+                    && l.contains(&format!("subtask_index=\"{i}\""))
+            })
+            .unwrap_or_else(|| panic!("no numRecordsInErrors of subtask {i} in:\n{text}"));
+        assert_eq!(
+            line.rsplit(' ').next(),
+            Some(want.to_string().as_str()),
+            "{line}"
+        );
+    }
 }
 
 #[test]

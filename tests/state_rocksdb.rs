@@ -39,6 +39,7 @@ fn rocks(
             value_cache_entries: cache,
         },
         auto_watermark_interval: std::time::Duration::from_millis(200),
+        num_records_in_errors: Default::default(),
     };
     KeyedStateBackend::for_subtask(&ctx).unwrap()
 }

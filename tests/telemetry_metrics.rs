@@ -93,6 +93,7 @@ fn exports_metrics(protocol: &str) {
         "numRestarts",
         "numRecordsIn",
         "numRecordsOut",
+        "numRecordsInErrors",
         "numRecordsInPerSecond",
         "numRecordsOutPerSecond",
         "backPressuredTimeMsPerSecond",
@@ -133,6 +134,7 @@ fn exports_metrics(protocol: &str) {
             "totalNumberOfCheckpoints",
             "numRecordsIn",
             "numRecordsOut",
+            "numRecordsInErrors",
         ]
         .contains(&p.name.as_str());
         if counter {
@@ -198,6 +200,13 @@ fn exports_metrics(protocol: &str) {
         .map(|p| p.value)
         .sum();
     assert_eq!(source_out, n as f64, "numRecordsOut of the source");
+    // No function of this job counts records in errors.
+    assert!(
+        of(&points, "numRecordsInErrors", last)
+            .iter()
+            .all(|p| p.value == 0.0),
+        "numRecordsInErrors of every operator subtask is 0"
+    );
     // Rates were seen while the job ran.
     assert!(
         points

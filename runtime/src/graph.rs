@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use crate::checkpoint::SubtaskRestore;
 use crate::config::{options, Conf};
+use crate::counter::Counter;
 use crate::exchange::{
     connect, Broadcast, ChannelReceiver, ChannelWatch, Forward, InputGate, OutputEdge,
     PartitionFactory, PartitionSetup, Rebalance, TaskSignals,
@@ -428,6 +429,10 @@ pub struct SubtaskCounts {
     /// The last watermark the operator received (Flink's
     /// `currentInputWatermark`; `i64::MIN` before the first).
     pub input_watermark: std::sync::atomic::AtomicI64,
+    /// Records the function received but could not use (Flink's
+    /// `numRecordsInErrors`): counted by the function itself through
+    /// [`RuntimeContext::num_records_in_errors`], which is this counter.
+    pub records_in_errors: Counter,
 }
 
 impl Default for SubtaskCounts {
@@ -436,6 +441,7 @@ impl Default for SubtaskCounts {
             records_in: AtomicU64::new(0),
             records_out: AtomicU64::new(0),
             input_watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
+            records_in_errors: Counter::default(),
         }
     }
 }
@@ -468,6 +474,14 @@ impl OperatorCounters {
         self.subtasks
             .iter()
             .map(|s| s.records_out.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Records in errors (Flink's `numRecordsInErrors`), over all subtasks.
+    pub fn records_in_errors(&self) -> u64 {
+        self.subtasks
+            .iter()
+            .map(|s| s.records_in_errors.count())
             .sum()
     }
 
@@ -506,6 +520,11 @@ impl SubtaskCounter {
         self.op.subtasks[self.index]
             .records_out
             .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The subtask's `numRecordsInErrors`, for its [`RuntimeContext`].
+    pub(crate) fn records_in_errors(&self) -> Counter {
+        self.op.subtasks[self.index].records_in_errors.clone()
     }
 
     /// The operator received watermark `w` (once per watermark, not per record).
@@ -648,7 +667,9 @@ pub(crate) fn instantiate(
     let state_backend = crate::state::StateBackendConfig::from_conf(conf);
     let max_p = conf.get(&options::MAX_PARALLELISM);
     let auto_watermark_interval = conf.get(&options::AUTO_WATERMARK_INTERVAL);
-    let ctx_for = |node: usize, subtask: usize| RuntimeContext {
+    // The context shares the subtask's `numRecordsInErrors` with the
+    // metrics; like every counter of `counters`, it outlives restarts.
+    let ctx_for = |node: usize, subtask: usize, counter: &SubtaskCounter| RuntimeContext {
         job_id: job_id.to_string(),
         operator: graph.nodes[node].name.clone(),
         subtask,
@@ -657,6 +678,7 @@ pub(crate) fn instantiate(
         checkpointing,
         state_backend: state_backend.clone(),
         auto_watermark_interval,
+        num_records_in_errors: counter.records_in_errors(),
     };
     let Wiring {
         mut inputs,
@@ -679,22 +701,26 @@ pub(crate) fn instantiate(
                 let node = &graph.nodes[n];
                 match &node.kind {
                     NodeKind::Source(f) => {
+                        let counters = SubtaskCounter::new(counters[n].clone(), i);
                         head = Some(Head::Source {
                             op: f(),
-                            ctx: ctx_for(n, i),
-                            counters: SubtaskCounter::new(counters[n].clone(), i),
+                            ctx: ctx_for(n, i, &counters),
+                            counters,
                             out_len: node.out_len,
                         })
                     }
-                    NodeKind::Op(f) => ops.push(ChainedOp {
-                        op: f(),
-                        ctx: ctx_for(n, i),
-                        counters: SubtaskCounter::new(counters[n].clone(), i),
-                        in_len: node
-                            .in_len
-                            .ok_or_else(|| Error::Internal("operator without input type".into()))?,
-                        out_len: node.out_len,
-                    }),
+                    NodeKind::Op(f) => {
+                        let counters = SubtaskCounter::new(counters[n].clone(), i);
+                        ops.push(ChainedOp {
+                            op: f(),
+                            ctx: ctx_for(n, i, &counters),
+                            counters,
+                            in_len: node.in_len.ok_or_else(|| {
+                                Error::Internal("operator without input type".into())
+                            })?,
+                            out_len: node.out_len,
+                        })
+                    }
                 }
             }
             let head = match head {

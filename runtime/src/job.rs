@@ -67,6 +67,9 @@ pub struct OperatorMetrics {
     pub records_in: u64,
     /// Records out, over all subtasks.
     pub records_out: u64,
+    /// Records the operator received but could not use, over all subtasks
+    /// (Flink's `numRecordsInErrors`).
+    pub records_in_errors: u64,
     /// The smallest input watermark over its subtasks (Flink's
     /// `currentInputWatermark`; `i64::MIN` before every subtask had one).
     pub current_input_watermark: i64,
@@ -103,6 +106,7 @@ fn snapshot_metrics(ops: &[OperatorInfo]) -> Vec<OperatorMetrics> {
             parallelism: o.parallelism,
             records_in: o.counters.records_in(),
             records_out: o.counters.records_out(),
+            records_in_errors: o.counters.records_in_errors(),
             current_input_watermark: o.counters.input_watermark(),
         })
         .collect()

@@ -74,6 +74,8 @@
 //! - [`telemetry`]: OpenTelemetry traces of checkpoints and failovers, OTLP export.
 //! - [`metrics`]: Flink's metrics (checkpoints, restarts, records, back
 //!   pressure), collected with atomics, and their Prometheus text format.
+//!   `counter`: the [`metrics::Counter`] a function counts into (Flink's
+//!   `numRecordsInErrors`), held by `RuntimeContext` and read by the metrics.
 //! - [`registry`]: every job of the process, for the REST server.
 //! - [`operations`]: what clients asked over REST (savepoints, stops,
 //!   triggered checkpoints, cancels) and the promise that its result is
@@ -101,6 +103,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod connect;
 pub mod coordinator;
+pub(crate) mod counter;
 pub mod deploy;
 pub mod error;
 pub mod exchange;
@@ -139,6 +142,7 @@ pub mod prelude {
     pub use crate::config::{options, Conf};
     pub use crate::connect::{CoProcessFunction, KeyedCoProcessFunction, ProcessJoinFunction};
     pub use crate::job::{JobHandle, JobResult, JobStatus, OperatorMetrics};
+    pub use crate::metrics::Counter;
     pub use crate::operator::{
         Collector, KeyedOpenContext, KeyedProcessFunction, RuntimeContext, SinkFunction,
         SourceContext, SourceFunction, SourceStatus,

@@ -253,6 +253,7 @@ mod tests {
             checkpointing: false,
             state_backend: Default::default(),
             auto_watermark_interval: std::time::Duration::from_millis(200),
+            num_records_in_errors: Default::default(),
         }
     }
 

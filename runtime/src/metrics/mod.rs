@@ -5,6 +5,10 @@
 //! - Records: one relaxed atomic add per batch and operator into the
 //!   subtask's own slot ([`crate::graph::OperatorCounters`], one cache line per
 //!   subtask): Flink's `numRecordsIn` / `numRecordsOut`.
+//! - Records in errors: Flink's `numRecordsInErrors`, counted by the function
+//!   itself (e.g. a source skipping a record it cannot deserialize) through
+//!   the [`Counter`] of its `RuntimeContext::num_records_in_errors`, which
+//!   is the subtask's slot.
 //! - Time: a subtask notes when it starts and stops waiting for space on an
 //!   output (back-pressured) or for input (idle) in its [`SubtaskIo`]; only the
 //!   waiting path touches the clock, never the path of a batch that goes
@@ -45,6 +49,7 @@ use crate::checkpoint::{CheckpointCounts, CheckpointStats, CheckpointStatus};
 use crate::graph::{JobPlan, OperatorCounters};
 use crate::lifecycle::{JobStatus, Lifecycle};
 
+pub use crate::counter::Counter;
 pub use crate::waits::SubtaskIo;
 
 /// One operator of a job, as the metrics see it.
@@ -247,6 +252,9 @@ pub struct OperatorMetricsSnapshot {
     pub num_records_in: u64,
     /// `numRecordsOut`.
     pub num_records_out: u64,
+    /// `numRecordsInErrors`: records the function received but could not
+    /// use (counted by the function, see `RuntimeContext::num_records_in_errors`).
+    pub num_records_in_errors: u64,
     /// `numRecordsInPerSecond`.
     pub num_records_in_per_second: f64,
     /// `numRecordsOutPerSecond`.
@@ -266,6 +274,9 @@ pub struct OperatorSubtaskMetrics {
     pub num_records_in: u64,
     /// `numRecordsOut`.
     pub num_records_out: u64,
+    /// `numRecordsInErrors`: records the function received but could not
+    /// use (counted by the function, see `RuntimeContext::num_records_in_errors`).
+    pub num_records_in_errors: u64,
     /// `numRecordsInPerSecond`.
     pub num_records_in_per_second: f64,
     /// `numRecordsOutPerSecond`.
@@ -360,6 +371,7 @@ impl JobMetrics {
                         index: i,
                         num_records_in: c.records_in.load(Ordering::Relaxed),
                         num_records_out: c.records_out.load(Ordering::Relaxed),
+                        num_records_in_errors: c.records_in_errors.count(),
                         num_records_in_per_second: at(&rates.records_in, o, i),
                         num_records_out_per_second: at(&rates.records_out, o, i),
                         current_input_watermark: c.input_watermark.load(Ordering::Relaxed),
@@ -371,6 +383,7 @@ impl JobMetrics {
                     parallelism: op.parallelism,
                     num_records_in: subtasks.iter().map(|s| s.num_records_in).sum(),
                     num_records_out: subtasks.iter().map(|s| s.num_records_out).sum(),
+                    num_records_in_errors: subtasks.iter().map(|s| s.num_records_in_errors).sum(),
                     num_records_in_per_second: subtasks
                         .iter()
                         .map(|s| s.num_records_in_per_second)
@@ -641,6 +654,13 @@ fn add_operator_subtasks(f: &mut Families, j: &JobMetrics, job: &str) {
                 "records the operator emitted",
                 &l,
                 s.num_records_out as f64,
+            );
+            f.add(
+                "weir_operator_numRecordsInErrors",
+                "counter",
+                "records the operator received but could not use (e.g. skipped as undeserializable)",
+                &l,
+                s.num_records_in_errors as f64,
             );
             f.add(
                 "weir_operator_numRecordsInPerSecond",

@@ -30,6 +30,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::counter::Counter;
 use crate::keygroup::KeyGroupRange;
 use crate::record::{downcast, AnyBatch, Data, Key};
 use crate::state::{
@@ -59,6 +60,13 @@ pub struct RuntimeContext {
     pub state_backend: StateBackendConfig,
     /// `pipeline.auto-watermark-interval`.
     pub auto_watermark_interval: Duration,
+    /// Flink's `numRecordsInErrors` of this operator subtask: records the
+    /// function received but could not use (e.g. a source's records that
+    /// fail to deserialize and that it skips). The function counts them
+    /// itself; the runtime never does. It is the very counter the metrics
+    /// report (REST, `/metrics`, OTLP), kept over the whole job: restarts of
+    /// the subtask count on from where they stopped.
+    pub num_records_in_errors: Counter,
 }
 
 impl<'a> From<&'a RuntimeContext> for BackendScope<'a> {

@@ -400,17 +400,22 @@ fn register_job(meter: &Meter, latest: &Latest, job: &[KeyValue; 2]) {
     }
 }
 
-/// Per operator subtask: records in and out, and their rates.
+/// Per operator subtask: records in and out, records in errors, and the rates.
 fn register_operator_subtasks(meter: &Meter, latest: &Latest, job: &[KeyValue; 2]) {
     type OpU64 = fn(&crate::metrics::OperatorSubtaskMetrics) -> u64;
     type OpF64 = fn(&crate::metrics::OperatorSubtaskMetrics) -> f64;
-    let op_sums: [(&'static str, &'static str, OpU64); 2] = [
+    let op_sums: [(&'static str, &'static str, OpU64); 3] = [
         ("numRecordsIn", "records that entered the operator", |s| {
             s.num_records_in
         }),
         ("numRecordsOut", "records the operator emitted", |s| {
             s.num_records_out
         }),
+        (
+            "numRecordsInErrors",
+            "records the operator received but could not use",
+            |s| s.num_records_in_errors,
+        ),
     ];
     for (name, help, f) in op_sums {
         let (latest, job) = (latest.clone(), job.clone());

@@ -115,7 +115,7 @@
 //! | `lastCheckpointRestoreTimestamp` | gauge | job | ms since the epoch |
 //! | `numberOfCompletedCheckpoints`, `numberOfFailedCheckpoints`, `totalNumberOfCheckpoints` | sum | job | |
 //! | `numberOfInProgressCheckpoints` | gauge | job | |
-//! | `numRecordsIn`, `numRecordsOut` | sum | operator subtask | |
+//! | `numRecordsIn`, `numRecordsOut`, `numRecordsInErrors` | sum | operator subtask | |
 //! | `numRecordsInPerSecond`, `numRecordsOutPerSecond` | gauge | operator subtask | records/s |
 //! | `backPressuredTimeMsPerSecond`, `idleTimeMsPerSecond`, `busyTimeMsPerSecond` | gauge | task subtask | ms/s |
 //! | `isBackPressured` | gauge | task subtask | 0 or 1 |
