@@ -165,7 +165,11 @@ impl SourceFunction<Event> for SequenceSource {
         })
     }
 
-    fn snapshot_state(&mut self, state: &mut OperatorStateStore) -> Result<()> {
+    fn snapshot_state(
+        &mut self,
+        _checkpoint_id: u64,
+        state: &mut OperatorStateStore,
+    ) -> Result<()> {
         state.update_list(POSITION, &[(self.next, self.end)])
     }
 

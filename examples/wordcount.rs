@@ -25,6 +25,21 @@
 //! or `OTEL_EXPORTER_OTLP_ENDPOINT`; `otel.exporter.otlp.protocol` picks `grpc`
 //! or `http/protobuf`) every checkpoint and failover is exported as a trace.
 //!
+//! # Kafka (feature `kafka`)
+//! ```text
+//! cargo run --release --features kafka --example wordcount -- \
+//!     --kafka-brokers 127.0.0.1:9092 --kafka-input-topic lines --kafka-output-topic counts
+//! ```
+//! reads lines from the topic's record values instead of `--input`, and
+//! writes every update as one record (key: the word, value:
+//! `word<TAB>count`) to the output topic, exactly once by default (a Kafka
+//! transaction per completed checkpoint; `-D
+//! kafka.sink.delivery-guarantee=at-least-once` for at least once).
+//! `--kafka-bounded` ends at the end offsets the topic had when the job
+//! first started (Flink's bounded mode), so a run over a filled topic ends
+//! by itself. `-s` restores as with files: the source resumes at the
+//! checkpointed offsets. Every `kafka.*` option of `conf/weir.yaml` applies.
+//!
 //! SIGTERM or Ctrl-C cancels the job cleanly and exits non-zero (a second
 //! one exits at once): see [`weir::cli::Termination`].
 //!
@@ -43,7 +58,7 @@ use weir::operators::text::generated_text;
 use weir::prelude::*;
 use weir::runtime::config::{options, ValueSource};
 use weir::runtime::telemetry::{OtlpProtocol, TelemetryConfig};
-use weir::wordcount::{wordcount, words_counted};
+use weir::wordcount::{wordcount_to, words_counted};
 
 // The example's allocator; any allocator works, this one is faster for
 // batches allocated on one thread and freed on another.
@@ -88,6 +103,19 @@ struct Args {
     /// No web UI / REST API (same as -D rest.enabled=false).
     #[arg(long, conflicts_with = "serve")]
     no_ui: bool,
+    /// Kafka brokers, host:port[,host:port...] (sets kafka.properties.bootstrap.servers).
+    #[arg(long, value_name = "HOST:PORT")]
+    kafka_brokers: Option<String>,
+    /// Reads lines from this Kafka topic (record values, UTF-8) instead of --input.
+    #[arg(long, value_name = "TOPIC", conflicts_with_all = ["input", "rate"])]
+    kafka_input_topic: Option<String>,
+    /// Writes every update as a record (key: word, value: word<TAB>count) to this topic.
+    #[arg(long, value_name = "TOPIC")]
+    kafka_output_topic: Option<String>,
+    /// Ends at the end offsets the input topic had when the job first started
+    /// (sets kafka.scan.bounded.mode=latest-offset).
+    #[arg(long, requires = "kafka_input_topic")]
+    kafka_bounded: bool,
     #[command(flatten)]
     conf: ConfArgs,
 }
@@ -117,6 +145,26 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut conf = args.conf.load()?;
     if let Some(p) = args.parallelism {
         conf.set(options::PARALLELISM_DEFAULT.def.key, p)?;
+    }
+    if let Some(b) = &args.kafka_brokers {
+        conf.set(options::KAFKA_BOOTSTRAP_SERVERS.def.key, b)?;
+    }
+    if args.kafka_bounded {
+        conf.set(options::KAFKA_BOUNDED_MODE.def.key, "latest-offset")?;
+    }
+    let kafka_used = args.kafka_input_topic.is_some() || args.kafka_output_topic.is_some();
+    if kafka_used && !cfg!(feature = "kafka") {
+        anyhow::bail!(
+            "this wordcount was built without Kafka: run it with `cargo run --release --features kafka --example wordcount -- ...`"
+        );
+    }
+    if kafka_used
+        && conf
+            .get(&options::KAFKA_BOOTSTRAP_SERVERS)
+            .trim()
+            .is_empty()
+    {
+        anyhow::bail!("--kafka-input-topic and --kafka-output-topic need --kafka-brokers HOST:PORT (or kafka.properties.bootstrap.servers)");
     }
     if let Some(otel) = TelemetryConfig::from_conf(&conf)? {
         eprintln!(
@@ -154,8 +202,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         conf.set(options::REST_PORT.def.key, 0)?;
     }
     let env = Env::from_conf(conf)?;
-    let lines = match &args.input {
-        Some(path) => {
+    let lines = match (&args.input, &args.kafka_input_topic) {
+        (_, Some(topic)) => kafka_lines(&env, topic)?,
+        (Some(path), None) => {
             let src = FileSource::new(path)?;
             let bytes: u64 = src.files().iter().map(|f| f.1).sum();
             eprintln!(
@@ -165,7 +214,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             );
             env.add_source(src)
         }
-        None => {
+        (None, None) => {
             let words = (args.words > 0).then_some(args.words);
             eprintln!(
                 "counting words of the built-in text: {}, vocabulary {}, seed {}{}",
@@ -184,7 +233,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     .name("Source");
-    let top = wordcount(&lines, args.output.as_deref())?;
+    let kafka_out = match &args.kafka_output_topic {
+        Some(topic) => Some(kafka_output(&env, topic)?),
+        None => None,
+    };
+    let top = wordcount_to(&lines, args.output.as_deref(), kafka_out)?;
 
     let mut job = env.execute_async("wordcount")?;
     if let Some(addr) = job.rest_address() {
@@ -254,6 +307,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dir) = &args.output {
         println!("output: {}", dir.display());
     }
+    if let Some(topic) = &args.kafka_output_topic {
+        println!("output topic: {topic}");
+    }
     if let Some(t) = traces {
         // Counted before the final flush, which the job's end bounds by otel.flush-timeout.
         println!(
@@ -269,6 +325,49 @@ fn run(args: Args) -> anyhow::Result<()> {
         serve_until_terminated(&termination);
     }
     Ok(())
+}
+
+/// The lines of a Kafka topic, configured by the `kafka.*` options.
+#[cfg(feature = "kafka")]
+fn kafka_lines(env: &Env, topic: &str) -> anyhow::Result<DataStream<String>> {
+    use weir::operators::kafka::KafkaSource;
+    let source = KafkaSource::lines()
+        .conf(env.conf())?
+        .topics([topic])
+        .build()?;
+    eprintln!(
+        "counting words of Kafka topic {topic} on {}{}",
+        env.conf().get(&options::KAFKA_BOOTSTRAP_SERVERS),
+        if env.conf().get(&options::KAFKA_BOUNDED_MODE) == "latest-offset" {
+            " (bounded: up to its end offsets at the first start)"
+        } else {
+            ""
+        }
+    );
+    Ok(env.add_source(source))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn kafka_lines(_: &Env, _: &str) -> anyhow::Result<DataStream<String>> {
+    unreachable!("rejected in run() without the kafka feature")
+}
+
+/// The word count's Kafka sink, configured by the `kafka.*` options.
+#[cfg(feature = "kafka")]
+fn kafka_output(env: &Env, topic: &str) -> anyhow::Result<weir::wordcount::KafkaOutput> {
+    let sink = weir::wordcount::kafka_output(topic)
+        .conf(env.conf())
+        .build()?;
+    eprintln!(
+        "writing updates to Kafka topic {topic} ({})",
+        env.conf().get(&options::KAFKA_DELIVERY_GUARANTEE)
+    );
+    Ok(sink)
+}
+
+#[cfg(not(feature = "kafka"))]
+fn kafka_output(_: &Env, _: &str) -> anyhow::Result<weir::wordcount::KafkaOutput> {
+    unreachable!("rejected in run() without the kafka feature")
 }
 
 /// `--serve`: the job has ended (finished, failed or cancelled); the REST

@@ -24,13 +24,14 @@
 //! `DIR/late`. Both sinks keep their totals in operator state, so a job
 //! restored from a checkpoint reports the totals of the whole input.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weir_operators::rng::SplitMix64;
+use weir_runtime::watermarks::BoundedOutOfOrderness;
 use weir_runtime::Result;
 
 use crate::prelude::*;
@@ -283,8 +284,8 @@ impl SourceFunction<Click> for CsvClicks {
         }
         Ok(status)
     }
-    fn snapshot_state(&mut self, state: &mut OperatorStateStore) -> Result<()> {
-        self.lines.snapshot_state(state)
+    fn snapshot_state(&mut self, checkpoint_id: u64, state: &mut OperatorStateStore) -> Result<()> {
+        self.lines.snapshot_state(checkpoint_id, state)
     }
     fn close(&mut self) -> Result<()> {
         SourceFunction::<String>::close(&mut self.lines)
@@ -369,25 +370,63 @@ impl Board {
 /// go to `output/visits` and the late clicks to `output/late`. Returns a
 /// handle on the job's progress.
 pub fn visit_windows(clicks: &DataStream<Click>, output: Option<&Path>) -> Result<VisitWindows> {
+    let (visits_file, late_file) = match output {
+        Some(d) => (
+            Some(FileSink::new(
+                d.join("visits"),
+                format_visits as fn(&VisitRow, &mut String),
+            )?),
+            Some(FileSink::new(
+                d.join("late"),
+                format_click as fn(&Click, &mut String),
+            )?),
+        ),
+        None => (None, None),
+    };
+    let timestamped = clicks.assign_timestamps_and_watermarks(click_watermarks());
+    Ok(visits_per_window(
+        &timestamped,
+        WINDOW,
+        visits_file,
+        late_file,
+    ))
+}
+
+/// The clicks' watermark strategy: timestamps from [`Click::ts`], bounded
+/// out-of-orderness [`OUT_OF_ORDERNESS`].
+pub fn click_watermarks() -> WatermarkStrategy<Click, BoundedOutOfOrderness> {
+    WatermarkStrategy::for_bounded_out_of_orderness(OUT_OF_ORDERNESS)
+        .with_timestamp_assigner(|c: &Click| c.ts)
+}
+
+/// The visit windows of `clicks`, a stream that already has timestamps and
+/// watermarks: `key_by(page)` -> tumbling event-time windows of `window`
+/// (operator [`VISITS`]) -> the counting sink [`VISITS_SINK`], writing the
+/// window results to `visits` if given; clicks too late for their window
+/// go to the side output [`LATE_TAG`] and the counting sink [`LATE_SINK`],
+/// writing them to `late` if given. Both sinks keep their totals in operator
+/// state. Returns a handle on the job's progress.
+pub fn visits_per_window<V, L>(
+    clicks: &DataStream<Click>,
+    window: Duration,
+    visits: Option<V>,
+    late: Option<L>,
+) -> VisitWindows
+where
+    V: SinkFunction<VisitRow> + Clone,
+    L: SinkFunction<Click> + Clone,
+{
     let progress = VisitWindows {
         watermark: Arc::new(AtomicI64::new(i64::MIN)),
         visits: Board::default(),
         late: Board::default(),
     };
-    let (visits_dir, late_dir): (Option<PathBuf>, Option<PathBuf>) = match output {
-        Some(d) => (Some(d.join("visits")), Some(d.join("late"))),
-        None => (None, None),
-    };
-    let late = OutputTag::<Click>::new(LATE_TAG);
+    let late_tag = OutputTag::<Click>::new(LATE_TAG);
     let reached = progress.watermark.clone();
-    let visits = clicks
-        .assign_timestamps_and_watermarks(
-            WatermarkStrategy::for_bounded_out_of_orderness(OUT_OF_ORDERNESS)
-                .with_timestamp_assigner(|c: &Click| c.ts),
-        )
+    let rows = clicks
         .key_by(|c: &Click| c.page.clone())
-        .window(TumblingEventTimeWindows::of(WINDOW))
-        .side_output_late_data(&late)
+        .window(TumblingEventTimeWindows::of(window))
+        .side_output_late_data(&late_tag)
         .aggregate_with(
             CountVisits,
             move |page: &String,
@@ -405,35 +444,24 @@ pub fn visit_windows(clicks: &DataStream<Click>, output: Option<&Path>) -> Resul
             },
         )
         .name(VISITS);
-    visits
+    rows.add_sink(CountingSink {
+        inner: visits,
+        weigh: |r: &VisitRow| r.visits,
+        board: progress.visits.clone(),
+        subtask: 0,
+        counts: (0, 0),
+    })
+    .name(VISITS_SINK);
+    rows.get_side_output(&late_tag)
         .add_sink(CountingSink {
-            file: match visits_dir {
-                Some(d) => Some(FileSink::new(
-                    d,
-                    format_visits as fn(&VisitRow, &mut String),
-                )?),
-                None => None,
-            },
-            weigh: |r: &VisitRow| r.visits,
-            board: progress.visits.clone(),
-            subtask: 0,
-            counts: (0, 0),
-        })
-        .name(VISITS_SINK);
-    visits
-        .get_side_output(&late)
-        .add_sink(CountingSink {
-            file: match late_dir {
-                Some(d) => Some(FileSink::new(d, format_click as fn(&Click, &mut String))?),
-                None => None,
-            },
+            inner: late,
             weigh: |_: &Click| 1,
             board: progress.late.clone(),
             subtask: 0,
             counts: (0, 0),
         })
         .name(LATE_SINK);
-    Ok(progress)
+    progress
 }
 
 /// Event time for people: `2024-01-01 00:41:39.999` (UTC).
@@ -459,11 +487,11 @@ pub fn format_event_time(ms: i64) -> String {
 }
 
 /// A sink that counts its records (and their weight), keeps the counts in
-/// its operator state, publishes them on a [`Board`], and writes the records
-/// with a [`FileSink`] if it has one.
+/// its operator state, publishes them on a [`Board`], and hands the records
+/// to its inner sink (a [`FileSink`], a Kafka sink, ...) if it has one.
 #[derive(Clone)]
-struct CountingSink<T, F> {
-    file: Option<FileSink<T, F>>,
+struct CountingSink<T, S> {
+    inner: Option<S>,
     weigh: fn(&T) -> u64,
     board: Board,
     subtask: usize,
@@ -474,14 +502,12 @@ struct CountingSink<T, F> {
 /// The counts' operator state.
 const COUNTS: &str = "visit-windows-counts";
 
-impl<T: Data, F: Fn(&T, &mut String) + Send + Sync + 'static> SinkFunction<T>
-    for CountingSink<T, F>
-{
+impl<T: Data, S: SinkFunction<T>> SinkFunction<T> for CountingSink<T, S> {
     fn open(&mut self, ctx: &RuntimeContext) -> Result<()> {
         self.subtask = ctx.subtask;
         self.counts = (0, 0);
         self.board.set(self.subtask, self.counts);
-        match &mut self.file {
+        match &mut self.inner {
             Some(f) => f.open(ctx),
             None => Ok(()),
         }
@@ -490,14 +516,14 @@ impl<T: Data, F: Fn(&T, &mut String) + Send + Sync + 'static> SinkFunction<T>
         self.counts.0 += batch.len() as u64;
         self.counts.1 += batch.iter().map(self.weigh).sum::<u64>();
         self.board.set(self.subtask, self.counts);
-        match &mut self.file {
+        match &mut self.inner {
             Some(f) => f.invoke(batch),
             None => Ok(()),
         }
     }
     fn snapshot_state(&mut self, checkpoint_id: u64, state: &mut OperatorStateStore) -> Result<()> {
         state.update_list(COUNTS, &[self.counts])?;
-        match &mut self.file {
+        match &mut self.inner {
             Some(f) => f.snapshot_state(checkpoint_id, state),
             None => Ok(()),
         }
@@ -507,31 +533,31 @@ impl<T: Data, F: Fn(&T, &mut String) + Send + Sync + 'static> SinkFunction<T>
         let restored: Vec<(u64, u64)> = state.get_list(COUNTS)?;
         self.counts = restored.iter().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
         self.board.set(self.subtask, self.counts);
-        match &mut self.file {
+        match &mut self.inner {
             Some(f) => f.restore_state(state),
             None => Ok(()),
         }
     }
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
-        match &mut self.file {
+        match &mut self.inner {
             Some(f) => f.notify_checkpoint_complete(checkpoint_id),
             None => Ok(()),
         }
     }
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
-        match &mut self.file {
+        match &mut self.inner {
             Some(f) => f.notify_checkpoint_aborted(checkpoint_id),
             None => Ok(()),
         }
     }
     fn finish(&mut self) -> Result<()> {
-        match &mut self.file {
+        match &mut self.inner {
             Some(f) => f.finish(),
             None => Ok(()),
         }
     }
     fn close(&mut self) -> Result<()> {
-        match &mut self.file {
+        match &mut self.inner {
             Some(f) => f.close(),
             None => Ok(()),
         }

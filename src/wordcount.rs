@@ -6,7 +6,10 @@
 //! far)` per word (Flink's running count). The sink keeps the top words (for
 //! the summary; in its operator state, so a restored job reports them too)
 //! and, given an output directory, writes every update as a line
-//! `word<TAB>count` with a [`FileSink`].
+//! `word<TAB>count` with a [`FileSink`]; given a Kafka sink (feature
+//! `kafka`, [`wordcount_to`]), every update is one record with the word as
+//! its key and `word<TAB>count` as its value, so a word's updates are in
+//! one partition, in order.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -47,6 +50,33 @@ impl TopWords {
 /// there. Returns a handle on the top words, filled when the job ends
 /// without failing (its input ended, or it was stopped with a savepoint).
 pub fn wordcount(lines: &DataStream<String>, output: Option<&Path>) -> Result<TopWords> {
+    wordcount_to(lines, output, None)
+}
+
+/// The Kafka output of the word count: `(word, count)` records.
+#[cfg(feature = "kafka")]
+pub type KafkaOutput = weir_operators::kafka::KafkaSink<(Word, u64)>;
+/// Without the `kafka` feature there is no Kafka output.
+#[cfg(not(feature = "kafka"))]
+pub type KafkaOutput = std::convert::Infallible;
+
+/// A builder of the word count's Kafka sink for `topic`: key = the word,
+/// value = `word<TAB>count`.
+#[cfg(feature = "kafka")]
+pub fn kafka_output(topic: &str) -> weir_operators::kafka::KafkaSinkBuilder<(Word, u64)> {
+    weir_operators::kafka::KafkaSink::builder(topic, |r: &(Word, u64)| {
+        let mut line = String::new();
+        format_line(r, &mut line);
+        weir_operators::kafka::ProducerRecord::keyed(r.0.as_str().as_bytes(), line)
+    })
+}
+
+/// [`wordcount`], also writing every update to `kafka` when given.
+pub fn wordcount_to(
+    lines: &DataStream<String>,
+    output: Option<&Path>,
+    kafka: Option<KafkaOutput>,
+) -> Result<TopWords> {
     let top = TopWords::default();
     let file = match output {
         Some(dir) => Some(FileSink::new(dir, format_line as Format)?),
@@ -62,6 +92,7 @@ pub fn wordcount(lines: &DataStream<String>, output: Option<&Path>) -> Result<To
         .name(COUNT)
         .add_sink(WordCountSink {
             file,
+            kafka,
             top: Top::default(),
             merged: top.merged.clone(),
         })
@@ -148,19 +179,43 @@ impl Top {
 #[derive(Clone)]
 struct WordCountSink {
     file: Option<FileSink<(Word, u64), Format>>,
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    kafka: Option<KafkaOutput>,
     top: Top,
     merged: Arc<Mutex<Vec<(Word, u64)>>>,
 }
 
+impl WordCountSink {
+    /// Runs `f` on the Kafka sink, if there is one.
+    #[allow(unused_variables, unused_mut)]
+    fn each_kafka(
+        &mut self,
+        mut f: impl FnMut(&mut dyn SinkFunction<(Word, u64)>) -> Result<()>,
+    ) -> Result<()> {
+        #[cfg(feature = "kafka")]
+        if let Some(k) = &mut self.kafka {
+            return f(k);
+        }
+        Ok(())
+    }
+}
+
 impl SinkFunction<(Word, u64)> for WordCountSink {
     fn open(&mut self, ctx: &RuntimeContext) -> Result<()> {
-        match &mut self.file {
-            Some(f) => f.open(ctx),
-            None => Ok(()),
+        if let Some(f) = &mut self.file {
+            f.open(ctx)?;
         }
+        self.each_kafka(|k| k.open(ctx))
     }
     fn invoke(&mut self, batch: Vec<(Word, u64)>) -> Result<()> {
         self.top.observe(&batch);
+        #[cfg(feature = "kafka")]
+        if let Some(k) = &mut self.kafka {
+            match &mut self.file {
+                Some(_) => k.invoke(batch.clone())?,
+                None => return k.invoke(batch),
+            }
+        }
         match &mut self.file {
             Some(f) => f.invoke(batch),
             None => Ok(()),
@@ -168,29 +223,29 @@ impl SinkFunction<(Word, u64)> for WordCountSink {
     }
     fn snapshot_state(&mut self, checkpoint_id: u64, state: &mut OperatorStateStore) -> Result<()> {
         self.top.snapshot(state)?;
-        match &mut self.file {
-            Some(f) => f.snapshot_state(checkpoint_id, state),
-            None => Ok(()),
+        if let Some(f) = &mut self.file {
+            f.snapshot_state(checkpoint_id, state)?;
         }
+        self.each_kafka(|k| k.snapshot_state(checkpoint_id, state))
     }
     fn restore_state(&mut self, state: &OperatorStateStore) -> Result<()> {
         self.top.restore(state)?;
-        match &mut self.file {
-            Some(f) => f.restore_state(state),
-            None => Ok(()),
+        if let Some(f) = &mut self.file {
+            f.restore_state(state)?;
         }
+        self.each_kafka(|k| k.restore_state(state))
     }
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
-        match &mut self.file {
-            Some(f) => f.notify_checkpoint_complete(checkpoint_id),
-            None => Ok(()),
+        if let Some(f) = &mut self.file {
+            f.notify_checkpoint_complete(checkpoint_id)?;
         }
+        self.each_kafka(|k| k.notify_checkpoint_complete(checkpoint_id))
     }
     fn finish(&mut self) -> Result<()> {
-        match &mut self.file {
-            Some(f) => f.finish(),
-            None => Ok(()),
+        if let Some(f) = &mut self.file {
+            f.finish()?;
         }
+        self.each_kafka(|k| k.finish())
     }
     /// Every normal end (the input ended, or `weir stop` with or without
     /// drain) publishes this subtask's top words.

@@ -48,7 +48,11 @@ impl SourceFunction<(u64, u64)> for Uneven {
             SourceStatus::More
         })
     }
-    fn snapshot_state(&mut self, state: &mut OperatorStateStore) -> Result<()> {
+    fn snapshot_state(
+        &mut self,
+        _checkpoint_id: u64,
+        state: &mut OperatorStateStore,
+    ) -> Result<()> {
         state.update_list("next", &[self.next])
     }
 }

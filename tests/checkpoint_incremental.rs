@@ -46,7 +46,11 @@ impl SourceFunction<u64> for Until {
         }
         Ok(SourceStatus::Idle(Duration::from_micros(200)))
     }
-    fn snapshot_state(&mut self, state: &mut OperatorStateStore) -> Result<()> {
+    fn snapshot_state(
+        &mut self,
+        _checkpoint_id: u64,
+        state: &mut OperatorStateStore,
+    ) -> Result<()> {
         state.update_list("next", &[self.next])
     }
 }

@@ -5,6 +5,8 @@
 //! (`kafka::unique_topic`), so the tests run in parallel on one broker.
 //! Built only with the `kafka` feature.
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "common/kafka.rs"]
 mod kafka;
 
@@ -105,3 +107,11 @@ fn broker_open_transaction_blocks_read_committed() {
 }
 
 // ---- connector tests below ----
+
+/// Exactly-once and at-least-once end to end: wordcount processes killed,
+/// restored, rescaled, fenced.
+#[path = "kafka_connector/delivery.rs"]
+mod delivery;
+/// The source's options, one job per test in this process (`Env` + `CollectSink`).
+#[path = "kafka_connector/source.rs"]
+mod source;

@@ -13,6 +13,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod rng;
 pub mod sink;
 pub mod source;

@@ -334,7 +334,27 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Conf {
     values: BTreeMap<&'static str, (String, ValueSource)>,
+    /// Kafka client properties passed to librdkafka as they are
+    /// (`kafka.properties.<name>` that is not a declared option).
+    kafka_properties: BTreeMap<String, (String, ValueSource)>,
 }
+
+/// The prefix of the Kafka client properties handed to librdkafka unchanged
+/// (Flink's `properties.*` of the Kafka connector): any key under it is
+/// accepted, e.g. `kafka.properties.security.protocol`.
+pub const KAFKA_PROPERTIES_PREFIX: &str = "kafka.properties.";
+
+/// Whether the value of `key` is a secret that must never be shown or
+/// logged (passwords, secret keys, JAAS configurations, tokens).
+pub fn is_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "jaas", "token", "credentials"]
+        .iter()
+        .any(|w| k.contains(w))
+}
+
+/// What is shown instead of a secret value.
+pub const REDACTED: &str = "******";
 
 impl Default for Conf {
     fn default() -> Self {
@@ -350,6 +370,7 @@ impl Conf {
                 .iter()
                 .map(|d| (d.key, (d.default.to_string(), ValueSource::Default)))
                 .collect(),
+            kafka_properties: BTreeMap::new(),
         }
     }
 
@@ -398,8 +419,18 @@ impl Conf {
                     continue;
                 }
                 let def = options::ALL.iter().find(|d| env_name(d.key) == *name);
+                let kafka = env_name(KAFKA_PROPERTIES_PREFIX);
                 match def {
                     Some(d) => conf.set_from(d.key, value, ValueSource::Env(name.clone()))?,
+                    // librdkafka's property names use only dots
+                    None if name.len() > kafka.len() && name.starts_with(&kafka) => {
+                        let prop = name[kafka.len()..].to_ascii_lowercase().replace('_', ".");
+                        conf.set_from(
+                            &format!("{KAFKA_PROPERTIES_PREFIX}{prop}"),
+                            value,
+                            ValueSource::Env(name.clone()),
+                        )?
+                    }
                     None => {
                         return Err(ConfigError::UnknownKey {
                             key: name.clone(),
@@ -427,6 +458,13 @@ impl Conf {
     }
 
     fn set_from(&mut self, key: &str, value: &str, source: ValueSource) -> Result<(), ConfigError> {
+        if let Some(prop) = key.strip_prefix(KAFKA_PROPERTIES_PREFIX) {
+            if !prop.is_empty() && !options::ALL.iter().any(|d| d.key == key) {
+                self.kafka_properties
+                    .insert(key.to_string(), (value.to_string(), source));
+                return Ok(());
+            }
+        }
         let def =
             options::ALL
                 .iter()
@@ -486,9 +524,30 @@ impl Conf {
         self.values.get(key).map(|(_, s)| s)
     }
 
-    /// Every option with its value and where the value came from, in key order.
+    /// Every option with its value and where the value came from, in key
+    /// order (the Kafka client properties are in
+    /// [`kafka_properties`](Self::kafka_properties)). Secret values
+    /// ([`is_secret`]) are as written: show them with [`shown`].
     pub fn entries(&self) -> impl Iterator<Item = (&'static str, &str, &ValueSource)> {
         self.values.iter().map(|(k, (v, s))| (*k, v.as_str(), s))
+    }
+
+    /// The Kafka client properties set under `kafka.properties.` that are
+    /// not declared options, as (librdkafka property name, value, origin).
+    pub fn kafka_properties(&self) -> impl Iterator<Item = (&str, &str, &ValueSource)> {
+        self.kafka_properties
+            .iter()
+            .map(|(k, (v, s))| (&k[KAFKA_PROPERTIES_PREFIX.len()..], v.as_str(), s))
+    }
+}
+
+/// `value` as it may be shown or logged: [`REDACTED`] for a non-empty
+/// secret ([`is_secret`]).
+pub fn shown<'a>(key: &str, value: &'a str) -> &'a str {
+    if is_secret(key) && !value.is_empty() {
+        REDACTED
+    } else {
+        value
     }
 }
 
@@ -1197,6 +1256,87 @@ pub mod options {
         ),
     ];
 
+    /// Kafka brokers, `host:port[,host:port...]` (`--kafka-brokers` of the examples).
+    pub const KAFKA_BOOTSTRAP_SERVERS: ConfigOption<String> = ConfigOption::new(
+        "kafka.properties.bootstrap.servers",
+        "",
+        Kind::Text,
+        "Kafka brokers host:port[,host:port...] of the Kafka source and sink (any other kafka.properties.<name> is passed to librdkafka as it is)",
+    );
+    /// Consumer group of the Kafka source.
+    pub const KAFKA_GROUP_ID: ConfigOption<String> = ConfigOption::new(
+        "kafka.properties.group.id",
+        "",
+        Kind::Text,
+        "consumer group the Kafka source commits its checkpointed offsets to, for monitoring only (empty: weir-<first topic>)",
+    );
+    /// Where a Kafka source starts when it is not restored.
+    pub const KAFKA_STARTUP_MODE: ConfigOption<String> = ConfigOption::new(
+        "kafka.scan.startup.mode",
+        "earliest-offset",
+        Kind::Enum(&["earliest-offset", "latest-offset", "group-offsets", "timestamp"]),
+        "where a Kafka source starts when not restored from a checkpoint: earliest-offset, latest-offset, group-offsets (the group's committed offsets; kafka.properties.auto.offset.reset earliest or latest where there are none, none to fail) or timestamp",
+    );
+    /// The start time of `kafka.scan.startup.mode: timestamp`.
+    pub const KAFKA_STARTUP_TIMESTAMP: ConfigOption<i64> = ConfigOption::new(
+        "kafka.scan.startup.timestamp-millis",
+        "0",
+        Kind::Int {
+            min: 0,
+            max: i64::MAX,
+        },
+        "with kafka.scan.startup.mode: timestamp, the first record read from each partition is the first with a timestamp at or after this (ms since the epoch)",
+    );
+    /// Whether a Kafka source ends.
+    pub const KAFKA_BOUNDED_MODE: ConfigOption<String> = ConfigOption::new(
+        "kafka.scan.bounded.mode",
+        "unbounded",
+        Kind::Enum(&["unbounded", "latest-offset"]),
+        "unbounded, or latest-offset: the source ends at the end offsets its partitions had when the job first started (kept in checkpoints)",
+    );
+    /// How often a Kafka source looks for new partitions.
+    pub const KAFKA_DISCOVERY_INTERVAL: ConfigOption<Option<Duration>> = ConfigOption::new(
+        "kafka.scan.topic-partition-discovery.interval",
+        "5min",
+        Kind::DurationOrOff,
+        "how often a Kafka source looks for new partitions of its topics (read from the earliest offset), or off",
+    );
+    /// What a Kafka source does with a record its deserializer rejects.
+    pub const KAFKA_DESERIALIZATION_ERRORS: ConfigOption<String> = ConfigOption::new(
+        "kafka.scan.deserialization-errors",
+        "fail",
+        Kind::Enum(&["fail", "skip", "dead-letter"]),
+        "a record the deserializer rejects: fail (the job fails naming topic, partition and offset), skip (counted in numRecordsInErrors) or dead-letter (copied to kafka.scan.dead-letter-topic, and counted)",
+    );
+    /// The dead-letter topic.
+    pub const KAFKA_DEAD_LETTER_TOPIC: ConfigOption<String> = ConfigOption::new(
+        "kafka.scan.dead-letter-topic",
+        "",
+        Kind::Text,
+        "topic that rejected records are copied to with kafka.scan.deserialization-errors: dead-letter (at least once)",
+    );
+    /// The Kafka sink's guarantee.
+    pub const KAFKA_DELIVERY_GUARANTEE: ConfigOption<String> = ConfigOption::new(
+        "kafka.sink.delivery-guarantee",
+        "exactly-once",
+        Kind::Enum(&["exactly-once", "at-least-once", "none"]),
+        "exactly-once (a Kafka transaction per completed checkpoint; needs checkpointing), at-least-once (flushed at every checkpoint) or none",
+    );
+    /// The prefix of the Kafka sink's transactional ids.
+    pub const KAFKA_TRANSACTIONAL_ID_PREFIX: ConfigOption<String> = ConfigOption::new(
+        "kafka.sink.transactional-id-prefix",
+        "",
+        Kind::Text,
+        "prefix of the exactly-once Kafka sink's transactional ids <prefix>-<subtask>; must be unique per job on the cluster (empty: weir-<first 8 characters of the job id>, kept across restores)",
+    );
+    /// The Kafka sink's transaction timeout.
+    pub const KAFKA_TRANSACTION_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
+        "kafka.sink.transaction-timeout",
+        "1min",
+        Kind::PositiveDuration,
+        "transaction.timeout.ms of the exactly-once Kafka sink: a transaction lasts from the first record of a completed checkpoint's output to its commit; at most the broker's transaction.max.timeout.ms (15 min by default)",
+    );
+
     /// Every option, in the order `conf/weir.yaml` lists them.
     pub const ALL: &[OptionDef] = &[
         PARALLELISM_DEFAULT.def,
@@ -1266,6 +1406,17 @@ pub mod options {
         OTEL_FLUSH_TIMEOUT.def,
         OTEL_DROP_LOG_INTERVAL.def,
         TRACES_SPAN_DETAIL.def,
+        KAFKA_BOOTSTRAP_SERVERS.def,
+        KAFKA_GROUP_ID.def,
+        KAFKA_STARTUP_MODE.def,
+        KAFKA_STARTUP_TIMESTAMP.def,
+        KAFKA_BOUNDED_MODE.def,
+        KAFKA_DISCOVERY_INTERVAL.def,
+        KAFKA_DESERIALIZATION_ERRORS.def,
+        KAFKA_DEAD_LETTER_TOPIC.def,
+        KAFKA_DELIVERY_GUARANTEE.def,
+        KAFKA_TRANSACTIONAL_ID_PREFIX.def,
+        KAFKA_TRANSACTION_TIMEOUT.def,
     ];
 }
 

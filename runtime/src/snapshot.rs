@@ -55,6 +55,10 @@ pub struct StateSnapshot {
     pub key_groups: BTreeMap<u16, Vec<u8>>,
 }
 
+/// Where union lists live among the named lists (a name users cannot
+/// clash with by accident).
+const UNION_PREFIX: &str = "union:";
+
 /// Non-keyed state of one subtask: named lists of values, serialized with
 /// postcard. Sources keep their split positions here.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -91,6 +95,19 @@ impl OperatorStateStore {
         Ok(())
     }
 
+    /// The **union** list called `name`: on restore every subtask gets the
+    /// elements all old subtasks wrote (Flink's union list state), whatever
+    /// the parallelism. For state whose owner a subtask decides itself, such
+    /// as the Kafka partitions a source subtask reads.
+    pub fn get_union_list<T: Data>(&self, name: &str) -> Result<Vec<T>> {
+        self.get_list(&format!("{UNION_PREFIX}{name}"))
+    }
+
+    /// Replaces the union list called `name` (see [`get_union_list`](Self::get_union_list)).
+    pub fn update_union_list<T: Data>(&mut self, name: &str, items: &[T]) -> Result<()> {
+        self.update_list(&format!("{UNION_PREFIX}{name}"), items)
+    }
+
     /// Whether nothing was stored.
     pub fn is_empty(&self) -> bool {
         self.lists.is_empty()
@@ -105,7 +122,8 @@ impl OperatorStateStore {
     }
 
     /// Merges the lists of several stores (used when parallelism changes: the
-    /// elements of all old subtasks are redistributed round-robin).
+    /// elements of all old subtasks are redistributed round-robin; every
+    /// subtask gets all elements of a union list).
     pub fn redistribute(
         stores: &[OperatorStateStore],
         parallelism: usize,
@@ -121,10 +139,11 @@ impl OperatorStateStore {
                 .filter_map(|s| s.lists.get(name))
                 .flatten()
                 .collect();
+            let union = name.starts_with(UNION_PREFIX);
             let mine = all
                 .into_iter()
                 .enumerate()
-                .filter(|(i, _)| i % parallelism == index)
+                .filter(|(i, _)| union || i % parallelism == index)
                 .map(|(_, b)| b.clone())
                 .collect();
             out.lists.insert(name.clone(), mine);
@@ -180,4 +199,33 @@ pub struct StateFile {
     pub size: u64,
     /// CRC-32 of the content.
     pub crc32: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OperatorStateStore;
+
+    fn store(round_robin: &[u32], union: &[u32]) -> OperatorStateStore {
+        let mut s = OperatorStateStore::new();
+        s.update_list("rr", round_robin).unwrap();
+        s.update_union_list("u", union).unwrap();
+        s
+    }
+
+    #[test]
+    fn union_lists_go_to_every_subtask_round_robin_lists_are_dealt() {
+        let old = [store(&[1, 2], &[10, 11]), store(&[3], &[12])];
+        for p in [1, 2, 3] {
+            let mut dealt = Vec::new();
+            for i in 0..p {
+                let s = OperatorStateStore::redistribute(&old, p, i);
+                assert_eq!(s.get_union_list::<u32>("u").unwrap(), vec![10, 11, 12]);
+                // a union list is not visible as an ordinary list of that name
+                assert!(s.get_list::<u32>("u").unwrap().is_empty());
+                dealt.extend(s.get_list::<u32>("rr").unwrap());
+            }
+            dealt.sort();
+            assert_eq!(dealt, vec![1, 2, 3], "parallelism {p}");
+        }
+    }
 }

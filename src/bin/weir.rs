@@ -257,7 +257,14 @@ fn main() -> ExitCode {
 fn config(command: ConfigCommand) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match command {
         ConfigCommand::Show { conf } => {
-            for (k, v, src) in conf.load()?.entries() {
+            let conf = conf.load()?;
+            for (k, v, src) in conf.entries() {
+                let v = weir::runtime::config::shown(k, v);
+                println!("{k:<58} {v:<24} ({src})");
+            }
+            for (name, v, src) in conf.kafka_properties() {
+                let k = format!("{}{name}", weir::runtime::config::KAFKA_PROPERTIES_PREFIX);
+                let v = weir::runtime::config::shown(&k, v);
                 println!("{k:<58} {v:<24} ({src})");
             }
         }

@@ -463,6 +463,22 @@ pub fn transactional_producer(transactional_id: &str) -> BaseProducer {
     p
 }
 
+/// Sends `value` to partition 0 of `topic` in `producer`'s open
+/// transaction and waits until the broker has it (still uncommitted).
+pub fn send_in_transaction(producer: &BaseProducer, topic: &str, value: &[u8]) {
+    producer
+        .send(
+            BaseRecord::<[u8], [u8]>::to(topic)
+                .payload(value)
+                .partition(0),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap_or_else(|e| panic!("send in a transaction to {topic}: {e}"));
+    producer
+        .flush(TIMEOUT)
+        .unwrap_or_else(|e| panic!("flush a transaction's record to {topic}: {e}"));
+}
+
 /// Writes `lines` (as values, no key) to `topic`, round-robin over its
 /// partitions: line `i` to partition `i % partitions`.
 pub fn produce_lines(topic: &str, lines: &[String]) {

@@ -61,7 +61,11 @@ impl<T: Data + Clone + Sync> SourceFunction<T> for CollectionSource<T> {
         })
     }
 
-    fn snapshot_state(&mut self, state: &mut OperatorStateStore) -> Result<()> {
+    fn snapshot_state(
+        &mut self,
+        _checkpoint_id: u64,
+        state: &mut OperatorStateStore,
+    ) -> Result<()> {
         state.update_list(POSITION, &[self.next as u64])
     }
 }

@@ -232,7 +232,11 @@ impl SourceFunction<String> for FileSource {
         })
     }
 
-    fn snapshot_state(&mut self, state: &mut OperatorStateStore) -> Result<()> {
+    fn snapshot_state(
+        &mut self,
+        _checkpoint_id: u64,
+        state: &mut OperatorStateStore,
+    ) -> Result<()> {
         let splits: Vec<FileSplit> = self.splits.iter().cloned().collect();
         state.update_list(SPLITS, &splits)
     }
@@ -336,7 +340,7 @@ mod tests {
             got.extend(out);
         }
         let mut state = OperatorStateStore::new();
-        src.snapshot_state(&mut state).unwrap();
+        src.snapshot_state(1, &mut state).unwrap();
         drop(src);
         let mut restored = proto.clone();
         restored

@@ -121,7 +121,11 @@ impl<T: Data, F: Fn(u64, &mut SplitMix64) -> T + Send + Sync + 'static> SourceFu
         }
     }
 
-    fn snapshot_state(&mut self, state: &mut OperatorStateStore) -> Result<()> {
+    fn snapshot_state(
+        &mut self,
+        _checkpoint_id: u64,
+        state: &mut OperatorStateStore,
+    ) -> Result<()> {
         state.update_list(POSITION, &[(self.next, self.stride)])
     }
 }

@@ -121,9 +121,24 @@ pub trait SourceFunction<T>: Send + 'static {
     /// Appends at most `max` records to `out` (an empty, reused buffer) and says
     /// whether more follow.
     fn poll_next(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourceStatus>;
-    /// Writes the current input positions into `state` (for snapshots).
-    fn snapshot_state(&mut self, state: &mut OperatorStateStore) -> Result<()> {
-        let _ = state;
+    /// Writes the current input positions into `state` for checkpoint
+    /// `checkpoint_id` (the synchronous part of its snapshot).
+    fn snapshot_state(&mut self, checkpoint_id: u64, state: &mut OperatorStateStore) -> Result<()> {
+        let _ = (checkpoint_id, state);
+        Ok(())
+    }
+    /// Checkpoint `checkpoint_id` is complete (every subtask's state of it is
+    /// stored): e.g. report the positions it holds to an external system, as
+    /// Flink's Kafka source commits offsets to the consumer group. Nothing
+    /// here may be needed for correctness: a notification can be lost when
+    /// the job fails right after the checkpoint completes.
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        let _ = checkpoint_id;
+        Ok(())
+    }
+    /// Checkpoint `checkpoint_id` was aborted.
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        let _ = checkpoint_id;
         Ok(())
     }
     /// Called once after the last poll.
@@ -367,7 +382,9 @@ pub(crate) struct WatermarkOut {
 pub(crate) trait SourceOp: Send {
     fn open(&mut self, ctx: &SourceContext<'_>) -> Result<()>;
     fn poll(&mut self, max: usize) -> Result<(Option<AnyBatch>, SourceStatus)>;
-    fn snapshot(&mut self) -> Result<OperatorStateStore>;
+    fn snapshot(&mut self, checkpoint_id: u64) -> Result<OperatorStateStore>;
+    fn notify_complete(&mut self, checkpoint_id: u64) -> Result<()>;
+    fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<()>;
     fn close(&mut self) -> Result<()>;
     /// Watermark and idleness to emit now (sources with a watermark strategy).
     fn take_time_signals(&mut self, now: i64) -> (Option<i64>, Option<bool>) {
@@ -384,6 +401,20 @@ pub(crate) trait SourceOp: Send {
 pub(crate) type OpFactory = Arc<dyn Fn() -> Box<dyn ChainOp> + Send + Sync>;
 /// Makes one source instance per subtask.
 pub(crate) type SourceFactory = Arc<dyn Fn() -> Box<dyn SourceOp> + Send + Sync>;
+
+/// Runs `f`, which blocks its thread (a connector's network round trips,
+/// e.g. a Kafka transaction commit), without starving the other subtasks:
+/// on weir's multi-threaded runtime the worker hands its other tasks to
+/// another thread first (`tokio::task::block_in_place`). Outside a runtime
+/// (unit tests) it simply runs `f`.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
 
 /// Runs user code, turning a panic into an [`Error::Operator`] and tagging an
 /// error with the operator's name.
@@ -433,10 +464,16 @@ impl<T: Data, S: SourceFunction<T>> SourceOp for SourceAdapter<T, S> {
         let status = self.source.poll_next(&mut out, max)?;
         Ok((non_empty(out), status))
     }
-    fn snapshot(&mut self) -> Result<OperatorStateStore> {
+    fn snapshot(&mut self, checkpoint_id: u64) -> Result<OperatorStateStore> {
         let mut st = OperatorStateStore::new();
-        self.source.snapshot_state(&mut st)?;
+        self.source.snapshot_state(checkpoint_id, &mut st)?;
         Ok(st)
+    }
+    fn notify_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.source.notify_checkpoint_complete(checkpoint_id)
+    }
+    fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.source.notify_checkpoint_aborted(checkpoint_id)
     }
     fn close(&mut self) -> Result<()> {
         self.source.close()

@@ -230,9 +230,15 @@ impl<T: Data, S: SourceFunction<T>, G: WatermarkGenerator<T>> SourceOp
         }
         Ok((super::non_empty(out), status))
     }
-    fn snapshot(&mut self) -> Result<OperatorStateStore> {
+    fn notify_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.source.notify_checkpoint_complete(checkpoint_id)
+    }
+    fn notify_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.source.notify_checkpoint_aborted(checkpoint_id)
+    }
+    fn snapshot(&mut self, checkpoint_id: u64) -> Result<OperatorStateStore> {
         let mut st = OperatorStateStore::new();
-        self.source.snapshot_state(&mut st)?;
+        self.source.snapshot_state(checkpoint_id, &mut st)?;
         if let Some(c) = &self.clock {
             st.update_list(SPLIT_WATERMARKS, &c.snapshot())?;
         }

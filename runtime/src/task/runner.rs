@@ -706,7 +706,7 @@ impl<'a> Runner<'a> {
         self.unresolved.insert(id);
         let mut out = Vec::with_capacity(self.spec.ops.len() + 1);
         if let Head::Source { op, ctx, .. } = &mut self.head {
-            let st = guarded(ctx, || op.snapshot())?;
+            let st = guarded(ctx, || op.snapshot(id))?;
             out.push(PendingOperator {
                 name: ctx.operator.clone(),
                 keyed: None,
@@ -1067,6 +1067,9 @@ impl<'a> Runner<'a> {
                     self.apply(d).await?;
                 }
                 self.captures.remove(&id);
+                if let Head::Source { op, ctx, .. } = &mut self.head {
+                    guarded(ctx, || op.notify_aborted(id))?;
+                }
                 for op in self.spec.ops.iter_mut() {
                     guarded(&op.ctx, || op.op.notify_aborted(id))?;
                 }
@@ -1121,7 +1124,13 @@ impl<'a> Runner<'a> {
     fn on_complete(&mut self, id: u64) -> Result<()> {
         let t0 = Instant::now();
         let mut outcome = Ok(());
+        if let Head::Source { op, ctx, .. } = &mut self.head {
+            outcome = guarded(ctx, || op.notify_complete(id));
+        }
         for op in self.spec.ops.iter_mut() {
+            if outcome.is_err() {
+                break;
+            }
             outcome = guarded(&op.ctx, || op.op.notify_complete(id));
             if outcome.is_err() {
                 break;
