@@ -431,7 +431,7 @@ fn chaos(seed: u64) -> Vec<String> {
 /// `read_uncommitted` (aborted transactions included) misses none.
 #[test]
 fn wordcount_exactly_once_under_random_kills() {
-    let data = lines(7, 40_000);
+    let data = lines(7, 150_000);
     let want = word_totals(&data);
     let input = kafka::unique_topic("chaos-in");
     kafka::create_topic(&input, 4);
