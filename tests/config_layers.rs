@@ -153,3 +153,69 @@ fn conf_weir_yaml_lists_every_option_with_its_default_and_a_comment() {
     // And it loads as it is.
     Conf::load_from(Some(path.parent().unwrap()), &[], &[]).unwrap();
 }
+
+/// `kafka.properties.<name>` that is not a declared option goes to the
+/// Kafka client as it is, from every layer (the environment's `_` become
+/// `.`: librdkafka's names have no `_` or `-`); secrets are never shown.
+#[test]
+fn kafka_client_properties_pass_through_every_layer_and_secrets_stay_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("weir.yaml"),
+        "kafka:\n  properties:\n    security.protocol: SASL_PLAINTEXT\n    bootstrap.servers: b1:9092\n",
+    )
+    .unwrap();
+    let c = Conf::load_from(
+        Some(dir.path()),
+        &env(&[("WEIR_KAFKA_PROPERTIES_SASL_MECHANISM", "PLAIN")]),
+        &["kafka.properties.sasl.password=hunter2".to_string()],
+    )
+    .unwrap();
+    assert_eq!(c.get(&options::KAFKA_BOOTSTRAP_SERVERS), "b1:9092");
+    let props: Vec<(String, String)> = c
+        .kafka_properties()
+        .map(|(k, v, _)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(
+        props,
+        [
+            ("sasl.mechanism".to_string(), "PLAIN".to_string()),
+            ("sasl.password".to_string(), "hunter2".to_string()),
+            (
+                "security.protocol".to_string(),
+                "SASL_PLAINTEXT".to_string()
+            ),
+        ]
+    );
+    // a declared Kafka option is still checked
+    let bad = Conf::load_from(
+        Some(dir.path()),
+        &[],
+        &["kafka.sink.delivery-guarantee=twice".to_string()],
+    );
+    assert!(matches!(bad, Err(ConfigError::BadValue { .. })), "{bad:?}");
+
+    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "config",
+            "show",
+            "-D",
+            "kafka.properties.sasl.password=hunter2",
+        ])
+        .args(["-D", "s3.secret-key=abc123"])
+        .env("WEIR_CONF_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(shown.status.success());
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        !text.contains("hunter2") && !text.contains("abc123"),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("kafka.properties.sasl.password"))
+        .expect("the property is listed");
+    assert!(line.contains("******"), "{line}");
+    assert!(text.contains("SASL_PLAINTEXT"), "{text}");
+}
