@@ -267,7 +267,11 @@ impl<T> KafkaSourceBuilder<T> {
         let fallback = match self.properties.get("auto.offset.reset") {
             None | Some("earliest" | "smallest" | "beginning") => Some(Fallback::Earliest),
             Some("latest" | "largest" | "end") => Some(Fallback::Latest),
-            Some("none" | "error") => None,
+            Some("none" | "error") => {
+                // librdkafka's word for Kafka's `none`
+                self.properties.set("auto.offset.reset", "error");
+                None
+            }
             Some(other) => {
                 return Err(Error::user(format!(
                     "kafka.properties.auto.offset.reset: '{other}' is not one of earliest, latest, none"
@@ -358,6 +362,10 @@ impl<T> KafkaSourceBuilder<T> {
         if self.bounded {
             // a bounded job reads what was there at its start
             self.discovery = None;
+        }
+        if self.properties.get("auto.offset.reset") == Some("none") {
+            // Kafka's `none` is librdkafka's `error`
+            self.properties.set("auto.offset.reset", "error");
         }
         let default_group = format!("weir-{}", self.topics[0]);
         self.properties.set_default("group.id", default_group);
@@ -542,11 +550,9 @@ impl Running {
                 queue: None,
             });
         }
-        if tpl.count() > 0 {
-            self.consumer
-                .incremental_assign(&tpl)
-                .map_err(|e| Error::user(format!("cannot assign Kafka partitions: {e}")))?;
-        }
+        // Each partition's queue is split off before the partition is
+        // assigned: a fetch that lands in between would otherwise go to
+        // the consumer's main queue.
         for s in &mut self.splits[first..] {
             if !s.finished {
                 s.queue = self.consumer.split_partition_queue(&s.topic, s.partition);
@@ -557,6 +563,11 @@ impl Running {
                     )));
                 }
             }
+        }
+        if tpl.count() > 0 {
+            self.consumer
+                .incremental_assign(&tpl)
+                .map_err(|e| Error::user(format!("cannot assign Kafka partitions: {e}")))?;
         }
         Ok(())
     }
@@ -801,11 +812,25 @@ impl<T: Data> SourceFunction<T> for KafkaSource<T> {
             .ok_or_else(|| Error::Internal("Kafka source polled before open".into()))?;
         // The main queue carries client-level errors (partition messages
         // go to their own queues).
-        if let Some(Err(e)) = run.consumer.poll(Duration::ZERO) {
-            if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
+        match run.consumer.poll(Duration::ZERO) {
+            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
                 return Err(kafka_error("the Kafka consumer failed", &cfg.properties, e));
             }
-            tracing::warn!(operator = %run.operator, subtask = run.subtask, error = %e, "Kafka consumer");
+            Some(Err(e)) => {
+                tracing::warn!(operator = %run.operator, subtask = run.subtask, error = %e, "Kafka consumer")
+            }
+            // Never dropped silently: the attempt fails and the job restores
+            // from its checkpoint (the queues are split before assignment,
+            // so this is not expected).
+            Some(Ok(m)) => {
+                return Err(Error::Internal(format!(
+                    "a record of {}-{} at offset {} arrived outside its partition's queue",
+                    m.topic(),
+                    m.partition(),
+                    m.offset()
+                )))
+            }
         }
         if let Some((p, _)) = &run.dead_letters {
             p.poll(Duration::ZERO);
