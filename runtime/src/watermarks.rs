@@ -340,10 +340,10 @@ impl<G> SplitWatermarks<G> {
     }
 
     fn combine(&mut self) {
-        if self.splits.is_empty() {
-            return;
-        }
-        if self.splits.iter().all(|s| s.finished) {
+        // A subtask with no split (more subtasks than Kafka partitions)
+        // has nothing to wait for: it is idle (as Flink's Kafka consumer
+        // marks a subtask without partitions), until a split arrives.
+        if !self.splits.is_empty() && self.splits.iter().all(|s| s.finished) {
             self.advance(i64::MAX);
             return;
         }
@@ -424,6 +424,20 @@ mod tests {
         assert_eq!(w.take(), (Some(109), None));
         w.on_periodic::<()>(400);
         assert_eq!(w.take(), (None, None), "no new watermark without progress");
+    }
+
+    /// A subtask without splits is idle, and active again once one arrives.
+    #[test]
+    fn no_split_is_idle_until_one_arrives() {
+        let mut w: SplitWatermarks<BoundedOutOfOrderness> =
+            SplitWatermarks::new(None, Duration::from_millis(200), 0);
+        w.on_periodic::<()>(200);
+        assert_eq!(w.take(), (None, Some(true)));
+        w.add_split("p0".into(), bounded(10), None, 300);
+        events(&mut w, 0, &[1000], 301);
+        assert_eq!(w.take(), (None, Some(false)), "active again, no watermark yet");
+        w.on_periodic::<()>(400);
+        assert_eq!(w.take(), (Some(989), None));
     }
 
     /// The subtask's watermark is the minimum over its splits, never going back.
