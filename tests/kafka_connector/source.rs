@@ -983,6 +983,7 @@ fn window_job(
     dir: &Path,
     topic: &str,
     idleness: Option<Duration>,
+    parallelism: usize,
 ) -> (Env, JobHandle, CollectHandle<Row>) {
     let c = conf(dir, &[]);
     let env = Env::from_conf(c).unwrap();
@@ -1001,7 +1002,7 @@ fn window_job(
     let rows = CollectSink::<Row>::new();
     let out = rows.handle();
     env.from_source(source, strategy, SOURCE)
-        .set_parallelism(1)
+        .set_parallelism(parallelism)
         .key_by(|_: &(i32, i64)| 0u8)
         .window(TumblingEventTimeWindows::of(Duration::from_secs(10)))
         .aggregate_with(
@@ -1047,7 +1048,7 @@ fn a_window_fires_only_when_every_partitions_watermark_passed_it() {
     let b = recent_base();
     produce_ts(&topic, 0, b, &[1_000, 5_000, 12_000, 25_000]);
     produce_ts(&topic, 1, b, &[500, 1_500]);
-    let (_env, job, rows) = window_job(dir.path(), &topic, None);
+    let (_env, job, rows) = window_job(dir.path(), &topic, None, 1);
     wait_for("the 6 records read", 30, || {
         (read_so_far(&job) == 6).then_some(())
     });
@@ -1073,12 +1074,34 @@ fn an_empty_partition_does_not_hold_the_watermark_with_idleness() {
     kafka::create_topic(&topic, 2);
     let b = recent_base();
     produce_ts(&topic, 0, b, &[1_000, 5_000, 12_000, 25_000]);
-    let (_env, job, rows) = window_job(dir.path(), &topic, Some(Duration::from_millis(200)));
+    let (_env, job, rows) = window_job(dir.path(), &topic, Some(Duration::from_millis(200)), 1);
     wait_for("two windows", 30, || (rows.len() >= 2).then_some(()));
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(
         rows.take(),
         vec![(b, b + 10_000, 2), (b + 10_000, b + 20_000, 1)]
+    );
+    job.cancel();
+    let _ = job.wait();
+}
+
+/// Three source subtasks over two partitions: the subtask without a
+/// partition is idle (no idleness configured), so it does not hold event
+/// time back and the windows fire.
+#[test]
+fn a_subtask_without_partitions_does_not_hold_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = kafka::unique_topic("src-wm-nosplit");
+    kafka::create_topic(&topic, 2);
+    let b = recent_base();
+    produce_ts(&topic, 0, b, &[1_000, 5_000, 12_000, 25_000]);
+    produce_ts(&topic, 1, b, &[2_000, 26_000]);
+    let (_env, job, rows) = window_job(dir.path(), &topic, None, 3);
+    wait_for("two windows", 30, || (rows.len() >= 2).then_some(()));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        rows.take(),
+        vec![(b, b + 10_000, 3), (b + 10_000, b + 20_000, 1)]
     );
     job.cancel();
     let _ = job.wait();
