@@ -33,10 +33,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use clap::Parser;
-use weir::cli::{human_rate, print_checkpoints, ConfArgs, Termination};
+use weir::cli::{human_rate, ConfArgs, Driver, Rate};
 use weir::prelude::*;
 use weir::runtime::config::{options, ValueSource};
 use weir::visit_windows::{
@@ -193,70 +192,25 @@ fn run(args: Args) -> anyhow::Result<()> {
     let progress = visit_windows(&clicks, args.output.as_deref())?;
 
     let mut job = env.execute_async("visit_windows")?;
-    if let Some(addr) = job.rest_address() {
-        eprintln!("web UI: http://{addr}/#/jobs/{}", job.job_id());
-    }
-    if let Some((dir, id)) = job.restored_from() {
-        let kind = match weir::runtime::checkpoint::storage::read_metadata(dir) {
-            Ok(m) if m.is_savepoint => "savepoint",
-            _ => "checkpoint",
-        };
-        eprintln!("restored from {kind} {id} ({})", dir.display());
-    }
-    let termination = Termination::watch()?;
-    let mut cancelled_by = None;
-    let mut checkpoints_seen = 0;
-    let interval = env.conf().get(&options::PROGRESS_INTERVAL);
-    let (mut last_clicks, mut last_time) = (0u64, Instant::now());
-    let mut next_report = interval;
-    while !job.is_done() {
-        std::thread::sleep(Duration::from_millis(10));
-        if let (None, Some(sig)) = (cancelled_by, termination.received()) {
-            eprintln!("received {sig}: cancelling the job (a second {sig} exits at once)");
-            job.cancel();
-            cancelled_by = Some(sig);
-        }
-        if !args.quiet {
-            checkpoints_seen = print_checkpoints(&job.checkpoint_stats(), checkpoints_seen);
-        }
-        if !args.quiet && job.elapsed() >= next_report {
-            next_report += interval;
-            let clicks = clicks_in(&job.metrics());
-            let rate =
-                clicks.saturating_sub(last_clicks) as f64 / last_time.elapsed().as_secs_f64();
-            (last_clicks, last_time) = (clicks, Instant::now());
-            eprintln!(
-                "[{:>6.1}s] watermark {}  {:>8} windows  {:>7} late  {:>10} clicks  {}",
-                job.elapsed().as_secs_f64(),
-                watermark(progress.watermark()),
-                progress.windows(),
-                progress.late(),
-                clicks,
-                human_rate(rate)
-            );
-        }
-    }
-    let result = match (job.wait(), cancelled_by) {
-        (Ok(r), _) => r,
-        (Err(e), Some(sig)) => anyhow::bail!("{e} (on {sig})"),
-        (Err(e), None) => {
-            if args.serve {
-                eprintln!("error: {e}");
-                serve_until_terminated(&termination);
-            }
-            return Err(e.into());
-        }
-    };
-    if !args.quiet {
-        print_checkpoints(&result.checkpoints, checkpoints_seen);
-    }
+    let mut driver = Driver::start(&job, args.quiet, args.serve)?;
+    let mut rate = Rate::default();
+    driver.drive(&mut job, env.conf(), |job| {
+        let clicks = clicks_in(&job.metrics());
+        format!(
+            "watermark {}  {:>8} windows  {:>7} late  {:>10} clicks  {}",
+            watermark(progress.watermark()),
+            progress.windows(),
+            progress.late(),
+            clicks,
+            human_rate(rate.of(clicks))
+        )
+    });
+    let result = driver.finish(job)?;
     summary(&progress, &result);
     if let Some(dir) = &args.output {
         println!("output: {}", dir.display());
     }
-    if args.serve {
-        serve_until_terminated(&termination);
-    }
+    driver.serve();
     Ok(())
 }
 
@@ -282,17 +236,4 @@ fn summary(progress: &VisitWindows, result: &JobResult) {
         human_rate(processed as f64 / secs)
     );
     println!("restarts: {}", result.restarts);
-}
-
-/// `--serve`: the job has ended; the REST API and web UI keep answering
-/// until SIGTERM or Ctrl-C.
-fn serve_until_terminated(termination: &Termination) {
-    if let Some(addr) = weir::runtime::rest::address() {
-        eprintln!("the job ended; still serving the web UI on http://{addr}/ (Ctrl-C stops)");
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        while termination.received().is_none() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }

@@ -50,10 +50,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use clap::Parser;
-use weir::cli::{human_rate, print_checkpoints, ConfArgs, Termination};
+use weir::cli::{human_rate, ConfArgs, Driver, Rate};
 use weir::operators::text::generated_text;
 use weir::prelude::*;
 use weir::runtime::config::{options, ValueSource};
@@ -240,60 +239,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     let top = wordcount_to(&lines, args.output.as_deref(), kafka_out)?;
 
     let mut job = env.execute_async("wordcount")?;
-    if let Some(addr) = job.rest_address() {
-        eprintln!("web UI: http://{addr}/#/jobs/{}", job.job_id());
-    }
-    if let Some((dir, id)) = job.restored_from() {
-        let kind = match weir::runtime::checkpoint::storage::read_metadata(dir) {
-            Ok(m) if m.is_savepoint => "savepoint",
-            _ => "checkpoint",
-        };
-        eprintln!("restored from {kind} {id} ({})", dir.display());
-    }
-    let termination = Termination::watch()?;
-    let mut cancelled_by = None;
-    let mut checkpoints_seen = 0;
-    let interval = env.conf().get(&options::PROGRESS_INTERVAL);
-    let (mut last_words, mut last_time) = (0u64, Instant::now());
-    let mut next_report = interval;
-    while !job.is_done() {
-        std::thread::sleep(Duration::from_millis(10));
-        if let (None, Some(sig)) = (cancelled_by, termination.received()) {
-            eprintln!("received {sig}: cancelling the job (a second {sig} exits at once)");
-            job.cancel();
-            cancelled_by = Some(sig);
-        }
-        if !args.quiet {
-            checkpoints_seen = print_checkpoints(&job.checkpoint_stats(), checkpoints_seen);
-        }
-        if !args.quiet && job.elapsed() >= next_report {
-            next_report += interval;
-            let words = words_counted(&job.metrics());
-            let rate = (words - last_words) as f64 / last_time.elapsed().as_secs_f64();
-            (last_words, last_time) = (words, Instant::now());
-            eprintln!(
-                "[{:>6.1}s] {words:>12} words  {}",
-                job.elapsed().as_secs_f64(),
-                human_rate(rate)
-            );
-        }
-    }
+    let mut driver = Driver::start(&job, args.quiet, args.serve)?;
+    let mut rate = Rate::default();
+    driver.drive(&mut job, env.conf(), |job| {
+        let words = words_counted(&job.metrics());
+        format!("{words:>12} words  {}", human_rate(rate.of(words)))
+    });
     let traces = job.telemetry_stats();
-    let result = match (job.wait(), cancelled_by) {
-        (Ok(r), _) => r,
-        (Err(e), Some(sig)) => anyhow::bail!("{e} (on {sig})"),
-        (Err(e), None) => {
-            // A failed or cancelled job is worth a look in the UI too.
-            if args.serve {
-                eprintln!("error: {e}");
-                serve_until_terminated(&termination);
-            }
-            return Err(e.into());
-        }
-    };
-    if !args.quiet {
-        print_checkpoints(&result.checkpoints, checkpoints_seen);
-    }
+    let result = driver.finish(job)?;
     let total = words_counted(&result.operators);
     println!("top 10 words:");
     for (w, c) in top.top(10) {
@@ -321,9 +274,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             t.metric_exports, t.failed_metric_exports
         );
     }
-    if args.serve {
-        serve_until_terminated(&termination);
-    }
+    driver.serve();
     Ok(())
 }
 
@@ -368,17 +319,4 @@ fn kafka_output(env: &Env, topic: &str) -> anyhow::Result<weir::wordcount::Kafka
 #[cfg(not(feature = "kafka"))]
 fn kafka_output(_: &Env, _: &str) -> anyhow::Result<weir::wordcount::KafkaOutput> {
     unreachable!("rejected in run() without the kafka feature")
-}
-
-/// `--serve`: the job has ended (finished, failed or cancelled); the REST
-/// API and web UI keep answering until SIGTERM or Ctrl-C.
-fn serve_until_terminated(termination: &weir::cli::Termination) {
-    if let Some(addr) = weir::runtime::rest::address() {
-        eprintln!("the job ended; still serving the web UI on http://{addr}/ (Ctrl-C stops)");
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        while termination.received().is_none() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }

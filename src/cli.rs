@@ -7,8 +7,10 @@
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use weir_runtime::config::{Conf, ConfigError};
+use weir_runtime::config::{options, Conf, ConfigError};
+use weir_runtime::job::{JobHandle, JobResult};
 
 /// The termination signals of the process: SIGTERM (what Kubernetes and
 /// systemd send) and SIGINT (Ctrl-C). Once watched, they no longer kill the
@@ -68,6 +70,161 @@ fn signal_name(n: i32) -> &'static str {
         "SIGTERM"
     } else {
         "SIGINT"
+    }
+}
+
+/// Runs a started job in the foreground of a command line, as the examples
+/// do: [`Driver::start`] announces it, [`Driver::drive`] follows it to its
+/// end, [`Driver::finish`] takes its result and [`Driver::serve`] keeps the
+/// web UI up for `--serve`. Between `drive` and `finish` the ended job can
+/// still be asked (e.g. [`JobHandle::telemetry_stats`]).
+///
+/// ```no_run
+/// # fn main() -> anyhow::Result<()> {
+/// # let env = weir::prelude::Env::from_conf(weir::prelude::Conf::default())?;
+/// let mut job = env.execute_async("job")?;
+/// let mut driver = weir::cli::Driver::start(&job, false, false)?;
+/// driver.drive(&mut job, env.conf(), |job| format!("{} operators", job.metrics().len()));
+/// let result = driver.finish(job)?;
+/// println!("restarts: {}", result.restarts);
+/// driver.serve();
+/// # Ok(())
+/// # }
+/// ```
+pub struct Driver {
+    termination: Termination,
+    quiet: bool,
+    serve: bool,
+    checkpoints_seen: u64,
+    cancelled_by: Option<&'static str>,
+}
+
+impl Driver {
+    /// Prints the job's web UI (`web UI: http://ADDR/#/jobs/ID`, when the
+    /// REST server runs) and what it was restored from (`restored from
+    /// checkpoint|savepoint N (DIR)`) to stderr, then starts watching SIGTERM
+    /// and SIGINT ([`Termination::watch`]). `quiet`: no checkpoint or progress
+    /// lines; `serve`: the command line's `--serve` (see [`Driver::finish`]
+    /// and [`Driver::serve`]).
+    pub fn start(job: &JobHandle, quiet: bool, serve: bool) -> std::io::Result<Driver> {
+        if let Some(addr) = job.rest_address() {
+            eprintln!("web UI: http://{addr}/#/jobs/{}", job.job_id());
+        }
+        if let Some((dir, id)) = job.restored_from() {
+            let kind = match weir_runtime::checkpoint::storage::read_metadata(dir) {
+                Ok(m) if m.is_savepoint => "savepoint",
+                _ => "checkpoint",
+            };
+            eprintln!("restored from {kind} {id} ({})", dir.display());
+        }
+        Ok(Driver {
+            termination: Termination::watch()?,
+            quiet,
+            serve,
+            checkpoints_seen: 0,
+            cancelled_by: None,
+        })
+    }
+
+    /// Returns once the job has ended. Meanwhile: the first SIGTERM or SIGINT
+    /// cancels the job (`received SIG...: cancelling the job ...`), and unless
+    /// quiet every checkpoint that completes or fails is printed
+    /// ([`print_checkpoints`]), and every `client.progress-interval` of `conf`
+    /// the line `[ELAPSEDs] ` + what `progress` makes of the job (stderr).
+    pub fn drive(
+        &mut self,
+        job: &mut JobHandle,
+        conf: &Conf,
+        mut progress: impl FnMut(&JobHandle) -> String,
+    ) {
+        let interval = conf.get(&options::PROGRESS_INTERVAL);
+        let mut next_report = interval;
+        while !job.is_done() {
+            std::thread::sleep(Duration::from_millis(10));
+            if let (None, Some(sig)) = (self.cancelled_by, self.termination.received()) {
+                eprintln!("received {sig}: cancelling the job (a second {sig} exits at once)");
+                job.cancel();
+                self.cancelled_by = Some(sig);
+            }
+            if !self.quiet {
+                self.checkpoints_seen =
+                    print_checkpoints(&job.checkpoint_stats(), self.checkpoints_seen);
+            }
+            if !self.quiet && job.elapsed() >= next_report {
+                next_report += interval;
+                let line = progress(job);
+                eprintln!("[{:>6.1}s] {line}", job.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    /// The ended job's result; unless quiet, prints the checkpoints
+    /// [`Driver::drive`] has not printed yet. The job's error if it failed or
+    /// was cancelled: `ERROR (on SIGTERM)` when a signal cancelled it; else,
+    /// with `serve`, the error is printed (`error: ...`) and the web UI served
+    /// until a signal ([`Driver::serve`]) before it is returned.
+    pub fn finish(&mut self, job: JobHandle) -> anyhow::Result<JobResult> {
+        let result = match (job.wait(), self.cancelled_by) {
+            (Ok(r), _) => r,
+            (Err(e), Some(sig)) => anyhow::bail!("{e} (on {sig})"),
+            (Err(e), None) => {
+                // A failed or cancelled job is worth a look in the UI too.
+                if self.serve {
+                    eprintln!("error: {e}");
+                    self.serve();
+                }
+                return Err(e.into());
+            }
+        };
+        if !self.quiet {
+            print_checkpoints(&result.checkpoints, self.checkpoints_seen);
+        }
+        Ok(result)
+    }
+
+    /// With `serve` (`--serve`): the job has ended (finished, failed or
+    /// cancelled); the REST API and web UI keep answering until SIGTERM or
+    /// Ctrl-C (stdout is flushed first). Without, or when no REST server
+    /// runs: returns at once.
+    pub fn serve(&self) {
+        if !self.serve {
+            return;
+        }
+        if let Some(addr) = weir_runtime::rest::address() {
+            eprintln!("the job ended; still serving the web UI on http://{addr}/ (Ctrl-C stops)");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            while self.termination.received().is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// The rate of a count that grows, per second between two calls of
+/// [`Rate::of`]: for progress lines.
+pub struct Rate {
+    last: u64,
+    since: Instant,
+}
+
+impl Default for Rate {
+    /// Counting from 0, now.
+    fn default() -> Rate {
+        Rate {
+            last: 0,
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Rate {
+    /// Per second since the previous call (or [`Rate::default`]): `count`
+    /// less the previous count (0 if it went down).
+    pub fn of(&mut self, count: u64) -> f64 {
+        let rate = count.saturating_sub(self.last) as f64 / self.since.elapsed().as_secs_f64();
+        (self.last, self.since) = (count, Instant::now());
+        rate
     }
 }
 
