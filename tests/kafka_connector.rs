@@ -115,3 +115,5 @@ mod delivery;
 /// The source's options, one job per test in this process (`Env` + `CollectSink`).
 #[path = "kafka_connector/source.rs"]
 mod source;
+#[path = "kafka_connector/visits.rs"]
+mod visits;
