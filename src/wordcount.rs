@@ -250,6 +250,10 @@ impl SinkFunction<(Word, u64)> for WordCountSink {
     /// Every normal end (the input ended, or `weir stop` with or without
     /// drain) publishes this subtask's top words.
     fn close(&mut self) -> Result<()> {
+        if let Some(f) = &mut self.file {
+            f.close()?;
+        }
+        self.each_kafka(|k| k.close())?;
         self.merged
             .lock()
             .unwrap_or_else(|p| p.into_inner())
