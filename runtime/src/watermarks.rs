@@ -435,7 +435,11 @@ mod tests {
         assert_eq!(w.take(), (None, Some(true)));
         w.add_split("p0".into(), bounded(10), None, 300);
         events(&mut w, 0, &[1000], 301);
-        assert_eq!(w.take(), (None, Some(false)), "active again, no watermark yet");
+        assert_eq!(
+            w.take(),
+            (None, Some(false)),
+            "active again, no watermark yet"
+        );
         w.on_periodic::<()>(400);
         assert_eq!(w.take(), (Some(989), None));
     }
