@@ -869,7 +869,11 @@ mod tests {
 
     #[test]
     fn a_completed_checkpoint_covers_its_own_and_earlier_outputs() {
-        let pending = vec![out(3, 7), out(4, 8), out(5, 9)];
+        let pending = vec![
+            Arc::new(out(3, 7)),
+            Arc::new(out(4, 8)),
+            Arc::new(out(5, 9)),
+        ];
         assert_eq!(covered(&pending, 6), 0);
         assert_eq!(covered(&pending, 7), 1);
         // checkpoint 8 aborted, 9 completes: both go in one transaction
