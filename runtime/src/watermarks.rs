@@ -206,6 +206,12 @@ struct Split<G> {
     idle: bool,
     finished: bool,
     last_event: i64,
+    /// Records arrived since the last periodic check: the split is active
+    /// at that check whatever the clock says (Flink's `IdlenessTimer`
+    /// counts inactivity from the first check that saw no activity), so a
+    /// late check (a loaded machine) never turns a split idle before it
+    /// emitted the watermark of its last records.
+    active_since_check: bool,
 }
 
 /// The watermarks of the splits of one subtask, combined (pure; the clock
@@ -254,6 +260,7 @@ impl<G> SplitWatermarks<G> {
             idle: false,
             finished: false,
             last_event: now,
+            active_since_check: false,
         });
     }
 
@@ -284,6 +291,7 @@ impl<G> SplitWatermarks<G> {
         }
         s.last_event = now;
         s.idle = false;
+        s.active_since_check = true;
         apply(s, out);
         self.combine();
     }
@@ -303,6 +311,9 @@ impl<G> SplitWatermarks<G> {
         }
         self.next_periodic = now + self.interval;
         for s in self.splits.iter_mut().filter(|s| !s.finished) {
+            if std::mem::take(&mut s.active_since_check) {
+                s.last_event = now;
+            }
             let timed_out = self
                 .idleness
                 .is_some_and(|t| now.saturating_sub(s.last_event) >= t);
@@ -424,6 +435,25 @@ mod tests {
         assert_eq!(w.take(), (Some(109), None));
         w.on_periodic::<()>(400);
         assert_eq!(w.take(), (None, None), "no new watermark without progress");
+    }
+
+    /// A periodic check long after a split's last records (a loaded
+    /// machine) first emits their watermark; idleness counts from there.
+    #[test]
+    fn a_late_check_emits_before_the_split_goes_idle() {
+        let mut w = two_splits(Some(200));
+        events(&mut w, 0, &[1000], 1);
+        events(&mut w, 1, &[2000], 1);
+        w.on_periodic::<()>(5_000);
+        assert_eq!(w.take(), (Some(989), None), "both active at this check");
+        w.on_periodic::<()>(5_100);
+        assert_eq!(
+            w.take(),
+            (None, None),
+            "not idle yet: 100 ms since the check"
+        );
+        w.on_periodic::<()>(5_200);
+        assert_eq!(w.take(), (None, Some(true)), "idle 200 ms after the check");
     }
 
     /// A subtask without splits is idle, and active again once one arrives.
