@@ -132,8 +132,8 @@ fn fill(topic: &str, lines: u64, partitions: i32, vocab: &[String]) -> Vec<u64> 
 }
 
 /// Reads `topic` from the beginning with read_committed up to every
-/// partition's end: (records, highest count per word).
-fn read_counts(topic: &str, partitions: i32) -> (u64, HashMap<String, u64>) {
+/// partition's end: (records, highest count per word, consumer errors).
+fn read_counts(topic: &str, partitions: i32) -> (u64, HashMap<String, u64>, u64) {
     let c: BaseConsumer = kafka::client_config()
         .set("group.id", kafka::unique_topic("bench-reader"))
         .set("enable.auto.commit", "false")
@@ -152,6 +152,7 @@ fn read_counts(topic: &str, partitions: i32) -> (u64, HashMap<String, u64>) {
     let mut at_end = vec![false; partitions as usize];
     let mut n = 0u64;
     let mut max: HashMap<String, u64> = HashMap::new();
+    let mut errors = 0u64;
     let start = Instant::now();
     while !at_end.iter().all(|e| *e) {
         match c.poll(Duration::from_millis(100)) {
@@ -166,14 +167,25 @@ fn read_counts(topic: &str, partitions: i32) -> (u64, HashMap<String, u64>) {
                 at_end[m.partition() as usize] = false;
             }
             Some(Err(KafkaError::PartitionEOF(p))) => at_end[p as usize] = true,
-            Some(Err(e)) => panic!("consuming {topic}: {e}"),
+            Some(Err(e)) => {
+                // Not fatal here: reported, and a lost record shows in the count.
+                errors += 1;
+                if errors <= 5 {
+                    eprintln!("consuming {topic}: {e}");
+                }
+                if errors >= 1000 {
+                    eprintln!("consuming {topic}: giving up after {errors} errors");
+                    break;
+                }
+            }
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "reading {topic} took over 10 minutes"
-        );
+        if start.elapsed() > Duration::from_secs(120) {
+            eprintln!("reading {topic}: not at the end after 120 s; giving up");
+            errors += 1;
+            break;
+        }
     }
-    (n, max)
+    (n, max, errors)
 }
 
 fn delete_topic(topic: &str) {
@@ -329,7 +341,7 @@ fn main() {
             }
             if let Some(out) = &output {
                 let t = Instant::now();
-                let (records, max) = read_counts(out, partitions);
+                let (records, max, errors) = read_counts(out, partitions);
                 let wrong_words = vocab
                     .iter()
                     .zip(&totals)
@@ -338,10 +350,11 @@ fn main() {
                 let words_out = max.len();
                 check += &format!(
                     " | output: {records} records read_committed, {words_out} words, \
-                     {wrong_words} with a wrong highest count (read in {:.1} s)",
+                     {wrong_words} with a wrong highest count, {errors} consumer errors \
+                     (read in {:.1} s)",
                     t.elapsed().as_secs_f64()
                 );
-                if records != want_words || wrong_words > 0 {
+                if records != want_words || wrong_words > 0 || errors > 0 {
                     ok = false;
                     check += " WRONG";
                 }
