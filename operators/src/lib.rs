@@ -10,6 +10,9 @@
 //! - [`text`]: the word tokenizer and the built-in Zipf-distributed text that
 //!   the wordcount example counts.
 //! - [`rng`]: the small deterministic random generator everything seeded uses.
+//! - `kafka` (feature `kafka`): `KafkaSource` (partitions as splits, offsets
+//!   in the checkpoint) and `KafkaSink` (none, at-least-once, exactly-once
+//!   with Kafka transactions); its module guide describes both protocols.
 
 #![warn(missing_docs)]
 
