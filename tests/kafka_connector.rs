@@ -117,3 +117,16 @@ mod delivery;
 mod source;
 #[path = "kafka_connector/visits.rs"]
 mod visits;
+
+/// A Kafka example (`wordcount`, `kafka_visits`) against the test broker,
+/// checkpointing every 100 ms into `ckpt`.
+fn kafka_example(name: &str, ckpt: &std::path::Path) -> std::process::Command {
+    let mut cmd = common::example_command(name);
+    cmd.args(["--kafka-brokers", &kafka::bootstrap()])
+        .args([
+            "-D",
+            &format!("execution.checkpointing.dir={}", ckpt.display()),
+        ])
+        .args(["-D", "execution.checkpointing.interval=100ms"]);
+    cmd
+}

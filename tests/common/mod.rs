@@ -24,16 +24,24 @@ pub fn example(name: &str) -> PathBuf {
     p
 }
 
-/// Runs an example with `args`, from the repository root, with no WEIR_*
-/// variables but one: checkpoints go to the system's temporary directory.
-pub fn run_example(name: &str, args: &[&str]) -> Output {
+/// A built example's command, run from the repository root, without the
+/// test environment's `WEIR_*` variables.
+pub fn example_command(name: &str) -> Command {
     let mut cmd = Command::new(example(name));
-    cmd.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     for (k, _) in std::env::vars() {
         if k.starts_with("WEIR_") {
             cmd.env_remove(k);
         }
     }
+    cmd
+}
+
+/// Runs an example with `args`, from the repository root, with no WEIR_*
+/// variables but one: checkpoints go to the system's temporary directory.
+pub fn run_example(name: &str, args: &[&str]) -> Output {
+    let mut cmd = example_command(name);
+    cmd.args(args);
     cmd.env(
         "WEIR_EXECUTION_CHECKPOINTING_DIR",
         std::env::temp_dir().join("weir-test-checkpoints"),

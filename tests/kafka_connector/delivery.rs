@@ -304,22 +304,10 @@ fn assert_none_missing(got: &BTreeMap<String, Vec<u64>>, want: &BTreeMap<String,
 
 /// wordcount reading `input` and writing `output`, checkpointing into `ckpt`.
 fn wordcount(input: &str, output: &str, ckpt: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(example("wordcount"));
-    cmd.args(["--kafka-brokers", &kafka::bootstrap()])
-        .args(["--kafka-input-topic", input, "--kafka-output-topic", output])
+    let mut cmd = crate::kafka_example("wordcount", ckpt);
+    cmd.args(["--kafka-input-topic", input, "--kafka-output-topic", output])
         .args(["-q", "--no-ui"])
-        .args([
-            "-D",
-            &format!("execution.checkpointing.dir={}", ckpt.display()),
-        ])
-        .args(["-D", "execution.checkpointing.interval=100ms"])
-        .args(extra)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WEIR_") {
-            cmd.env_remove(k);
-        }
-    }
+        .args(extra);
     cmd
 }
 

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use weir::operators::rng::SplitMix64;
 use weir::visit_windows::START_MS;
 
-use super::common::{example, latest_checkpoint};
+use super::common::latest_checkpoint;
 use super::kafka;
 
 const IDLE: Duration = Duration::from_millis(300);
@@ -191,23 +191,11 @@ fn assert_windows(got: &Windows, want: &Windows, what: &str) {
 /// The example reading `input`, writing `output`, at parallelism 2,
 /// checkpointing every 100 ms into `ckpt`, progress lines every 500 ms.
 fn kafka_visits(input: &str, output: &str, ckpt: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(example("kafka_visits"));
-    cmd.args(["--kafka-brokers", &kafka::bootstrap()])
-        .args(["--input-topic", input, "--output-topic", output])
+    let mut cmd = crate::kafka_example("kafka_visits", ckpt);
+    cmd.args(["--input-topic", input, "--output-topic", output])
         .args(["-p", "2", "--no-ui"])
         .args(["-D", "client.progress-interval=500ms"])
-        .args([
-            "-D",
-            &format!("execution.checkpointing.dir={}", ckpt.display()),
-        ])
-        .args(["-D", "execution.checkpointing.interval=100ms"])
-        .args(extra)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WEIR_") {
-            cmd.env_remove(k);
-        }
-    }
+        .args(extra);
     cmd
 }
 

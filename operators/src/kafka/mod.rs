@@ -94,6 +94,20 @@ impl ProducerContext for DeliveryErrors {
     }
 }
 
+/// Waits until Kafka acknowledged every record `producer` queued, and fails
+/// if it refused any (`what` names the topic for the error).
+fn flush_acknowledged(
+    producer: &BaseProducer<DeliveryErrors>,
+    what: &str,
+    props: &KafkaProperties,
+) -> Result<()> {
+    use rdkafka::producer::Producer;
+    producer
+        .flush(FLUSH_TIMEOUT)
+        .map_err(|e| kafka_error(&format!("cannot flush {what}"), props, e))?;
+    producer.context().check()
+}
+
 /// Queues a record, waiting (and serving delivery reports) while
 /// librdkafka's queue is full.
 fn send_retrying<'a>(

@@ -89,7 +89,7 @@ use weir_runtime::operator::blocking;
 use weir_runtime::prelude::*;
 
 use super::properties::KafkaProperties;
-use super::{kafka_error, send_retrying, DeliveryErrors, FLUSH_TIMEOUT, METADATA_TIMEOUT};
+use super::{flush_acknowledged, kafka_error, send_retrying, DeliveryErrors, METADATA_TIMEOUT};
 
 /// One record to write: key, value, and optionally the partition and the
 /// timestamp (ms since the epoch; default: the time of sending).
@@ -777,14 +777,7 @@ impl<T: Send + 'static> SinkFunction<T> for KafkaSink<T> {
                     producer,
                     flush_on_snapshot: true,
                 }) => {
-                    producer.flush(FLUSH_TIMEOUT).map_err(|e| {
-                        kafka_error(
-                            &format!("cannot flush topic '{}'", cfg.topic),
-                            &cfg.properties,
-                            e,
-                        )
-                    })?;
-                    producer.context().check()
+                    flush_acknowledged(producer, &format!("topic '{}'", cfg.topic), &cfg.properties)
                 }
                 _ => Ok(()),
             }
@@ -825,14 +818,7 @@ impl<T> KafkaSink<T> {
         blocking(|| {
             let cfg = self.cfg.clone();
             if let Some(Running::Plain { producer, .. }) = self.run.as_mut() {
-                producer.flush(FLUSH_TIMEOUT).map_err(|e| {
-                    kafka_error(
-                        &format!("cannot flush topic '{}'", cfg.topic),
-                        &cfg.properties,
-                        e,
-                    )
-                })?;
-                producer.context().check()?;
+                flush_acknowledged(producer, &format!("topic '{}'", cfg.topic), &cfg.properties)?;
             }
             Ok(())
         })

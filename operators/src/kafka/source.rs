@@ -49,7 +49,7 @@ use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -928,10 +928,11 @@ impl<T: Data> SourceFunction<T> for KafkaSource<T> {
             if let Some((p, topic)) = &run.dead_letters {
                 // the copies of records before the barrier are in Kafka before
                 // the checkpoint can complete
-                p.flush(super::FLUSH_TIMEOUT).map_err(|e| {
-                    Error::user(format!("cannot flush the dead-letter topic '{topic}': {e}"))
-                })?;
-                p.context().check()?;
+                super::flush_acknowledged(
+                    p,
+                    &format!("the dead-letter topic '{topic}'"),
+                    &self.cfg.properties,
+                )?;
             }
             let list: Vec<PartitionState> = run
                 .splits
@@ -991,10 +992,11 @@ impl<T: Data> SourceFunction<T> for KafkaSource<T> {
         blocking(|| {
             if let Some(run) = self.run.as_ref() {
                 if let Some((p, topic)) = &run.dead_letters {
-                    p.flush(super::FLUSH_TIMEOUT).map_err(|e| {
-                        Error::user(format!("cannot flush the dead-letter topic '{topic}': {e}"))
-                    })?;
-                    p.context().check()?;
+                    super::flush_acknowledged(
+                        p,
+                        &format!("the dead-letter topic '{topic}'"),
+                        &self.cfg.properties,
+                    )?;
                 }
             }
             Ok(())
