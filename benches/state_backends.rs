@@ -123,6 +123,7 @@ fn sync_phase() {
                     incremental: true,
                     local_dir: None,
                     value_cache_entries: 65_536,
+                    memory: Default::default(),
                 },
                 auto_watermark_interval: std::time::Duration::from_millis(200),
                 num_records_in_errors: Default::default(),

@@ -68,6 +68,7 @@ fn backend(kind: BackendKind) -> KeyedStateBackend<u64> {
             incremental: true,
             local_dir: None,
             value_cache_entries: 0,
+            memory: Default::default(),
         },
         auto_watermark_interval: std::time::Duration::from_millis(200),
         num_records_in_errors: Default::default(),

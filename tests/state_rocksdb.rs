@@ -37,6 +37,7 @@ fn rocks(
             incremental,
             local_dir: None,
             value_cache_entries: cache,
+            memory: Default::default(),
         },
         auto_watermark_interval: std::time::Duration::from_millis(200),
         num_records_in_errors: Default::default(),

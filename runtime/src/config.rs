@@ -806,6 +806,47 @@ pub mod options {
         },
         "rocksdb: value-state entries per state and subtask kept deserialized in memory and written back in batches (at snapshots and when full); 0: every access goes to RocksDB",
     );
+    /// Whether the RocksDB instances of a slot share one memory budget.
+    pub const ROCKSDB_MEMORY_MANAGED: ConfigOption<bool> = ConfigOption::new(
+        "state.backend.rocksdb.memory.managed",
+        "true",
+        Kind::Bool,
+        "rocksdb: the instances of one slot (subtask i of every stateful operator) share one block cache of the slot's budget, with their memtables charged to it; false: a 64 MiB block cache and 32 MiB write buffers per instance and column family, unbounded in total",
+    );
+    /// Managed memory of the process, divided among its slots.
+    pub const MANAGED_MEMORY_SIZE: ConfigOption<MemorySize> = ConfigOption::new(
+        "taskmanager.memory.managed.size",
+        "512mb",
+        Kind::MemorySize {
+            min: 1 << 20,
+            max: 1 << 50,
+        },
+        "memory for RocksDB state of the whole process (block caches and memtables), divided evenly among the slots: a slot per subtask index of the operator's parallelism",
+    );
+    /// A fixed RocksDB budget per slot.
+    pub const ROCKSDB_MEMORY_FIXED_PER_SLOT: ConfigOption<MemorySize> = ConfigOption::new(
+        "state.backend.rocksdb.memory.fixed-per-slot",
+        "0",
+        Kind::MemorySize {
+            min: 0,
+            max: 1 << 50,
+        },
+        "rocksdb: the memory budget of each slot, instead of a share of taskmanager.memory.managed.size (0: a share); budgets below 8mb are raised to 8mb",
+    );
+    /// Share of a slot's budget for memtables.
+    pub const ROCKSDB_WRITE_BUFFER_RATIO: ConfigOption<f64> = ConfigOption::new(
+        "state.backend.rocksdb.memory.write-buffer-ratio",
+        "0.5",
+        Kind::Float { min: 0.05, max: 0.9 },
+        "rocksdb: the share of a slot's budget that memtables may take before RocksDB flushes them (they are also flushed by every checkpoint)",
+    );
+    /// Partitioned index and filter blocks.
+    pub const ROCKSDB_PARTITIONED_INDEX_FILTERS: ConfigOption<bool> = ConfigOption::new(
+        "state.backend.rocksdb.memory.partitioned-index-filters",
+        "true",
+        Kind::Bool,
+        "rocksdb: index and bloom filter blocks split into 4 KiB partitions with a pinned top level, so a lookup reads only the partitions it needs through the block cache; false: one index and one filter block per file, which thrash the cache (and every lookup re-reads a whole filter) once the state is far bigger than the budget",
+    );
     /// Checkpoint interval.
     pub const CHECKPOINTING_INTERVAL: ConfigOption<Option<Duration>> = ConfigOption::new(
         "execution.checkpointing.interval",
@@ -1350,6 +1391,11 @@ pub mod options {
         STATE_BACKEND.def,
         ROCKSDB_LOCALDIR.def,
         ROCKSDB_CACHE_ENTRIES.def,
+        ROCKSDB_MEMORY_MANAGED.def,
+        MANAGED_MEMORY_SIZE.def,
+        ROCKSDB_MEMORY_FIXED_PER_SLOT.def,
+        ROCKSDB_WRITE_BUFFER_RATIO.def,
+        ROCKSDB_PARTITIONED_INDEX_FILTERS.def,
         CHECKPOINTING_INTERVAL.def,
         CHECKPOINTING_MODE.def,
         CHECKPOINTING_TIMEOUT.def,

@@ -17,6 +17,7 @@ use super::{
     non_empty, ChainOp, Collector, KeyedOpenContext, KeyedProcessFunction, RuntimeContext,
     WatermarkOut,
 };
+use crate::keygroup::key_group_for;
 use crate::record::{downcast, AnyBatch, Data, Key};
 use crate::side_output::SideOutputs;
 use crate::state::{
@@ -40,6 +41,9 @@ pub(crate) struct KeyedProcessOp<K: Key, I, O, P, KS> {
     /// The input's timestamps, when it has them.
     pub(crate) timestamps: Option<TimestampFn<I>>,
     ts_buf: Vec<i64>,
+    /// The current batch's keys and key groups (buffers reused across batches).
+    keys: Vec<K>,
+    groups: Vec<u16>,
     side: SideOutputs,
     pub(crate) _t: PhantomData<fn(I) -> O>,
 }
@@ -112,11 +116,27 @@ where
         if let Some(ts) = &self.timestamps {
             ts(&input, &mut self.ts_buf);
         }
+        // The batch's keys first, so that the backend can read their state
+        // in one go (RocksDB's MultiGet) before the records need it.
+        let (mut keys, mut groups) = (
+            std::mem::take(&mut self.keys),
+            std::mem::take(&mut self.groups),
+        );
+        for v in &input {
+            let key = (self.selector)(v);
+            groups.push(key_group_for(&key, self.max_parallelism));
+            keys.push(key);
+        }
+        backend.prefetch(&keys, &groups)?;
         let mut out = Vec::with_capacity(input.len());
         let mut c = Collector::new(&mut out);
-        for (i, v) in input.into_iter().enumerate() {
-            let key = (self.selector)(&v);
-            let mut ctx = KeyedContext::new(&key, backend, self.max_parallelism)
+        for (i, ((v, key), kg)) in input
+            .into_iter()
+            .zip(keys.drain(..))
+            .zip(groups.drain(..))
+            .enumerate()
+        {
+            let mut ctx = KeyedContext::in_group(&key, kg, backend)
                 .at(self.watermark, self.ts_buf.get(i).copied());
             self.function.process_element(v, &mut ctx, &mut c)?;
             if !ctx.timers.is_empty() || !ctx.side.is_empty() {
@@ -131,6 +151,7 @@ where
             }
         }
         self.ts_buf.clear();
+        (self.keys, self.groups) = (keys, groups);
         backend.end_batch()?;
         Ok(non_empty(out))
     }
@@ -213,6 +234,8 @@ impl<K: Key, I, O, P, KS> KeyedProcessOp<K, I, O, P, KS> {
             max_parallelism: 0,
             timestamps,
             ts_buf: Vec::new(),
+            keys: Vec::new(),
+            groups: Vec::new(),
             side: SideOutputs::default(),
             _t: PhantomData,
         }

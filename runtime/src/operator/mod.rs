@@ -77,6 +77,8 @@ impl<'a> From<&'a RuntimeContext> for BackendScope<'a> {
             subtask: ctx.subtask,
             key_groups: ctx.key_group_range(),
             max_parallelism: ctx.max_parallelism,
+            job_id: &ctx.job_id,
+            parallelism: ctx.parallelism,
         }
     }
 }

@@ -82,7 +82,7 @@ pub enum BackendKind {
 }
 
 /// The state backend settings of a job.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StateBackendConfig {
     /// The backend.
     pub kind: BackendKind,
@@ -92,6 +92,55 @@ pub struct StateBackendConfig {
     pub local_dir: Option<PathBuf>,
     /// `state.backend.rocksdb.value-cache.entries`.
     pub value_cache_entries: usize,
+    /// `state.backend.rocksdb.memory.*` and `taskmanager.memory.managed.size`.
+    pub memory: RocksMemoryConfig,
+}
+
+/// How much memory RocksDB may use (`state.backend.rocksdb.memory.*`):
+/// a budget per slot, shared by the RocksDB instances of the slot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RocksMemoryConfig {
+    /// `state.backend.rocksdb.memory.managed`.
+    pub managed: bool,
+    /// `taskmanager.memory.managed.size`: the process's budget, divided
+    /// among the slots.
+    pub managed_size: u64,
+    /// `state.backend.rocksdb.memory.fixed-per-slot` (0: a share of `managed_size`).
+    pub fixed_per_slot: u64,
+    /// `state.backend.rocksdb.memory.write-buffer-ratio`.
+    pub write_buffer_ratio: f64,
+    /// `state.backend.rocksdb.memory.partitioned-index-filters`.
+    pub partitioned_index_filters: bool,
+}
+
+impl Default for RocksMemoryConfig {
+    /// The defaults of the options.
+    fn default() -> Self {
+        RocksMemoryConfig::from_conf(&Conf::defaults())
+    }
+}
+
+impl RocksMemoryConfig {
+    /// Reads the options.
+    pub fn from_conf(conf: &Conf) -> Self {
+        RocksMemoryConfig {
+            managed: conf.get(&options::ROCKSDB_MEMORY_MANAGED),
+            managed_size: conf.get(&options::MANAGED_MEMORY_SIZE).0,
+            fixed_per_slot: conf.get(&options::ROCKSDB_MEMORY_FIXED_PER_SLOT).0,
+            write_buffer_ratio: conf.get(&options::ROCKSDB_WRITE_BUFFER_RATIO),
+            partitioned_index_filters: conf.get(&options::ROCKSDB_PARTITIONED_INDEX_FILTERS),
+        }
+    }
+
+    /// The budget of one slot when there are `slots` (at least 8 MiB).
+    pub fn per_slot(&self, slots: usize) -> u64 {
+        let b = if self.fixed_per_slot > 0 {
+            self.fixed_per_slot
+        } else {
+            self.managed_size / slots.max(1) as u64
+        };
+        b.max(8 << 20)
+    }
 }
 
 impl StateBackendConfig {
@@ -107,6 +156,7 @@ impl StateBackendConfig {
             incremental: conf.get(&options::CHECKPOINTING_INCREMENTAL),
             local_dir: (!dir.trim().is_empty()).then(|| PathBuf::from(dir)),
             value_cache_entries: conf.get(&options::ROCKSDB_CACHE_ENTRIES),
+            memory: RocksMemoryConfig::from_conf(conf),
         }
     }
 }
@@ -215,6 +265,10 @@ pub struct BackendScope<'a> {
     pub key_groups: KeyGroupRange,
     /// `pipeline.max-parallelism`: the number of key groups.
     pub max_parallelism: usize,
+    /// The job's id (RocksDB instances of one job and slot share memory).
+    pub job_id: &'a str,
+    /// The operator's parallelism: the slots its subtasks take.
+    pub parallelism: usize,
 }
 
 impl<K: Key> KeyedStateBackend<K> {
@@ -327,6 +381,14 @@ impl<K: Key> KeyedStateBackend<K> {
             }
         }
         Ok(())
+    }
+
+    /// Before a batch of records with these keys (in key groups `groups`):
+    /// RocksDB reads the values the batch is likely to need in one batched
+    /// lookup per value state; the heap backend does nothing.
+    #[inline]
+    pub fn prefetch(&mut self, keys: &[K], groups: &[u16]) -> Result<()> {
+        dispatch!(self, b => { let _ = (b, keys, groups); Ok(()) }, b.prefetch(keys, groups))
     }
 
     /// A batch of records has been processed (lets RocksDB write back its cache).
@@ -451,6 +513,19 @@ impl<'a, K: Key> KeyedContext<'a, K> {
             backend,
             watermark: i64::MIN,
             kg: key_group_for(key, max_parallelism),
+            timestamp: None,
+            timers: Vec::new(),
+            side: Vec::new(),
+        }
+    }
+
+    /// A context for `key`, whose key group `kg` the caller computed.
+    pub(crate) fn in_group(key: &'a K, kg: u16, backend: &'a mut KeyedStateBackend<K>) -> Self {
+        KeyedContext {
+            key,
+            backend,
+            watermark: i64::MIN,
+            kg,
             timestamp: None,
             timers: Vec::new(),
             side: Vec::new(),

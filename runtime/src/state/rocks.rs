@@ -157,6 +157,12 @@ trait Column<K>: Send {
         0
     }
     fn drop_cache(&mut self) {}
+    /// Reads the entries of `keys` (in key groups `groups`) that are not
+    /// cached into the cache with one batched MultiGet. (Only value states
+    /// cache; the others read nothing.)
+    fn prefetch(&mut self, _: &Prefetch<'_, K>, _: &mut KeyBuffers) -> Result<()> {
+        Ok(())
+    }
     /// Writes the canonical entries of key group `kg` into `batch`.
     fn restore_canonical(
         &self,
@@ -166,6 +172,23 @@ trait Column<K>: Send {
         batch: &mut WriteBatch,
         buf: &mut Vec<u8>,
     ) -> Result<()>;
+}
+
+/// One batch's keys and where to read them.
+struct Prefetch<'a, K> {
+    db: &'a DB,
+    cf: &'a ColumnFamily,
+    read_opts: &'a ReadOptions,
+    keys: &'a [K],
+    groups: &'a [u16],
+}
+
+/// Encoded keys of a prefetch, back to back (reused across batches).
+#[derive(Default)]
+struct KeyBuffers {
+    bytes: Vec<u8>,
+    /// (end of the key in `bytes`, index in the batch)
+    ends: Vec<(usize, usize)>,
 }
 
 struct Slot<T> {
@@ -213,6 +236,46 @@ impl<K: Key, T: Data + Clone> Column<K> for ValueColumn<K, T> {
     }
     fn drop_cache(&mut self) {
         self.cache.clear();
+    }
+    fn prefetch(&mut self, p: &Prefetch<'_, K>, b: &mut KeyBuffers) -> Result<()> {
+        b.bytes.clear();
+        b.ends.clear();
+        for (i, (k, kg)) in p.keys.iter().zip(p.groups).enumerate() {
+            if self.cache.contains_key(k) {
+                continue;
+            }
+            b.bytes.extend_from_slice(&kg.to_be_bytes());
+            append(&mut b.bytes, k)?;
+            b.ends.push((b.bytes.len(), i));
+        }
+        if b.ends.is_empty() {
+            return Ok(());
+        }
+        let mut start = 0;
+        let slices: Vec<&[u8]> = b
+            .ends
+            .iter()
+            .map(|&(end, _)| {
+                let s = &b.bytes[start..end];
+                start = end;
+                s
+            })
+            .collect();
+        let values =
+            p.db.batched_multi_get_cf_opt(p.cf, slices, false, p.read_opts);
+        for (v, &(_, i)) in values.into_iter().zip(&b.ends) {
+            let value = match v.map_err(db_err)? {
+                Some(bytes) => Some(decode::<T>(&bytes)?),
+                None => None,
+            };
+            // A key twice in the batch: the first read stands.
+            self.cache.entry(p.keys[i].clone()).or_insert(Slot {
+                value,
+                dirty: false,
+                kg: p.groups[i],
+            });
+        }
+        Ok(())
     }
     fn restore_canonical(
         &self,
@@ -334,12 +397,16 @@ pub struct RocksKeyedStateBackend<K> {
     states: Vec<Registered<K>>,
     write_opts: WriteOptions,
     read_opts: ReadOptions,
-    cache: rocksdb::Cache,
+    memory: Arc<SlotMemory>,
     /// Key and value encoding buffers, reused across records.
     buf: RefCell<Vec<u8>>,
     vbuf: RefCell<Vec<u8>>,
     tracker: Arc<Mutex<Tracker>>,
     restores: usize,
+    /// Bit `id`: value state `id` (of the first 64) was read since the
+    /// last prefetch (the next batch is likely to read it too).
+    touched: std::cell::Cell<u64>,
+    prefetch_keys: KeyBuffers,
 }
 
 fn db_of(db: &Option<DB>) -> Result<&DB> {
@@ -363,17 +430,125 @@ fn db_options() -> Options {
     o
 }
 
-/// Options of the live instance: `db_options` plus bloom filters (every
-/// checkpoint flushes a small L0 file; point lookups must not read them all)
-/// and a block cache shared by the instance's column families.
-fn live_options(cache: &rocksdb::Cache) -> Options {
-    let mut o = db_options();
-    let mut t = rocksdb::BlockBasedOptions::default();
-    t.set_bloom_filter(10.0, false);
-    t.set_block_cache(cache);
-    t.set_cache_index_and_filter_blocks(true);
-    o.set_block_based_table_factory(&t);
-    o
+// ---------------------------------------------------------------------------
+// Memory: one budget per slot.
+
+/// The RocksDB memory of one slot: what `state.backend.rocksdb.memory.*`
+/// bounds. With managed memory every instance of the slot (subtask `i` of
+/// every stateful operator of the job, as Flink's slot sharing puts them in
+/// one slot) uses the same block cache of the slot's budget, and a write
+/// buffer manager charges their memtables to that cache, flushing when they
+/// take more than `write-buffer-ratio` of it; index and filter blocks live
+/// in the cache too. Without it each instance has a cache of its own and
+/// nothing bounds the total.
+pub(crate) struct SlotMemory {
+    /// The block cache's capacity.
+    budget: usize,
+    cache: rocksdb::Cache,
+    write_buffers: Option<rocksdb::WriteBufferManager>,
+    partitioned: bool,
+}
+
+/// The slots' memory of this process: (job, slot, budget) -> memory, while
+/// an instance uses it.
+type SlotRegistry = Vec<((String, usize, u64), std::sync::Weak<SlotMemory>)>;
+static SLOTS: Mutex<SlotRegistry> = Mutex::new(Vec::new());
+
+impl SlotMemory {
+    /// The memory of `scope`'s slot: shared with the slot's other
+    /// instances when managed, this instance's own otherwise.
+    fn of(scope: &BackendScope<'_>) -> Arc<SlotMemory> {
+        let m = &scope.config.memory;
+        if !m.managed {
+            return Arc::new(SlotMemory {
+                budget: 64 << 20,
+                cache: rocksdb::Cache::new_lru_cache(64 << 20),
+                write_buffers: None,
+                partitioned: m.partitioned_index_filters,
+            });
+        }
+        let budget = m.per_slot(scope.parallelism);
+        let id = (scope.job_id.to_string(), scope.subtask, budget);
+        let mut slots = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(mem) = slots
+            .iter()
+            .find(|(k, _)| *k == id)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return mem;
+        }
+        // HyperClockCache: lookups without a mutex (the LRU cache's hash
+        // table and list were a tenth of the processing loop's time).
+        let cache = rocksdb::Cache::new_hyper_clock_cache(budget as usize, 0);
+        let write_buffers = rocksdb::WriteBufferManager::new_write_buffer_manager_with_cache(
+            (budget as f64 * m.write_buffer_ratio) as usize,
+            false,
+            cache.clone(),
+        );
+        let mem = Arc::new(SlotMemory {
+            budget: budget as usize,
+            cache,
+            write_buffers: Some(write_buffers),
+            partitioned: m.partitioned_index_filters,
+        });
+        slots.push((id, Arc::downgrade(&mem)));
+        tracing::debug!(
+            slot = scope.subtask,
+            budget_mib = mem.budget >> 20,
+            write_buffer_ratio = m.write_buffer_ratio,
+            "RocksDB memory of a slot"
+        );
+        mem
+    }
+
+    /// Options of a live instance (and of its column families):
+    /// `db_options` plus whole-key bloom filters (every checkpoint flushes a
+    /// small L0 file; point lookups must not read them all), the slot's
+    /// block cache, and its write buffer manager.
+    fn live_options(&self) -> Options {
+        let mut o = db_options();
+        let mut t = rocksdb::BlockBasedOptions::default();
+        t.set_bloom_filter(10.0, false);
+        t.set_block_cache(&self.cache);
+        t.set_cache_index_and_filter_blocks(true);
+        if self.partitioned {
+            // A lookup reads a 4 KiB index partition and filter partition
+            // through the cache instead of a whole file's (megabytes once a
+            // file holds millions of keys); the top levels stay pinned, and
+            // so do the L0 files' blocks, which every lookup consults.
+            t.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+            t.set_partition_filters(true);
+            t.set_pin_top_level_index_and_filter(true);
+            t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        }
+        // Lookups of keys a memtable does not hold (most, with the
+        // memtables flushed every checkpoint) skip its skip list.
+        o.set_memtable_prefix_bloom_ratio(0.1);
+        o.set_memtable_whole_key_filtering(true);
+        // Every checkpoint flushes a small L0 file: compact eight at a
+        // time rather than four (half the rewriting of L1; a lookup checks
+        // the L0 files' pinned filters first).
+        o.set_level_zero_file_num_compaction_trigger(8);
+        o.set_level_zero_slowdown_writes_trigger(24);
+        o.set_level_zero_stop_writes_trigger(40);
+        // L0 and L1 are rewritten all the time and read most: uncompressed;
+        // LZ4 below, where most of the data lies.
+        o.set_compression_per_level(&[
+            rocksdb::DBCompressionType::None,
+            rocksdb::DBCompressionType::None,
+            rocksdb::DBCompressionType::Lz4,
+            rocksdb::DBCompressionType::Lz4,
+            rocksdb::DBCompressionType::Lz4,
+            rocksdb::DBCompressionType::Lz4,
+            rocksdb::DBCompressionType::Lz4,
+        ]);
+        o.set_block_based_table_factory(&t);
+        if let Some(w) = &self.write_buffers {
+            o.set_write_buffer_manager(w);
+        }
+        o
+    }
 }
 
 /// Removes working directories left by processes that no longer run.
@@ -418,8 +593,8 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         let root = base.join(format!("weir-rocksdb-{}-{instance}", std::process::id()));
         std::fs::create_dir_all(&root)
             .map_err(|e| Error::io("cannot create the RocksDB working directory", &root, e))?;
-        let cache = rocksdb::Cache::new_lru_cache(64 << 20);
-        let db = DB::open(&live_options(&cache), root.join("db")).map_err(db_err)?;
+        let memory = SlotMemory::of(ctx);
+        let db = DB::open(&memory.live_options(), root.join("db")).map_err(db_err)?;
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(true);
         Ok(RocksKeyedStateBackend {
@@ -432,11 +607,13 @@ impl<K: Key> RocksKeyedStateBackend<K> {
             states: Vec::new(),
             write_opts,
             read_opts: ReadOptions::default(),
-            cache,
+            memory,
             buf: RefCell::new(Vec::with_capacity(64)),
             vbuf: RefCell::new(Vec::with_capacity(64)),
             tracker: Arc::new(Mutex::new(Tracker::default())),
             restores: 0,
+            touched: std::cell::Cell::new(0),
+            prefetch_keys: KeyBuffers::default(),
         })
     }
 
@@ -470,7 +647,7 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         self.db
             .as_mut()
             .ok_or_else(|| Error::Internal("RocksDB instance already closed".into()))?
-            .create_cf(&cf, &live_options(&self.cache))
+            .create_cf(&cf, &self.memory.live_options())
             .map_err(db_err)?;
         self.states.push(Registered {
             name: name.to_string(),
@@ -561,11 +738,48 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         kg: u16,
         key: &K,
     ) -> Result<Option<T>> {
+        self.touch(id);
         let col = self.value_column::<T>(id)?;
         if let Some(slot) = col.cache.get(key) {
             return Ok(slot.value.clone());
         }
         self.db_get(&self.states[id].cf, kg, key)
+    }
+
+    /// Notes that value state `id` was read (see [`Self::prefetch`]).
+    #[inline]
+    fn touch(&self, id: usize) {
+        if id < 64 {
+            self.touched.set(self.touched.get() | 1 << id);
+        }
+    }
+
+    /// Before a batch of records: reads the keys of the batch that the
+    /// value caches lack, for every value state the previous batch read,
+    /// with one batched MultiGet per state, so the records find their
+    /// values cached (RocksDB sorts the keys, and looks each file's filter
+    /// and index blocks up once for all of them). Nothing with the value
+    /// cache off.
+    pub(crate) fn prefetch(&mut self, keys: &[K], groups: &[u16]) -> Result<()> {
+        let touched = self.touched.replace(0);
+        if self.cache_entries == 0 || touched == 0 {
+            return Ok(());
+        }
+        let db = db_of(&self.db)?;
+        for (id, s) in self.states.iter_mut().enumerate() {
+            if id >= 64 || touched & (1 << id) == 0 {
+                continue;
+            }
+            let p = Prefetch {
+                db,
+                cf: cf_of(db, &s.cf)?,
+                read_opts: &self.read_opts,
+                keys,
+                groups,
+            };
+            s.column.prefetch(&p, &mut self.prefetch_keys)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn value_put<T: Data + Clone>(
@@ -617,6 +831,7 @@ impl<K: Key> RocksKeyedStateBackend<K> {
             self.db_put(cf, kg, key, Some(&new))?;
             return Ok(new);
         }
+        self.touch(id);
         let slot = self.cached_slot::<T>(id, kg, key)?;
         let new = f(slot.value.as_ref());
         slot.value = Some(new.clone());
@@ -643,6 +858,7 @@ impl<K: Key> RocksKeyedStateBackend<K> {
             self.db_put(cf, kg, key, Some(&v))?;
             return Ok(new);
         }
+        self.touch(id);
         let slot = self.cached_slot::<T>(id, kg, key)?;
         let new = slot.value.is_none();
         f(slot.value.get_or_insert_with(init));
@@ -1090,7 +1306,7 @@ impl<K: Key> RocksKeyedStateBackend<K> {
     fn restore_whole(&mut self, job_dir: &Path, h: &RocksStateHandle) -> Result<()> {
         let dir = self.root.join(format!("db-{}", self.restores));
         drop(download(job_dir, h, &dir)?);
-        let opts = live_options(&self.cache);
+        let opts = self.memory.live_options();
         let mut names: Vec<String> = self.states.iter().map(|s| s.cf.clone()).collect();
         for (name, _) in &h.states {
             let cf = cf_name(name);
@@ -1100,7 +1316,7 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         }
         let cfs = names
             .iter()
-            .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, live_options(&self.cache)));
+            .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, self.memory.live_options()));
         let db = DB::open_cf_descriptors(&opts, &dir, cfs).map_err(db_err)?;
         // Close the empty database only once the restored one is open.
         drop(self.db.replace(db));
@@ -1439,5 +1655,128 @@ mod tests {
         assert_eq!(prefix_end(&[1, 2]), Some(vec![1, 3]));
         assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
         assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+
+    fn config(dir: &Path, cache: usize, managed: bool) -> crate::state::StateBackendConfig {
+        crate::state::StateBackendConfig {
+            kind: crate::state::BackendKind::RocksDb,
+            incremental: true,
+            local_dir: Some(dir.to_path_buf()),
+            value_cache_entries: cache,
+            memory: crate::state::RocksMemoryConfig {
+                managed,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn open(
+        cfg: &crate::state::StateBackendConfig,
+        job: &str,
+        subtask: usize,
+    ) -> RocksKeyedStateBackend<u64> {
+        RocksKeyedStateBackend::open(&BackendScope {
+            config: cfg,
+            operator: "op",
+            subtask,
+            key_groups: KeyGroupRange::for_subtask(128, 2, subtask),
+            max_parallelism: 128,
+            job_id: job,
+            parallelism: 2,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_instances_of_a_slot_share_one_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), 16, true);
+        let a = open(&cfg, "job-a", 0);
+        let b = open(&cfg, "job-a", 0);
+        let other_slot = open(&cfg, "job-a", 1);
+        let other_job = open(&cfg, "job-b", 0);
+        assert!(Arc::ptr_eq(&a.memory, &b.memory));
+        assert!(!Arc::ptr_eq(&a.memory, &other_slot.memory));
+        assert!(!Arc::ptr_eq(&a.memory, &other_job.memory));
+        // The default budget: 512 MiB over 2 slots, memtables charged to it.
+        assert_eq!(a.memory.budget, 256 << 20);
+        let mut a = a;
+        let v = a.register_value::<u64>("v").unwrap();
+        for k in 0..1000u64 {
+            a.value_put(v, 0, &k, Some(k)).unwrap();
+        }
+        a.write_back(false).unwrap();
+        assert!(
+            a.memory.usage() > 0,
+            "memtable memory is charged to the slot's cache"
+        );
+        let unmanaged = config(dir.path(), 16, false);
+        let c = open(&unmanaged, "job-a", 0);
+        let d = open(&unmanaged, "job-a", 0);
+        assert!(!Arc::ptr_eq(&c.memory, &d.memory));
+        assert_eq!(c.memory.budget, 64 << 20);
+    }
+
+    #[test]
+    fn prefetch_loads_present_and_absent_keys_of_read_states_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), 1 << 20, true);
+        let mut b = open(&cfg, "job-p", 0);
+        let v = b.register_value::<u64>("v").unwrap();
+        let w = b.register_value::<u64>("w").unwrap();
+        for k in 0..100u64 {
+            b.value_put(v, (k % 3) as u16, &k, Some(k * 10)).unwrap();
+            b.value_put(w, (k % 3) as u16, &k, Some(k)).unwrap();
+        }
+        b.write_back(false).unwrap();
+        for s in b.states.iter_mut() {
+            s.column.drop_cache();
+        }
+        let cached = |b: &RocksKeyedStateBackend<u64>, id: usize| -> Vec<(u64, Option<u64>)> {
+            let mut e: Vec<_> = b
+                .value_column::<u64>(id)
+                .unwrap()
+                .cache
+                .iter()
+                .map(|(k, s)| (*k, s.value))
+                .collect();
+            e.sort();
+            e
+        };
+        // Nothing read yet: nothing is prefetched.
+        let keys: Vec<u64> = (90..110).chain([95, 105]).collect();
+        let groups: Vec<u16> = keys.iter().map(|k| (k % 3) as u16).collect();
+        b.prefetch(&keys, &groups).unwrap();
+        assert!(cached(&b, v).is_empty() && cached(&b, w).is_empty());
+        // A batch reads state v: the next batch's keys are read for v only.
+        b.value_modify(v, 0, &0, || 0u64, |x| *x += 1).unwrap();
+        b.prefetch(&keys, &groups).unwrap();
+        let got = cached(&b, v);
+        let mut want: Vec<(u64, Option<u64>)> = vec![(0, Some(1))];
+        want.extend((90..100).map(|k| (k, Some(k * 10))));
+        want.extend((100..110).map(|k| (k, None)));
+        assert_eq!(got, want);
+        assert!(cached(&b, w).is_empty());
+        // Prefetched slots are clean: only the modified key is written back.
+        let dirty = b
+            .value_column::<u64>(v)
+            .unwrap()
+            .cache
+            .values()
+            .filter(|s| s.dirty)
+            .count();
+        assert_eq!(dirty, 1);
+        // The values read through the cache are the stored ones.
+        assert!(!b.value_modify(v, 0, &99, || 0u64, |x| *x += 1).unwrap());
+        assert_eq!(b.value_get::<u64>(v, 0, &99).unwrap(), Some(991));
+        assert!(b.value_modify(v, 1, &103, || 7u64, |x| *x += 1).unwrap());
+        assert_eq!(b.value_get::<u64>(v, 1, &103).unwrap(), Some(8));
+        // With the value cache off nothing is prefetched.
+        let off = config(dir.path(), 0, true);
+        let mut c = open(&off, "job-p", 1);
+        let v = c.register_value::<u64>("v").unwrap();
+        c.value_modify(v, 0, &0, || 0u64, |x| *x += 1).unwrap();
+        c.prefetch(&keys, &groups).unwrap();
+        assert!(cached(&c, v).is_empty());
     }
 }
