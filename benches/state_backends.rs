@@ -65,25 +65,41 @@ fn sync_phase() {
         "## Synchronous part of a keyed snapshot vs state size (ValueState<u64>, one subtask)"
     );
     println!(
-        "{:>10}  {:>16}  {:>16}  {:>22}",
-        "keys", "heap sync (ms)", "heap async (ms)", "heap all-sync, before"
+        "{:>10}  {:>16}  {:>16}  {:>22}  {:>26}  {:>24}",
+        "keys",
+        "heap sync (ms)",
+        "heap async (ms)",
+        "heap all-sync, before",
+        "1000 writes after sync (ms)",
+        "1000 writes, no snapshot"
     );
     let tmp = std::env::temp_dir().join(format!("weir-bench-sync-{}", std::process::id()));
     let storage = CheckpointStorage::create(&tmp, "bench").expect("storage");
     let range = KeyGroupRange::for_subtask(128, 1, 0);
-    for keys in [10_000u64, 100_000, 1_000_000] {
+    for keys in [10_000u64, 100_000, 1_000_000, 10_000_000] {
         let mut b = KeyedStateBackend::<u64>::heap(range, 128);
         let st = fill(&mut b, keys);
         let (mut sync, mut asyn, mut full) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut cow, mut plain) = (Vec::new(), Vec::new());
         for id in 1..=5u64 {
+            // 1000 writes spread over every key group, nothing shared.
             let t = Instant::now();
-            let p = b.snapshot_async(id).expect("snapshot");
-            sync.push(ms(t.elapsed()));
-            // The loop goes on: the first writes copy only their key group.
             for k in 0..1000u64 {
                 let mut ctx = KeyedContext::new(&k, &mut b, 128);
                 st.update(&mut ctx, k + id).expect("update");
             }
+            plain.push(ms(t.elapsed()));
+            let t = Instant::now();
+            let p = b.snapshot_async(id).expect("snapshot");
+            sync.push(ms(t.elapsed()));
+            // The loop goes on while the upload holds the maps: the first
+            // write to each key group copies that group (the stall).
+            let t = Instant::now();
+            for k in 0..1000u64 {
+                let mut ctx = KeyedContext::new(&k, &mut b, 128);
+                st.update(&mut ctx, k + id).expect("update");
+            }
+            cow.push(ms(t.elapsed()));
             let t = Instant::now();
             let target = UploadTarget {
                 storage: &storage,
@@ -96,11 +112,13 @@ fn sync_phase() {
             full.push(ms(t.elapsed()));
         }
         println!(
-            "{:>10}  {:>16.3}  {:>16.1}  {:>22.1}",
+            "{:>10}  {:>16.3}  {:>16.1}  {:>22.1}  {:>26.2}  {:>24.3}",
             keys,
             median(sync),
             median(asyn),
-            median(full)
+            median(full),
+            median(cow),
+            median(plain)
         );
     }
     #[cfg(feature = "rocksdb")]
