@@ -11,7 +11,8 @@
 //! followed by the postcard-encoded key, so the keys of a key-group range are
 //! one contiguous key range (rescaling copies ranges); map state appends the
 //! postcard-encoded user key after a varint length of the key. Values are
-//! postcard-encoded (`ListState`: the whole `Vec<T>`). Writes skip RocksDB's
+//! postcard-encoded (`ListState`: the whole `Vec<T>`, which `add` extends
+//! with a RocksDB merge, resolved when it is read or compacted). Writes skip RocksDB's
 //! write-ahead log: durability comes from checkpoints, and a crashed subtask
 //! restores from one.
 //!
@@ -21,8 +22,22 @@
 //! `state.backend.rocksdb.value-cache.entries` entries per state deserialized
 //! in memory; changed entries are written back in one `WriteBatch` when the
 //! cache is full (at the end of a batch of records) and before every
-//! snapshot, so a snapshot always sees every write. With 0 every access is a
-//! RocksDB `get`/`put`. List and map state always go to RocksDB.
+//! snapshot, so a snapshot always sees every write. A full cache keeps the
+//! entries used at least twice since they were loaded (the hot keys of a
+//! skewed input) if they fill at most half of it, and drops the rest. Before
+//! a batch of records the keyed operator hands the batch's keys to
+//! [`RocksKeyedStateBackend::prefetch`]: the keys the cache lacks are read
+//! with one batched `MultiGet` per value state the previous batch read, so
+//! a record costs at most one lookup, batched, and one buffered write. With
+//! 0 every access is a RocksDB `get`/`put`. List and map state always go to
+//! RocksDB.
+//!
+//! # Memory
+//! [`SlotMemory`]: the instances of a slot share one block cache of the
+//! slot's budget (`state.backend.rocksdb.memory.*`,
+//! `taskmanager.memory.managed.size`), their memtables charged to it;
+//! index and filter blocks are partitioned, so a lookup reads 4 KiB of them
+//! through the cache rather than a whole file's.
 //!
 //! # Snapshots (docs/design.md invariants 2 and 6)
 //! Synchronous part (`RocksKeyedStateBackend::snapshot_async`, on the
@@ -52,7 +67,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rocksdb::{ColumnFamily, Options, ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{ColumnFamily, MergeOperands, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -157,6 +172,14 @@ trait Column<K>: Send {
         0
     }
     fn drop_cache(&mut self) {}
+    /// Makes room in a full cache (after a write-back: every entry is
+    /// clean): keeps the entries used at least twice since they were
+    /// loaded or last kept, when they are at most half of `cap`; else
+    /// empties it.
+    fn evict(&mut self, cap: usize) {
+        let _ = cap;
+        self.drop_cache();
+    }
     /// Reads the entries of `keys` (in key groups `groups`) that are not
     /// cached into the cache with one batched MultiGet. (Only value states
     /// cache; the others read nothing.)
@@ -194,6 +217,9 @@ struct KeyBuffers {
 struct Slot<T> {
     value: Option<T>,
     dirty: bool,
+    /// Reads and writes since the entry was loaded or last survived an
+    /// eviction (saturating): a hot key keeps its entry.
+    uses: u8,
     /// The key group the entry is written under (a namespaced key's group
     /// is its key's, not the hash of the whole key).
     kg: u16,
@@ -237,6 +263,16 @@ impl<K: Key, T: Data + Clone> Column<K> for ValueColumn<K, T> {
     fn drop_cache(&mut self) {
         self.cache.clear();
     }
+    fn evict(&mut self, cap: usize) {
+        self.cache.retain(|_, s| {
+            let hot = s.uses >= 2 && !s.dirty;
+            s.uses = 0;
+            hot
+        });
+        if self.cache.len() > cap / 2 {
+            self.cache.clear();
+        }
+    }
     fn prefetch(&mut self, p: &Prefetch<'_, K>, b: &mut KeyBuffers) -> Result<()> {
         b.bytes.clear();
         b.ends.clear();
@@ -272,6 +308,7 @@ impl<K: Key, T: Data + Clone> Column<K> for ValueColumn<K, T> {
             self.cache.entry(p.keys[i].clone()).or_insert(Slot {
                 value,
                 dirty: false,
+                uses: 0,
                 kg: p.groups[i],
             });
         }
@@ -419,8 +456,33 @@ fn cf_of<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily> {
         .ok_or_else(|| Error::Internal(format!("no column family '{name}'")))
 }
 
+/// RocksDB's merge operator for list state: `ListState::add` writes a
+/// merge operand (a one-element list) instead of reading, extending and
+/// rewriting the whole list. A list is postcard's `Vec<T>` encoding, a
+/// varint count followed by the elements, so lists concatenate without
+/// knowing `T`: the counts add up and the elements follow one another.
+/// Associative (a partial merge is the same function). `None` (bytes that
+/// are not a list) makes RocksDB report corruption on the read.
+fn append_lists(_: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let mut count = 0u64;
+    let mut len = 0;
+    for part in existing.into_iter().chain(operands.iter()) {
+        let (n, used) = get_varint(part)?;
+        count = count.checked_add(n)?;
+        len += part.len() - used;
+    }
+    let mut out = Vec::with_capacity(len + 10);
+    put_varint(&mut out, count);
+    for part in existing.into_iter().chain(operands.iter()) {
+        let (_, used) = get_varint(part)?;
+        out.extend_from_slice(&part[used..]);
+    }
+    Some(out)
+}
+
 fn db_options() -> Options {
     let mut o = Options::default();
+    o.set_merge_operator_associative("weir-append-lists", append_lists);
     o.create_if_missing(true);
     o.create_missing_column_families(true);
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -802,6 +864,7 @@ impl<K: Key> RocksKeyedStateBackend<K> {
             Some(slot) => {
                 slot.value = value;
                 slot.dirty = true;
+                slot.uses = slot.uses.saturating_add(1);
             }
             None => {
                 col.cache.insert(
@@ -809,6 +872,7 @@ impl<K: Key> RocksKeyedStateBackend<K> {
                     Slot {
                         value,
                         dirty: true,
+                        uses: 1,
                         kg,
                     },
                 );
@@ -891,13 +955,17 @@ impl<K: Key> RocksKeyedStateBackend<K> {
                 Slot {
                     value,
                     dirty: false,
+                    uses: 0,
                     kg,
                 },
             );
         }
-        col.cache
+        let slot = col
+            .cache
             .get_mut(key)
-            .ok_or_else(|| Error::Internal("value cache entry vanished".into()))
+            .ok_or_else(|| Error::Internal("value cache entry vanished".into()))?;
+        slot.uses = slot.uses.saturating_add(1);
+        Ok(slot)
     }
 
     /// Every `(key, value)` of value state `id`, over all key groups.
@@ -935,7 +1003,7 @@ impl<K: Key> RocksKeyedStateBackend<K> {
             s.column
                 .write_back(cf_of(db, &s.cf)?, &mut batch, &mut buf)?;
             if only_full {
-                s.column.drop_cache();
+                s.column.evict(cap);
             }
         }
         if !batch.is_empty() {
@@ -971,10 +1039,17 @@ impl<K: Key> RocksKeyedStateBackend<K> {
         key: &K,
         value: T,
     ) -> Result<()> {
-        let cf = &self.state(id)?.cf;
-        let mut list: Vec<T> = self.db_get(cf, kg, key)?.unwrap_or_default();
-        list.push(value);
-        self.db_put(cf, kg, key, Some(&list))
+        // A merge operand, one element long (see `append_lists`): no read.
+        let db = db_of(&self.db)?;
+        let cf = cf_of(db, &self.state(id)?.cf)?;
+        let mut buf = self.buf.borrow_mut();
+        encode_key(&mut buf, kg, key)?;
+        let mut val = self.vbuf.borrow_mut();
+        val.clear();
+        put_varint(&mut val, 1);
+        append(&mut val, &value)?;
+        db.merge_cf_opt(cf, &*buf, &*val, &self.write_opts)
+            .map_err(db_err)
     }
 
     pub(crate) fn list_put<T: Data>(
@@ -1367,7 +1442,14 @@ fn download(job_dir: &Path, h: &RocksStateHandle, dir: &Path) -> Result<DB> {
     }
     let mut names: Vec<String> = h.states.iter().map(|(n, _)| cf_name(n)).collect();
     names.push("default".into());
-    DB::open_cf_for_read_only(&db_options(), dir, names, false).map_err(db_err)
+    open_read_only(dir, names)
+}
+
+/// Opens the database files in `dir` read-only, every column family with
+/// [`db_options`] (its merge operator resolves list appends).
+fn open_read_only(dir: &Path, names: Vec<String>) -> Result<DB> {
+    let cfs = names.into_iter().map(|n| (n, db_options()));
+    DB::open_cf_with_opts_for_read_only(&db_options(), dir, cfs, false).map_err(db_err)
 }
 
 /// Calls `f(key, value)` for every entry of column family `cf` in key groups `lo..=hi`.
@@ -1617,8 +1699,7 @@ impl RocksPending {
     pub(crate) fn canonical(self) -> Result<KeyedStateSnapshot> {
         let mut names: Vec<String> = self.states.iter().map(|(n, _)| cf_name(n)).collect();
         names.push("default".into());
-        let db =
-            DB::open_cf_for_read_only(&db_options(), &self.dir, names, false).map_err(db_err)?;
+        let db = open_read_only(&self.dir, names)?;
         let states: Vec<(String, String, StateKind)> = self
             .states
             .iter()
@@ -1707,7 +1788,7 @@ mod tests {
         }
         a.write_back(false).unwrap();
         assert!(
-            a.memory.usage() > 0,
+            a.memory.cache.get_usage() > 0,
             "memtable memory is charged to the slot's cache"
         );
         let unmanaged = config(dir.path(), 16, false);
@@ -1715,6 +1796,127 @@ mod tests {
         let d = open(&unmanaged, "job-a", 0);
         assert!(!Arc::ptr_eq(&c.memory, &d.memory));
         assert_eq!(c.memory.budget, 64 << 20);
+    }
+
+    #[test]
+    fn list_adds_are_merges_that_read_back_as_the_whole_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), 16, true);
+        let mut b = open(&cfg, "job-l", 0);
+        let l = b.register_list::<String>("l").unwrap();
+        let words = |r: std::ops::Range<u32>| r.map(|i| format!("w{i}")).collect::<Vec<_>>();
+        for w in words(0..300) {
+            b.list_add(l, 3, &7, w).unwrap();
+        }
+        assert_eq!(b.list_get::<String>(l, 3, &7).unwrap(), words(0..300));
+        // A put replaces, later adds merge onto it; flushed files too.
+        b.list_put(l, 3, &7, &words(5..7)).unwrap();
+        db_of(&b.db)
+            .unwrap()
+            .flush_cf(cf_of(db_of(&b.db).unwrap(), "s:l").unwrap())
+            .unwrap();
+        b.list_add(l, 3, &7, "x".to_string()).unwrap();
+        let mut want = words(5..7);
+        want.push("x".into());
+        assert_eq!(b.list_get::<String>(l, 3, &7).unwrap(), want);
+        assert_eq!(
+            b.list_get::<String>(l, 3, &8).unwrap(),
+            Vec::<String>::new()
+        );
+        // Snapshots see the merged lists: canonical form, and RocksDB files
+        // opened read-only (as restores and savepoints do).
+        b.list_add(l, 4, &9, "y".to_string()).unwrap();
+        let snap = b.canonical_snapshot().unwrap();
+        let mut c = open(&cfg, "job-l", 1);
+        c.register_list::<String>("l").unwrap();
+        c.range = b.range;
+        c.restore_canonical(&snap).unwrap();
+        assert_eq!(c.list_get::<String>(l, 3, &7).unwrap(), want);
+        assert_eq!(
+            c.list_get::<String>(l, 4, &9).unwrap(),
+            vec!["y".to_string()]
+        );
+        let pending = b.snapshot_async(1).unwrap();
+        let canon = pending.canonical().unwrap();
+        assert_eq!(canon, snap);
+    }
+
+    #[test]
+    fn appended_lists_are_the_postcard_encoding_of_the_concatenation() {
+        let a: Vec<u64> = (0..200).collect();
+        let enc = |v: &[u64]| postcard::to_allocvec(v).unwrap();
+        let mut count = 0u64;
+        let mut body = Vec::new();
+        for part in [enc(&a[..3]), enc(&a[3..150]), enc(&a[150..])] {
+            let (n, used) = get_varint(&part).unwrap();
+            count += n;
+            body.extend_from_slice(&part[used..]);
+        }
+        let mut joined = Vec::new();
+        put_varint(&mut joined, count);
+        joined.extend(body);
+        assert_eq!(joined, enc(&a));
+        assert_eq!(get_varint(&[0x80]), None, "a truncated count is no list");
+    }
+
+    #[test]
+    fn a_full_value_cache_keeps_its_hot_keys_and_loses_no_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), 100, true);
+        let mut b = open(&cfg, "job-e", 0);
+        let v = b.register_value::<u64>("v").unwrap();
+        let bump = |b: &mut RocksKeyedStateBackend<u64>, k: u64| {
+            b.value_modify(v, (k % 7) as u16, &k, || 0u64, |x| *x += 1)
+                .unwrap();
+        };
+        // Ten hot keys used twice, then cold keys until the cache is full.
+        for _ in 0..2 {
+            for k in 0..10 {
+                bump(&mut b, k);
+            }
+        }
+        for k in 1000..1200 {
+            bump(&mut b, k);
+        }
+        b.end_batch().unwrap();
+        let mut kept: Vec<u64> = b
+            .value_column::<u64>(v)
+            .unwrap()
+            .cache
+            .keys()
+            .copied()
+            .collect();
+        kept.sort();
+        assert_eq!(kept, (0..10).collect::<Vec<_>>());
+        // Every write reached RocksDB: the evicted keys read back right.
+        for k in 1000..1200 {
+            assert_eq!(b.value_get::<u64>(v, (k % 7) as u16, &k).unwrap(), Some(1));
+        }
+        for k in 0..10 {
+            assert_eq!(b.value_get::<u64>(v, (k % 7) as u16, &k).unwrap(), Some(2));
+        }
+        // Kept entries must be used twice again to stay: a second sweep
+        // with the hot keys untouched empties the cache of them.
+        for k in 2000..2200 {
+            bump(&mut b, k);
+        }
+        b.end_batch().unwrap();
+        assert!(b.value_column::<u64>(v).unwrap().cache.is_empty());
+        // More hot keys than half the cache: everything goes.
+        for _ in 0..2 {
+            for k in 3000..3060 {
+                bump(&mut b, k);
+            }
+        }
+        for k in 4000..4050 {
+            bump(&mut b, k);
+        }
+        b.end_batch().unwrap();
+        assert!(b.value_column::<u64>(v).unwrap().cache.is_empty());
+        assert_eq!(
+            b.value_get::<u64>(v, (3001 % 7) as u16, &3001).unwrap(),
+            Some(2)
+        );
     }
 
     #[test]
