@@ -26,14 +26,14 @@
 //! entries used at least twice since they were loaded (the hot keys of a
 //! skewed input) if they fill at most half of it, and drops the rest. Before
 //! a batch of records the keyed operator hands the batch's keys to
-//! [`RocksKeyedStateBackend::prefetch`]: the keys the cache lacks are read
+//! `RocksKeyedStateBackend::prefetch`: the keys the cache lacks are read
 //! with one batched `MultiGet` per value state the previous batch read, so
 //! a record costs at most one lookup, batched, and one buffered write. With
 //! 0 every access is a RocksDB `get`/`put`. List and map state always go to
 //! RocksDB.
 //!
 //! # Memory
-//! [`SlotMemory`]: the instances of a slot share one block cache of the
+//! `SlotMemory`: the instances of a slot share one block cache of the
 //! slot's budget (`state.backend.rocksdb.memory.*`,
 //! `taskmanager.memory.managed.size`), their memtables charged to it, and
 //! their index and filter blocks pinned in it (or partitioned, read 4 KiB
