@@ -508,15 +508,7 @@ pub struct KeyedContext<'a, K: Key> {
 impl<'a, K: Key> KeyedContext<'a, K> {
     /// A context for `key` over `backend` (for operators and tests).
     pub fn new(key: &'a K, backend: &'a mut KeyedStateBackend<K>, max_parallelism: usize) -> Self {
-        KeyedContext {
-            key,
-            backend,
-            watermark: i64::MIN,
-            kg: key_group_for(key, max_parallelism),
-            timestamp: None,
-            timers: Vec::new(),
-            side: Vec::new(),
-        }
+        Self::in_group(key, key_group_for(key, max_parallelism), backend)
     }
 
     /// A context for `key`, whose key group `kg` the caller computed.

@@ -911,7 +911,6 @@ impl<K: Key> RocksKeyedStateBackend<K> {
             self.db_put(cf, kg, key, Some(&new))?;
             return Ok(new);
         }
-        self.touch(id);
         let slot = self.cached_slot::<T>(id, kg, key)?;
         let new = f(slot.value.as_ref());
         slot.value = Some(new.clone());
@@ -938,7 +937,6 @@ impl<K: Key> RocksKeyedStateBackend<K> {
             self.db_put(cf, kg, key, Some(&v))?;
             return Ok(new);
         }
-        self.touch(id);
         let slot = self.cached_slot::<T>(id, kg, key)?;
         let new = slot.value.is_none();
         f(slot.value.get_or_insert_with(init));
@@ -948,13 +946,14 @@ impl<K: Key> RocksKeyedStateBackend<K> {
 
     /// The cache slot of `key` in value state `id`, read from the
     /// database first when it is not cached (its value `None` when the
-    /// key has none).
+    /// key has none); the state counts as read for the next prefetch.
     fn cached_slot<T: Data + Clone>(
         &mut self,
         id: usize,
         kg: u16,
         key: &K,
     ) -> Result<&mut Slot<T>> {
+        self.touch(id);
         let loaded: Option<Option<T>> = if self.value_column::<T>(id)?.cache.contains_key(key) {
             None
         } else {
