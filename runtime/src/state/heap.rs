@@ -1,7 +1,7 @@
 //! The heap keyed-state backend (`state.backend.type: hashmap`): per
 //! registered state, one typed hash map **per key group**, in the subtask's
-//! memory; a key group that reaches [`SPLIT_AT`] (4096) entries is split
-//! into [`SUBS`] (64) sub-maps, picked by hash bits of the key.
+//! memory; a key group that reaches `SPLIT_AT` (4096) entries is split
+//! into `SUBS` (64) sub-maps, picked by hash bits of the key.
 //!
 //! # Copy-on-write snapshots (docs/design.md invariant 2: the synchronous part is cheap)
 //! Each map (a small key group's, or a sub-map of a split one) is owned by
