@@ -239,6 +239,17 @@ pub struct ConfArgs {
     /// checkpoint). Same as -D execution.state-recovery.path=PATH.
     #[arg(short = 's', long = "from-checkpoint", value_name = "PATH")]
     pub from_checkpoint: Option<std::path::PathBuf>,
+    /// Runs this process as the JobManager of a cluster (schedules the job
+    /// on TaskManagers started with the same arguments plus --taskmanager).
+    /// Same as -D execution.target=cluster -D cluster.role=jobmanager.
+    #[arg(long, conflicts_with = "taskmanager")]
+    pub jobmanager: bool,
+    /// Runs this process as a TaskManager of a cluster: registers
+    /// taskmanager.numberOfTaskSlots slots with the JobManager at
+    /// jobmanager.rpc.address:jobmanager.rpc.port and runs the subtasks it
+    /// is given. Same as -D execution.target=cluster -D cluster.role=taskmanager.
+    #[arg(long)]
+    pub taskmanager: bool,
 }
 
 impl ConfArgs {
@@ -246,6 +257,19 @@ impl ConfArgs {
     /// `WEIR_*` environment variables, then the `-D` options, then `-s`.
     pub fn load(&self) -> Result<Conf, ConfigError> {
         let mut dynamic = self.dynamic.clone();
+        for (flag, role) in [
+            (self.jobmanager, "jobmanager"),
+            (self.taskmanager, "taskmanager"),
+        ] {
+            if flag {
+                dynamic.push("execution.target=cluster".into());
+                dynamic.push(format!("cluster.role={role}"));
+                if role == "taskmanager" {
+                    // The JobManager serves the REST API and the web UI.
+                    dynamic.push("rest.enabled=false".into());
+                }
+            }
+        }
         if let Some(p) = &self.from_checkpoint {
             dynamic.push(format!("execution.state-recovery.path={}", p.display()));
         }

@@ -1145,6 +1145,76 @@ pub mod options {
         Kind::Text,
         "operators whose subtasks may be killed: all, or names separated by commas",
     );
+    /// Cluster mode: where the job runs.
+    pub const EXECUTION_TARGET: ConfigOption<String> = ConfigOption::new(
+        "execution.target",
+        "local",
+        Kind::Enum(&["local", "cluster"]),
+        "local: the whole job runs in this process; cluster: this process is the JobManager or a TaskManager of a cluster (cluster.role, or the examples' --jobmanager / --taskmanager flags)",
+    );
+    /// Cluster mode: this process's role.
+    pub const CLUSTER_ROLE: ConfigOption<String> = ConfigOption::new(
+        "cluster.role",
+        "",
+        Kind::Enum(&["", "jobmanager", "taskmanager"]),
+        "with execution.target: cluster, what this process is: jobmanager (schedules the job, runs the checkpoint coordinator and the REST API) or taskmanager (runs the subtasks it is given); the examples' --jobmanager and --taskmanager flags set it",
+    );
+    /// Cluster mode: the JobManager's RPC host.
+    pub const JOBMANAGER_RPC_ADDRESS: ConfigOption<String> = ConfigOption::new(
+        "jobmanager.rpc.address",
+        "127.0.0.1",
+        Kind::Text,
+        "host name or IP address of the JobManager's RPC endpoint: TaskManagers connect to it; the JobManager binds it (0.0.0.0 binds every interface, and then TaskManagers need the real address)",
+    );
+    /// Cluster mode: the JobManager's RPC port.
+    pub const JOBMANAGER_RPC_PORT: ConfigOption<u64> = ConfigOption::new(
+        "jobmanager.rpc.port",
+        "6123",
+        Kind::Int { min: 1, max: 65535 },
+        "port of the JobManager's RPC endpoint (gRPC): TaskManagers register there",
+    );
+    /// Cluster mode: slots a TaskManager offers.
+    pub const TASKMANAGER_SLOTS: ConfigOption<usize> = ConfigOption::new(
+        "taskmanager.numberOfTaskSlots",
+        "1",
+        Kind::Int { min: 1, max: 1024 },
+        "slots a TaskManager offers; a slot runs one parallel slice of the job (subtask i of every operator), so a job of parallelism p needs p slots over all TaskManagers",
+    );
+    /// Cluster mode: the TaskManager's own address.
+    pub const TASKMANAGER_HOST: ConfigOption<String> = ConfigOption::new(
+        "taskmanager.host",
+        "127.0.0.1",
+        Kind::Text,
+        "host name or IP address this TaskManager binds its data port to and that other TaskManagers connect to",
+    );
+    /// Cluster mode: the TaskManager's data port.
+    pub const TASKMANAGER_DATA_PORT: ConfigOption<u64> = ConfigOption::new(
+        "taskmanager.data.port",
+        "0",
+        Kind::Int { min: 0, max: 65535 },
+        "TCP port of this TaskManager's data plane (records between subtasks on different TaskManagers); 0: any free port",
+    );
+    /// Cluster mode: heartbeat interval.
+    pub const HEARTBEAT_INTERVAL: ConfigOption<Duration> = ConfigOption::new(
+        "heartbeat.interval",
+        "1s",
+        Kind::PositiveDuration,
+        "how often the JobManager and its TaskManagers send each other a heartbeat (Flink: 10s)",
+    );
+    /// Cluster mode: heartbeat timeout.
+    pub const HEARTBEAT_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
+        "heartbeat.timeout",
+        "10s",
+        Kind::PositiveDuration,
+        "a TaskManager silent this long is lost (its subtasks fail over); a JobManager silent this long makes its TaskManagers cancel their subtasks and, unless it comes back as long again, exit (Flink: 50s). A broken connection is seen at once",
+    );
+    /// Cluster mode: how long the JobManager waits for slots.
+    pub const SLOT_REQUEST_TIMEOUT: ConfigOption<Duration> = ConfigOption::new(
+        "slot.request.timeout",
+        "5min",
+        Kind::PositiveDuration,
+        "how long the JobManager waits for TaskManagers to offer the slots a deployment needs (at start and after a TaskManager was lost) before the attempt fails",
+    );
     /// REST API and web UI: on or off.
     pub const REST_ENABLED: ConfigOption<bool> = ConfigOption::new(
         "rest.enabled",
@@ -1435,6 +1505,16 @@ pub mod options {
         CHAOS_SEED.def,
         CHAOS_TARGETS.def,
         CHAOS_WAIT_FOR_CHECKPOINT.def,
+        EXECUTION_TARGET.def,
+        CLUSTER_ROLE.def,
+        JOBMANAGER_RPC_ADDRESS.def,
+        JOBMANAGER_RPC_PORT.def,
+        TASKMANAGER_SLOTS.def,
+        TASKMANAGER_HOST.def,
+        TASKMANAGER_DATA_PORT.def,
+        HEARTBEAT_INTERVAL.def,
+        HEARTBEAT_TIMEOUT.def,
+        SLOT_REQUEST_TIMEOUT.def,
         REST_ENABLED.def,
         REST_ADDRESS.def,
         REST_PORT.def,

@@ -81,7 +81,7 @@ fn shared_files(handles: &[StateHandle]) -> Vec<String> {
 }
 
 /// What the coordinator tells a subtask (its processing loop carries it out).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) enum CheckpointControl {
     /// Inject barrier (sources).
     Trigger(Barrier),

@@ -95,7 +95,7 @@ pub(crate) struct LocalExecutor {
 
 impl LocalExecutor {
     /// Records `cell` as the newest attempt of subtask `index`.
-    fn track(&mut self, index: usize, cell: ActorCell) {
+    pub(crate) fn track(&mut self, index: usize, cell: ActorCell) {
         self.live.insert(cell.get_id(), (index, cell.clone()));
         self.current.insert(index, cell);
     }
@@ -117,6 +117,13 @@ impl LocalExecutor {
             failure,
             killed,
         })
+    }
+}
+
+impl LocalExecutor {
+    /// Deployed subtasks whose end has not been reported yet.
+    pub(crate) fn running(&self) -> usize {
+        self.live.len()
     }
 }
 

@@ -91,6 +91,12 @@ pub enum Error {
     #[error("job '{0}' was cancelled")]
     Cancelled(String),
 
+    /// Cluster mode: a JobManager or TaskManager could not start, reach its
+    /// peer, or get the slots it needs (the message says which and what to
+    /// check).
+    #[error("cluster: {0}")]
+    Cluster(String),
+
     /// A channel's other end went away because its subtask stopped (a
     /// consequence of another failure, never the root cause).
     #[error("channel disconnected: {0}")]

@@ -23,7 +23,7 @@ use crate::checkpoint::SubtaskRestore;
 use crate::config::{options, Conf};
 use crate::counter::Counter;
 use crate::exchange::{
-    connect, Broadcast, ChannelReceiver, ChannelWatch, Forward, InputGate, OutputEdge,
+    connect_placed, Broadcast, ChannelReceiver, ChannelWatch, Forward, InputGate, OutputEdge,
     PartitionFactory, PartitionSetup, Rebalance, TaskSignals,
 };
 use crate::operator::{ChainOp, OpFactory, RuntimeContext, SourceFactory, SourceOp};
@@ -661,6 +661,7 @@ pub(crate) fn instantiate(
     metrics: Instruments<'_>,
     watch: &mut Vec<ChannelWatch>,
     mut restore: Option<Vec<Vec<SubtaskRestore>>>,
+    cluster: Option<&crate::exchange::ClusterWiring<'_>>,
 ) -> Result<Vec<SubtaskSpec>> {
     let Instruments { counters, io } = metrics;
     let checkpointing = crate::checkpoint::CheckpointConfig::from_conf(conf).enabled();
@@ -684,7 +685,7 @@ pub(crate) fn instantiate(
         mut inputs,
         mut outputs,
         signals: gates,
-    } = wire(graph, plan, conf, io, watch)?;
+    } = wire(graph, plan, conf, io, watch, cluster)?;
     if let Some(r) = restore.as_mut() {
         spread_rescaled_channel_state(graph, plan, conf, r)?;
     }
@@ -773,6 +774,7 @@ fn wire(
     conf: &Conf,
     io: &[Arc<crate::waits::SubtaskIo>],
     watch: &mut Vec<ChannelWatch>,
+    cluster: Option<&crate::exchange::ClusterWiring<'_>>,
 ) -> Result<Wiring> {
     let capacity = conf.get(&options::BUFFERS_PER_CHANNEL);
     let mut inputs: Vec<Vec<Vec<ChannelReceiver>>> = plan
@@ -810,7 +812,8 @@ fn wire(
         .iter()
         .map(|c| (0..c.parallelism).map(|_| Vec::new()).collect())
         .collect();
-    for ch in &plan.channels {
+    for (ci, ch) in plan.channels.iter().enumerate() {
+        let codec = graph.nodes[ch.to_node].in_codec;
         let (pa, pb) = (
             plan.chains[ch.from_chain].parallelism,
             plan.chains[ch.to_chain].parallelism,
@@ -823,11 +826,14 @@ fn wire(
         let side_clone = edge.side.as_ref().map(|s| s.1);
         if ch.ship == ShipStrategy::Forward {
             for i in 0..pa {
-                let (tx, rx, w) = connect(
+                let (tx, rx, w) = connect_placed(
+                    cluster,
+                    ci,
                     capacity,
                     (offsets[ch.from_chain] + i, &gates[ch.from_chain][i]),
                     (offsets[ch.to_chain] + i, &gates[ch.to_chain][i]),
-                );
+                    codec,
+                )?;
                 watch.push(w);
                 inputs[ch.to_chain][i].push(rx);
                 outputs[ch.from_chain][i].push(
@@ -839,11 +845,14 @@ fn wire(
         for (i, outs) in outputs[ch.from_chain].iter_mut().enumerate() {
             let mut senders = Vec::with_capacity(pb);
             for (j, ins) in inputs[ch.to_chain].iter_mut().enumerate() {
-                let (tx, rx, w) = connect(
+                let (tx, rx, w) = connect_placed(
+                    cluster,
+                    ci,
                     capacity,
                     (offsets[ch.from_chain] + i, &gates[ch.from_chain][i]),
                     (offsets[ch.to_chain] + j, &gates[ch.to_chain][j]),
-                );
+                    codec,
+                )?;
                 watch.push(w);
                 senders.push(tx);
                 ins.push(rx);

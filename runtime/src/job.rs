@@ -45,6 +45,7 @@ use tokio::sync::oneshot;
 use crate::cancellation::{CancellationConfig, CancellationWatch, Verdict};
 use crate::checkpoint::storage::CheckpointStorage;
 use crate::checkpoint::{CheckpointConfig, CheckpointStats};
+use crate::cluster::jobmanager::ClusterExecutor;
 use crate::coordinator::{CoordMsg, Coordinator, CoordinatorArgs, JobEnd};
 use crate::deploy::{LocalExecutor, SubtaskEnded, TaskExecutor};
 use crate::graph::{OperatorCounters, SubtaskSpec};
@@ -624,6 +625,9 @@ pub(crate) struct JobArgs {
     pub done: oneshot::Sender<Result<()>>,
     /// Who is told about the job's checkpoints and failovers.
     pub observers: crate::observer::Observers,
+    /// Cluster mode (the JobManager): the TaskManagers' sessions; subtasks
+    /// run there instead of in this process.
+    pub cluster: Option<Arc<crate::cluster::jobmanager::ClusterManager>>,
 }
 
 /// Checkpointing settings, storage and statistics of a job, kept across attempts.
@@ -686,7 +690,7 @@ pub(crate) struct JobState {
     cancellation: CancellationConfig,
     cancel_watches: std::collections::BTreeMap<Option<usize>, CancellationWatch>,
     /// Where the subtasks run ([`crate::deploy`]).
-    executor: LocalExecutor,
+    executor: Executor,
     running: usize,
     failed: Option<String>,
     /// A failure is being recovered from: the attempt is stopping.
@@ -734,8 +738,17 @@ impl JobState {
             });
             self.coordinator = Some(c);
         }
+        let restoring = restore.is_some();
         let (specs, channels) = self.instantiate(restore)?;
         *self.channels.lock().unwrap_or_else(|p| p.into_inner()) = channels;
+        if let Executor::Cluster(c) = &self.executor {
+            // The TaskManagers restore from the directory the attempt restores.
+            let dir = restoring
+                .then(|| self.lifecycle.restores().0.map(|r| r.path))
+                .flatten();
+            c.cm.set_coordinator(self.coordinator.clone());
+            c.cm.deploy_generation(dir).await?;
+        }
         let mut refs = Vec::with_capacity(specs.len());
         for spec in specs {
             let (index, task) = self
@@ -770,6 +783,7 @@ impl JobState {
             },
             &mut channels,
             restore,
+            None,
         )?;
         Ok((specs, channels))
     }
@@ -954,6 +968,12 @@ impl JobState {
             Err(Error::Cancelled(_)) => JobStatus::Canceled,
             Err(_) => JobStatus::Failed,
         });
+        if let Executor::Cluster(c) = &self.executor {
+            match &outcome {
+                Ok(()) => c.cm.job_ended(0, "finished"),
+                Err(e) => c.cm.job_ended(1, &e.to_string()),
+            }
+        }
         if let Some(tx) = self.done.take() {
             let _ = tx.send(outcome);
         }
@@ -1231,8 +1251,12 @@ impl JobState {
         };
         tracing::warn!(job = %self.name, restart = n, cause, "restarting");
         self.chaos_quiet();
-        self.start_attempt(myself, restore, first_id, latest)
-            .await?;
+        if let Err(e) = self.start_attempt(myself, restore, first_id, latest).await {
+            self.failed = Some(format!("cannot restart: {e}"));
+            self.stop_everything(false);
+            self.end_if_idle(myself);
+            return Ok(());
+        }
         self.lifecycle.set_status(JobStatus::Running);
         self.shared.observers.failover_deployed(None, latest);
         Ok(())
@@ -1451,6 +1475,58 @@ type RestorePoint = (
     Option<u64>,
 );
 
+/// Where this job's subtasks run: in this process, or on the TaskManagers
+/// of a cluster (this process is the JobManager).
+enum Executor {
+    Local(LocalExecutor),
+    Cluster(ClusterExecutor),
+}
+
+impl Executor {
+    fn ended(&mut self, evt: &SupervisionEvent) -> Option<SubtaskEnded> {
+        match self {
+            Executor::Local(e) => e.ended(evt),
+            Executor::Cluster(e) => e.ended(evt),
+        }
+    }
+}
+
+impl TaskExecutor for Executor {
+    async fn deploy(
+        &mut self,
+        supervisor: &ractor::ActorCell,
+        spec: SubtaskSpec,
+        shared: &Arc<JobShared>,
+        checkpoint: &Option<CheckpointLink>,
+    ) -> std::result::Result<(usize, crate::coordinator::TaskRef), ActorProcessingErr> {
+        match self {
+            Executor::Local(e) => e.deploy(supervisor, spec, shared, checkpoint).await,
+            Executor::Cluster(e) => e.deploy(supervisor, spec, shared, checkpoint).await,
+        }
+    }
+
+    fn stop(&mut self, task: usize, reason: &str) {
+        match self {
+            Executor::Local(e) => e.stop(task, reason),
+            Executor::Cluster(e) => e.stop(task, reason),
+        }
+    }
+
+    fn stop_all(&mut self, reason: &str) {
+        match self {
+            Executor::Local(e) => e.stop_all(reason),
+            Executor::Cluster(e) => e.stop_all(reason),
+        }
+    }
+
+    fn kill(&mut self, task: usize) -> bool {
+        match self {
+            Executor::Local(e) => e.kill(task),
+            Executor::Cluster(e) => e.kill(task),
+        }
+    }
+}
+
 impl Actor for JobMaster {
     type Msg = JobMsg;
     type State = JobState;
@@ -1477,7 +1553,8 @@ impl Actor for JobMaster {
             checkpoint: args.checkpoint.map(|c| (c.cfg, c.storage, c.stats)),
             io: args.io,
             lifecycle: args.lifecycle,
-            region_failover: args.restart.region,
+            // Cluster mode restarts the whole job (see crate::cluster).
+            region_failover: args.restart.region && args.cluster.is_none(),
             tracker: crate::restart::RestartTracker::new(args.restart.strategy, args.restart.seed),
             epoch: std::time::Instant::now(),
             gave_up: None,
@@ -1498,7 +1575,10 @@ impl Actor for JobMaster {
             cancellation,
             cancel_watches: Default::default(),
             regions: Vec::new(),
-            executor: LocalExecutor::default(),
+            executor: match &args.cluster {
+                Some(cm) => Executor::Cluster(ClusterExecutor::new(cm.clone())),
+                None => Executor::Local(LocalExecutor::default()),
+            },
             running: 0,
             failed: None,
             recovering: None,

@@ -100,6 +100,7 @@
 
 pub(crate) mod cancellation;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod connect;
 pub mod coordinator;

@@ -339,6 +339,30 @@ impl CheckpointStorage {
         })
     }
 
+    /// The storage of job `job_id` under `base`, as a TaskManager of a
+    /// cluster uses it: the JobManager created the directory ([`Self::create`]),
+    /// owns its lock and sweeps it; a TaskManager only writes its subtasks'
+    /// state files there (never sweeps: other processes write beside it).
+    pub fn attach(base: &Path, job_id: &str) -> Result<Self> {
+        let job_dir = store::normalize(base)?.join(job_id);
+        let (st, key) = store::resolve(&job_dir)?;
+        for d in ["shared", "taskowned"] {
+            st.create_dir(&child(&key, d))?;
+        }
+        let deleter = if st.is_local() {
+            None
+        } else {
+            Some(Deleter::start()?)
+        };
+        Ok(CheckpointStorage {
+            job_dir,
+            store: st,
+            key,
+            deleter,
+            savepoints: Arc::default(),
+        })
+    }
+
     fn savepoint_dirs(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, PathBuf>> {
         self.savepoints.lock().unwrap_or_else(|p| p.into_inner())
     }

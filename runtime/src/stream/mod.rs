@@ -181,6 +181,20 @@ impl Env {
     pub fn execute_async(&self, name: &str) -> Result<JobHandle> {
         let graph = std::mem::take(&mut *self.graph.borrow_mut());
         let plan = graph.plan(&self.conf)?;
+        let role = crate::cluster::Role::from_conf(&self.conf)?;
+        if role == crate::cluster::Role::TaskManager {
+            // A TaskManager serves its JobManager until the job ends, then
+            // the process exits with the job's status (see crate::cluster).
+            let code = self.runtime.block_on(crate::cluster::taskmanager::run(
+                graph,
+                plan,
+                self.conf.clone(),
+                name.to_string(),
+            ));
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            std::process::exit(code);
+        }
         let job_id = new_job_id();
         let counters: Vec<Arc<OperatorCounters>> = plan
             .node_parallelism
@@ -188,6 +202,25 @@ impl Env {
             .map(|p| Arc::new(OperatorCounters::new(*p)))
             .collect();
         let operators = operator_infos(&graph, &plan, &counters);
+        let cluster = match role {
+            crate::cluster::Role::JobManager => {
+                let cm = crate::cluster::jobmanager::ClusterManager::start(
+                    self.runtime.handle(),
+                    &self.conf,
+                    &job_id,
+                    name,
+                    &plan,
+                    counters.clone(),
+                )?;
+                eprintln!(
+                    "JobManager of job '{name}' ({job_id}) on {}: waiting for TaskManagers to offer {} slot(s)",
+                    cm.address,
+                    plan.chains.iter().map(|c| c.parallelism).max().unwrap_or(0)
+                );
+                Some(cm)
+            }
+            _ => None,
+        };
         let io: Vec<Arc<crate::metrics::SubtaskIo>> =
             (0..plan.num_subtasks()).map(|_| Arc::default()).collect();
         // The REST server (when configured) is up before the job starts, so
@@ -273,6 +306,7 @@ impl Env {
             lifecycle: lifecycle.clone(),
             done: tx,
             observers,
+            cluster: cluster.clone(),
         };
         let (master, _) = self
             .runtime
