@@ -143,6 +143,8 @@ pub(crate) struct JobCore {
     /// Checkpoints, savepoints, stops and cancels requested over REST, and
     /// whether their results were read ([`crate::operations`]).
     pub operations: crate::operations::JobOperations,
+    /// Cluster mode (this process is the JobManager): the TaskManagers.
+    pub cluster: Option<Arc<crate::cluster::jobmanager::ClusterManager>>,
 }
 
 impl MetricSource for JobCore {
@@ -473,6 +475,17 @@ impl JobHandle {
     /// Time since the job started.
     pub fn elapsed(&self) -> Duration {
         self.core.started.elapsed()
+    }
+
+    /// Cluster mode (this process is the JobManager): the TaskManagers
+    /// registered now, with their slots and the subtasks they run; empty
+    /// for a job that runs in this process.
+    pub fn taskmanagers(&self) -> Vec<crate::cluster::jobmanager::TaskManagerInfo> {
+        self.core
+            .cluster
+            .as_ref()
+            .map(|c| c.taskmanagers())
+            .unwrap_or_default()
     }
 
     /// Asks the job to stop; [`JobHandle::wait`] then returns [`Error::Cancelled`].

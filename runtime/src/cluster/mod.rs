@@ -57,7 +57,7 @@
 //! the whole job one pipelined region anyway); savepoints, rescaling on
 //! restore and the chaos monkey are for `execution.target: local` today.
 
-pub(crate) mod jobmanager;
+pub mod jobmanager;
 pub(crate) mod placement;
 pub(crate) mod rpc;
 pub(crate) mod taskmanager;

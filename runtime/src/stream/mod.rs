@@ -334,6 +334,7 @@ impl Env {
             lifecycle,
             rates: Default::default(),
             operations: Default::default(),
+            cluster,
         });
         crate::metrics::start_sampler(&core);
         if let Some(t) = &telemetry {
