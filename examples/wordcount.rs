@@ -82,9 +82,10 @@ struct Args {
     /// or `weir cancel`, or Ctrl-C).
     #[arg(long, default_value_t = 20_000_000)]
     words: u64,
-    /// Paces the built-in text to about this many words per second over all
-    /// source subtasks (default: as fast as it goes).
-    #[arg(long, value_name = "WORDS_PER_SECOND", value_parser = parse_rate, conflicts_with = "input")]
+    /// Paces the input to about this many words per second over all source
+    /// subtasks (default: as fast as it goes); with --input, lines are paced
+    /// to a tenth of it (about ten words a line).
+    #[arg(long, value_name = "WORDS_PER_SECOND", value_parser = parse_rate)]
     rate: Option<f64>,
     /// Size of the built-in text's vocabulary.
     #[arg(long, default_value_t = 10_000)]
@@ -211,7 +212,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                 path.display(),
                 src.files().len()
             );
-            env.add_source(src)
+            match args.rate {
+                Some(rate) => env.add_source(weir::operators::source::Paced::new(src, rate / 10.0)),
+                None => env.add_source(src),
+            }
         }
         (None, None) => {
             let words = (args.words > 0).then_some(args.words);

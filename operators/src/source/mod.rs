@@ -8,7 +8,9 @@
 mod collection;
 mod file;
 mod generator;
+mod paced;
 
 pub use collection::CollectionSource;
 pub use file::{FileSource, FileSplit};
 pub use generator::GeneratorSource;
+pub use paced::Paced;
