@@ -10,7 +10,10 @@
 #   weir-taskmanager-<k>.log/.pid  TaskManager k (0, 1, ... in start order)
 # Environment: WEIR_LOG_DIR, WEIR_START_TIMEOUT (seconds start-cluster.sh
 # waits for the web UI line, default 60), WEIR_STOP_TIMEOUT (seconds a stop
-# waits after SIGTERM before SIGKILL, default 30).
+# waits after SIGTERM before SIGKILL, default 30). These three are not passed
+# on to the job's processes (they are no configuration options, and the
+# program rejects unknown WEIR_* variables); every other WEIR_* variable is,
+# as configuration.
 
 WEIR_SCRIPT=$(basename "$0")
 WEIR_LOG_DIR=${WEIR_LOG_DIR:-log}
@@ -133,6 +136,9 @@ weir_launch() {
   (
     # Log files, not terminals: no ANSI colors in the tracing lines.
     export NO_COLOR=${NO_COLOR:-1}
+    # The scripts' own variables are no configuration options: the program
+    # rejects unknown WEIR_* variables.
+    unset WEIR_LOG_DIR WEIR_START_TIMEOUT WEIR_STOP_TIMEOUT
     cd "$WEIR_CLUSTER_CWD" &&
       exec "${setsid[@]}" nohup "${WEIR_CLUSTER_CMD[@]}" "$@" >"$log" 2>&1 </dev/null
   ) >/dev/null &
