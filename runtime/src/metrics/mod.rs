@@ -38,7 +38,10 @@
 //! (version 0.0.4), served at `GET /metrics` by [`crate::rest`]. Metric names
 //! are `weir_job_<flink name>`, `weir_operator_<flink name>` and
 //! `weir_task_<flink name>`, labelled with `job_id`, `job_name`, and
-//! `operator_name` / `task_name` and `subtask_index`.
+//! `operator_name` / `task_name` and `subtask_index`; Flink's JobManager
+//! metrics of the TaskManagers ([`ClusterMetrics`]:
+//! `numRegisteredTaskManagers`, `taskSlotsTotal`, `taskSlotsAvailable`) are
+//! `weir_jobmanager_<flink name>`, unlabelled ([`cluster_prometheus_text`]).
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -483,6 +486,49 @@ impl JobMetrics {
     }
 }
 
+/// Flink's JobManager metrics of the TaskManagers, as the REST API's
+/// `/taskmanagers` lists them: in cluster mode the TaskManagers registered
+/// with this JobManager; a process whose jobs run in it counts as one
+/// TaskManager whose slots are its running jobs' slices, all in use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterMetrics {
+    /// `numRegisteredTaskManagers`.
+    pub num_registered_task_managers: u64,
+    /// `taskSlotsTotal`: the slots they offer.
+    pub task_slots_total: u64,
+    /// `taskSlotsAvailable`: those no subtask uses.
+    pub task_slots_available: u64,
+}
+
+/// Renders [`ClusterMetrics`] in the Prometheus text format (0.0.4), as
+/// `weir_jobmanager_<flink name>` without labels; [`prometheus_text`] renders
+/// the jobs' metrics, and a scrape is the two concatenated.
+pub fn cluster_prometheus_text(c: &ClusterMetrics) -> String {
+    let mut f = Families::default();
+    f.add(
+        "weir_jobmanager_numRegisteredTaskManagers",
+        "gauge",
+        "TaskManagers registered (a process that runs its jobs itself counts as one)",
+        "",
+        c.num_registered_task_managers as f64,
+    );
+    f.add(
+        "weir_jobmanager_taskSlotsTotal",
+        "gauge",
+        "task slots the registered TaskManagers offer",
+        "",
+        c.task_slots_total as f64,
+    );
+    f.add(
+        "weir_jobmanager_taskSlotsAvailable",
+        "gauge",
+        "task slots no subtask uses",
+        "",
+        c.task_slots_available as f64,
+    );
+    f.render()
+}
+
 /// Escapes a Prometheus label value.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -520,7 +566,11 @@ impl Families {
         } else {
             format!("{v}")
         };
-        let _ = writeln!(self.0[i].samples, "{name}{{{labels}}} {value}");
+        if labels.is_empty() {
+            let _ = writeln!(self.0[i].samples, "{name} {value}");
+        } else {
+            let _ = writeln!(self.0[i].samples, "{name}{{{labels}}} {value}");
+        }
     }
 
     fn render(self) -> String {
@@ -789,5 +839,18 @@ mod tests {
             f.render(),
             "# HELP m help\n# TYPE m gauge\nm{x=\"1\"} 2\nm{x=\"2\"} 0.5\n"
         );
+    }
+
+    #[test]
+    fn cluster_metrics_are_unlabelled_jobmanager_gauges() {
+        let text = cluster_prometheus_text(&ClusterMetrics {
+            num_registered_task_managers: 2,
+            task_slots_total: 3,
+            task_slots_available: 1,
+        });
+        assert!(text.contains("\nweir_jobmanager_numRegisteredTaskManagers 2\n"));
+        assert!(text.contains("# TYPE weir_jobmanager_taskSlotsTotal gauge\n"));
+        assert!(text.contains("\nweir_jobmanager_taskSlotsTotal 3\n"));
+        assert!(text.contains("\nweir_jobmanager_taskSlotsAvailable 1\n"));
     }
 }

@@ -28,6 +28,8 @@ pub(super) fn router() -> Router {
         .route("/metrics", get(prometheus))
         .route("/overview", get(overview))
         .route("/config", get(dashboard_config))
+        .route("/taskmanagers", get(taskmanagers))
+        .route("/taskmanagers/{tm}", get(taskmanager))
         .route("/jobs", get(jobs))
         .route("/jobs/overview", get(jobs_overview))
         .route("/jobs/{id}", get(job).patch(terminate))
@@ -49,6 +51,7 @@ pub(super) fn router() -> Router {
         .route("/jobs/{id}/savepoints/{trigger}", get(savepoint_status))
         .route("/jobs/{id}/stop", post(stop))
         .route("/jobs/{id}/exceptions", get(exceptions))
+        .route("/jobs/{id}/vertices/{vertex}", get(vertex_details))
         .route(
             "/jobs/{id}/vertices/{vertex}/backpressure",
             get(vertex_backpressure),
@@ -132,14 +135,33 @@ async fn openapi() -> Response {
     static_file("application/json", include_str!("openapi.json"))
 }
 
+/// Flink's JobManager metrics of the TaskManagers `/taskmanagers` lists.
+fn cluster_metrics(taskmanagers: &Value) -> crate::metrics::ClusterMetrics {
+    let list = taskmanagers["taskmanagers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let sum = |key: &str| list.iter().filter_map(|t| t[key].as_u64()).sum();
+    crate::metrics::ClusterMetrics {
+        num_registered_task_managers: list.len() as u64,
+        task_slots_total: sum("slotsNumber"),
+        task_slots_available: sum("freeSlots"),
+    }
+}
+
 async fn prometheus() -> Response {
-    let snapshots: Vec<JobMetrics> = crate::registry::all().iter().map(|j| j.metrics()).collect();
+    let jobs = crate::registry::all();
+    let snapshots: Vec<JobMetrics> = jobs.iter().map(|j| j.metrics()).collect();
+    let mut text = crate::metrics::prometheus_text(&snapshots);
+    text.push_str(&crate::metrics::cluster_prometheus_text(&cluster_metrics(
+        &docs::taskmanagers(&jobs),
+    )));
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::prometheus_text(&snapshots),
+        text,
     )
         .into_response()
 }
@@ -148,14 +170,14 @@ async fn overview() -> Json<Value> {
     let jobs = crate::registry::all();
     let count =
         |f: &dyn Fn(crate::job::JobStatus) -> bool| jobs.iter().filter(|j| f(j.status())).count();
-    let running: Vec<&Arc<JobCore>> = jobs.iter().filter(|j| !j.status().is_terminal()).collect();
-    let slots: usize = running.iter().map(|j| j.plan.num_subtasks()).sum();
+    let running = jobs.iter().filter(|j| !j.status().is_terminal()).count();
+    let cluster = cluster_metrics(&docs::taskmanagers(&jobs));
     use crate::job::JobStatus as S;
     Json(json!({
-        "taskmanagers": 1,
-        "slots-total": slots,
-        "slots-available": 0,
-        "jobs-running": running.len(),
+        "taskmanagers": cluster.num_registered_task_managers,
+        "slots-total": cluster.task_slots_total,
+        "slots-available": cluster.task_slots_available,
+        "jobs-running": running,
         "jobs-finished": count(&|s| s == S::Finished),
         "jobs-cancelled": count(&|s| s == S::Canceled),
         "jobs-failed": count(&|s| s == S::Failed),
@@ -170,6 +192,32 @@ async fn dashboard_config() -> Json<Value> {
         "timezone-offset": 0,
         "weir-version": env!("CARGO_PKG_VERSION"),
         "features": { "web-submit": false, "web-cancel": true, "web-rescale": false },
+    }))
+}
+
+async fn taskmanagers() -> Json<Value> {
+    Json(docs::taskmanagers(&crate::registry::all()))
+}
+
+async fn taskmanager(Path(tm): Path<String>) -> ApiResult<Json<Value>> {
+    let all = docs::taskmanagers(&crate::registry::all());
+    let find = |key: &str| {
+        all[key]
+            .as_array()
+            .and_then(|l| l.iter().find(|t| t["id"] == tm.as_str()))
+            .cloned()
+    };
+    if let Some(t) = find("taskmanagers") {
+        return Ok(Json(t));
+    }
+    Err(ApiError::NotFound(match find("lost") {
+        Some(l) => format!(
+            "TaskManager {tm} is not registered any more: it was lost at {} ms since the epoch (GET /taskmanagers lists the registered TaskManagers and the lost ones)",
+            l["timestamp"]
+        ),
+        None => format!(
+            "TaskManager {tm} not found (GET /taskmanagers lists the registered TaskManagers)"
+        ),
     }))
 }
 
@@ -493,6 +541,14 @@ async fn savepoint_status(Path((id, trigger)): Path<(String, String)>) -> ApiRes
             },
         }),
     }))
+}
+
+async fn vertex_details(Path((id, vertex)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let job = job_of(&id)?;
+    let c = (0..job.plan.chains.len())
+        .find(|c| docs::vertex_id(&job.job_id, *c) == vertex)
+        .ok_or_else(|| ApiError::NotFound(format!("Job {id} has no vertex {vertex}")))?;
+    Ok(Json(docs::vertex_details(&job, c)))
 }
 
 async fn vertex_backpressure(Path((id, vertex)): Path<(String, String)>) -> ApiResult<Json<Value>> {

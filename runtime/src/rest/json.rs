@@ -94,8 +94,9 @@ pub(crate) fn job_details(core: &JobCore) -> Value {
     // Subtask indices among all of the job's subtasks start at `offset`.
     let mut offset = 0;
     let mut vertices = Vec::new();
+    let locations = subtask_locations(core);
     for (c, chain) in core.plan.chains.iter().enumerate() {
-        vertices.push(vertex(core, &m, (c, chain), offset, max_p));
+        vertices.push(vertex(core, &m, (c, chain), offset, max_p, &locations));
         offset += chain.parallelism;
     }
     let nodes = plan_nodes(core);
@@ -131,13 +132,15 @@ pub(crate) fn job_details(core: &JobCore) -> Value {
 }
 
 /// One vertex (chain) `c` of `/jobs/:id`, whose first subtask has index
-/// `offset` among all of the job's subtasks.
+/// `offset` among all of the job's subtasks; `locations`: where each of the
+/// job's subtasks runs ([`subtask_locations`]).
 fn vertex(
     core: &JobCore,
     m: &crate::metrics::JobMetrics,
     (c, chain): (usize, &crate::graph::ChainPlan),
     offset: usize,
     max_p: usize,
+    locations: &[(Option<String>, Option<String>)],
 ) -> Value {
     let status = core.status();
     let ops: Vec<&crate::metrics::OperatorMetricsSnapshot> =
@@ -162,9 +165,16 @@ fn vertex(
             t.subtasks
                 .iter()
                 .map(|s| {
+                    let (endpoint, tm) = locations
+                        .get(offset + s.index)
+                        .cloned()
+                        .unwrap_or((None, None));
                     json!({
                         "subtask": s.index,
                         "status": vertex_state(status),
+                        "endpoint": endpoint,
+                        "host": endpoint,
+                        "taskmanager-id": tm,
                         "backPressuredTimeMsPerSecond": s.back_pressured_time_ms_per_second,
                         "idleTimeMsPerSecond": s.idle_time_ms_per_second,
                         "busyTimeMsPerSecond": s.busy_time_ms_per_second,
@@ -590,16 +600,27 @@ pub(crate) fn checkpoint_config(
 pub(crate) fn exceptions(core: &JobCore) -> Value {
     let (failures, truncated) = core.lifecycle.failures();
     let latest = failures.last();
+    let lost = core
+        .cluster
+        .as_ref()
+        .map(|cm| lost_taskmanagers(cm))
+        .unwrap_or_default();
     let entries: Vec<Value> = failures
         .iter()
         .rev()
         .map(|f| {
+            // A failure of the loss of a TaskManager: where it was.
+            let tm = lost
+                .iter()
+                .find(|l| f.message.contains(&format!("{} lost", l.name)));
             json!({
                 "exceptionName": "SubtaskFailure",
                 "stacktrace": f.message,
                 "timestamp": f.timestamp,
                 "taskName": f.task,
-                "location": Value::Null,
+                "location": tm.map(|l| l.data_address.clone()),
+                "endpoint": tm.map(|l| l.data_address.clone()),
+                "taskManagerId": tm.map(|l| l.id.clone()),
                 "failureLabels": {},
                 "concurrentExceptions": [],
                 "action": f.action,
@@ -670,6 +691,283 @@ pub(crate) fn job_metrics(m: &JobMetrics) -> Vec<(&'static str, String)> {
             m.total_number_of_checkpoints.to_string(),
         ),
     ]
+}
+
+// ---------- TaskManagers ----------
+
+/// The TaskManager id of this process in `/taskmanagers` when jobs run in it
+/// (`execution.target: local`): the process is its own TaskManager, as
+/// Flink's local mini cluster is.
+pub(crate) const LOCAL_TASKMANAGER: &str = "local";
+
+/// The host of a subtask of a job that runs in this process.
+const LOCAL_HOST: &str = "localhost";
+
+/// A lost TaskManager, from the JobManager's record
+/// `TaskManager <id> (pid <pid>)` (ids are `<data address>-<pid>`).
+struct LostTaskManager {
+    timestamp: u64,
+    name: String,
+    id: String,
+    pid: Option<u32>,
+    data_address: String,
+}
+
+fn lost_taskmanagers(cm: &crate::cluster::jobmanager::ClusterManager) -> Vec<LostTaskManager> {
+    cm.lost()
+        .into_iter()
+        .map(|(timestamp, name)| {
+            let rest = name.strip_prefix("TaskManager ").unwrap_or(&name);
+            let (id, pid) = match rest.rsplit_once(" (pid ") {
+                Some((id, pid)) => (id, pid.trim_end_matches(')').parse().ok()),
+                None => (rest, None),
+            };
+            let data_address = id.rsplit_once('-').map_or(id, |(a, _)| a);
+            LostTaskManager {
+                timestamp,
+                id: id.to_string(),
+                pid,
+                data_address: data_address.to_string(),
+                name,
+            }
+        })
+        .collect()
+}
+
+/// The chain and the index in it of the job's subtask `task` (its index
+/// among all of the job's subtasks).
+fn chain_of(core: &JobCore, task: usize) -> Option<(usize, usize)> {
+    let mut t = task;
+    for (c, chain) in core.plan.chains.iter().enumerate() {
+        if t < chain.parallelism {
+            return Some((c, t));
+        }
+        t -= chain.parallelism;
+    }
+    None
+}
+
+/// The subtasks `tasks` of `core` as `/taskmanagers` lists them.
+fn subtask_refs(core: &JobCore, tasks: impl IntoIterator<Item = usize>) -> Vec<Value> {
+    tasks
+        .into_iter()
+        .filter_map(|t| {
+            let (c, i) = chain_of(core, t)?;
+            let chain = &core.plan.chains[c];
+            Some(json!({
+                "jid": core.job_id,
+                "vertex-id": vertex_id(&core.job_id, c),
+                "vertex-name": chain.name(),
+                "subtask": i,
+                "name": format!("{} ({}/{})", chain.name(), i + 1, chain.parallelism),
+            }))
+        })
+        .collect()
+}
+
+/// Where each of the job's subtasks runs (index among all of its
+/// subtasks): the `host:port` of its TaskManager's data plane and the
+/// TaskManager's id; `localhost` and [`LOCAL_TASKMANAGER`] for a job that
+/// runs in this process; `None` before the first deployment of a cluster job.
+pub(crate) fn subtask_locations(core: &JobCore) -> Vec<(Option<String>, Option<String>)> {
+    let n = core.plan.num_subtasks();
+    let Some(cm) = &core.cluster else {
+        let here = (
+            Some(LOCAL_HOST.to_string()),
+            Some(LOCAL_TASKMANAGER.to_string()),
+        );
+        return vec![here; n];
+    };
+    let placement = cm.placement();
+    let registered = cm.taskmanagers();
+    let lost = lost_taskmanagers(cm);
+    (0..n)
+        .map(|t| match placement.get(t) {
+            None => (None, None),
+            Some(addr) => {
+                let id = registered
+                    .iter()
+                    .find(|tm| &tm.data_address == addr)
+                    .map(|tm| tm.id.clone())
+                    .or_else(|| {
+                        lost.iter()
+                            .rev()
+                            .find(|l| &l.data_address == addr)
+                            .map(|l| l.id.clone())
+                    });
+                (Some(addr.clone()), id)
+            }
+        })
+        .collect()
+}
+
+/// `/taskmanagers`: the TaskManagers of this process's jobs and those lost.
+///
+/// Cluster mode (this process is a JobManager): the TaskManagers registered
+/// with it now, in the order they registered. Jobs that run in this process
+/// (`execution.target: local`) make the process one TaskManager of its own
+/// ([`LOCAL_TASKMANAGER`]), whose slots are the slices of its running local
+/// jobs (a job of parallelism p uses p slots), all in use. With no job at
+/// all the list is empty.
+pub(crate) fn taskmanagers(jobs: &[std::sync::Arc<JobCore>]) -> Value {
+    let now = crate::checkpoint::now_ms();
+    let mut list: Vec<Value> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    let mut lost_docs = Vec::new();
+    for core in jobs {
+        let Some(cm) = &core.cluster else { continue };
+        let generation = cm.generation();
+        for tm in cm.taskmanagers() {
+            if seen.contains(&tm.id) {
+                continue;
+            }
+            seen.push(tm.id.clone());
+            let (host, port) = match tm.data_address.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse::<i64>().unwrap_or(-1)),
+                None => (tm.data_address.as_str(), -1),
+            };
+            list.push(json!({
+                "id": tm.id,
+                "path": tm.data_address,
+                "dataPort": port,
+                "timeSinceLastHeartbeat": now.saturating_sub(tm.last_heartbeat_age_ms),
+                "slotsNumber": tm.slots,
+                "freeSlots": tm.slots.saturating_sub(tm.slots_used),
+                "host": host,
+                "dataAddress": tm.data_address,
+                "pid": tm.pid,
+                "registeredTime": tm.registered_ms,
+                "lastHeartbeatAge": tm.last_heartbeat_age_ms,
+                "slotsUsed": tm.slots_used,
+                "generation": generation,
+                "subtasks": subtask_refs(core, tm.subtasks.iter().copied()),
+            }));
+        }
+        let (failures, _) = core.lifecycle.failures();
+        for l in lost_taskmanagers(cm) {
+            let needle = format!("{} lost", l.name);
+            let cause = failures
+                .iter()
+                .find(|f| f.message.contains(&needle))
+                .map(|f| f.message.clone());
+            lost_docs.push(json!({
+                "id": l.id,
+                "pid": l.pid,
+                "dataAddress": l.data_address,
+                "timestamp": l.timestamp,
+                "jid": core.job_id,
+                "cause": cause,
+            }));
+        }
+    }
+    let local: Vec<&std::sync::Arc<JobCore>> =
+        jobs.iter().filter(|j| j.cluster.is_none()).collect();
+    if !local.is_empty() {
+        let running: Vec<&&std::sync::Arc<JobCore>> =
+            local.iter().filter(|j| !j.status().is_terminal()).collect();
+        let slots: usize = running
+            .iter()
+            .map(|j| {
+                j.plan
+                    .chains
+                    .iter()
+                    .map(|c| c.parallelism)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .sum();
+        let subtasks: Vec<Value> = running
+            .iter()
+            .flat_map(|j| subtask_refs(j, 0..j.plan.num_subtasks()))
+            .collect();
+        list.push(json!({
+            "id": LOCAL_TASKMANAGER,
+            "path": LOCAL_HOST,
+            "dataPort": -1,
+            "timeSinceLastHeartbeat": now,
+            "slotsNumber": slots,
+            "freeSlots": 0,
+            "host": LOCAL_HOST,
+            "dataAddress": Value::Null,
+            "pid": std::process::id(),
+            "registeredTime": local.iter().map(|j| j.start_ms).min().unwrap_or(now),
+            "lastHeartbeatAge": 0,
+            "slotsUsed": slots,
+            "generation": Value::Null,
+            "subtasks": subtasks,
+        }));
+    }
+    lost_docs.sort_by_key(|l| std::cmp::Reverse(l["timestamp"].as_u64().unwrap_or(0)));
+    json!({ "taskmanagers": list, "lost": lost_docs })
+}
+
+/// `/jobs/:id/vertices/:vertexid`: Flink's `JobVertexDetailsInfo`, each
+/// subtask with where it runs (`endpoint`, `host`, `taskmanager-id`).
+pub(crate) fn vertex_details(core: &JobCore, c: usize) -> Value {
+    let Some(chain) = core.plan.chains.get(c) else {
+        return Value::Null;
+    };
+    let m = core.metrics();
+    let status = core.status();
+    let offset: usize = core.plan.chains[..c].iter().map(|x| x.parallelism).sum();
+    let locations = subtask_locations(core);
+    let ops: Vec<&crate::metrics::OperatorMetricsSnapshot> =
+        m.operators.iter().filter(|o| o.task == c).collect();
+    let is_source = core.plan.channels.iter().all(|e| e.to_chain != c);
+    let restarts = core.restarts.load(Ordering::Relaxed);
+    let region_restarts: Vec<u64> = core
+        .region_restarts
+        .iter()
+        .map(|r| r.load(Ordering::Relaxed))
+        .collect();
+    let full_restarts = restarts.saturating_sub(region_restarts.iter().sum());
+    let subtasks: Vec<Value> = (0..chain.parallelism)
+        .map(|i| {
+            let t = offset + i;
+            let (endpoint, tm) = locations.get(t).cloned().unwrap_or((None, None));
+            let name = core.plan.subtask_name(t);
+            let region = core.regions.iter().position(|r| r.contains(&name));
+            let attempt = full_restarts
+                + region
+                    .and_then(|r| region_restarts.get(r))
+                    .copied()
+                    .unwrap_or(0);
+            let read = if is_source {
+                0
+            } else {
+                ops.first()
+                    .and_then(|h| h.subtasks.get(i))
+                    .map_or(0, |s| s.num_records_in)
+            };
+            let written = ops
+                .last()
+                .and_then(|h| h.subtasks.get(i))
+                .map_or(0, |s| s.num_records_out);
+            json!({
+                "subtask": i,
+                "status": vertex_state(status),
+                "attempt": attempt,
+                "endpoint": endpoint,
+                "host": endpoint,
+                "taskmanager-id": tm,
+                "start-time": core.start_ms,
+                "end-time": end_time(core),
+                "duration": duration(core),
+                "metrics": {
+                    "read-records": read, "read-records-complete": true,
+                    "write-records": written, "write-records-complete": true,
+                },
+            })
+        })
+        .collect();
+    json!({
+        "id": vertex_id(&core.job_id, c),
+        "name": chain.name(),
+        "parallelism": chain.parallelism,
+        "maxParallelism": core.conf.get(&crate::config::options::MAX_PARALLELISM),
+        "now": crate::checkpoint::now_ms(),
+        "subtasks": subtasks,
+    })
 }
 
 #[cfg(test)]
