@@ -87,7 +87,8 @@ for k in $(weir_tm_indexes); do
   weir_alive "$pid" taskmanager && running+=("TaskManager $k pid $pid")
 done
 if [ ${#running[@]} -gt 0 ]; then
-  weir_die "a cluster of $(weir_show "$WEIR_LOG_DIR") still runs (${running[*]}): stop it with bin/stop-cluster.sh, or use another WEIR_LOG_DIR"
+  list=$(printf '%s, ' "${running[@]}")
+  weir_die "a cluster of $(weir_show "$WEIR_LOG_DIR") still runs (${list%, }): stop it with bin/stop-cluster.sh, or use another WEIR_LOG_DIR"
 fi
 # A fresh start: the previous cluster's logs become *.log.1, its pid files go.
 rm -f "$WEIR_JM_PID" "$WEIR_LOG_DIR"/weir-taskmanager-*.pid
