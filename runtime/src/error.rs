@@ -190,6 +190,9 @@ pub enum SavepointError {
         /// Why.
         reason: String,
     },
+    /// This kind of job cannot take savepoints (yet): the reason.
+    #[error("savepoints are not supported {0}")]
+    Unsupported(String),
     /// The savepoint directory could not be created.
     #[error("cannot create the savepoint directory '{path}': {reason}")]
     Directory {

@@ -235,6 +235,13 @@ impl JobCore {
         if self.checkpoint_cfg.is_none() {
             return Err(SavepointError::CheckpointingDisabled);
         }
+        if self.cluster.is_some() {
+            // A TaskManager's subtasks write a checkpoint's files where the
+            // JobManager's storage routes them only in this process.
+            return Err(SavepointError::Unsupported(
+                "in cluster mode yet (execution.target: cluster): the job's checkpoints are retained and restorable with -s".into(),
+            ));
+        }
         let status = self.status();
         if status.is_terminal() {
             return Err(SavepointError::NotRunning(status.as_str().into()));
