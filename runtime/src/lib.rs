@@ -47,8 +47,10 @@
 //! - `cancellation`: the watchdog that bounds how long a restart waits for
 //!   stopped subtasks stuck in user code (`task.cancellation.*`).
 //! - [`exchange`]: the data plane: the channel seam (in-process bounded
-//!   queues today, a network channel beside them in cluster mode),
-//!   partitioners, output edges, the input gate.
+//!   queues, and network channels between TaskManagers with credit-based
+//!   flow control), partitioners, output edges, the input gate.
+//! - [`cluster`]: cluster mode: the JobManager and TaskManager roles of one
+//!   program, the gRPC control plane, slot placement, generation fencing.
 //! - [`operator`]: the traits users implement (`SourceFunction`,
 //!   `KeyedProcessFunction`, `SinkFunction`) and the operators that run them.
 //! - Event time: [`watermarks`] (watermark strategies, per-split
