@@ -3,6 +3,7 @@
 # each a background process running the job program with the same arguments
 # plus --jobmanager or --taskmanager (see the README's "Cluster mode").
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=weir-cluster-common.sh
 . "$(dirname "$0")/weir-cluster-common.sh"
 
 usage() {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts one more TaskManager of the cluster recorded by start-cluster.sh.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=weir-cluster-common.sh
 . "$(dirname "$0")/weir-cluster-common.sh"
 
 usage() {
@@ -55,6 +56,7 @@ if [ $# -gt 0 ]; then
   weir_record_cmd remote "$slots" "$@"
 fi
 weir_load_cmd
+# shellcheck disable=SC2034 # read by weir_start_taskmanager
 [ -n "$slots" ] && WEIR_CLUSTER_SLOTS=$slots
 
 # A JobManager started from this log directory must still run (else the

@@ -2,6 +2,7 @@
 # Stops the cluster started by start-cluster.sh: the JobManager, then every
 # TaskManager.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=weir-cluster-common.sh
 . "$(dirname "$0")/weir-cluster-common.sh"
 
 usage() {

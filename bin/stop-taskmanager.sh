@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stops one TaskManager of the cluster started by start-cluster.sh.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=weir-cluster-common.sh
 . "$(dirname "$0")/weir-cluster-common.sh"
 
 usage() {

@@ -341,3 +341,43 @@ fn scripts_start_fail_over_and_stop_a_cluster_exactly_once() {
     }
     drop(procs);
 }
+
+/// The scripts parse (`bash -n`) and, where shellcheck is installed, are
+/// shellcheck-clean (Debian: `apt-get install shellcheck`).
+#[test]
+fn scripts_parse_and_pass_shellcheck() {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("bin");
+    let scripts: Vec<PathBuf> = [
+        "weir-cluster-common.sh",
+        "start-cluster.sh",
+        "stop-cluster.sh",
+        "start-taskmanager.sh",
+        "stop-taskmanager.sh",
+    ]
+    .iter()
+    .map(|s| bin.join(s))
+    .collect();
+    for s in &scripts {
+        let out = Command::new("bash").arg("-n").arg(s).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            s.display(),
+            text(&out.stderr)
+        );
+    }
+    match Command::new("shellcheck")
+        .arg("-x")
+        .args(&scripts)
+        .current_dir(&bin)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "shellcheck:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        ),
+        Err(e) => eprintln!("shellcheck not run ({e}): apt-get install shellcheck"),
+    }
+}
