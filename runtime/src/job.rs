@@ -270,6 +270,10 @@ impl JobCore {
         if !self.status().is_terminal() {
             self.lifecycle.set_status(JobStatus::Cancelling);
         }
+        if let Some(c) = &self.cluster {
+            // The supervisor may be waiting for slots: that wait ends now.
+            c.cancel();
+        }
         let _ = self.master.cast(JobMsg::Cancel);
     }
 }
@@ -1272,7 +1276,11 @@ impl JobState {
         tracing::warn!(job = %self.name, restart = n, cause, "restarting");
         self.chaos_quiet();
         if let Err(e) = self.start_attempt(myself, restore, first_id, latest).await {
-            self.failed = Some(format!("cannot restart: {e}"));
+            if matches!(&self.executor, Executor::Cluster(c) if c.cm.is_cancelled()) {
+                self.cancelled = true;
+            } else {
+                self.failed = Some(format!("cannot restart: {e}"));
+            }
             self.stop_everything(false);
             self.end_if_idle(myself);
             return Ok(());

@@ -90,8 +90,10 @@ pub(crate) struct ClusterManager {
     slot_timeout: Duration,
     counters: Vec<Arc<OperatorCounters>>,
     state: Mutex<State>,
-    /// A TaskManager registered or was lost.
+    /// A TaskManager registered or was lost, or the job was cancelled.
     changed: tokio::sync::Notify,
+    /// The job was cancelled: a wait for slots ends at once.
+    cancelled: std::sync::atomic::AtomicBool,
     /// The RPC endpoint's address.
     pub(crate) address: std::net::SocketAddr,
 }
@@ -135,6 +137,7 @@ impl ClusterManager {
             counters,
             state: Mutex::default(),
             changed: tokio::sync::Notify::new(),
+            cancelled: Default::default(),
             address,
         });
         let service = super::rpc::JobManagerService(Arc::new(Handler(Arc::downgrade(&cm))));
@@ -210,7 +213,7 @@ impl ClusterManager {
             };
             let s = st.sessions.remove(pos);
             let name = format!("TaskManager {} (pid {})", s.id, s.pid);
-            st.lost.push((now_ms(), name.clone()));
+            st.lost.push((now_ms(), format!("{name} lost: {why}")));
             let failed: Vec<ActorRef<ProxyMsg>> = st
                 .placement
                 .iter()
@@ -243,6 +246,9 @@ impl ClusterManager {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
+            if self.is_cancelled() {
+                return Err(Error::Cancelled(self.job_name.clone()));
+            }
             {
                 let mut st = self.lock();
                 let offers: Vec<Offer> = st
@@ -292,6 +298,18 @@ impl ClusterManager {
                 )));
             }
         }
+    }
+
+    /// The job is being cancelled: a deployment waiting for slots gives up.
+    pub(crate) fn cancel(&self) {
+        self.cancelled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Whether [`ClusterManager::cancel`] was called.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The coordinator of the current attempt (acknowledgements go there).
@@ -372,7 +390,8 @@ impl ClusterManager {
         s.len()
     }
 
-    /// TaskManagers lost so far: when, and which.
+    /// TaskManagers lost so far: when, and which and why
+    /// (`TaskManager <id> (pid <pid>) lost: <why>`).
     pub(crate) fn lost(&self) -> Vec<(u64, String)> {
         self.lock().lost.clone()
     }

@@ -140,6 +140,12 @@ async fn serve(graph: StreamGraph, plan: JobPlan, conf: Conf, name: String) -> c
     eprintln!(
         "TaskManager {id} of job '{name}': {slots} slot(s), data port {data_address}, JobManager {endpoint}"
     );
+    // SIGTERM / SIGINT stop the TaskManager: its subtasks are stopped and
+    // the JobManager sees the session end (and fails over what ran here).
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Internal(format!("cannot watch SIGTERM: {e}")))?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Error::Internal(format!("cannot watch SIGINT: {e}")))?;
     let mut registered_once = false;
     let mut lost_since = Instant::now();
     loop {
@@ -159,7 +165,11 @@ async fn serve(graph: StreamGraph, plan: JobPlan, conf: Conf, name: String) -> c
         })
         .ok();
         let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
-        let attempt = super::rpc::connect(endpoint.clone(), Duration::from_secs(1), out).await;
+        let attempt = tokio::select! {
+            a = super::rpc::connect(endpoint.clone(), Duration::from_secs(1), out) => a,
+            _ = sigterm.recv() => return Ok(shut_down(&executor, &uplink, "SIGTERM").await),
+            _ = sigint.recv() => return Ok(shut_down(&executor, &uplink, "SIGINT").await),
+        };
         let mut inbound = match attempt {
             Ok(s) => s,
             Err(e) => {
@@ -179,7 +189,12 @@ async fn serve(graph: StreamGraph, plan: JobPlan, conf: Conf, name: String) -> c
             }
         };
         // The answer to the registration.
-        match tokio::time::timeout(timeout, inbound.next()).await {
+        let answer = tokio::select! {
+            a = tokio::time::timeout(timeout, inbound.next()) => a,
+            _ = sigterm.recv() => return Ok(shut_down(&executor, &uplink, "SIGTERM").await),
+            _ = sigint.recv() => return Ok(shut_down(&executor, &uplink, "SIGINT").await),
+        };
+        match answer {
             Ok(Some(Ok(env))) => match env.body {
                 ToTaskManager::Registered { job_name } => {
                     *job_id.lock().unwrap_or_else(|p| p.into_inner()) = env.job.clone();
@@ -230,6 +245,8 @@ async fn serve(graph: StreamGraph, plan: JobPlan, conf: Conf, name: String) -> c
                     Some(Err(status)) => break format!("connection broken: {}", status.message()),
                     None => break "the JobManager closed the session".to_string(),
                 },
+                _ = sigterm.recv() => return Ok(shut_down(&executor, &uplink, "SIGTERM").await),
+                _ = sigint.recv() => return Ok(shut_down(&executor, &uplink, "SIGINT").await),
                 _ = beat.tick() => {
                     if last_heard.elapsed() > timeout {
                         break format!("no message for {timeout:?} (heartbeat.timeout)");
@@ -247,6 +264,20 @@ async fn serve(graph: StreamGraph, plan: JobPlan, conf: Conf, name: String) -> c
         let _ = executor.cast(ExecutorMsg::SessionLost);
         lost_since = last_heard;
     }
+}
+
+/// A signal asked the TaskManager to stop: its subtasks stop, the session
+/// ends; the exit status (0: a requested stop).
+async fn shut_down(executor: &ActorRef<ExecutorMsg>, uplink: &Uplink, signal: &str) -> i32 {
+    eprintln!(
+        "received {signal}: stopping the TaskManager (the JobManager fails over its subtasks)"
+    );
+    let _ = executor.cast(ExecutorMsg::SessionLost);
+    // Let the stops reach the subtasks before the process goes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    uplink.set(None);
+    executor.stop(None);
+    0
 }
 
 /// Records that entered the operators `of` (their `numRecordsIn`).
