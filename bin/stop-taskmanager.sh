@@ -14,8 +14,8 @@ JobManager sees it lost at once (its connection breaks) and restarts the job
 from the latest completed checkpoint on the slots left, waiting up to
 slot.request.timeout for enough of them (bin/start-taskmanager.sh adds one).
 
-  --kill       SIGKILL (a crash) instead of SIGTERM (today a TaskManager has
-               no SIGTERM handler: SIGTERM ends it at once too, and the job
+  --kill       SIGKILL (a crash) instead of SIGTERM (on SIGTERM the
+               TaskManager stops its subtasks and ends its session; the job
                fails over the same way)
   --index K    TaskManager K (its log is weir-taskmanager-K.log)
   --pid PID    the TaskManager with process id PID
