@@ -605,14 +605,28 @@ pub(crate) fn exceptions(core: &JobCore) -> Value {
         .as_ref()
         .map(|cm| lost_taskmanagers(cm))
         .unwrap_or_default();
+    let caused = failures_of_losses(&failures, &lost);
     let entries: Vec<Value> = failures
         .iter()
+        .enumerate()
         .rev()
-        .map(|f| {
-            // A failure of the loss of a TaskManager: where it was.
-            let tm = lost
+        .map(|(i, f)| {
+            // The TaskManagers whose loss this failure is: where it
+            // happened; their loss records are its concurrent exceptions
+            // (the JobManager's record of a loss may come second, after a
+            // network channel's failure that names the TaskManager too).
+            let losses: Vec<&LostTaskManager> = lost
                 .iter()
-                .find(|l| f.message.contains(&format!("{} lost", l.name)));
+                .zip(&caused)
+                .filter(|(_, c)| **c == Some(i))
+                .map(|(l, _)| l)
+                .collect();
+            let tm = losses.first();
+            let concurrent: Vec<Value> = losses
+                .iter()
+                .filter(|l| !f.message.contains(&l.message))
+                .map(|l| l.exception())
+                .collect();
             json!({
                 "exceptionName": "SubtaskFailure",
                 "stacktrace": f.message,
@@ -622,7 +636,7 @@ pub(crate) fn exceptions(core: &JobCore) -> Value {
                 "endpoint": tm.map(|l| l.data_address.clone()),
                 "taskManagerId": tm.map(|l| l.id.clone()),
                 "failureLabels": {},
-                "concurrentExceptions": [],
+                "concurrentExceptions": concurrent,
                 "action": f.action,
             })
         })
@@ -704,32 +718,92 @@ pub(crate) const LOCAL_TASKMANAGER: &str = "local";
 const LOCAL_HOST: &str = "localhost";
 
 /// A lost TaskManager, from the JobManager's record
-/// `TaskManager <id> (pid <pid>)` (ids are `<data address>-<pid>`).
+/// `TaskManager <id> (pid <pid>) lost: <why>` (ids are `<data address>-<pid>`).
 struct LostTaskManager {
     timestamp: u64,
-    name: String,
+    /// The whole record.
+    message: String,
     id: String,
     pid: Option<u32>,
     data_address: String,
+    why: Option<String>,
+}
+
+impl LostTaskManager {
+    fn parse(timestamp: u64, message: String) -> LostTaskManager {
+        let (name, why) = match message.split_once(") lost: ") {
+            Some((n, w)) => (n, Some(w.to_string())),
+            None => (message.as_str(), None),
+        };
+        let rest = name.strip_prefix("TaskManager ").unwrap_or(name);
+        let (id, pid) = match rest.rsplit_once(" (pid ") {
+            Some((id, pid)) => (id, pid.trim_end_matches(')').parse().ok()),
+            None => (rest, None),
+        };
+        let data_address = id.rsplit_once('-').map_or(id, |(a, _)| a);
+        LostTaskManager {
+            timestamp,
+            id: id.to_string(),
+            pid,
+            data_address: data_address.to_string(),
+            why,
+            message: message.clone(),
+        }
+    }
+
+    /// Whether `text` names this TaskManager (`TaskManager <data address>`,
+    /// which its id starts with too): the JobManager's failure of its
+    /// subtasks, or a network channel's failure on another TaskManager
+    /// (`connection to TaskManager <address> lost`).
+    fn named_in(&self, text: &str) -> bool {
+        let needle = format!("TaskManager {}", self.data_address);
+        text.match_indices(&needle).any(|(i, _)| {
+            !text[i + needle.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit())
+        })
+    }
+
+    /// The loss as an entry of Flink's exception history.
+    fn exception(&self) -> Value {
+        json!({
+            "exceptionName": "TaskManagerLost",
+            "stacktrace": self.message,
+            "timestamp": self.timestamp,
+            "taskName": Value::Null,
+            "location": self.data_address,
+            "endpoint": self.data_address,
+            "taskManagerId": self.id,
+            "failureLabels": {},
+        })
+    }
 }
 
 fn lost_taskmanagers(cm: &crate::cluster::jobmanager::ClusterManager) -> Vec<LostTaskManager> {
     cm.lost()
         .into_iter()
-        .map(|(timestamp, name)| {
-            let rest = name.strip_prefix("TaskManager ").unwrap_or(&name);
-            let (id, pid) = match rest.rsplit_once(" (pid ") {
-                Some((id, pid)) => (id, pid.trim_end_matches(')').parse().ok()),
-                None => (rest, None),
-            };
-            let data_address = id.rsplit_once('-').map_or(id, |(a, _)| a);
-            LostTaskManager {
-                timestamp,
-                id: id.to_string(),
-                pid,
-                data_address: data_address.to_string(),
-                name,
-            }
+        .map(|(timestamp, message)| LostTaskManager::parse(timestamp, message))
+        .collect()
+}
+
+/// The failure (index into `failures`) each of `lost` caused: the first
+/// that names it and happened at most a second before it was found lost
+/// (its subtasks' failure, or a network channel's to it on another
+/// TaskManager, whichever came first); `None` for a TaskManager whose loss
+/// failed nothing (it ran no subtask) or whose failure was not recorded
+/// (the job was restarting already).
+fn failures_of_losses(
+    failures: &[crate::job::FailureRecord],
+    lost: &[LostTaskManager],
+) -> Vec<Option<usize>> {
+    lost.iter()
+        .map(|l| {
+            failures.iter().position(|f| {
+                f.timestamp + 1000 >= l.timestamp
+                    && f.timestamp <= l.timestamp + 1000
+                    && l.named_in(&f.message)
+            })
         })
         .collect()
 }
@@ -759,7 +833,7 @@ fn subtask_refs(core: &JobCore, tasks: impl IntoIterator<Item = usize>) -> Vec<V
                 "vertex-id": vertex_id(&core.job_id, c),
                 "vertex-name": chain.name(),
                 "subtask": i,
-                "name": format!("{} ({}/{})", chain.name(), i + 1, chain.parallelism),
+                "name": core.plan.subtask_name(t),
             }))
         })
         .collect()
@@ -844,19 +918,17 @@ pub(crate) fn taskmanagers(jobs: &[std::sync::Arc<JobCore>]) -> Value {
             }));
         }
         let (failures, _) = core.lifecycle.failures();
-        for l in lost_taskmanagers(cm) {
-            let needle = format!("{} lost", l.name);
-            let cause = failures
-                .iter()
-                .find(|f| f.message.contains(&needle))
-                .map(|f| f.message.clone());
+        let lost = lost_taskmanagers(cm);
+        let caused = failures_of_losses(&failures, &lost);
+        for (l, c) in lost.iter().zip(caused) {
             lost_docs.push(json!({
                 "id": l.id,
                 "pid": l.pid,
                 "dataAddress": l.data_address,
                 "timestamp": l.timestamp,
                 "jid": core.job_id,
-                "cause": cause,
+                "cause": l.why,
+                "failure": c.and_then(|c| failures.get(c)).map(|f| f.message.clone()),
             }));
         }
     }
@@ -983,6 +1055,39 @@ mod tests {
         assert_eq!(s["p50"], 2.0);
         assert_eq!(s["p99"], 10.0);
         assert_eq!(stats_summary(&[])["max"], 0);
+    }
+
+    #[test]
+    fn lost_taskmanagers_are_parsed_and_found_in_failures() {
+        let l = LostTaskManager::parse(
+            5,
+            "TaskManager 127.0.0.1:4100-77 (pid 77) lost: connection broken: x (y)".into(),
+        );
+        assert_eq!(l.id, "127.0.0.1:4100-77");
+        assert_eq!(l.pid, Some(77));
+        assert_eq!(l.data_address, "127.0.0.1:4100");
+        assert_eq!(l.why.as_deref(), Some("connection broken: x (y)"));
+        assert!(l.named_in(&l.message));
+        assert!(
+            l.named_in("channel disconnected: connection to TaskManager 127.0.0.1:4100 lost: eof")
+        );
+        assert!(!l.named_in("connection to TaskManager 127.0.0.1:41001 lost: eof"));
+        assert!(!l.named_in("connection to TaskManager 127.0.0.1:410 lost: eof"));
+        let failure = |timestamp: u64, message: &str| crate::job::FailureRecord {
+            timestamp,
+            message: message.into(),
+            task: None,
+            action: "full restart".into(),
+        };
+        let failures = [
+            failure(1, "connection to TaskManager 127.0.0.1:4100 lost: eof"),
+            failure(3000, "connection to TaskManager 127.0.0.1:4100 lost: eof"),
+            failure(4000, "something else"),
+        ];
+        let l = LostTaskManager::parse(3500, l.message.clone());
+        assert_eq!(failures_of_losses(&failures, &[l]), vec![Some(1)]);
+        let spare = LostTaskManager::parse(3500, "TaskManager h:9-1 (pid 1) lost: gone".into());
+        assert_eq!(failures_of_losses(&failures, &[spare]), vec![None]);
     }
 
     #[test]

@@ -13,8 +13,10 @@
 //! # Endpoints
 //! | method and path | what |
 //! |---|---|
-//! | `GET /overview` | counts of jobs per state (Flink's cluster overview) |
+//! | `GET /overview` | counts of jobs per state, TaskManagers and their slots (Flink's cluster overview) |
 //! | `GET /config` | the UI's configuration (refresh interval, version) |
+//! | `GET /taskmanagers` | `{"taskmanagers": [{"id", "path", "dataPort", "timeSinceLastHeartbeat", "slotsNumber", "freeSlots"}]}` (Flink's), plus ours: `host`, `dataAddress`, `pid`, `registeredTime`, `lastHeartbeatAge`, `slotsUsed`, `generation`, the `subtasks` each runs, and the TaskManagers `lost` so far |
+//! | `GET /taskmanagers/:id` | one registered TaskManager (404 for an unknown or lost one) |
 //! | `GET /jobs` | `{"jobs": [{"id", "status"}]}` |
 //! | `GET /jobs/overview` | `{"jobs": [{"jid", "name", "state", "start-time", "end-time", "duration", "last-modification", "tasks"}]}` |
 //! | `GET /jobs/:id` | job details: `vertices` (operator chains) with metrics, `plan`, `timestamps`; ours: per operator and subtask rates and back pressure |
@@ -29,6 +31,7 @@
 //! | `POST /jobs/:id/stop` | stop-with-savepoint, body `{"targetDirectory", "drain"}`: 202 `{"request-id"}`, polled like a savepoint; the job ends `FINISHED` |
 //! | `GET /jobs/:id/savepoints/:triggerid` | status of a savepoint or stop: `{"status": {"id": "IN_PROGRESS"}}`, or `COMPLETED` with `operation.location` (the savepoint's directory) or `operation.failure-cause` (`class`, `stack-trace`); a stop or cancel-job savepoint completes once the job has ended, with `operation.job-state` (ours) |
 //! | `GET /jobs/:id/exceptions` | failures, newest first (`exceptionHistory.entries`) |
+//! | `GET /jobs/:id/vertices/:vertexid` | one vertex and its subtasks, each with where it runs (`endpoint`, `host`, `taskmanager-id`) |
 //! | `GET /jobs/:id/vertices/:vertexid/backpressure` | back-pressure level and ratios per subtask (from the back-pressured time, as Flink's) |
 //! | `GET /jobs/:id/metrics[?get=a,b]` | job metrics as `[{"id", "value"}]` |
 //! | `GET /jobs/:id/regions` | ours: failover regions, their subtasks and restarts |
@@ -36,6 +39,21 @@
 //! | `GET /metrics` | every job's metrics, Prometheus text format |
 //! | `GET /openapi.json` | the OpenAPI 3 description of this API |
 //! | `GET /` | the web UI |
+//!
+//! # TaskManagers
+//! In cluster mode (this process is a JobManager, see [`crate::cluster`])
+//! `/taskmanagers` lists the TaskManager processes registered with it, with
+//! their slots and the subtasks they run; subtasks (`/jobs/:id`,
+//! `/jobs/:id/vertices/:vertexid`) carry their TaskManager's data-plane
+//! address (`endpoint`, `host`) and id (`taskmanager-id`); the failure a
+//! lost TaskManager causes names it in `/jobs/:id/exceptions` (`endpoint`,
+//! `taskManagerId`), and `/taskmanagers` keeps it in `lost`. Jobs that run
+//! in this process (`execution.target: local`) make the process itself one
+//! TaskManager, id `local`, whose slots are its running jobs' slices (as
+//! Flink's local mini cluster is one TaskManager); their subtasks run on
+//! `localhost`. `/overview` and the Prometheus metrics
+//! `weir_jobmanager_numRegisteredTaskManagers`, `..._taskSlotsTotal` and
+//! `..._taskSlotsAvailable` count the same list.
 //!
 //! # Results outlive the job
 //! A program usually exits when its job ends, and the server with it. So a

@@ -1,5 +1,6 @@
-// weir web UI: a job list and a job page (graph, subtasks, checkpoints,
-// timeline, restarts), polling the REST API once a second. No build step.
+// weir web UI: a job list, a job page (graph, subtasks and where they run,
+// checkpoints, timeline, restarts) and the Task Managers (registered and
+// lost), polling the REST API once a second. No build step.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
@@ -21,7 +22,7 @@ const sv = (tag, attrs = {}, text) => {
   return e;
 };
 
-const state = { jobId: null, selectedVertex: 0, selectedCheckpoint: null, followLatest: true, job: null, polls: 0 };
+const state = { view: "jobs", jobId: null, selectedVertex: 0, selectedCheckpoint: null, followLatest: true, job: null, polls: 0 };
 window.weir = state; // for tests and curious users
 
 function rate(x) {
@@ -109,6 +110,48 @@ async function renderJobs() {
   if (!location.hash && data.jobs.length === 1) location.hash = "#/jobs/" + data.jobs[0].jid;
 }
 
+// ---------- task managers ----------
+
+async function renderTaskManagers() {
+  const data = await api("GET", "/taskmanagers");
+  const tms = data.taskmanagers;
+  const body = $("#taskmanagers tbody");
+  body.replaceChildren();
+  let used = 0, total = 0;
+  for (const t of tms) {
+    used += t.slotsUsed; total += t.slotsNumber;
+    const subtasks = el("div", { class: "subtasklist" });
+    for (const s of t.subtasks) {
+      subtasks.append(el("a", { href: "#/jobs/" + s.jid, title: s.jid }, el("code", {}, s.name)));
+    }
+    if (!t.subtasks.length) subtasks.append(el("span", { class: "muted" }, "none (spare)"));
+    body.append(el("tr", { "data-id": t.id },
+      el("td", {}, el("code", {}, t.id)),
+      el("td", {}, t.dataAddress || "in this process"),
+      el("td", {}, t.pid),
+      el("td", {}, `${t.slotsUsed} / ${t.slotsNumber}`),
+      el("td", {}, dur(t.lastHeartbeatAge) + " ago"),
+      el("td", {}, time(t.registeredTime)),
+      el("td", { class: "wrap" }, subtasks)));
+  }
+  $("#taskmanagers-empty").hidden = tms.length > 0;
+  $("#tm-summary").textContent = `${tms.length} registered · ${used} of ${total} slots in use`;
+  const lost = data.lost || [];
+  const lb = $("#lost-taskmanagers tbody");
+  lb.replaceChildren();
+  for (const l of lost) {
+    lb.append(el("tr", {},
+      el("td", {}, time(l.timestamp)),
+      el("td", {}, el("code", {}, l.id)),
+      el("td", {}, l.pid == null ? "-" : l.pid),
+      el("td", {}, l.dataAddress),
+      el("td", {}, el("a", { href: "#/jobs/" + l.jid }, el("code", {}, l.jid))),
+      el("td", { class: "wrap" }, l.cause || "-"),
+      el("td", { class: "wrap" }, l.failure || "-")));
+  }
+  $("#lost-empty").hidden = lost.length > 0;
+}
+
 // ---------- job page ----------
 
 function layout(job) {
@@ -193,8 +236,10 @@ function renderSubtasks(job) {
     const kill = el("button", { class: "kill", "data-op": op, "data-index": s.subtask, title: "kill this subtask: the job restarts it from the latest checkpoint" }, "Kill");
     kill.disabled = !killable;
     kill.addEventListener("click", () => killSubtask(op, s.subtask));
+    const host = el("a", { href: "#/taskmanagers", title: s["taskmanager-id"] ? "TaskManager " + s["taskmanager-id"] : "" }, s.host || "-");
     body.append(el("tr", {},
       el("td", {}, s.subtask),
+      el("td", { class: "host" }, host),
       el("td", {}, rate(s.numRecordsInPerSecond)),
       el("td", {}, rate(s.numRecordsOutPerSecond)),
       el("td", {}, pct(s.busyTimeMsPerSecond / 1000)),
@@ -300,9 +345,12 @@ function renderExceptions(ex, regions) {
   for (const e of ex.exceptionHistory.entries) {
     body.append(el("tr", {},
       el("td", {}, time(e.timestamp)),
-      el("td", {}, e.taskName || "-"),
+      el("td", {}, e.taskName || "-", ...(e.taskManagerId
+        ? [el("br"), el("a", { class: "muted small lost-tm", href: "#/taskmanagers", title: "TaskManager " + e.taskManagerId }, "lost TaskManager " + (e.endpoint || e.taskManagerId))]
+        : [])),
       el("td", {}, e.action || "-"),
-      el("td", { class: "wrap" }, e.stacktrace)));
+      el("td", { class: "wrap" }, e.stacktrace,
+        ...(e.concurrentExceptions || []).map((c) => el("div", { class: "muted concurrent" }, c.stacktrace)))));
   }
   $("#exceptions-empty").hidden = ex.exceptionHistory.entries.length > 0;
   $("#failover").textContent = `failover strategy: ${regions["failover-strategy"]} · ${regions.numRestarts} restarts`;
@@ -370,6 +418,7 @@ async function cancelJob() {
 function route() {
   const m = location.hash.match(/^#\/jobs\/([0-9a-f]{32})/);
   const id = m ? m[1] : null;
+  state.view = id ? "job" : /^#\/taskmanagers/.test(location.hash) ? "taskmanagers" : "jobs";
   if (id !== state.jobId) {
     state.jobId = id;
     state.selectedVertex = 0;
@@ -377,8 +426,11 @@ function route() {
     state.followLatest = true;
     state.polls = 0;
   }
-  $("#jobs-view").hidden = !!id;
-  $("#job-view").hidden = !id;
+  $("#jobs-view").hidden = state.view !== "jobs";
+  $("#job-view").hidden = state.view !== "job";
+  $("#tm-view").hidden = state.view !== "taskmanagers";
+  $("#nav-jobs").className = state.view === "taskmanagers" ? "" : "active";
+  $("#nav-taskmanagers").className = state.view === "taskmanagers" ? "active" : "";
   tick();
 }
 
@@ -387,7 +439,9 @@ async function tick() {
   if (busy) return;
   busy = true;
   try {
-    if (state.jobId) await renderJob(); else await renderJobs();
+    if (state.view === "job") await renderJob();
+    else if (state.view === "taskmanagers") await renderTaskManagers();
+    else await renderJobs();
     $("#conn").className = "conn ok";
     $("#conn").textContent = "live";
   } catch (e) {
