@@ -90,7 +90,7 @@ impl WeakChannel {
             return false;
         };
         // It overtakes the batches that were queued before it.
-        ch.insert_priority(st, b, pos);
+        ch.insert_priority(st, b, pos, 0);
         true
     }
 }
@@ -123,14 +123,16 @@ fn lock(ch: &Channel) -> std::sync::MutexGuard<'_, ChannelState> {
 impl Channel {
     /// Inserts `barrier`, unaligned, ahead of the queued batches (after any
     /// unaligned barriers already at the front, so barriers keep their
-    /// order), overtaking the batches queued before index `until`, and tells
-    /// the receiver. Takes the lock held by the caller, so nothing moves in
-    /// between.
+    /// order), overtaking the batches queued before index `until` (and
+    /// `extra` more that precede them elsewhere: a network channel's batches
+    /// still in the sender's queue), and tells the receiver. Takes the lock
+    /// held by the caller, so nothing moves in between.
     fn insert_priority(
         &self,
         mut st: std::sync::MutexGuard<'_, ChannelState>,
         mut barrier: Barrier,
         until: usize,
+        extra: usize,
     ) {
         let at = st
             .queue
@@ -143,7 +145,8 @@ impl Channel {
             .queue
             .range(at..until)
             .filter(|e| matches!(e, Event::Batch(_)))
-            .count();
+            .count()
+            + extra;
         st.queue.insert(at, Event::Barrier(barrier));
         drop(st);
         self.receiver.raise_urgent();
@@ -227,12 +230,20 @@ impl Tx {
 
     /// Sends an unaligned barrier ahead of the queued batches.
     pub(crate) fn send_priority(&self, barrier: Barrier) -> Result<()> {
+        self.send_priority_beyond(barrier, 0)
+    }
+
+    /// Sends an unaligned barrier ahead of the queued batches, which also
+    /// overtook `extra` batches not in this queue (the network receiver's
+    /// side: the batches still in the sender's queue, shipped serialized
+    /// with the barrier). Its `overtaken` is the queued batches plus `extra`.
+    pub(crate) fn send_priority_beyond(&self, barrier: Barrier, extra: usize) -> Result<()> {
         let st = lock(&self.ch);
         if !st.receiver_alive {
             return Err(disconnected());
         }
         let until = st.queue.len();
-        self.ch.insert_priority(st, barrier, until);
+        self.ch.insert_priority(st, barrier, until, extra);
         Ok(())
     }
 
@@ -257,7 +268,7 @@ impl Tx {
         if priority {
             // Under the same lock: the end of stream is still queued.
             let until = st.queue.len();
-            self.ch.insert_priority(st, barrier, until);
+            self.ch.insert_priority(st, barrier, until, 0);
             return Ok(true);
         }
         st.queue.insert(
@@ -332,6 +343,27 @@ impl Rx {
                     self.ch.space.notify_one();
                 }
                 Ok(Some(ev))
+            }
+            None if !st.sender_alive => Err(Error::Disconnected("upstream subtask stopped".into())),
+            None => Ok(None),
+        }
+    }
+
+    /// Like [`Rx::try_recv`], but a data batch at the front stays queued
+    /// unless `batches` (a network pump without credit: control events and
+    /// unaligned barriers go on, data waits).
+    pub(crate) fn try_recv_if(&self, batches: bool) -> Result<Option<Event>> {
+        let mut st = lock(&self.ch);
+        match st.queue.front() {
+            Some(Event::Batch(_)) if !batches => Ok(None),
+            Some(_) => {
+                let ev = st.queue.pop_front();
+                if matches!(ev, Some(Event::Batch(_))) {
+                    st.batches -= 1;
+                    drop(st);
+                    self.ch.space.notify_one();
+                }
+                Ok(ev)
             }
             None if !st.sender_alive => Err(Error::Disconnected("upstream subtask stopped".into())),
             None => Ok(None),

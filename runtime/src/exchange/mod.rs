@@ -47,36 +47,43 @@
 //!   (`Disconnected` after the last event); a dropped receiver fails the
 //!   sender's next send.
 //!
-//! # Where a network channel stands
+//! # The network channel
 //!
-//! The sender, the receiver and the watch are enums whose one variant today
-//! is `local`'s queue: a match on them costs nothing on the hot path (a
-//! batch of thousands of records per call). A channel between two processes
-//! (cluster mode) is another variant of each, made by `connect` when the
-//! two subtasks are placed on different task executors, and keeps the
-//! contract above this way:
+//! The sender, the receiver and the watch are enums: a match on them costs
+//! nothing on the hot path (a batch of thousands of records per call). A
+//! channel between two processes (cluster mode, `net`) keeps the contract
+//! above with an in-process queue at each end:
 //!
+//! - the upstream subtask writes into a `local` queue (`ChannelSender::Local`,
+//!   so backpressure, conversion and `barrier_before_end` are unchanged)
+//!   that a pump moves onto the TaskManagers' TCP connection; the
+//!   receiving subtask reads a `local` queue the connection's reader fills
+//!   (`ChannelReceiver::Remote`);
 //! - batches are serialized only there, with the edge's record codec
 //!   (`crate::record::EncodeFn` / `DecodeFn`, the same functions that write
-//!   channel state), and decoded into the receiver's local queue, so
-//!   `InputGate` and the barrier handler see the same events as today;
-//! - the capacity becomes credits: the receiver grants one per free slot of
-//!   its queue, the sender sends a batch only against one;
-//! - control events travel in order on the data connection without credits;
-//!   a priority barrier travels on a lane of its own, carrying the sequence
-//!   number of the last batch sent before it, and the receiving side inserts
-//!   it ahead of the batches it overtook with their count, exactly as
-//!   `local::Tx::send_priority` does within a process;
-//! - the watch reports the receiver's queue occupancy for the metrics.
+//!   channel state), so `InputGate` and the barrier handler see the same
+//!   events as today;
+//! - the capacity becomes credits (Flink's credit-based flow control): the
+//!   receiver grants one per free slot of its queue, the sender sends a
+//!   batch only against one;
+//! - control events travel in order on the connection without credits; an
+//!   unaligned barrier overtakes the sender's queue, carries the batches it
+//!   overtook there serialized, and overtakes the receiver's queue too: its
+//!   `overtaken` counts both, and `peek_encode` returns both (see `net`);
+//! - the watch reports the occupancy of the queue at this end (`placed`:
+//!   the outbound queue on the sender's TaskManager, the inbound one on the
+//!   receiver's) for the metrics.
 //!
 //! The only code that knows which variant it holds is the enums' own
-//! methods below and `connect`; the subtask loop, the barrier handler and
-//! the partitioners do not.
+//! methods below, `connect` and the graph wiring; the subtask loop, the
+//! barrier handler and the partitioners do not.
 
 mod gate;
 pub(crate) mod local;
+pub(crate) mod net;
 mod output;
 mod partition;
+mod placed;
 mod signals;
 
 pub(crate) use gate::InputGate;
@@ -84,6 +91,7 @@ pub(crate) use output::OutputEdge;
 pub(crate) use partition::{
     Broadcast, Forward, HashPartition, Partition, PartitionFactory, PartitionSetup, Rebalance,
 };
+pub(crate) use placed::{connect_placed, ClusterWiring};
 pub(crate) use signals::TaskSignals;
 
 use std::sync::Arc;
@@ -92,7 +100,7 @@ use crate::record::AnyBatch;
 use crate::Result;
 
 /// A checkpoint barrier as it travels on a channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Barrier {
     /// The checkpoint id `n`.
     pub id: u64,
@@ -139,6 +147,8 @@ pub(crate) enum ChannelSender {
 pub(crate) enum ChannelReceiver {
     /// The sender is a subtask of this process.
     Local(local::Rx),
+    /// The sender runs on another TaskManager (`net`).
+    Remote(net::NetRx),
 }
 
 /// Watches a channel's occupancy without keeping it alive (metrics, the
@@ -255,6 +265,7 @@ impl ChannelReceiver {
     ) -> Result<Vec<Vec<u8>>> {
         match self {
             ChannelReceiver::Local(rx) => rx.peek_encode(k, encode),
+            ChannelReceiver::Remote(rx) => rx.peek_encode(k, encode),
         }
     }
 
@@ -262,6 +273,7 @@ impl ChannelReceiver {
     pub(crate) fn try_recv_priority(&self) -> Option<Barrier> {
         match self {
             ChannelReceiver::Local(rx) => rx.try_recv_priority(),
+            ChannelReceiver::Remote(rx) => rx.try_recv_priority(),
         }
     }
 
@@ -271,6 +283,7 @@ impl ChannelReceiver {
     pub(crate) fn try_recv(&self) -> Result<Option<Event>> {
         match self {
             ChannelReceiver::Local(rx) => rx.try_recv(),
+            ChannelReceiver::Remote(rx) => rx.try_recv(),
         }
     }
 }
