@@ -114,7 +114,7 @@
 //! for a channel whose sender is not registered yet waits for it
 //! (TaskManagers deploy in any order); a connect to a peer that does not
 //! listen yet is retried with backoff for 10 s, then fails its channels
-//! ("cannot connect to TaskManager <addr>"). [`NetworkEnv::retire`] forgets
+//! (`cannot connect to TaskManager <addr>`). [`NetworkEnv::retire`] forgets
 //! the channels of older job attempts (generations); frames for them are
 //! dropped, and the connections stay for the next attempt.
 
