@@ -8,7 +8,6 @@
 //! input), the processes' exit statuses and their error messages.
 
 #[path = "common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 #[path = "common/cluster.rs"]

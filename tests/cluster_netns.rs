@@ -11,7 +11,6 @@
 //! rights, it fails with what is needed.
 
 #[path = "common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 #[path = "common/cluster.rs"]

@@ -653,6 +653,7 @@ fn spread_rescaled_channel_state(
 }
 
 /// Builds every subtask of `plan` with its channels.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn instantiate(
     graph: &StreamGraph,
     plan: &JobPlan,

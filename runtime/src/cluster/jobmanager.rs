@@ -228,7 +228,6 @@ impl ClusterManager {
         for p in failed {
             let _ = p.cast(ProxyMsg::Ended {
                 failure: Some(format!("{name} lost: {why}")),
-                killed: false,
             });
         }
         self.changed.notify_waiters();
@@ -307,7 +306,7 @@ impl ClusterManager {
         self.changed.notify_waiters();
     }
 
-    /// Whether [`ClusterManager::cancel`] was called.
+    /// Whether `ClusterManager::cancel` was called.
     pub(crate) fn is_cancelled(&self) -> bool {
         self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -478,15 +477,12 @@ impl ClusterManager {
                         failure: Some(format!(
                             "TaskManager {data_address} could not deploy: {reason}"
                         )),
-                        killed: false,
                     });
                 }
             }
-            ToJobManager::Ended {
-                failure, killed, ..
-            } => {
+            ToJobManager::Ended { failure, .. } => {
                 if let Some(p) = proxy {
-                    let _ = p.cast(ProxyMsg::Ended { failure, killed });
+                    let _ = p.cast(ProxyMsg::Ended { failure });
                 }
             }
             ToJobManager::Ack {
@@ -644,11 +640,9 @@ impl SessionHandler for Handler {
 pub(crate) enum ProxyMsg {
     /// From the coordinator: forwarded to the TaskManager.
     Control(CheckpointControl),
-    /// The remote subtask ended (or its TaskManager was lost).
-    Ended {
-        failure: Option<String>,
-        killed: bool,
-    },
+    /// The remote subtask ended (or its TaskManager was lost); a kill is
+    /// known to the executor that asked for it.
+    Ended { failure: Option<String> },
 }
 
 impl From<CheckpointControl> for ProxyMsg {
@@ -698,16 +692,14 @@ impl Actor for RemoteSubtask {
             ProxyMsg::Control(control) => st
                 .cm
                 .send_to_task(st.task, |task| ToTaskManager::Control { task, control }),
-            ProxyMsg::Ended { failure: None, .. } => myself.stop(None),
-            ProxyMsg::Ended {
-                failure: Some(f), ..
-            } => return Err(f.into()),
+            ProxyMsg::Ended { failure: None } => myself.stop(None),
+            ProxyMsg::Ended { failure: Some(f) } => return Err(f.into()),
         }
         Ok(())
     }
 }
 
-/// The job supervisor's task executor in cluster mode ([`crate::deploy`]).
+/// The job supervisor's task executor in cluster mode (`crate::deploy`).
 pub(crate) struct ClusterExecutor {
     pub(crate) cm: Arc<ClusterManager>,
     proxies: LocalExecutor,

@@ -6,28 +6,28 @@
 //! (the examples' `--jobmanager` / `--taskmanager`) says what the process
 //! does with it at `Env::execute`:
 //!
-//! - the **JobManager** runs the job supervisor ([`crate::job`]), the
+//! - the **JobManager** runs the job supervisor (`crate::job`), the
 //!   checkpoint coordinator, the REST API and UI, and serves the control
-//!   plane ([`rpc`]) on `jobmanager.rpc.address:jobmanager.rpc.port`. It runs
-//!   no subtask itself: its task executor ([`jobmanager::ClusterExecutor`])
+//!   plane (`rpc`) on `jobmanager.rpc.address:jobmanager.rpc.port`. It runs
+//!   no subtask itself: its task executor (`jobmanager::ClusterExecutor`)
 //!   places the job's slices on the TaskManagers' slots
-//!   ([`placement`]) and stands a small proxy actor in for every remote
+//!   (`placement`) and stands a small proxy actor in for every remote
 //!   subtask, so the supervisor and the coordinator work exactly as in one
 //!   process (the proxy forwards checkpoint control and ends when the remote
 //!   subtask's end is reported, or its TaskManager is lost);
-//! - a **TaskManager** ([`taskmanager`]) registers its
+//! - a **TaskManager** (`taskmanager`) registers its
 //!   `taskmanager.numberOfTaskSlots` slots, instantiates the subtasks it is
 //!   given from its own copy of the plan (restored from the shared
 //!   checkpoint storage), runs them as actors of its own, and reports their
 //!   acknowledgements and ends back. Channels between two of its subtasks
 //!   are the in-process queues; channels to subtasks of another TaskManager
-//!   are network channels ([`crate::exchange`]'s `net`: one TCP connection
+//!   are network channels (`crate::exchange`'s `net`: one TCP connection
 //!   per TaskManager pair, credit-based flow control).
 //!
 //! # Generations: the fencing of cluster mode
 //! Each deployment of the job (the first, and each restart after a failure)
 //! has a **generation**, one more than the last; every control message
-//! carries the job id and its generation ([`rpc::Envelope`]). Invariants:
+//! carries the job id and its generation (`rpc::Envelope`). Invariants:
 //!
 //! 1. A TaskManager runs subtasks of one generation at a time: a `Deploy`
 //!    of generation g stops every older subtask and waits for their

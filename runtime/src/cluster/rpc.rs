@@ -10,7 +10,7 @@
 //! missed heartbeats catch a process that is alive but does not answer
 //! (SIGSTOP, a stuck machine).
 //!
-//! Every message travels in an [`Envelope`] with the job id and the
+//! Every message travels in an `Envelope` with the job id and the
 //! **generation** (the deployment attempt) it belongs to: a TaskManager
 //! ignores commands of a generation older than the one it runs, and the
 //! JobManager ignores reports (acknowledgements, ends) of a generation older
@@ -21,7 +21,7 @@
 //! Why postcard and not protobuf: both ends are the same Rust program (the
 //! job's binary), the messages are the runtime's own serde types (state
 //! handles, statistics, barriers), and postcard needs no schema compiler in
-//! the build; tonic carries it through a [`Codec`] of a few lines. The
+//! the build; tonic carries it through a `Codec` of a few lines. The
 //! service is hand-written for the same reason: one streaming method.
 
 use std::pin::Pin;
@@ -104,8 +104,10 @@ pub(crate) struct SubtaskCounts {
     pub records_out: u64,
 }
 
-/// TaskManager to JobManager.
+/// TaskManager to JobManager. (An acknowledgement is larger than the other
+/// messages; each is encoded once and sent, so boxing it would save nothing.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum ToJobManager {
     /// The first message of a session.
     Register {

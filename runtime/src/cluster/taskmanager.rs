@@ -2,7 +2,7 @@
 //! subtasks of the generation it is given, reports back.
 //!
 //! Three pieces, each one concept:
-//! - the **session loop** ([`run`]): binds the data plane, dials the
+//! - the **session loop** (`run`): binds the data plane, dials the
 //!   JobManager (retrying for `heartbeat.timeout`), registers, forwards
 //!   commands to the executor actor, sends heartbeats with the record
 //!   counts of its subtasks, and notices a lost JobManager (stream ended, or
@@ -11,10 +11,10 @@
 //! - the **executor actor** (`TaskExecutorActor`, Flink's TaskExecutor):
 //!   the subtasks' supervisor; on `Deploy` of generation g it stops what
 //!   runs, waits for the old processing loops to end (invariant 1 of
-//!   [`super`]), restores from the shared checkpoint storage, instantiates
+//!   `super`), restores from the shared checkpoint storage, instantiates
 //!   the plan with channels placed (in-process queues between its own
 //!   subtasks, network channels to other TaskManagers) and deploys its
-//!   subtasks with the in-process [`LocalExecutor`]; each subtask's end is
+//!   subtasks with the in-process `LocalExecutor`; each subtask's end is
 //!   reported with its generation;
 //! - the **coordinator gateway** (`Gateway`): the checkpoint coordinator
 //!   as the subtasks see it (an `ActorRef<CoordMsg>`): it sends their

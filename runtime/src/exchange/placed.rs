@@ -1,6 +1,6 @@
 //! Where a channel is made when its two subtasks may run in different
 //! processes (cluster mode): an in-process queue when both run here, a
-//! network channel ([`super::net`]) when one end runs on another
+//! network channel (`super::net`) when one end runs on another
 //! TaskManager, and a throw-away queue when neither end runs here (the
 //! TaskManager instantiates the whole plan and keeps only its subtasks).
 
