@@ -12,7 +12,8 @@
 # the script exits non-zero. (`cargo run --release --example wordcount`
 # needs none of this: rocksdb is not a default feature.)
 # The S3 storage tests need python3 with moto[server], the Kafka connector
-# tests noida-db, the OpenAPI test schemathesis (all pip-installed below).
+# tests noida-db, the OpenAPI test schemathesis, the deployment test
+# kubernetes-validate (all pip-installed below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
@@ -90,6 +91,17 @@ if ! command -v schemathesis >/dev/null 2>&1 && ! python3 -c "import schemathesi
   echo "installing schemathesis for the OpenAPI test" >&2
   python3 -m pip install --quiet --disable-pip-version-check "schemathesis==4.32.5" >&2 || {
     echo "cannot install schemathesis; run: python3 -m pip install 'schemathesis==4.32.5'" >&2
+    exit 1
+  }
+fi
+# The deployment test (tests/deploy_kubernetes.rs) validates deploy/kubernetes/
+# offline against the Kubernetes schemas with kubernetes-validate (PyPI; it
+# brings PyYAML, which the test reads the manifests with); installed here when
+# missing. Without it that test fails with the command that installs it.
+if ! python3 -c "import kubernetes_validate, yaml" >/dev/null 2>&1; then
+  echo "installing kubernetes-validate for the deployment test" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0" >&2 || {
+    echo "cannot install kubernetes-validate; run: python3 -m pip install 'kubernetes-validate==1.37.0'" >&2
     exit 1
   }
 fi
