@@ -124,18 +124,17 @@ fn bad_failpoints_spec() {
     );
 }
 
-/// `--rate` takes a positive number of words per second, and paces only the
-/// built-in text.
+/// `--rate` takes a positive number of words per second, and paces the
+/// built-in text or `--input`, never a Kafka topic.
 #[test]
 fn bad_rate() {
     let out = run_example("wordcount", &["--rate", "0", "--words", "1000"]);
     assert_clean_failure(&out, &["'0' is not a rate", "words per second"]);
     let out = run_example("wordcount", &["--rate", "fast"]);
     assert_clean_failure(&out, &["'fast' is not a rate"]);
-    let corpus = corpus_dir();
     let out = run_example(
         "wordcount",
-        &["--rate", "1000", "--input", corpus.to_str().unwrap()],
+        &["--rate", "1000", "--kafka-input-topic", "lines"],
     );
     assert_clean_failure(&out, &["--rate", "cannot be used with"]);
 }
