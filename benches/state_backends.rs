@@ -131,6 +131,7 @@ fn sync_phase() {
         for keys in [10_000u64, 100_000, 1_000_000] {
             let ctx = RuntimeContext {
                 job_id: "0".repeat(32),
+                run_id: "0".repeat(8),
                 operator: "bench".into(),
                 subtask: 0,
                 parallelism: 1,

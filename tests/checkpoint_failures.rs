@@ -77,7 +77,8 @@ fn crash_then_restore(point: &str, nth: u32) {
 
 #[test]
 fn crash_after_metadata_temp_file_before_rename() {
-    // chk-3 has `_metadata.inprogress` only: incomplete, skipped; chk-2 is used.
+    // chk-3 has `_metadata.<pid>-<random>.inprogress` only: incomplete,
+    // skipped; chk-2 is used.
     let dir = tempfile::tempdir().unwrap();
     let (out, ckpt) = (dir.path().join("out"), dir.path().join("ckpt"));
     let job = crashed_at(
@@ -86,7 +87,12 @@ fn crash_after_metadata_temp_file_before_rename() {
         &["-D", "execution.checkpointing.num-retained=5"],
         "after-metadata-write=exit@3",
     );
-    assert!(job.join("chk-3/_metadata.inprogress").exists());
+    let temp: Vec<String> = std::fs::read_dir(job.join("chk-3"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("_metadata.") && n.ends_with(".inprogress"))
+        .collect();
+    assert_eq!(temp.len(), 1, "the temporary _metadata is left: {temp:?}");
     assert!(!job.join("chk-3/_metadata").exists());
     let restored = wordcount(&out, &dir.path().join("ckpt2"), &[], None, Some(&job));
     assert!(restored.status.success());

@@ -58,6 +58,7 @@ impl SourceFunction<u64> for Until {
 fn backend(kind: BackendKind) -> KeyedStateBackend<u64> {
     let ctx = RuntimeContext {
         job_id: "0".repeat(32),
+        run_id: "0".repeat(8),
         operator: "check".into(),
         subtask: 0,
         parallelism: 1,

@@ -13,58 +13,10 @@ mod common;
 #[path = "common/cluster.rs"]
 mod cluster;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cluster::{check_exactly_once, free_port, words, Cluster};
-
-/// `copies` copies of the corpus spread over `files` files in `dir`; the
-/// expected count of every word.
-fn corpus(dir: &Path, files: usize, copies: usize) -> HashMap<String, u64> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus");
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&src)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    names.sort();
-    let text: String = names
-        .iter()
-        .map(|p| std::fs::read_to_string(p).unwrap())
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::create_dir_all(dir).unwrap();
-    let mut expected: HashMap<String, u64> = HashMap::new();
-    let one: HashMap<String, u64> = words(&text).into_iter().fold(HashMap::new(), |mut m, w| {
-        *m.entry(w).or_default() += 1;
-        m
-    });
-    for f in 0..files {
-        let n = copies / files + usize::from(f < copies % files);
-        std::fs::write(dir.join(format!("part-{f:02}.txt")), text.repeat(n)).unwrap();
-        for (w, c) in &one {
-            *expected.entry(w.clone()).or_default() += c * n as u64;
-        }
-    }
-    expected
-}
-
-/// A small deterministic random number generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use cluster::{check_exactly_once, corpus, free_port, Cluster, Rng};
 
 /// The arguments every process of a wordcount cluster gets.
 fn job_args(input: &Path, out: &Path, ckpt: &Path, port: u16, rate: u64, p: usize) -> Vec<String> {

@@ -27,6 +27,7 @@ fn rocks(
 ) -> KeyedStateBackend<String> {
     let ctx = RuntimeContext {
         job_id: "0".repeat(32),
+        run_id: "0".repeat(8),
         operator: "test".into(),
         subtask,
         parallelism,

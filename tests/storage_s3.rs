@@ -481,3 +481,55 @@ fn cli_lists_verifies_and_collects_s3_checkpoints() {
         text(&o)
     );
 }
+
+/// High availability on S3: the leadership log's entries are created with
+/// `If-None-Match: *`, so of two leaders only the newer can commit; the new
+/// one resumes from the old one's last committed checkpoint; `_metadata` is
+/// never replaced.
+#[test]
+fn ha_leadership_log_on_s3_is_exclusive_and_fences() {
+    use weir::runtime::checkpoint::CompletionLog;
+    use weir::runtime::ha::Leadership;
+    let server = S3Server::start();
+    server.configure();
+    let root = PathBuf::from(server.uri("ha"));
+    let job = root.join("job");
+    let log = job.join("ha");
+    let a = Leadership::acquire(&log, &job, None).unwrap();
+    assert_eq!(a.leadership.generation(), 1);
+    a.leadership.commit(1).unwrap();
+    let b = Leadership::acquire(&log, &job, None).unwrap();
+    assert_eq!(b.leadership.generation(), 2);
+    assert_eq!(b.restore, Some(job.join("chk-1")));
+    let fenced = a.leadership.commit(2).unwrap_err().to_string();
+    assert!(
+        fenced.starts_with("fenced:") && fenced.contains("generation 2"),
+        "{fenced}"
+    );
+    assert!(a.leadership.check().is_err());
+    b.leadership.commit(2).unwrap();
+    b.leadership.check().unwrap();
+    let history = weir::runtime::ha::log::Log::open(&log)
+        .unwrap()
+        .history()
+        .unwrap();
+    assert_eq!(
+        history.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4],
+        "leader 1, checkpoint 1, leader 2, checkpoint 2: one entry per number"
+    );
+    // `_metadata` of one checkpoint id written twice: the second is refused.
+    let st = CheckpointStorage::create(&root, "job2").unwrap();
+    let meta = CheckpointMetadata {
+        job_id: "job2".into(),
+        job_name: "ha".into(),
+        checkpoint_id: 7,
+        trigger_timestamp: 1,
+        completed_timestamp: 2,
+        is_savepoint: false,
+        subtasks: Vec::new(),
+    };
+    st.write_metadata(&meta).unwrap();
+    let again = st.write_metadata(&meta).unwrap_err().to_string();
+    assert!(again.contains("exists already"), "{again}");
+}

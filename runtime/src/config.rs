@@ -1215,6 +1215,27 @@ pub mod options {
         Kind::PositiveDuration,
         "how long the JobManager waits for TaskManagers to offer the slots a deployment needs (at start and after a TaskManager was lost) before the attempt fails",
     );
+    /// High availability: off, or kept in the checkpoint storage.
+    pub const HA_TYPE: ConfigOption<String> = ConfigOption::new(
+        "high-availability.type",
+        "none",
+        Kind::Enum(&["none", "storage"]),
+        "none: every run is a new job (random job id); storage: the job id is derived from high-availability.cluster-id and the job name, a (re)started process resumes from the job's latest complete checkpoint without -s, and leadership is taken and fenced through a create-only log in high-availability.storageDir (no ZooKeeper); needs checkpointing on",
+    );
+    /// High availability: the id of this cluster (or single-process job).
+    pub const HA_CLUSTER_ID: ConfigOption<String> = ConfigOption::new(
+        "high-availability.cluster-id",
+        "default",
+        Kind::Text,
+        "with high-availability.type: storage, names this cluster: the job id is derived from it and the job name, so two deployments of one job need two cluster ids (letters, digits, '-', '_', '.')",
+    );
+    /// High availability: where the leadership log lives.
+    pub const HA_STORAGE_DIR: ConfigOption<String> = ConfigOption::new(
+        "high-availability.storageDir",
+        "",
+        Kind::Text,
+        "with high-availability.type: storage, the directory (path, file:// or s3:// URI) of the leadership log; empty: the checkpoint directory (execution.checkpointing.dir); every process of the job must see the same one",
+    );
     /// REST API and web UI: on or off.
     pub const REST_ENABLED: ConfigOption<bool> = ConfigOption::new(
         "rest.enabled",
@@ -1515,6 +1536,9 @@ pub mod options {
         HEARTBEAT_INTERVAL.def,
         HEARTBEAT_TIMEOUT.def,
         SLOT_REQUEST_TIMEOUT.def,
+        HA_TYPE.def,
+        HA_CLUSTER_ID.def,
+        HA_STORAGE_DIR.def,
         REST_ENABLED.def,
         REST_ADDRESS.def,
         REST_PORT.def,

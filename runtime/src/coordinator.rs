@@ -400,8 +400,27 @@ impl CoordState {
             // A finished job keeps its final checkpoint (and what
             // num-retained keeps): a restart after the end, e.g. by a
             // supervisor that missed the exit, restores the end state
-            // and emits nothing twice.
-            JobEnd::Finished => {}
+            // and emits nothing twice. With high availability the job
+            // directory outlives many processes: what their crashes left
+            // (uploads of a killed generation) goes now.
+            JobEnd::Finished => {
+                if self.args.storage.leadership().is_some() {
+                    // A checkpoint directory that is not retained here is
+                    // not in the log either (a superseded process wrote it).
+                    let job_dir = self.args.storage.job_dir();
+                    let retained: BTreeSet<u64> = self.retained.iter().map(|(id, _)| *id).collect();
+                    for (id, dir) in
+                        crate::checkpoint::storage::chk_dirs(job_dir).unwrap_or_default()
+                    {
+                        if !retained.contains(&id) {
+                            let _ = crate::checkpoint::storage::remove(&dir);
+                        }
+                    }
+                    if let Err(e) = crate::checkpoint::storage::sweep(job_dir) {
+                        tracing::warn!(error = %e, "orphan sweep at the end failed");
+                    }
+                }
+            }
             JobEnd::Cancelled if !self.args.cfg.retain_on_cancel => self.args.storage.discard_all(),
             _ => {
                 for id in self.pending.keys().copied().collect::<Vec<_>>() {
@@ -548,6 +567,7 @@ impl CoordState {
             }
         }
         let mut unreferenced = Vec::new();
+        let dropped = self.retained.len() > self.args.cfg.num_retained;
         while self.retained.len() > self.args.cfg.num_retained {
             if let Some((old, shared)) = self.retained.pop_front() {
                 self.args.storage.discard(old);
@@ -582,6 +602,15 @@ impl CoordState {
         unreferenced.sort();
         unreferenced.dedup();
         self.args.storage.delete_unreferenced(&unreferenced);
+        // High availability: the log keeps entries from the oldest retained
+        // checkpoint on (see crate::ha).
+        if let (true, Some(l), Some((oldest, _))) = (
+            dropped,
+            self.args.storage.leadership(),
+            self.retained.front(),
+        ) {
+            l.prune(*oldest);
+        }
     }
 
     /// Remembers the shared files an acknowledgement of aborted checkpoint `id` listed.
@@ -682,6 +711,24 @@ impl CoordState {
             .and_then(|r| r);
         let dir = match written {
             Ok(dir) => dir,
+            Err(Error::CheckpointExists(dir)) if savepoint.is_none() => {
+                // Another generation's JobManager wrote this id (see
+                // crate::ha): not ours, and not complete for us.
+                // If that JobManager is a newer leader, this one stops here
+                // (aborting would delete the newer one's checkpoint).
+                if let Some(l) = self.args.storage.leadership().cloned() {
+                    if let Ok(Err(Error::Fenced(m))) =
+                        tokio::task::spawn_blocking(move || l.check()).await
+                    {
+                        crate::ha::fenced_exit(&m);
+                    }
+                }
+                let why = format!("{} has a _metadata of another JobManager", dir.display());
+                tracing::warn!(id, "{why}");
+                self.pending.insert(id, p);
+                self.abort(id, &why, true)?;
+                return Ok(());
+            }
             Err(e) => {
                 let Some(req) = savepoint else {
                     return Err(e);
@@ -696,6 +743,9 @@ impl CoordState {
                 return Ok(());
             }
         };
+        if savepoint.is_none() {
+            self.commit(id).await?;
+        }
         let ended = Instant::now();
         let e2e = (ended - p.started).as_secs_f64() * 1e3;
         self.traced(id, &p, ended, None);
@@ -746,6 +796,29 @@ impl CoordState {
         self.failures = 0;
         self.last_end = Some(Instant::now());
         Ok(())
+    }
+
+    /// High availability: checkpoint `id`, its `_metadata` written, becomes
+    /// complete only with its entry in the leadership log (`crate::ha`,
+    /// rule 2). Fenced (a newer JobManager took over), the process stops at
+    /// once: no subtask is told, no sink commits. Any other failure deletes
+    /// the checkpoint, so nothing ever restores from it, and fails the job.
+    async fn commit(&mut self, id: u64) -> Result<(), Error> {
+        let Some(leadership) = self.args.storage.leadership().cloned() else {
+            return Ok(());
+        };
+        let committed = tokio::task::spawn_blocking(move || leadership.commit(id))
+            .await
+            .map_err(|e| Error::Internal(format!("leadership log writer panicked: {e}")))
+            .and_then(|r| r);
+        match committed {
+            Ok(()) => Ok(()),
+            Err(Error::Fenced(m)) => crate::ha::fenced_exit(&m),
+            Err(e) => {
+                self.args.storage.discard(id);
+                Err(e)
+            }
+        }
     }
 
     /// Tells the job's observers that checkpoint `id` ended (nothing is

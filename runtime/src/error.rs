@@ -97,6 +97,20 @@ pub enum Error {
     #[error("cluster: {0}")]
     Cluster(String),
 
+    /// High availability: a newer JobManager generation took over this job
+    /// (see `crate::ha`); this process must commit nothing more and stop.
+    #[error("fenced: {0}")]
+    Fenced(String),
+
+    /// High availability is misconfigured or its log cannot be used.
+    #[error("high availability: {0}")]
+    Ha(String),
+
+    /// A checkpoint's `_metadata` exists already: another process of this
+    /// job (a JobManager of another generation) wrote that checkpoint id.
+    #[error("checkpoint '{}' exists already (written by another JobManager of this job)", .0.display())]
+    CheckpointExists(PathBuf),
+
     /// A channel's other end went away because its subtask stopped (a
     /// consequence of another failure, never the root cause).
     #[error("channel disconnected: {0}")]

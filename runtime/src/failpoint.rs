@@ -15,6 +15,8 @@
 //! | `rocksdb-upload-file` | the RocksDB backend, each file it uploads |
 //! | `delete-shared-file` | deleting a shared file no retained checkpoint references |
 //! | `discard-after-metadata` | discarding a checkpoint directory, `_metadata` already deleted |
+//! | `ha-after-leader-write` | high availability: a JobManager wrote its leader entry, before it restores anything |
+//! | `ha-before-commit` | high availability: `_metadata` written, before the checkpoint's log entry (not complete yet) |
 //!
 //! Arm points with [`arm`] in-process, or for a whole process with the
 //! environment variable `WEIR_FAILPOINTS=name=action[@n][,name=action...]`
@@ -63,6 +65,8 @@ pub const POINTS: &[&str] = &[
     "rocksdb-upload-file",
     "delete-shared-file",
     "discard-after-metadata",
+    "ha-after-leader-write",
+    "ha-before-commit",
 ];
 
 /// Parses a `WEIR_FAILPOINTS` value: `name=action[@n]` items separated by

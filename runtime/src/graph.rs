@@ -659,6 +659,7 @@ pub(crate) fn instantiate(
     plan: &JobPlan,
     conf: &Conf,
     job_id: &str,
+    run_id: &str,
     metrics: Instruments<'_>,
     watch: &mut Vec<ChannelWatch>,
     mut restore: Option<Vec<Vec<SubtaskRestore>>>,
@@ -673,6 +674,7 @@ pub(crate) fn instantiate(
     // metrics; like every counter of `counters`, it outlives restarts.
     let ctx_for = |node: usize, subtask: usize, counter: &SubtaskCounter| RuntimeContext {
         job_id: job_id.to_string(),
+        run_id: run_id.to_string(),
         operator: graph.nodes[node].name.clone(),
         subtask,
         parallelism: plan.node_parallelism[node],

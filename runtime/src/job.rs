@@ -796,11 +796,17 @@ impl JobState {
         restore: Option<Vec<Vec<crate::checkpoint::SubtaskRestore>>>,
     ) -> Result<(Vec<SubtaskSpec>, Vec<crate::exchange::ChannelWatch>)> {
         let mut channels = Vec::new();
+        let generation = self
+            .checkpoint
+            .as_ref()
+            .and_then(|(_, storage, _)| storage.leadership().map(|l| l.generation()))
+            .unwrap_or(0);
         let specs = crate::graph::instantiate(
             &self.graph,
             &self.plan,
             &self.conf,
             &self.job_id,
+            &crate::ha::run_id(&self.job_id, generation),
             crate::graph::Instruments {
                 counters: &self.counters,
                 io: &self.io,

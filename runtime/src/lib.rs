@@ -51,6 +51,9 @@
 //!   flow control), partitioners, output edges, the input gate.
 //! - [`cluster`]: cluster mode: the JobManager and TaskManager roles of one
 //!   program, the gRPC control plane, slot placement, generation fencing.
+//! - [`ha`]: high availability without a coordination service: stable job
+//!   ids, automatic resume, and JobManager leadership fenced through a
+//!   create-only log in the checkpoint storage. docs/design.md invariant 12.
 //! - [`operator`]: the traits users implement (`SourceFunction`,
 //!   `KeyedProcessFunction`, `SinkFunction`) and the operators that run them.
 //! - Event time: [`watermarks`] (watermark strategies, per-split
@@ -112,6 +115,7 @@ pub mod error;
 pub mod exchange;
 pub mod failpoint;
 pub mod graph;
+pub mod ha;
 pub mod job;
 pub mod job_shared;
 pub mod keygroup;

@@ -59,6 +59,8 @@ pub struct Cluster {
     pub envs: Vec<(String, String)>,
     /// A prefix command (e.g. `ip netns exec NS`) per TaskManager index; none: run directly.
     pub tm_prefix: Option<Box<dyn Fn(usize) -> Vec<String>>>,
+    /// JobManagers replaced by [`Cluster::replace_jm`] (killed on drop too).
+    pub old_jms: Vec<Proc>,
 }
 
 /// A free TCP port on 127.0.0.1 (free when this returns).
@@ -70,7 +72,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(
+/// Starts `bin` with `args`, then `--<role>` (none for role `single`: a
+/// process that runs the whole job), then `extra`; its stderr collected.
+pub fn spawn(
     prefix: &[String],
     bin: &Path,
     args: &[String],
@@ -85,9 +89,11 @@ fn spawn(
         c.args(&prefix[1..]).arg(bin);
         c
     };
-    cmd.args(args)
-        .arg(format!("--{role}"))
-        .args(extra)
+    cmd.args(args);
+    if role != "single" {
+        cmd.arg(format!("--{role}"));
+    }
+    cmd.args(extra)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -149,11 +155,27 @@ impl Cluster {
             tm_args,
             envs,
             tm_prefix,
+            old_jms: Vec::new(),
         };
         for _ in 0..n {
             c.start_tm();
         }
         c
+    }
+
+    /// Starts a new JobManager with the same arguments (plus `jm_args`)
+    /// in place of the current one, which is kept in `old_jms`.
+    pub fn replace_jm(&mut self, jm_args: &[String]) {
+        let new = spawn(
+            &[],
+            &self.bin,
+            &self.args,
+            "jobmanager",
+            jm_args,
+            &self.envs,
+        );
+        let old = std::mem::replace(&mut self.jm, new);
+        self.old_jms.push(old);
     }
 
     /// Starts one more TaskManager; its index.
@@ -276,7 +298,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for p in std::iter::once(&mut self.jm).chain(self.tms.iter_mut()) {
+        for p in std::iter::once(&mut self.jm)
+            .chain(self.tms.iter_mut())
+            .chain(self.old_jms.iter_mut())
+        {
             // A stopped process must be continued to die of SIGKILL cleanly.
             let _ = Command::new("kill")
                 .args(["-CONT", &p.pid().to_string()])
@@ -356,5 +381,55 @@ pub fn check_exactly_once(
         Ok(total)
     } else {
         Err(problems.join("\n"))
+    }
+}
+
+/// `copies` copies of the corpus spread over `files` files in `dir`; the
+/// expected count of every word.
+pub fn corpus(dir: &Path, files: usize, copies: usize) -> std::collections::HashMap<String, u64> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    let text: String = names
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::create_dir_all(dir).unwrap();
+    let mut expected: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let one: std::collections::HashMap<String, u64> =
+        words(&text)
+            .into_iter()
+            .fold(std::collections::HashMap::new(), |mut m, w| {
+                *m.entry(w).or_default() += 1;
+                m
+            });
+    for f in 0..files {
+        let n = copies / files + usize::from(f < copies % files);
+        std::fs::write(dir.join(format!("part-{f:02}.txt")), text.repeat(n)).unwrap();
+        for (w, c) in &one {
+            *expected.entry(w.clone()).or_default() += c * n as u64;
+        }
+    }
+    expected
+}
+
+/// A small deterministic random number generator (splitmix64).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
     }
 }

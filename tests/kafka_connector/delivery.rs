@@ -33,6 +33,7 @@ const IDLE: Duration = Duration::from_millis(300);
 fn ctx(subtask: usize, parallelism: usize) -> RuntimeContext {
     RuntimeContext {
         job_id: "f00d".repeat(8),
+        run_id: "f00df00d".into(),
         operator: "Kafka sink".into(),
         subtask,
         parallelism,

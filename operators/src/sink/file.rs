@@ -2,9 +2,11 @@
 //! exactly once with checkpoints (two-phase commit).
 //!
 //! Each sink subtask writes its own part files. A file being written is
-//! hidden: `.part-<run>-<subtask>-<n>.inprogress`, where `<run>` is the first
-//! 8 characters of the job id, so runs writing to the same directory never
-//! clash. Readers (and [`crate::source::FileSource`]) skip hidden files.
+//! hidden: `.part-<run>-<subtask>-<n>.inprogress`, where `<run>` is the
+//! runtime's run id (the first 8 characters of the job id; with high
+//! availability followed by the JobManager generation), so runs writing to
+//! the same directory never clash, not even a superseded process of the
+//! same job that still runs. Readers (and [`crate::source::FileSource`]) skip hidden files.
 //! The part number `<n>` continues across restores, so a subtask's committed
 //! files, ordered by `<n>`, hold its output in order.
 //!
@@ -175,7 +177,7 @@ impl<T: Data, F: Fn(&T, &mut String) + Send + Sync + 'static> FileSink<T, F> {
 
 impl<T: Data, F: Fn(&T, &mut String) + Send + Sync + 'static> SinkFunction<T> for FileSink<T, F> {
     fn open(&mut self, ctx: &RuntimeContext) -> Result<()> {
-        self.run = ctx.job_id.chars().take(8).collect();
+        self.run = ctx.run_id.clone();
         self.subtask = ctx.subtask;
         self.checkpointing = ctx.checkpointing;
         Ok(())
@@ -261,16 +263,15 @@ impl<T: Data, F: Fn(&T, &mut String) + Send + Sync + 'static> SinkFunction<T> fo
             for p in &old.pending {
                 self.commit(&p.in_progress, &p.final_name)?;
             }
-            // Output written after the checkpoint will be produced again: drop it.
-            let prefix = format!(".part-{}-{}-", old.run, old.subtask);
+            // Output written after the checkpoint will be produced again: drop it,
+            // also what later runs of the job (high availability: other
+            // generations, same job id) wrote for this subtask and never committed.
             let keep: Vec<&str> = old.pending.iter().map(|p| p.in_progress.as_str()).collect();
             let entries = std::fs::read_dir(&self.dir)
                 .map_err(|e| Error::io("cannot read output directory", &self.dir, e))?;
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&prefix)
-                    && name.ends_with(".inprogress")
-                    && !keep.contains(&name.as_str())
+                if is_in_progress_of(&name, &old.run, old.subtask) && !keep.contains(&name.as_str())
                 {
                     let _ = std::fs::remove_file(e.path());
                 }
@@ -278,5 +279,70 @@ impl<T: Data, F: Fn(&T, &mut String) + Send + Sync + 'static> SinkFunction<T> fo
         }
         sync_dir(&self.dir);
         Ok(())
+    }
+}
+
+/// Whether `name` is an in-progress file (`.part-<run>-<subtask>-<n>.inprogress`)
+/// of subtask `subtask` of a run of the job `run` belongs to: the same first
+/// 8 characters (the job id's), any generation suffix.
+fn is_in_progress_of(name: &str, run: &str, subtask: usize) -> bool {
+    let Some(rest) = name
+        .strip_prefix(".part-")
+        .and_then(|r| r.strip_suffix(".inprogress"))
+    else {
+        return false;
+    };
+    let mut fields = rest.rsplitn(3, '-');
+    let (Some(n), Some(s), Some(r)) = (fields.next(), fields.next(), fields.next()) else {
+        return false;
+    };
+    let job: String = run.chars().take(8).collect();
+    n.parse::<u64>().is_ok()
+        && s.parse::<usize>().ok() == Some(subtask)
+        && (r == run
+            || r == job
+            || r.strip_prefix(job.as_str()).is_some_and(|g| {
+                g.strip_prefix('g')
+                    .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_in_progress_of;
+
+    #[test]
+    fn in_progress_files_of_every_generation_of_the_job_are_recognised() {
+        assert!(is_in_progress_of(
+            ".part-abcdef01-0-3.inprogress",
+            "abcdef01",
+            0
+        ));
+        assert!(is_in_progress_of(
+            ".part-abcdef01g7-0-3.inprogress",
+            "abcdef01g2",
+            0
+        ));
+        assert!(is_in_progress_of(
+            ".part-abcdef01g12-1-0.inprogress",
+            "abcdef01",
+            1
+        ));
+        assert!(!is_in_progress_of(
+            ".part-abcdef01g7-1-3.inprogress",
+            "abcdef01",
+            0
+        ));
+        assert!(!is_in_progress_of(
+            ".part-abcdef02-0-3.inprogress",
+            "abcdef01",
+            0
+        ));
+        assert!(!is_in_progress_of(
+            ".part-abcdef01gx-0-3.inprogress",
+            "abcdef01",
+            0
+        ));
+        assert!(!is_in_progress_of("part-abcdef01-0-3", "abcdef01", 0));
     }
 }

@@ -250,6 +250,7 @@ mod tests {
     fn ctx(subtask: usize, parallelism: usize) -> RuntimeContext {
         RuntimeContext {
             job_id: "0".repeat(32),
+            run_id: "0".repeat(8),
             operator: "files".into(),
             subtask,
             parallelism,

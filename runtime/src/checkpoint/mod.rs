@@ -111,6 +111,23 @@ use crate::config::{options, Conf};
 pub use crate::snapshot::{KeyedStateHandle, RocksStateHandle, StateFile};
 use crate::snapshot::{OperatorStateStore, RestoredKeyed};
 
+/// Where a checkpoint becomes complete when `_metadata` alone does not make
+/// it so: with high availability, the leadership log of `crate::ha` (the
+/// coordinator commits each checkpoint to it after `_metadata`, before any
+/// subtask is told). Defined here so the checkpoint code does not depend on
+/// who implements it.
+pub trait CompletionLog: Send + Sync + std::fmt::Debug {
+    /// The committing JobManager's generation.
+    fn generation(&self) -> u64;
+    /// Makes checkpoint `id` complete; `Err(Error::Fenced)` when a newer
+    /// JobManager took over (then it is not complete).
+    fn commit(&self, id: u64) -> crate::Result<()>;
+    /// `Err(Error::Fenced)` when a newer JobManager took over.
+    fn check(&self) -> crate::Result<()>;
+    /// Checkpoints older than `oldest_retained` were deleted: forget them.
+    fn prune(&self, oldest_retained: u64);
+}
+
 /// What one new subtask restores (assigned by [`crate::restore`] from a checkpoint;
 /// carried to the subtask by its spec, `crate::graph::SubtaskSpec`).
 #[derive(Default)]

@@ -49,9 +49,11 @@
 //! one PUT, or a multipart upload for files above
 //! [`super::store::PART_SIZE`], which becomes visible only when completed.
 //! `_metadata` is written last by the coordinator, only when every subtask
-//! has acknowledged: locally to `_metadata.inprogress`, fsynced, renamed, and
-//! the directory fsynced; on an object store with one PUT (atomic: no rename
-//! needed). A checkpoint directory without a valid `_metadata` is incomplete
+//! has acknowledged, and exclusively (an existing `_metadata` is never
+//! replaced): locally to `_metadata.<pid>-<random>.inprogress`, fsynced,
+//! hard-linked to `_metadata` (the link fails when the name exists), and
+//! the directory fsynced; on an object store with one conditional PUT
+//! (`If-None-Match: *`). A checkpoint directory without a valid `_metadata` is incomplete
 //! and is never restored. `_metadata` lists, per subtask, every file outside
 //! the state file that the subtask's state references (`StateHandle::files`).
 //!
@@ -252,6 +254,9 @@ pub struct CheckpointStorage {
     /// Savepoints in flight: checkpoint id -> its `savepoint-...` directory
     /// (shared by every clone: the coordinator registers, subtasks write).
     savepoints: Arc<Mutex<BTreeMap<u64, PathBuf>>>,
+    /// High availability: the log a checkpoint is committed to (the
+    /// leadership of `crate::ha`); `None` without HA (and on TaskManagers).
+    leadership: Option<Arc<dyn super::CompletionLog>>,
 }
 
 /// An ordered queue of deletions, run by one thread (object stores only).
@@ -336,6 +341,7 @@ impl CheckpointStorage {
             key,
             deleter,
             savepoints: Arc::default(),
+            leadership: None,
         })
     }
 
@@ -360,7 +366,20 @@ impl CheckpointStorage {
             key,
             deleter,
             savepoints: Arc::default(),
+            leadership: None,
         })
+    }
+
+    /// This storage with the job's HA leadership: completed checkpoints are
+    /// committed through it (see `crate::coordinator`).
+    pub fn with_leadership(mut self, leadership: Arc<dyn super::CompletionLog>) -> Self {
+        self.leadership = Some(leadership);
+        self
+    }
+
+    /// The job's HA leadership, when high availability is on.
+    pub fn leadership(&self) -> Option<&Arc<dyn super::CompletionLog>> {
+        self.leadership.as_ref()
     }
 
     fn savepoint_dirs(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, PathBuf>> {
@@ -481,16 +500,23 @@ impl CheckpointStorage {
         Ok((rel, len))
     }
 
-    /// Writes `_metadata` atomically: locally a temp file, fsync, rename,
-    /// fsync of the directory; on an object store one PUT (atomic).
+    /// Writes `_metadata` atomically and exclusively: locally a temp file,
+    /// fsync, a hard link (which fails on an existing `_metadata`), fsync
+    /// of the directory; on an object store one conditional PUT. A
+    /// `_metadata` that exists already is never replaced
+    /// ([`Error::CheckpointExists`]): with high availability, a JobManager of
+    /// another generation may have written that checkpoint id.
     pub fn write_metadata(&self, meta: &CheckpointMetadata) -> Result<PathBuf> {
         let dir = self.target_dir(meta.checkpoint_id);
         let (st, dir_key) = self.target(meta.checkpoint_id)?;
-        st.put(
+        let written = st.put_new(
             &child(&dir_key, "_metadata"),
             frame(FileKind::Metadata, meta)?,
             &|| Ok(crate::failpoint::hit("after-metadata-write")?),
         )?;
+        if !written {
+            return Err(Error::CheckpointExists(dir));
+        }
         Ok(dir)
     }
 
@@ -565,18 +591,7 @@ impl CheckpointStorage {
     }
 }
 
-/// 12 random lowercase hex digits (savepoint directory and RocksDB instance names).
-pub(crate) fn random_hex12() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
-}
+pub(crate) use super::store::random_hex12;
 
 /// Deletes a checkpoint of another job's directory that this job restored
 /// in `CLAIM` mode and that a checkpoint of its own has now subsumed:
@@ -1079,7 +1094,7 @@ pub fn sweep_dead_jobs(base: &Path, own: &Path) -> Vec<Swept> {
 
 /// Files and directories of `job_dir` that no complete checkpoint references:
 /// incomplete `chk-<n>` directories (a crash mid-checkpoint), temporary
-/// `_metadata.inprogress` files, files inside complete checkpoints that no
+/// `_metadata.*.inprogress` files, files inside complete checkpoints that no
 /// state of theirs references, and files in `shared/` that no checkpoint
 /// references (left by a crash between the deletion of a checkpoint and of
 /// its shared files, or mid-upload). Referenced files are never included.

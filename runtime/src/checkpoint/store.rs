@@ -85,6 +85,19 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// they are visible under `key` (a failure point for crash tests).
     fn put(&self, key: &str, bytes: Vec<u8>, before_publish: &dyn Fn() -> Result<()>)
         -> Result<()>;
+    /// Like [`Store::put`], but only if nothing exists at `key` yet, decided
+    /// atomically by the store (locally a hard link, which fails on an
+    /// existing name; on an object store a conditional PUT, S3's
+    /// `If-None-Match: *`): `Ok(true)` when written, `Ok(false)` when `key`
+    /// existed (it is left as it was). Two writers racing for one key: one
+    /// wins, the other sees `false`. The leadership log (`crate::ha`) and
+    /// `_metadata` files are written this way.
+    fn put_new(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        before_publish: &dyn Fn() -> Result<()>,
+    ) -> Result<bool>;
     /// Uploads the local file `src` to `key` atomically (streamed: multipart
     /// on object stores); returns its size and CRC-32.
     fn put_file(&self, src: &Path, key: &str) -> Result<(u64, u32)>;
@@ -104,6 +117,19 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn delete_all(&self, key: &str) -> Result<()>;
     /// Creates the directory `key` (local); a no-op on object stores.
     fn create_dir(&self, key: &str) -> Result<()>;
+}
+
+/// 12 random lowercase hex digits (savepoint directory and RocksDB instance names, temporary files of exclusive writes).
+pub(crate) fn random_hex12() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
 
 // ---------------------------------------------------------------- local
@@ -226,6 +252,47 @@ impl Store for LocalStore {
             },
             before_publish,
         )
+    }
+
+    fn put_new(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        before_publish: &dyn Fn() -> Result<()>,
+    ) -> Result<bool> {
+        let path = Path::new(key);
+        let dir = parent_of(path);
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::io("cannot create checkpoint directory", &dir, e))?;
+        // A temporary name of this writer alone: two processes racing for
+        // `key` never write into one file.
+        let tmp = dir.join(format!(
+            "{}.{}-{}.inprogress",
+            file_name_of(path),
+            std::process::id(),
+            random_hex12()
+        ));
+        let written = (|| {
+            let mut f = File::create(&tmp)
+                .map_err(|e| Error::io("cannot create checkpoint file", &tmp, e))?;
+            f.write_all(&bytes)
+                .map_err(|e| Error::io("cannot write checkpoint file", &tmp, e))?;
+            f.sync_all()
+                .map_err(|e| Error::io("cannot sync checkpoint file", &tmp, e))?;
+            before_publish()?;
+            // link(2) publishes the complete file under `key`, or fails when
+            // the name exists: the exclusive create, atomic.
+            match fs::hard_link(&tmp, path) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(Error::io("cannot publish checkpoint file", path, e)),
+            }
+        })();
+        let _ = fs::remove_file(&tmp);
+        if matches!(written, Ok(true)) {
+            sync_dir(&dir);
+        }
+        written
     }
 
     fn put_file(&self, src: &Path, key: &str) -> Result<(u64, u32)> {
@@ -389,6 +456,29 @@ impl Store for ObjectStoreBackend {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
                 .map_err(Error::Internal)
+        })
+        .map_err(|e| self.err("cannot write checkpoint object", key, unwrap_internal(e)))
+    }
+
+    fn put_new(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        before_publish: &dyn Fn() -> Result<()>,
+    ) -> Result<bool> {
+        before_publish()?;
+        let (s, p) = (self.inner.clone(), Self::path(key));
+        block_on(async move {
+            let opts = object_store::PutOptions {
+                mode: object_store::PutMode::Create,
+                ..Default::default()
+            };
+            match s.put_opts(&p, PutPayload::from(bytes), opts).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => Ok(false),
+                Err(e) => Err(Error::Internal(e.to_string())),
+            }
         })
         .map_err(|e| self.err("cannot write checkpoint object", key, unwrap_internal(e)))
     }

@@ -112,6 +112,7 @@ impl ClusterManager {
         job_name: &str,
         plan: &crate::graph::JobPlan,
         counters: Vec<Arc<OperatorCounters>>,
+        generation_base: u64,
     ) -> Result<Arc<ClusterManager>> {
         let host = conf.get(&options::JOBMANAGER_RPC_ADDRESS);
         let port = conf.get(&options::JOBMANAGER_RPC_PORT);
@@ -135,7 +136,13 @@ impl ClusterManager {
             heartbeat_timeout: conf.get(&options::HEARTBEAT_TIMEOUT),
             slot_timeout: conf.get(&options::SLOT_REQUEST_TIMEOUT),
             counters,
-            state: Mutex::default(),
+            // Deployments count up from the base: with high availability
+            // `leader generation << 32`, so a new JobManager's deployments
+            // are newer, for its TaskManagers, than any of an old one's.
+            state: Mutex::new(State {
+                generation: generation_base,
+                ..State::default()
+            }),
             changed: tokio::sync::Notify::new(),
             cancelled: Default::default(),
             address,

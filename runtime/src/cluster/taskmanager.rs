@@ -341,6 +341,8 @@ struct ExecutorState {
     executor: LocalExecutor,
     shared: Arc<JobShared>,
     generation: u64,
+    /// The job id of the generation it runs.
+    job: String,
     refs: HashMap<usize, TaskRef>,
     pending: Option<DeploySpec>,
     /// The subtasks of the generation being deployed.
@@ -411,6 +413,8 @@ impl ExecutorState {
             &self.args.plan,
             &self.args.conf,
             &job_id,
+            // The JobManager's deployments count from `leader generation << 32`.
+            &crate::ha::run_id(&job_id, generation >> 32),
             crate::graph::Instruments {
                 counters: &self.args.counters,
                 io: &self.io,
@@ -490,6 +494,7 @@ impl Actor for TaskExecutorActor {
             executor: LocalExecutor::default(),
             shared: Arc::new(JobShared::default()),
             generation: 0,
+            job: String::new(),
             refs: HashMap::new(),
             pending: None,
             pending_tasks: Vec::new(),
@@ -515,7 +520,9 @@ impl Actor for TaskExecutorActor {
             }
             ExecutorMsg::TryDeploy => try_deploy(&myself, st).await,
             ExecutorMsg::FromJobManager(env) => {
-                if env.generation < st.generation {
+                // Generations are ordered within one job id; a JobManager of
+                // another job (a non-HA restart) starts its own count.
+                if env.job == st.job && env.generation < st.generation {
                     tracing::debug!(
                         generation = env.generation,
                         current = st.generation,
@@ -526,6 +533,7 @@ impl Actor for TaskExecutorActor {
                 match env.body {
                     ToTaskManager::Deploy(spec) => {
                         st.generation = env.generation;
+                        st.job = env.job.clone();
                         st.stop_all("a new generation is deployed");
                         st.pending = Some(spec);
                         try_deploy(&myself, st).await;

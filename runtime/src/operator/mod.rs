@@ -45,6 +45,12 @@ use crate::{Error, Result};
 pub struct RuntimeContext {
     /// The job's id (32 hex characters).
     pub job_id: String,
+    /// This run of the job, for names that two processes of one job must
+    /// never both write (the file sink's part files): the first 8
+    /// characters of the job id, and with high availability the JobManager
+    /// generation after them (`crate::ha::run_id`), so a superseded process
+    /// still running never writes a file of the current one.
+    pub run_id: String,
     /// The operator's name.
     pub operator: String,
     /// This subtask's index, `0..parallelism`.

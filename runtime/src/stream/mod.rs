@@ -182,6 +182,11 @@ impl Env {
         let graph = std::mem::take(&mut *self.graph.borrow_mut());
         let plan = graph.plan(&self.conf)?;
         let role = crate::cluster::Role::from_conf(&self.conf)?;
+        // The S3 endpoint and credentials (`s3.*`), for every role: a
+        // TaskManager uploads its subtasks' state itself.
+        crate::checkpoint::store::configure(crate::checkpoint::store::S3Settings::from_conf(
+            &self.conf,
+        ));
         if role == crate::cluster::Role::TaskManager {
             // A TaskManager serves its JobManager until the job ends, then
             // the process exits with the job's status (see crate::cluster).
@@ -195,7 +200,38 @@ impl Env {
             let _ = std::io::stdout().flush();
             std::process::exit(code);
         }
-        let job_id = new_job_id();
+        // High availability: a stable job id, leadership taken through the
+        // log before anything else touches the job directory (crate::ha).
+        let submitted = Instant::now();
+        let ha = crate::ha::HaSettings::from_conf(&self.conf)?;
+        let job_id = match &ha {
+            Some(h) => crate::ha::job_id(&h.cluster_id, name),
+            None => new_job_id(),
+        };
+        let cfg = CheckpointConfig::from_conf(&self.conf);
+        let explicit_recovery = Some(self.conf.get(&options::RECOVERY_PATH))
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from);
+        let acquired = match &ha {
+            Some(h) => {
+                let job_dir = crate::checkpoint::store::normalize(&cfg.dir)?.join(&job_id);
+                let a = crate::ha::Leadership::acquire(
+                    &h.log_dir(&job_id),
+                    &job_dir,
+                    explicit_recovery.clone(),
+                )?;
+                eprintln!(
+                    "high availability: JobManager generation {} of job '{name}' ({job_id}), {}",
+                    a.leadership.generation(),
+                    match &a.restore {
+                        Some(p) => format!("resuming from {}", p.display()),
+                        None => "starting fresh (no checkpoint yet)".to_string(),
+                    }
+                );
+                Some(a)
+            }
+            None => None,
+        };
         let counters: Vec<Arc<OperatorCounters>> = plan
             .node_parallelism
             .iter()
@@ -211,6 +247,9 @@ impl Env {
                     name,
                     &plan,
                     counters.clone(),
+                    acquired
+                        .as_ref()
+                        .map_or(0, |a| a.leadership.generation() << 32),
                 )?;
                 eprintln!(
                     "JobManager of job '{name}' ({job_id}) on {}: waiting for TaskManagers to offer {} slot(s)",
@@ -227,21 +266,31 @@ impl Env {
         // a bind error stops the job before it does anything.
         let rest = crate::rest::ensure_started(&self.conf)?;
         tracing::info!(job = name, %job_id, "starting job\n{plan}");
-        let cfg = CheckpointConfig::from_conf(&self.conf);
-        crate::checkpoint::store::configure(crate::checkpoint::store::S3Settings::from_conf(
-            &self.conf,
-        ));
+        let recovery = match &acquired {
+            Some(a) => a.restore.clone(),
+            None => explicit_recovery.clone(),
+        };
         let RestoreStart {
             restore,
             restored_from,
             first_id,
-            claimed,
-        } = restore_start(&self.conf, &plan)?;
+            mut claimed,
+        } = restore_start(&self.conf, &plan, recovery.as_deref())?;
+        if acquired.is_some() && explicit_recovery.is_none() {
+            // Resumed from the job's own checkpoint: it is the job's anyway.
+            claimed = None;
+        }
+        let first_id = first_id.max(acquired.as_ref().map_or(1, |a| a.first_id));
         let stats = Arc::new(std::sync::Mutex::new(Vec::new()));
         let counts: Arc<crate::checkpoint::CheckpointCounts> = Arc::default();
         let checkpoint_cfg = cfg.enabled().then(|| cfg.clone());
         let checkpoint = if cfg.enabled() {
-            let storage = storage::CheckpointStorage::create(&cfg.dir, &job_id)?;
+            let mut storage = storage::CheckpointStorage::create(&cfg.dir, &job_id)?;
+            if let Some(a) = &acquired {
+                a.leadership
+                    .watch(self.conf.get(&options::HEARTBEAT_INTERVAL));
+                storage = storage.with_leadership(a.leadership.clone());
+            }
             Some(CheckpointSetup {
                 cfg,
                 storage,
@@ -286,6 +335,7 @@ impl Env {
         })));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let started = Instant::now();
+        let counters_for_announce = counters.clone();
         let args = JobArgs {
             name: name.to_string(),
             job_id: job_id.clone(),
@@ -308,6 +358,13 @@ impl Env {
             observers,
             cluster: cluster.clone(),
         };
+        if let (Some(a), None) = (&acquired, &cluster) {
+            announce_first_record(
+                a.leadership.generation(),
+                submitted,
+                counters_for_announce.clone(),
+            );
+        }
         let (master, _) = self
             .runtime
             .block_on(<JobMaster as ractor::Actor>::spawn(None, JobMaster, args))
@@ -370,20 +427,23 @@ struct RestoreStart {
 }
 
 /// Reads and maps the checkpoint to restore from, if the configuration names one.
-fn restore_start(conf: &Conf, plan: &JobPlan) -> Result<RestoreStart> {
-    let recovery = conf.get(&options::RECOVERY_PATH);
+fn restore_start(
+    conf: &Conf,
+    plan: &JobPlan,
+    recovery: Option<&std::path::Path>,
+) -> Result<RestoreStart> {
     let claim = conf
         .get(&options::RECOVERY_CLAIM_MODE)
         .eq_ignore_ascii_case("CLAIM");
-    if recovery.is_empty() {
+    let Some(recovery) = recovery else {
         return Ok(RestoreStart {
             restore: None,
             restored_from: None,
             first_id: 1,
             claimed: None,
         });
-    }
-    let loaded = storage::resolve_restore(std::path::Path::new(&recovery))?;
+    };
+    let loaded = storage::resolve_restore(recovery)?;
     let mut claimed = None;
     let id = loaded.metadata.checkpoint_id;
     let kind = if loaded.metadata.is_savepoint {
@@ -462,6 +522,33 @@ impl<F: Clone> Prototype<F> {
     pub(crate) fn get(&self) -> F {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+}
+
+/// High availability, one process: says on stderr when the first record of
+/// this run went through an operator, in ms since `execute` was called and
+/// since the epoch (progress for people; the clock of `benches/ha.rs`).
+fn announce_first_record(generation: u64, since: Instant, counters: Vec<Arc<OperatorCounters>>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = std::thread::Builder::new()
+        .name("weir-first-record".into())
+        .spawn(move || {
+            let deadline = Instant::now() + std::time::Duration::from_secs(600);
+            while Instant::now() < deadline {
+                let n: u64 = counters
+                    .iter()
+                    .flat_map(|c| c.subtasks().iter().map(|s| s.records_in.load(Relaxed)))
+                    .sum();
+                if n > 0 {
+                    eprintln!(
+                        "generation {generation}: first record processed {} ms after the job was submitted (at {} ms since the epoch)",
+                        since.elapsed().as_millis(),
+                        crate::checkpoint::now_ms()
+                    );
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        });
 }
 
 /// A new job id: 32 lowercase hex characters.
