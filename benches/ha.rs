@@ -18,7 +18,7 @@
 //! - `--state small` (default): vocabulary 10 000, the heap backend, paced
 //!   to 1 M words/s: the state is a few hundred KiB.
 //! - `--state large`: the RocksDB backend with incremental checkpoints and
-//!   a vocabulary of 60 M words; the first run fills the state until its
+//!   a uniform vocabulary of 1 000 M words (`--distribution uniform`: nearly every word a new key); the first run fills the state until its
 //!   latest checkpoint holds `--state-mb` MiB (default 1024) of files, then
 //!   the kills start (each run restores the whole database: RocksDB files
 //!   are hard-linked from the checkpoint directory, nothing re-read).
@@ -167,7 +167,9 @@ fn main() {
         job.extend(
             [
                 "--vocabulary",
-                "60000000",
+                "1000000000",
+                "--distribution",
+                "uniform",
                 "-D",
                 "state.backend.type=rocksdb",
                 "-D",

@@ -53,7 +53,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use weir::cli::{human_rate, ConfArgs, Driver, Rate};
-use weir::operators::text::generated_text;
+use weir::operators::text::{generated_text, uniform_text};
 use weir::prelude::*;
 use weir::runtime::config::{options, ValueSource};
 use weir::runtime::telemetry::{OtlpProtocol, TelemetryConfig};
@@ -90,6 +90,11 @@ struct Args {
     /// Size of the built-in text's vocabulary.
     #[arg(long, default_value_t = 10_000)]
     vocabulary: usize,
+    /// How the built-in text draws its words: zipf (like real text: a few
+    /// words most of the time) or uniform (`w<hex>` words, every one as
+    /// likely, any vocabulary size without memory for it: large keyed state).
+    #[arg(long, value_enum, default_value_t = Distribution::Zipf)]
+    distribution: Distribution,
     /// Seed of the built-in text.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -118,6 +123,13 @@ struct Args {
     kafka_bounded: bool,
     #[command(flatten)]
     conf: ConfArgs,
+}
+
+/// How the built-in text draws its words.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Distribution {
+    Zipf,
+    Uniform,
 }
 
 /// A positive number of words per second.
@@ -220,19 +232,32 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => {
             let words = (args.words > 0).then_some(args.words);
             eprintln!(
-                "counting words of the built-in text: {}, vocabulary {}, seed {}{}",
+                "counting words of the built-in text: {}, vocabulary {} ({:?}), seed {}{}",
                 words.map_or("without end".to_string(), |w| format!("about {w} words")),
                 args.vocabulary,
+                args.distribution,
                 args.seed,
                 args.rate
                     .map_or(String::new(), |r| format!(", about {r} words/s"))
             );
-            let mut source = generated_text(words, args.vocabulary, args.seed);
-            if let Some(rate) = args.rate {
-                // Ten words per line on average.
-                source = source.with_rate(rate / 10.0);
+            // Ten words per line on average.
+            let lines_per_s = args.rate.map(|r| r / 10.0);
+            match args.distribution {
+                Distribution::Zipf => {
+                    let mut source = generated_text(words, args.vocabulary, args.seed);
+                    if let Some(r) = lines_per_s {
+                        source = source.with_rate(r);
+                    }
+                    env.add_source(source)
+                }
+                Distribution::Uniform => {
+                    let mut source = uniform_text(words, args.vocabulary as u64, args.seed);
+                    if let Some(r) = lines_per_s {
+                        source = source.with_rate(r);
+                    }
+                    env.add_source(source)
+                }
             }
-            env.add_source(source)
         }
     }
     .name("Source");

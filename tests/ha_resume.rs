@@ -307,8 +307,8 @@ fn ha_crash_points_inside_the_leadership_protocol_lose_nothing() {
         other => panic!("the last entry is generation 2's leader entry, not {other:?}"),
     };
     // 3. Generation 3 inherits that resume point, and crashes between the
-    // _metadata of its third checkpoint and its log entry.
-    let mut p = job.start(&args, &fp("ha-before-commit=exit@3"));
+    // _metadata of its first checkpoint and that checkpoint's log entry.
+    let mut p = job.start(&args, &fp("ha-before-commit=exit@1"));
     let s = wait_exit(&mut p, Duration::from_secs(60));
     assert_eq!(s.code(), Some(86), "{}", p.log_text());
     assert!(

@@ -563,9 +563,61 @@ pub fn generated_text(
     })
 }
 
+/// Line `index` of [`uniform_text`]: 5 to 15 words `w<hex>` drawn
+/// uniformly from `vocabulary` (at least 1), then a full stop.
+pub fn uniform_line(vocabulary: u64, seed: u64, index: u64) -> String {
+    use std::fmt::Write;
+    let mut rng = SplitMix64::for_index(seed, index);
+    let n = 5 + rng.below(11) as usize;
+    let mut line = String::with_capacity(12 * n);
+    for k in 0..n {
+        if k > 0 {
+            line.push(' ');
+        }
+        let _ = write!(line, "w{:x}", rng.below(vocabulary.max(1)));
+    }
+    line.push('.');
+    line
+}
+
+/// Generated text over a **uniform** vocabulary of `vocabulary` words,
+/// `w<hex>` computed from a random index (no table in memory, so the
+/// vocabulary can be far larger than RAM would hold as strings): keyed
+/// state grows as fast as words come in, for large-state benchmarks. About
+/// `words` words ([`uniform_line`]s), or without end.
+pub fn uniform_text(
+    words: Option<u64>,
+    vocabulary: u64,
+    seed: u64,
+) -> GeneratorSource<String, impl Fn(u64, &mut SplitMix64) -> String + Send + Sync + Clone + 'static>
+{
+    GeneratorSource::new(seed, words.map(lines_for_words), move |i, _rng| {
+        uniform_line(vocabulary, seed, i)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uniform_lines_draw_every_word_from_their_vocabulary() {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..200 {
+            let line = uniform_line(50, 7, i);
+            assert!(line.ends_with('.'));
+            let words: Vec<&str> = line.trim_end_matches('.').split(' ').collect();
+            assert!((5..=15).contains(&words.len()), "{line}");
+            for w in words {
+                let k = u64::from_str_radix(w.strip_prefix('w').unwrap(), 16).unwrap();
+                assert!(k < 50, "{w}");
+                seen.insert(k);
+            }
+        }
+        assert_eq!(seen.len(), 50, "200 lines over 50 words reach them all");
+        assert_eq!(uniform_line(50, 7, 17), uniform_line(50, 7, 17));
+        assert_ne!(uniform_line(50, 7, 17), uniform_line(50, 8, 17));
+    }
 
     /// The hash of a word, whatever its representation, is the 24-byte
     /// form's: the bytes zero-padded to 23 and the length, as three words

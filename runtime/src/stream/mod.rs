@@ -335,7 +335,15 @@ impl Env {
         })));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let started = Instant::now();
-        let counters_for_announce = counters.clone();
+        // Every operator but the sources: the first record has gone all
+        // the way through once each of them processed one.
+        let counters_for_announce: Vec<Arc<OperatorCounters>> = graph
+            .nodes
+            .iter()
+            .zip(&counters)
+            .filter(|(n, _)| !matches!(n.kind, NodeKind::Source(_)))
+            .map(|(_, c)| c.clone())
+            .collect();
         let args = JobArgs {
             name: name.to_string(),
             job_id: job_id.clone(),
@@ -524,8 +532,9 @@ impl<F: Clone> Prototype<F> {
     }
 }
 
-/// High availability, one process: says on stderr when the first record of
-/// this run went through an operator, in ms since `execute` was called and
+/// High availability, one process: says on stderr when the first records of
+/// this run went through every operator (`counters`: all but the sources;
+/// keyed operators only process once their state is restored), in ms since `execute` was called and
 /// since the epoch (progress for people; the clock of `benches/ha.rs`).
 fn announce_first_record(generation: u64, since: Instant, counters: Vec<Arc<OperatorCounters>>) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -534,11 +543,14 @@ fn announce_first_record(generation: u64, since: Instant, counters: Vec<Arc<Oper
         .spawn(move || {
             let deadline = Instant::now() + std::time::Duration::from_secs(600);
             while Instant::now() < deadline {
-                let n: u64 = counters
-                    .iter()
-                    .flat_map(|c| c.subtasks().iter().map(|s| s.records_in.load(Relaxed)))
-                    .sum();
-                if n > 0 {
+                let through = counters.iter().all(|c| {
+                    c.subtasks()
+                        .iter()
+                        .map(|s| s.records_in.load(Relaxed))
+                        .sum::<u64>()
+                        > 0
+                });
+                if through {
                     eprintln!(
                         "generation {generation}: first record processed {} ms after the job was submitted (at {} ms since the epoch)",
                         since.elapsed().as_millis(),
