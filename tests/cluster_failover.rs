@@ -53,7 +53,7 @@ fn d(kv: &str) -> [String; 2] {
 }
 
 /// Runs wordcount at parallelism 4 on two TaskManagers of two slots and a
-/// spare, kills a random TaskManager `kills` times at seeded random moments
+/// spare, kills a random TaskManager that runs subtasks `kills` times at seeded random moments
 /// (starting a replacement each time), and checks the committed output.
 fn sigkill_taskmanagers(seed: u64, kills: usize, extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
@@ -98,7 +98,15 @@ fn sigkill_taskmanagers(seed: u64, kills: usize, extra: &[&str]) {
         let live: Vec<usize> = (0..c.tms.len())
             .filter(|&i| c.tms[i].try_wait().is_none())
             .collect();
-        let victim = live[rng.below(live.len() as u64) as usize];
+        // A TaskManager that runs subtasks (it printed its first record);
+        // killing only the idle spare would test nothing.
+        let running: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|&i| c.tms[i].log_text().contains("first record processed"))
+            .collect();
+        let pool = if running.is_empty() { &live } else { &running };
+        let victim = pool[rng.below(pool.len() as u64) as usize];
         c.tms[victim].signal("KILL");
         killed.push((k, victim, started.elapsed()));
         c.start_tm();
