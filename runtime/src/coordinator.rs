@@ -538,6 +538,13 @@ impl CoordState {
         let mut ids: Vec<u64> = dirs.into_iter().map(|(id, _)| id).collect();
         ids.sort_unstable();
         for id in ids {
+            // High availability: only what the log committed (a superseded
+            // JobManager may have left a `_metadata` of its own).
+            if let Some(l) = self.args.storage.leadership() {
+                if !l.is_committed(id) {
+                    continue;
+                }
+            }
             if let Ok(m) =
                 crate::checkpoint::storage::read_metadata(&self.args.storage.checkpoint_dir(id))
             {

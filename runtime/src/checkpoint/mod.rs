@@ -126,6 +126,9 @@ pub trait CompletionLog: Send + Sync + std::fmt::Debug {
     fn check(&self) -> crate::Result<()>;
     /// Checkpoints older than `oldest_retained` were deleted: forget them.
     fn prune(&self, oldest_retained: u64);
+    /// Whether checkpoint `id` is complete by this log (a `_metadata` alone
+    /// may be a superseded JobManager's).
+    fn is_committed(&self, id: u64) -> bool;
 }
 
 /// What one new subtask restores (assigned by [`crate::restore`] from a checkpoint;

@@ -378,6 +378,9 @@ impl CompletionLog for Leadership {
     fn prune(&self, oldest_retained: u64) {
         self.prune_log(oldest_retained)
     }
+    fn is_committed(&self, id: u64) -> bool {
+        self.known().committed.contains_key(&id)
+    }
 }
 
 /// Ends the process because it was fenced: says why on stderr and exits
@@ -441,6 +444,12 @@ mod tests {
         assert!(matches!(a.leadership.check(), Err(Error::Fenced(_))));
         b.leadership.commit(4).unwrap();
         b.leadership.check().unwrap();
+        // What each leader counts as complete: the log's checkpoints it knows.
+        assert!(b.leadership.is_committed(2) && b.leadership.is_committed(4));
+        assert!(
+            !b.leadership.is_committed(3),
+            "the old leader's uncommitted one"
+        );
         // An explicit restore path wins over the log.
         let c = Leadership::acquire(&log, &job, Some("/sp/savepoint-x".into())).unwrap();
         assert_eq!(c.restore, Some(PathBuf::from("/sp/savepoint-x")));
