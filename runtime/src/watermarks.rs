@@ -205,12 +205,18 @@ struct Split<G> {
     watermark: i64,
     idle: bool,
     finished: bool,
-    last_event: i64,
+    /// The first periodic check that saw no record since the check before
+    /// (Flink's `IdlenessTimer`): the split is idle once a check finds it
+    /// inactive for more than the idleness timeout from there. So after its
+    /// last records a split emits their watermark at two checks at least
+    /// before it can go idle, and a split that never had a record (its
+    /// inactivity counted from its first check) goes idle first: the
+    /// watermark of the active one is emitted before all are idle.
+    inactive_since: Option<i64>,
     /// Records arrived since the last periodic check: the split is active
-    /// at that check whatever the clock says (Flink's `IdlenessTimer`
-    /// counts inactivity from the first check that saw no activity), so a
-    /// late check (a loaded machine) never turns a split idle before it
-    /// emitted the watermark of its last records.
+    /// at that check whatever the clock says, so a late check (a loaded
+    /// machine) never turns a split idle before it emitted the watermark of
+    /// its last records.
     active_since_check: bool,
 }
 
@@ -245,13 +251,16 @@ impl<G> SplitWatermarks<G> {
         }
     }
 
-    /// Adds split `name` (its watermark starts at `restored`, or the start of time).
+    /// Adds split `name` (its watermark starts at `restored`, or the start
+    /// of time). `_now`: idleness is counted by the periodic checks (from
+    /// the first that sees no record), not from the time a split or record
+    /// arrives; the clock stays in the signature of this pure type's inputs.
     pub(crate) fn add_split(
         &mut self,
         name: String,
         generator: G,
         restored: Option<i64>,
-        now: i64,
+        _now: i64,
     ) {
         self.splits.push(Split {
             name,
@@ -259,7 +268,7 @@ impl<G> SplitWatermarks<G> {
             watermark: restored.unwrap_or(i64::MIN),
             idle: false,
             finished: false,
-            last_event: now,
+            inactive_since: None,
             active_since_check: false,
         });
     }
@@ -274,8 +283,9 @@ impl<G> SplitWatermarks<G> {
         self.splits.len()
     }
 
-    /// The records of one poll, all of split `split`, with their timestamps.
-    pub(crate) fn on_events<T>(&mut self, split: usize, events: &[T], timestamps: &[i64], now: i64)
+    /// The records of one poll, all of split `split`, with their timestamps
+    /// (`_now`: see [`Self::add_split`]).
+    pub(crate) fn on_events<T>(&mut self, split: usize, events: &[T], timestamps: &[i64], _now: i64)
     where
         G: WatermarkGenerator<T>,
     {
@@ -289,7 +299,6 @@ impl<G> SplitWatermarks<G> {
         for (e, ts) in events.iter().zip(timestamps) {
             s.generator.on_event(e, *ts, &mut out);
         }
-        s.last_event = now;
         s.idle = false;
         s.active_since_check = true;
         apply(s, out);
@@ -311,12 +320,13 @@ impl<G> SplitWatermarks<G> {
         }
         self.next_periodic = now + self.interval;
         for s in self.splits.iter_mut().filter(|s| !s.finished) {
-            if std::mem::take(&mut s.active_since_check) {
-                s.last_event = now;
-            }
-            let timed_out = self
-                .idleness
-                .is_some_and(|t| now.saturating_sub(s.last_event) >= t);
+            let timed_out = if std::mem::take(&mut s.active_since_check) {
+                s.inactive_since = None;
+                false
+            } else {
+                let since = *s.inactive_since.get_or_insert(now);
+                self.idleness.is_some_and(|t| now.saturating_sub(since) > t)
+            };
             if timed_out {
                 // Flink's WatermarksWithIdleness: an idle split emits nothing.
                 s.idle = true;
@@ -438,7 +448,8 @@ mod tests {
     }
 
     /// A periodic check long after a split's last records (a loaded
-    /// machine) first emits their watermark; idleness counts from there.
+    /// machine) first emits their watermark; inactivity counts from the
+    /// first check without records, idle once more than the timeout passed.
     #[test]
     fn a_late_check_emits_before_the_split_goes_idle() {
         let mut w = two_splits(Some(200));
@@ -446,14 +457,42 @@ mod tests {
         events(&mut w, 1, &[2000], 1);
         w.on_periodic::<()>(5_000);
         assert_eq!(w.take(), (Some(989), None), "both active at this check");
-        w.on_periodic::<()>(5_100);
+        w.on_periodic::<()>(5_200);
+        assert_eq!(w.take(), (None, None), "first inactive check");
+        w.on_periodic::<()>(5_400);
         assert_eq!(
             w.take(),
             (None, None),
-            "not idle yet: 100 ms since the check"
+            "200 ms inactive: not more than the timeout"
         );
-        w.on_periodic::<()>(5_200);
-        assert_eq!(w.take(), (None, Some(true)), "idle 200 ms after the check");
+        w.on_periodic::<()>(5_600);
+        assert_eq!(w.take(), (None, Some(true)), "400 ms inactive: idle");
+    }
+
+    /// A split that never had a record goes idle before one whose records
+    /// just stopped, so the active one's watermark is emitted before the
+    /// subtask is idle (it was lost when both went idle at the same check).
+    #[test]
+    fn the_last_watermark_is_emitted_before_every_split_is_idle() {
+        let mut w = two_splits(Some(200));
+        w.on_periodic::<()>(200);
+        events(&mut w, 0, &[5000], 250);
+        w.on_periodic::<()>(400);
+        assert_eq!(
+            w.take(),
+            (None, None),
+            "the empty split holds it (not idle yet)"
+        );
+        w.on_periodic::<()>(600);
+        assert_eq!(
+            w.take(),
+            (Some(4989), None),
+            "the empty split is idle first: the active one's watermark goes out"
+        );
+        for t in [800, 1000] {
+            w.on_periodic::<()>(t);
+        }
+        assert_eq!(w.take(), (None, Some(true)), "then both are idle");
     }
 
     /// A subtask without splits is idle, and active again once one arrives.
@@ -499,19 +538,20 @@ mod tests {
         w.on_periodic::<()>(200);
         assert_eq!(w.take(), (Some(89), None));
         // Only split a gets data from now on.
-        for t in (400..=1400).step_by(200) {
+        for t in (400..=1600).step_by(200) {
             events(&mut w, 0, &[t * 10], t);
             w.on_periodic::<()>(t);
         }
-        // At 1200 split b had no record for 1000 ms: idle, and a alone counts.
-        assert_eq!(w.take(), (Some(13_989), None));
+        // Split b inactive from the check at 400; at 1600 more than 1000 ms:
+        // idle, and a alone counts.
+        assert_eq!(w.take(), (Some(15_989), None));
         // b becomes active again with an old timestamp: the watermark waits for it.
-        events(&mut w, 1, &[5000], 1500);
-        events(&mut w, 0, &[20_000], 1500);
-        w.on_periodic::<()>(1600);
-        assert_eq!(w.take(), (None, None), "b (at 4989) holds it at 13989");
-        events(&mut w, 1, &[30_000], 1700);
+        events(&mut w, 1, &[5000], 1700);
+        events(&mut w, 0, &[20_000], 1700);
         w.on_periodic::<()>(1800);
+        assert_eq!(w.take(), (None, None), "b (at 4989) holds it at 15989");
+        events(&mut w, 1, &[30_000], 1900);
+        w.on_periodic::<()>(2000);
         assert_eq!(w.take(), (Some(19_989), None));
     }
 
@@ -520,11 +560,13 @@ mod tests {
     fn all_idle_marks_the_output_idle() {
         let mut w = two_splits(Some(500));
         w.on_periodic::<()>(600);
+        assert_eq!(w.take(), (None, None), "inactive from this check on");
+        w.on_periodic::<()>(1200);
         assert_eq!(w.take(), (None, Some(true)));
-        w.on_periodic::<()>(800);
+        w.on_periodic::<()>(1400);
         assert_eq!(w.take(), (None, None), "reported once");
-        events(&mut w, 1, &[50], 900);
-        w.on_periodic::<()>(1000);
+        events(&mut w, 1, &[50], 1500);
+        w.on_periodic::<()>(1600);
         assert_eq!(w.take(), (Some(39), Some(false)));
     }
 
