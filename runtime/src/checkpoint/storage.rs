@@ -299,21 +299,13 @@ impl CheckpointStorage {
     /// `s3://` URI), creating `shared/` and `taskowned/` (local). Fails with
     /// a clear error when the location is bad or its store unreachable.
     pub fn create(base: &Path, job_id: &str) -> Result<Self> {
-        let job_dir = store::normalize(base)?.join(job_id);
-        let (st, key) = store::resolve(&job_dir)?;
-        for d in ["shared", "taskowned"] {
-            st.create_dir(&child(&key, d))?;
-        }
+        let storage = Self::attach(base, job_id)?;
+        let (st, key, job_dir) = (&storage.store, &storage.key, &storage.job_dir);
         // Reachability (object stores): one listing, with bounded retries.
-        st.list_dir(&key)?;
-        let deleter = if st.is_local() {
-            None
-        } else {
-            Some(Deleter::start()?)
-        };
+        st.list_dir(key)?;
         // Start-up sweep of this job's own directory (never another job's):
         // leftovers of a crash of an earlier run with this id.
-        match sweep(&job_dir) {
+        match sweep(job_dir) {
             Ok(removed) if !removed.is_empty() => {
                 tracing::info!(dir = %job_dir.display(), n = removed.len(), "removed orphaned checkpoint files")
             }
@@ -323,7 +315,7 @@ impl CheckpointStorage {
         // Marks the directory as in use, for `weir checkpoints gc` and the
         // sweep of dead jobs (see `super::lock`).
         st.put(
-            &child(&key, LOCK_FILE),
+            &child(key, LOCK_FILE),
             LockOwner::this_process().encode().into_bytes(),
             &|| Ok(()),
         )?;
@@ -335,14 +327,7 @@ impl CheckpointStorage {
                 .name("weir-sweep-dead-jobs".into())
                 .spawn(move || sweep_dead_jobs(&base, &own));
         }
-        Ok(CheckpointStorage {
-            job_dir,
-            store: st,
-            key,
-            deleter,
-            savepoints: Arc::default(),
-            leadership: None,
-        })
+        Ok(storage)
     }
 
     /// The storage of job `job_id` under `base`, as a TaskManager of a

@@ -1567,9 +1567,15 @@ mod tests {
             Ok(ev) => panic!("an event after the connection was lost: {}", label(ev)),
         }
         // The upstream's sends fail too: the pump dropped its queue.
+        sends_fail(&tx, 3, "the upstream can still send").await;
+    }
+
+    /// Waits until `tx` refuses a send (its channel was closed downstream),
+    /// sending batch `n` meanwhile; fails with `what` after `WAIT`.
+    async fn sends_fail(tx: &ChannelSender, n: u64, what: &str) {
         let deadline = Instant::now() + WAIT;
-        while tx.send_batch_now(batch(3)).is_ok() {
-            assert!(Instant::now() < deadline, "the upstream can still send");
+        while tx.send_batch_now(batch(n)).is_ok() {
+            assert!(Instant::now() < deadline, "{what}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -1607,11 +1613,7 @@ mod tests {
         tx.send_batch(batch(1)).await.unwrap();
         assert_eq!(label(next(&rx, &r).await.unwrap()), "1");
         drop(rx);
-        let deadline = Instant::now() + WAIT;
-        while tx.send_batch_now(batch(2)).is_ok() {
-            assert!(Instant::now() < deadline, "the upstream can still send");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        sends_fail(&tx, 2, "the upstream can still send").await;
     }
 
     /// `retire(g)`: the older generation's channel stops on both sides; a
@@ -1625,11 +1627,7 @@ mod tests {
         assert_eq!(label(next(&rx, &r).await.unwrap()), "1");
         p.retire(2);
         c.retire(2);
-        let deadline = Instant::now() + WAIT;
-        while tx.send_batch_now(batch(2)).is_ok() {
-            assert!(Instant::now() < deadline, "the old upstream can still send");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        sends_fail(&tx, 2, "the old upstream can still send").await;
         loop {
             match next(&rx, &r).await {
                 Ok(Event::Batch(_)) => {}
